@@ -1,0 +1,2 @@
+"""adaptive-think."""
+__version__ = "0.1.0"

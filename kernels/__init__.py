@@ -1,0 +1,1 @@
+"""Triton kernels of adaptive-think and their torch references."""

@@ -1,0 +1,1 @@
+"""logit_stats kernel."""
