@@ -134,7 +134,8 @@ def probe_step_reference(
 
     over_budget = in_thought & (think_count >= spec.max_think)
     at_boundary = spec.is_boundary[tok.clamp(0, spec.is_boundary.numel() - 1)] & obs
-    probe_stop = in_thought & ~over_budget & (streak >= spec.patience)
+    # `over` keeps a stop from bypassing min_think / threshold when patience < 1 (same result for patience >= 1)
+    probe_stop = in_thought & ~over_budget & over & (streak >= spec.patience)
     if spec.boundary_only:
         probe_stop = probe_stop & at_boundary
     if not is_probe:
@@ -145,7 +146,11 @@ def probe_step_reference(
     phase_new = torch.where(do_skip | close_now, torch.full_like(phase, CLOSING), phase_new)
     # a row skipped from PROMPT must still open the block; one already inside starts at the close marker
     cursor = torch.where(do_skip & (phase == PROMPT), torch.zeros_like(cursor), cursor)
-    cursor = torch.where((do_skip & (phase != PROMPT)) | close_now, torch.full_like(cursor, lo), cursor)
+    cursor = torch.where(do_skip & (phase != PROMPT), torch.full_like(cursor, lo), cursor)
+    # a close marker the model has begun is completed, not restarted: its tokens leave the thought count,
+    # so a row never holds more than max_think thinking tokens even if it was mid-marker
+    cursor = torch.where(close_now, lo + close_match, cursor)
+    think_count = torch.where(close_now, think_count - close_match, think_count)
     ended_by = torch.where(do_skip, torch.full_like(ended_by, ENDED_SKIPPED), ended_by)
     ended_by = torch.where(over_budget, torch.full_like(ended_by, ENDED_BUDGET), ended_by)
     ended_by = torch.where(probe_stop, torch.full_like(ended_by, ENDED_PROBE), ended_by)

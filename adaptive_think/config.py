@@ -1,0 +1,83 @@
+"""`ThinkConfig`: how much a model may think, validated when it is built.
+
+    >>> ThinkConfig(policy="budget", max_think_tokens=64, exit_text="\\n\\n")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+POLICIES = ("full", "none", "budget", "probe")
+
+
+@dataclass(frozen=True)
+class ThinkConfig:
+    """Thinking policy for one generate() call.
+
+    policy: "full" (never intervene), "none" (skip thinking for every row), "budget" (hard cap on
+        thinking tokens), "probe" (skip / stop decided by a trained probe; the budget still caps).
+    max_think_tokens: hard cap on thinking tokens per row (required for "budget"; optional for "probe").
+    min_think_tokens: the probe may not stop a thought before this many tokens.
+    exit_text: text forced after the close marker when the controller ends a thought (e.g. "\\n\\n").
+    threshold / skip_threshold: probe score thresholds; None takes the probe's calibrated values.
+    smoothing: EMA weight of the newest ready score (1.0 = no smoothing).
+    patience: consecutive steps the smoothed score must pass the threshold before stopping (hysteresis).
+    stop_at_boundary: stop only right after a token that ends a sentence or paragraph.
+    allow_skip: let the probe skip thinking at the end of the prompt.
+    trace: keep each row's per-step score in the report.
+    """
+
+    policy: str = "full"
+    max_think_tokens: int | None = None
+    min_think_tokens: int = 0
+    exit_text: str = ""
+    threshold: float | None = None
+    skip_threshold: float | None = None
+    smoothing: float = 1.0
+    patience: int = 1
+    stop_at_boundary: bool = False
+    allow_skip: bool = True
+    trace: bool = False
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"ThinkConfig.policy={self.policy!r} is not a known policy; use one of {POLICIES}.")
+        if self.max_think_tokens is not None:
+            if isinstance(self.max_think_tokens, bool) or not isinstance(self.max_think_tokens, int):
+                raise ValueError(f"ThinkConfig.max_think_tokens must be an int or None, got {self.max_think_tokens!r}.")
+            if self.max_think_tokens < 0:
+                raise ValueError(
+                    f"ThinkConfig.max_think_tokens={self.max_think_tokens} is negative; give 0 or more thinking tokens "
+                    "(0 closes the thought at once), or None for no cap."
+                )
+        if isinstance(self.min_think_tokens, bool) or not isinstance(self.min_think_tokens, int) or self.min_think_tokens < 0:
+            raise ValueError(f"ThinkConfig.min_think_tokens must be an int >= 0, got {self.min_think_tokens!r}.")
+        if self.max_think_tokens is not None and self.min_think_tokens > self.max_think_tokens:
+            raise ValueError(
+                f"ThinkConfig.min_think_tokens={self.min_think_tokens} exceeds max_think_tokens={self.max_think_tokens}; "
+                "lower the minimum or raise the budget."
+            )
+        if self.policy == "budget" and self.max_think_tokens is None:
+            raise ValueError('ThinkConfig(policy="budget") needs max_think_tokens, e.g. max_think_tokens=256.')
+        if self.policy in ("full", "none") and self.max_think_tokens is not None:
+            raise ValueError(
+                f'ThinkConfig(policy="{self.policy}") takes no max_think_tokens (it would be ignored); '
+                'use policy="budget" or policy="probe" for a capped thought.'
+            )
+        if self.policy != "probe":
+            for name in ("threshold", "skip_threshold"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f'ThinkConfig.{name} only applies to policy="probe" (got policy="{self.policy}").')
+        for name in ("threshold", "skip_threshold"):
+            v = getattr(self, name)
+            if v is not None and not (0.0 <= float(v) <= 1.0):
+                raise ValueError(f"ThinkConfig.{name}={v} must lie in [0, 1] (it is compared with a probability).")
+        if not (0.0 < float(self.smoothing) <= 1.0):
+            raise ValueError(f"ThinkConfig.smoothing={self.smoothing} must lie in (0, 1]; 1.0 means no smoothing.")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"ThinkConfig.patience must be an int >= 1, got {self.patience!r}.")
+        if not isinstance(self.exit_text, str):
+            raise ValueError(f"ThinkConfig.exit_text must be a string, got {type(self.exit_text).__name__}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,136 @@
+"""`AdaptiveThinker`: a drop-in `generate()` that skips, caps or stops each row's thinking.
+
+    >>> thinker = AdaptiveThinker(model, tokenizer)                       # markers detected
+    >>> out = thinker.generate(input_ids, attention_mask=mask, max_new_tokens=256,
+    ...                        think=ThinkConfig(policy="budget", max_think_tokens=64))
+    >>> thinker.last_reports[0].think_tokens, thinker.last_reports[0].ended_by
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from adaptive_think.config import ThinkConfig
+from adaptive_think.controller import ThinkController, ThinkReport, boundary_mask
+from adaptive_think.markers import resolve_markers
+
+ENGINES = ("hf", "graph")
+
+
+class AdaptiveThinker:
+    """Wraps a loaded causal LM and its tokenizer; `generate()` takes model.generate's kwargs plus `think`.
+
+    model: a transformers causal LM. tokenizer: its tokenizer. think_tokens: None (detect the model's
+    markers) or (open, close) strings. probe: a `Probe`, a path to a saved probe folder, or None.
+    think: the default ThinkConfig of calls that pass none.
+    """
+
+    def __init__(self, model, tokenizer, think_tokens: tuple[str, str] | None = None, probe=None,
+                 think: ThinkConfig | None = None, impl: str = "auto"):
+        if not hasattr(model, "generate"):
+            raise ValueError(f"AdaptiveThinker needs a generative model with .generate(), got {type(model).__name__}.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.markers = resolve_markers(tokenizer, think_tokens)
+        self.probe = self._load_probe(probe)
+        self.think = think or ThinkConfig()
+        self.impl = impl
+        self.last_reports: list[ThinkReport] = []
+        self._boundary: torch.Tensor | None = None
+        self._generate = getattr(model, "_adaptive_think_original_generate", model.generate)
+
+    def _load_probe(self, probe):
+        if probe is None:
+            return None
+        from adaptive_think.probe import Probe
+
+        if isinstance(probe, (str, os.PathLike)):
+            probe = Probe.from_pretrained(probe)
+        if not isinstance(probe, Probe):
+            raise ValueError(f"probe must be a Probe, a path to a saved probe, or None; got {type(probe).__name__}.")
+        probe.check_model(self.model)
+        return probe
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def boundary_tokens(self) -> torch.Tensor:
+        """[V] bool mask of sentence/paragraph-ending tokens (computed once per thinker)."""
+        if self._boundary is None:
+            self._boundary = boundary_mask(self.tokenizer, self.vocab_size)
+        return self._boundary
+
+    def eos_ids(self, kwargs: dict) -> tuple[int, ...]:
+        cfg = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+        eos = kwargs.get("eos_token_id", getattr(cfg, "eos_token_id", None))
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return ()
+        return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+
+    def controller(self, think: ThinkConfig, kwargs: dict | None = None) -> ThinkController:
+        """The controller for one call with `think` on this model."""
+        if not isinstance(think, ThinkConfig):
+            raise ValueError(f"think must be a ThinkConfig, got {type(think).__name__}.")
+        if think.policy == "probe" and self.probe is None:
+            raise ValueError(
+                'ThinkConfig(policy="probe") needs a probe, but this AdaptiveThinker has none: pass '
+                "probe=Probe.from_pretrained(path) (or the path) to AdaptiveThinker, or train one with "
+                "`adaptive-think collect` and `adaptive-think train-probe`."
+            )
+        exit_ids = tuple(self.tokenizer.encode(think.exit_text, add_special_tokens=False)) if think.exit_text else ()
+        probe_tensors = None
+        threshold, skip_threshold = 0.5, 2.0
+        if think.policy == "probe":
+            probe_tensors = self.probe.tensors()
+            threshold = think.threshold if think.threshold is not None else self.probe.ready_threshold
+            skip_threshold = think.skip_threshold if think.skip_threshold is not None else self.probe.skip_threshold
+        return ThinkController(
+            self.markers,
+            think,
+            exit_ids=exit_ids,
+            eos_ids=self.eos_ids(kwargs or {}),
+            is_boundary=self.boundary_tokens() if think.stop_at_boundary else None,
+            probe=probe_tensors,
+            threshold=threshold,
+            skip_threshold=skip_threshold,
+            vocab_size=self.vocab_size,
+            device=self.model.device,
+            impl=self.impl,
+        )
+
+    def generate(self, input_ids=None, *, think: ThinkConfig | None = None, engine: str = "hf", **kwargs):
+        """model.generate(input_ids, **kwargs) with thinking steered by `think`.
+
+        Returns exactly what model.generate returns for those kwargs; per-row reports land in
+        `self.last_reports`. engine: "hf" (every generate() feature) or "graph" (static cache, fastest).
+        """
+        think = think or self.think
+        if engine not in ENGINES:
+            raise ValueError(f"engine={engine!r} is not known; use one of {ENGINES}.")
+        if input_ids is None:
+            input_ids = kwargs.pop("inputs", None)
+        if input_ids is None:
+            raise ValueError("generate() needs input_ids (a [batch, seq] tensor of token ids).")
+        controller = self.controller(think, kwargs)
+        self.last_reports = []
+        if engine == "graph":
+            from adaptive_think.engines.graph import generate_graph
+
+            out = generate_graph(self.model, controller, input_ids, probe_layer=self._probe_layer(think), **kwargs)
+        else:
+            from adaptive_think.engines.hf import generate_hf
+
+            kwargs["input_ids"] = input_ids
+            out = generate_hf(self.model, controller, self._generate, self._probe_layer(think), kwargs)
+        self.last_reports = controller.reports()
+        return out
+
+    def _probe_layer(self, think: ThinkConfig) -> int | None:
+        return self.probe.layer if (think.policy == "probe" and self.probe is not None) else None
+
+    __call__ = generate

@@ -1,0 +1,117 @@
+"""Tiny tokenizers, models and a scripted "reasoner" for the tests: built from configs, no download."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    GemmaConfig,
+    GemmaForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessor,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+WORDS = ["the", "answer", "is", "so", "wait", "check", "again", "ok", "yes", "no", "x", "y", "z", "think", "reason"]
+WORDS += [str(i) for i in range(20)]
+PUNCT = [".", ",", "<", ">", "/", "[", "]", ":", " ", "\n"]
+SPECIALS = ["<pad>", "<eos>", "<think>", "</think>"]
+
+QWEN_STYLE_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:\n{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def make_tokenizer(think_special: bool = True) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer: words, digits, punctuation, space and newline are single tokens."""
+    specials = SPECIALS if think_special else SPECIALS[:2]
+    vocab = {t: i for i, t in enumerate(specials + WORDS + PUNCT + ["<unk>"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
+        additional_special_tokens=specials[2:],
+    )
+    fast.chat_template = QWEN_STYLE_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+ARCHS = {
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 8}),
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {}),
+    "gemma": (GemmaConfig, GemmaForCausalLM, {"head_dim": 8}),
+}
+
+
+def make_model(arch: str, vocab_size: int, seed: int = 0, layers: int = 3):
+    """A randomly initialised tiny causal LM of the given architecture, in eval mode."""
+    config_cls, model_cls, extra = ARCHS[arch]
+    config = config_cls(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False, **extra,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 1
+    return model
+
+
+class ScriptedReasoner(LogitsProcessor):
+    """Makes any model behave like a reasoner: opens a thought (unless the prompt did), writes
+    `think_len[i]` words, closes it, writes an answer, then eos. It reads the generated text each step,
+    so it reacts to tokens the controller forced, as a real model would.
+    """
+
+    def __init__(self, prompt_len: int, think_len: list[int], open_ids, close_ids, eos_id: int, word_ids,
+                 answer_ids, opens_itself: bool = True):
+        self.prompt_len = prompt_len
+        self.think_len = think_len
+        self.open_ids, self.close_ids = list(open_ids), list(close_ids)
+        self.eos_id, self.word_ids, self.answer_ids = eos_id, list(word_ids), list(answer_ids)
+        self.opens_itself = opens_itself
+
+    @staticmethod
+    def _find(seq, sub, start=0):
+        for i in range(start, len(seq) - len(sub) + 1):
+            if seq[i : i + len(sub)] == sub:
+                return i
+        return -1
+
+    def next_token(self, row: int, gen: list[int]) -> int:
+        if self.opens_itself:
+            o = self._find(gen, self.open_ids)
+            if o < 0:
+                return self.open_ids[len(gen)] if len(gen) < len(self.open_ids) else self.eos_id
+            body_start = o + len(self.open_ids)
+        else:
+            body_start = 0
+        c = self._find(gen, self.close_ids, body_start)
+        if c < 0:
+            written = len(gen) - body_start
+            n = self.think_len[row]
+            if written < n:
+                return self.word_ids[(row + written) % len(self.word_ids)]
+            return self.close_ids[min(written - n, len(self.close_ids) - 1)]
+        after = len(gen) - (c + len(self.close_ids))
+        return self.answer_ids[after] if after < len(self.answer_ids) else self.eos_id
+
+    def __call__(self, input_ids, scores):
+        out = torch.full_like(scores, -1e4)
+        for row, ids in enumerate(input_ids.tolist()):
+            out[row, self.next_token(row, ids[self.prompt_len :])] = 0.0
+        return out
