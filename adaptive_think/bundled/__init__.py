@@ -1,1 +1,28 @@
-"""adaptive_think.bundled"""
+"""The bundled tiny reasoner: a ~2M-parameter Qwen3ForCausalLM trained on the arithmetic task traces.
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from adaptive_think.bundled import reasoner_path
+    model = AutoModelForCausalLM.from_pretrained(reasoner_path())
+    tok = AutoTokenizer.from_pretrained(reasoner_path())
+
+Rebuild it with `python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner`; check it with
+`python scripts/measure_reasoner.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["reasoner_path"]
+
+_REASONER = Path(__file__).resolve().parent / "reasoner"
+
+
+def reasoner_path() -> Path:
+    """Folder holding the bundled model and tokenizer (loadable by AutoModelForCausalLM/AutoTokenizer)."""
+    if not (_REASONER / "config.json").is_file() or not (_REASONER / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"the bundled reasoner is missing from {_REASONER}; build it with "
+            f"`python scripts/train_reasoner.py --out {_REASONER}` (about half an hour on 2 CPU cores)"
+        )
+    return _REASONER
