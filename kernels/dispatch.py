@@ -1,0 +1,34 @@
+"""Which implementation a kernel entry point runs: Triton on CUDA, the torch reference elsewhere.
+
+Used by `adaptive_think.kernels.probe_step` and `.logit_stats`. The `impl` argument wins over the
+environment variable ADAPTIVE_THINK_KERNEL_IMPL, which wins over "auto". Never imports triton eagerly
+beyond a probe of whether it imports at all (only when "auto" meets a CUDA tensor).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+IMPLS = ("auto", "triton", "torch")
+ENV_VAR = "ADAPTIVE_THINK_KERNEL_IMPL"
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """"auto" -> "triton" for CUDA tensors when triton imports, else "torch". Raises ValueError on a bad name."""
+    if impl == "auto":
+        impl = os.environ.get(ENV_VAR, "").strip() or "auto"
+        if impl not in IMPLS:
+            raise ValueError(f"{ENV_VAR} must be one of {IMPLS}, got {impl!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    if torch.device(device).type != "cuda":
+        return "torch"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "triton"
