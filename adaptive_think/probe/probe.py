@@ -1,0 +1,207 @@
+"""`Probe`: the small network on one decoder layer's hidden state, and its file format.
+
+A probe folder holds `probe.safetensors` (weights) and `probe.json` (format version, layer, dims,
+feature normalisation, heads, thresholds, calibration, provenance, and the fingerprint of the model it
+was trained on). Never pickles.
+
+    >>> probe = Probe.from_pretrained("my-probe/")
+    >>> probe.check_model(model)                       # clear error if it was trained on another model
+    >>> ready, skip = probe.score(hidden)              # hidden [B, D] -> two [B] probabilities
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from adaptive_think.controller.state import ProbeTensors
+
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "probe.safetensors"
+CONFIG_NAME = "probe.json"
+HEADS = ("ready", "skip")
+HEAD_PARTS = ("w1", "b1", "w2", "b2")
+
+
+def model_fingerprint(model) -> dict:
+    """What a probe must match: architecture, hidden size, layer count, vocabulary size."""
+    cfg = getattr(model, "config", model)
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    archs = getattr(cfg, "architectures", None) or [type(model).__name__]
+    return {
+        "architecture": archs[0],
+        "hidden_size": int(text_cfg.hidden_size),
+        "num_hidden_layers": int(text_cfg.num_hidden_layers),
+        "vocab_size": int(text_cfg.vocab_size),
+    }
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@dataclass
+class Probe:
+    """Two heads (`ready`, `skip`) on normalised features of decoder layer `layer`."""
+
+    layer: int
+    kind: str  # "linear" | "mlp"
+    weights: dict[str, torch.Tensor]  # mean, inv_std, {ready,skip}_{w1,b1,w2,b2}
+    fingerprint: dict
+    ready_threshold: float = 0.5
+    skip_threshold: float = 2.0  # > 1: never skip until calibrated
+    calibration: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in ("linear", "mlp"):
+            raise ValueError(f"Probe.kind must be 'linear' or 'mlp', got {self.kind!r}.")
+        missing = [k for k in self.weight_names() if k not in self.weights]
+        if missing:
+            raise ValueError(f"Probe weights are missing {missing}.")
+        d = self.hidden_size
+        for name in ("mean", "inv_std"):
+            if tuple(self.weights[name].shape) != (d,):
+                raise ValueError(f"Probe weight {name} has shape {tuple(self.weights[name].shape)}, expected ({d},).")
+        for head in HEADS:
+            h = self.weights[f"{head}_w1"].shape[0]
+            expect = {"w1": (h, d), "b1": (h,), "w2": (h,), "b2": (1,)}
+            for part, shape in expect.items():
+                got = tuple(self.weights[f"{head}_{part}"].shape)
+                if got != shape:
+                    raise ValueError(f"Probe weight {head}_{part} has shape {got}, expected {shape}.")
+
+    @staticmethod
+    def weight_names() -> list[str]:
+        return ["mean", "inv_std"] + [f"{h}_{p}" for h in HEADS for p in HEAD_PARTS]
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.weights["mean"].shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.weights["ready_w1"].shape[0])
+
+    # -- use -------------------------------------------------------------------------------------
+
+    def tensors(self, device="cpu") -> ProbeTensors:
+        """The weights in the layout the step kernels read."""
+        w = {k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in self.weights.items()}
+        return ProbeTensors(relu=self.kind == "mlp", **w)
+
+    def score(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [B, D] -> (ready [B], skip [B]) probabilities."""
+        from adaptive_think.kernels.probe_step.naive import head_scores
+
+        return head_scores(hidden, self.tensors(hidden.device))
+
+    def check_model(self, model) -> None:
+        """Raise a ValueError naming every field where `model` differs from the probe's training model."""
+        theirs = model_fingerprint(model)
+        diffs = [f"{k}: probe {self.fingerprint.get(k)!r} vs model {theirs[k]!r}" for k in theirs
+                 if self.fingerprint.get(k) != theirs[k]]
+        if diffs:
+            raise ValueError(
+                "This probe was trained on a different model (" + "; ".join(diffs) + "). "
+                "Train a probe for this model with `adaptive-think collect` and `adaptive-think train-probe`."
+            )
+        if not 0 <= self.layer < theirs["num_hidden_layers"]:
+            raise ValueError(f"Probe layer {self.layer} does not exist in a model of {theirs['num_hidden_layers']} layers.")
+
+    # -- build -----------------------------------------------------------------------------------
+
+    @classmethod
+    def random_for(cls, model, layer: int | None = None, width: int = 256, seed: int = 0, kind: str = "mlp") -> "Probe":
+        """A probe with random weights of the right shapes for `model` (benchmarks, tests)."""
+        fp = model_fingerprint(model)
+        d = fp["hidden_size"]
+        layer = (2 * fp["num_hidden_layers"]) // 3 if layer is None else layer
+        width = width if kind == "mlp" else 1
+        g = torch.Generator().manual_seed(seed)
+        w = {"mean": torch.randn(d, generator=g) * 0.1, "inv_std": torch.rand(d, generator=g) + 0.5}
+        for head in HEADS:
+            w[f"{head}_w1"] = torch.randn(width, d, generator=g) / d**0.5
+            w[f"{head}_b1"] = torch.randn(width, generator=g) * 0.1
+            w[f"{head}_w2"] = torch.randn(width, generator=g) / width**0.5
+            w[f"{head}_b2"] = torch.zeros(1)
+        return cls(layer=layer, kind=kind, weights=w, fingerprint=fp, provenance={"random": True, "seed": seed})
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def config_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "layer": self.layer,
+            "kind": self.kind,
+            "hidden_size": self.hidden_size,
+            "width": self.width,
+            "heads": list(HEADS),
+            "activation": "relu" if self.kind == "mlp" else "identity",
+            "normalisation": "x = (h - mean) * inv_std",
+            "thresholds": {"ready": self.ready_threshold, "skip": self.skip_threshold},
+            "calibration": self.calibration,
+            "provenance": self.provenance,
+            "model_fingerprint": self.fingerprint,
+        }
+
+    def save_pretrained(self, folder) -> Path:
+        """Write probe.safetensors and probe.json into `folder` (created if needed), atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.weights.items()}
+        _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        text = json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n"
+        _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder) -> "Probe":
+        """Load a probe folder; FileNotFoundError or ValueError saying what is wrong with it."""
+        folder = Path(folder)
+        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise FileNotFoundError(
+                    f"Probe file {str(p)!r} not found: a probe folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+                    "(written by Probe.save_pretrained / `adaptive-think train-probe`)."
+                )
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{str(cfg_path)!r} is corrupt or truncated (not valid JSON: {err}). Re-save the probe.") from None
+        if not isinstance(cfg, dict) or cfg.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{str(cfg_path)!r} has format_version {cfg.get('format_version') if isinstance(cfg, dict) else None!r}; "
+                f"this adaptive-think reads version {FORMAT_VERSION}."
+            )
+        for key in ("layer", "kind", "model_fingerprint", "thresholds"):
+            if key not in cfg:
+                raise ValueError(f"{str(cfg_path)!r} lacks the field {key!r}; the file is incomplete. Re-save the probe.")
+        try:
+            weights = load_file(str(w_path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{str(w_path)!r} is corrupt or truncated ({err}). Re-save the probe.") from None
+        probe = cls(
+            layer=int(cfg["layer"]), kind=cfg["kind"], weights=weights, fingerprint=cfg["model_fingerprint"],
+            ready_threshold=float(cfg["thresholds"]["ready"]), skip_threshold=float(cfg["thresholds"]["skip"]),
+            calibration=cfg.get("calibration", {}), provenance=cfg.get("provenance", {}),
+        )
+        if probe.hidden_size != cfg.get("hidden_size", probe.hidden_size):
+            raise ValueError(f"{str(folder)!r}: weights are for hidden size {probe.hidden_size}, probe.json says {cfg['hidden_size']}.")
+        return probe
