@@ -18,11 +18,13 @@ class ThinkConfig:
         thinking tokens), "probe" (skip / stop decided by a trained probe; the budget still caps).
     max_think_tokens: hard cap on thinking tokens per row (required for "budget"; optional for "probe").
     min_think_tokens: the probe may not stop a thought before this many tokens.
-    exit_text: text forced after the close marker when the controller ends a thought (e.g. "\\n\\n").
+    exit_text: text forced after the close marker when the controller ends a thought (e.g. "\\n\\n");
+        None: the probe's calibrated exit text for policy "probe", else none.
     threshold / skip_threshold: probe score thresholds; None takes the probe's calibrated values.
     smoothing: EMA weight of the newest ready score (1.0 = no smoothing).
     patience: consecutive steps the smoothed score must pass the threshold before stopping (hysteresis).
-    stop_at_boundary: stop only right after a token that ends a sentence or paragraph.
+    stop_at_boundary: stop only right after a token that ends a sentence or paragraph; None: the
+        probe's calibrated setting for policy "probe" (its thresholds were calibrated that way).
     allow_skip: let the probe skip thinking at the end of the prompt.
     trace: keep each row's per-step score in the report.
     """
@@ -30,12 +32,12 @@ class ThinkConfig:
     policy: str = "full"
     max_think_tokens: int | None = None
     min_think_tokens: int = 0
-    exit_text: str = ""
+    exit_text: str | None = None
     threshold: float | None = None
     skip_threshold: float | None = None
     smoothing: float = 1.0
     patience: int = 1
-    stop_at_boundary: bool = False
+    stop_at_boundary: bool | None = None
     allow_skip: bool = True
     trace: bool = False
 
@@ -76,7 +78,7 @@ class ThinkConfig:
             raise ValueError(f"ThinkConfig.smoothing={self.smoothing} must lie in (0, 1]; 1.0 means no smoothing.")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
             raise ValueError(f"ThinkConfig.patience must be an int >= 1, got {self.patience!r}.")
-        if not isinstance(self.exit_text, str):
+        if self.exit_text is not None and not isinstance(self.exit_text, str):
             raise ValueError(f"ThinkConfig.exit_text must be a string, got {type(self.exit_text).__name__}.")
 
     def to_dict(self) -> dict:

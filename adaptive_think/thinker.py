@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 
@@ -82,7 +83,12 @@ class AdaptiveThinker:
                 "probe=Probe.from_pretrained(path) (or the path) to AdaptiveThinker, or train one with "
                 "`adaptive-think collect` and `adaptive-think train-probe`."
             )
-        exit_ids = tuple(self.tokenizer.encode(think.exit_text, add_special_tokens=False)) if think.exit_text else ()
+        defaults = self.probe.policy_defaults if (think.policy == "probe" and self.probe is not None) else {}
+        exit_text = think.exit_text if think.exit_text is not None else defaults.get("exit_text", "")
+        boundary_only = think.stop_at_boundary if think.stop_at_boundary is not None else defaults.get(
+            "stop_at_boundary", False)
+        think = replace(think, exit_text=exit_text, stop_at_boundary=bool(boundary_only))
+        exit_ids = tuple(self.tokenizer.encode(exit_text, add_special_tokens=False)) if exit_text else ()
         probe_tensors = None
         threshold, skip_threshold = 0.5, 2.0
         if think.policy == "probe":

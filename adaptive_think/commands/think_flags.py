@@ -12,12 +12,13 @@ def add_think_arguments(p: argparse.ArgumentParser, default_policy: str = "full"
     g.add_argument("--policy", choices=POLICIES, default=default_policy, help="full | none | budget | probe")
     g.add_argument("--max-think-tokens", type=int, default=None, help="hard cap on thinking tokens per row")
     g.add_argument("--min-think-tokens", type=int, default=0, help="the probe may not stop before this many")
-    g.add_argument("--exit-text", default="", help='text forced after the close marker (e.g. "\\n\\n")')
+    g.add_argument("--exit-text", default=None, help='text forced after the close marker (e.g. "\\n\\n")')
     g.add_argument("--threshold", type=float, default=None, help="probe ready threshold (default: calibrated)")
     g.add_argument("--skip-threshold", type=float, default=None, help="probe skip threshold (default: calibrated)")
     g.add_argument("--smoothing", type=float, default=1.0, help="EMA weight of the newest probe score")
     g.add_argument("--patience", type=int, default=1, help="steps over threshold before stopping")
-    g.add_argument("--stop-at-boundary", action="store_true", help="stop only at the end of a sentence")
+    g.add_argument("--stop-at-boundary", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop only at the end of a sentence (default: the probe's calibrated setting)")
     g.add_argument("--no-skip", dest="allow_skip", action="store_false", help="never skip thinking")
     g.add_argument("--think-tokens", nargs=2, metavar=("OPEN", "CLOSE"), default=None,
                    help="think markers for a model the registry does not know")
@@ -26,7 +27,7 @@ def add_think_arguments(p: argparse.ArgumentParser, default_policy: str = "full"
 def think_config_from_args(args: argparse.Namespace) -> ThinkConfig:
     return ThinkConfig(
         policy=args.policy, max_think_tokens=args.max_think_tokens, min_think_tokens=args.min_think_tokens,
-        exit_text=args.exit_text.encode().decode("unicode_escape") if args.exit_text else "",
+        exit_text=args.exit_text.encode().decode("unicode_escape") if args.exit_text is not None else None,
         threshold=args.threshold, skip_threshold=args.skip_threshold, smoothing=args.smoothing,
         patience=args.patience, stop_at_boundary=args.stop_at_boundary, allow_skip=args.allow_skip,
     )

@@ -67,6 +67,8 @@ class Probe:
     skip_threshold: float = 2.0  # > 1: never skip until calibrated
     calibration: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    # ThinkConfig settings the thresholds were calibrated under (used where a ThinkConfig leaves None)
+    policy_defaults: dict = field(default_factory=lambda: {"exit_text": "\n\n", "stop_at_boundary": True})
 
     def __post_init__(self):
         if self.kind not in ("linear", "mlp"):
@@ -157,6 +159,7 @@ class Probe:
             "thresholds": {"ready": self.ready_threshold, "skip": self.skip_threshold},
             "calibration": self.calibration,
             "provenance": self.provenance,
+            "policy_defaults": self.policy_defaults,
             "model_fingerprint": self.fingerprint,
         }
 
@@ -201,6 +204,7 @@ class Probe:
             layer=int(cfg["layer"]), kind=cfg["kind"], weights=weights, fingerprint=cfg["model_fingerprint"],
             ready_threshold=float(cfg["thresholds"]["ready"]), skip_threshold=float(cfg["thresholds"]["skip"]),
             calibration=cfg.get("calibration", {}), provenance=cfg.get("provenance", {}),
+            policy_defaults=cfg.get("policy_defaults", {"exit_text": "\n\n", "stop_at_boundary": True}),
         )
         if probe.hidden_size != cfg.get("hidden_size", probe.hidden_size):
             raise ValueError(f"{str(folder)!r}: weights are for hidden size {probe.hidden_size}, probe.json says {cfg['hidden_size']}.")

@@ -1,0 +1,222 @@
+"""collect: label every checkpoint of each full thought by forcing an exit there (DESIGN.md section 5).
+
+For each question: generate the full thought (greedy), record the hidden states of the candidate
+layers at the prompt's end and at checkpoints (every k thought tokens and at step boundaries), force
+the exit (close marker + exit text) at each checkpoint and decode the answer to label it, and answer
+once with thinking skipped for the skip head. Output: append-only shards (see shards.py); an
+interrupted run resumes where it stopped.
+
+    adaptive-think collect --model bundled --n 600 --seed 11 --out runs/collect
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor
+
+from adaptive_think.controller import boundary_mask
+from adaptive_think.engines.hf import decoder_layers
+from adaptive_think.loading import chat_prompt
+from adaptive_think.markers import ThinkMarkers, resolve_markers
+from adaptive_think.probe.items import Item
+from adaptive_think.probe.probe import model_fingerprint
+from adaptive_think.probe.shards import clean_orphans, read_index, write_index, write_shard
+
+KIND_PROMPT, KIND_THOUGHT = 0, 1
+
+
+@dataclass
+class CollectConfig:
+    """Settings of one collection run (recorded in the index; a resumed run must match)."""
+
+    layers: list[int] | None = None  # candidate layers; None: up to 6 spread over the upper two thirds
+    every: int = 8  # a checkpoint every k thought tokens, besides step boundaries
+    batch_size: int = 32
+    max_new_tokens: int = 512  # thought + answer budget of the full generation
+    max_answer_tokens: int = 16  # tokens decoded after a forced exit
+    exit_text: str = "\n\n"
+    shard_questions: int = 64  # questions per shard
+    extra: dict = field(default_factory=dict)
+
+    def resolved_layers(self, n_layers: int) -> list[int]:
+        if self.layers:
+            bad = [l for l in self.layers if not 0 <= l < n_layers]
+            if bad:
+                raise ValueError(f"layers {bad} do not exist in a model of {n_layers} layers (0..{n_layers - 1}).")
+            return sorted(set(self.layers))
+        lo = n_layers // 3
+        count = min(6, n_layers - lo)
+        return sorted({lo + round(i * (n_layers - 1 - lo) / max(count - 1, 1)) for i in range(count)})
+
+
+class _StepRecorder(LogitsProcessor):
+    """Keeps, per decode step, the candidate layers' hidden states at the last position: [B, L, D]."""
+
+    def __init__(self, model, layers: list[int]):
+        self.buffers: dict[int, torch.Tensor] = {}
+        self.steps: list[torch.Tensor] = []
+        mods = decoder_layers(model)
+        self.handles = [mods[l].register_forward_hook(self._hook(l)) for l in layers]
+        self.layers = layers
+
+    def _hook(self, layer):
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self.buffers[layer] = out[:, -1, :]
+
+        return hook
+
+    def __call__(self, input_ids, scores):
+        self.steps.append(torch.stack([self.buffers[l] for l in self.layers], 1).to("cpu", torch.float16))
+        return scores
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _find(seq: list[int], sub: tuple[int, ...], start: int = 0) -> int:
+    n = len(sub)
+    for i in range(start, len(seq) - n + 1):
+        if tuple(seq[i : i + n]) == sub:
+            return i
+    return -1
+
+
+@torch.no_grad()
+def _greedy(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """Greedy continuations of token sequences (left-padded batches)."""
+    out = []
+    pad = tokenizer.pad_token_id
+    for i in range(0, len(sequences), batch_size):
+        chunk = sequences[i : i + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=model.device)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad)
+        out.extend(gen[:, width:].tolist())
+    return out
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+@torch.no_grad()
+def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], checker, cfg: CollectConfig,
+                  layers: list[int], boundary: torch.Tensor):
+    """Records and hidden states [N, L, D] for one batch of questions."""
+    pad = tokenizer.pad_token_id
+    exit_ids = tuple(tokenizer.encode(cfg.exit_text, add_special_tokens=False)) if cfg.exit_text else ()
+    prompts = [tokenizer.encode(chat_prompt(tokenizer, it.question), add_special_tokens=False) for it in items]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    recorder = _StepRecorder(model, layers)
+    try:
+        gen = model.generate(input_ids=ids, attention_mask=mask.to(model.device), max_new_tokens=cfg.max_new_tokens,
+                             do_sample=False, logits_processor=[recorder], pad_token_id=pad)
+    finally:
+        recorder.remove()
+    steps = torch.stack(recorder.steps, 1)  # [B, T, L, D]
+    gen = gen[:, width:].tolist()
+
+    no_think = [tokenizer.encode(chat_prompt(tokenizer, it.question, enable_thinking=False), add_special_tokens=False)
+                for it in items]
+    no_think_out = _greedy(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size)
+
+    records, rows, exits = [], [], []
+    for b, it in enumerate(items):
+        g = gen[b]
+        o = _find(g, markers.open_ids)
+        starts_inside = o < 0 and _find(prompts[b], markers.open_ids) >= 0
+        body = 0 if starts_inside else (o + len(markers.open_ids) if o >= 0 else None)
+        close = _find(g, markers.close_ids, body or 0) if body is not None else -1
+        full_text = _decode(tokenizer, g)
+        full_ok = close >= 0 and bool(checker(full_text, it.answer))
+        thought_len = (close - body) if close >= 0 else (len(g) - body if body is not None else 0)
+        nothink_ok = bool(checker(markers.close_text + _decode(tokenizer, no_think_out[b]), it.answer))
+        base = dict(qid=it.id, level=it.level, full_correct=full_ok, nothink_correct=nothink_ok,
+                    thought_len=thought_len, closed=close >= 0)
+        records.append(dict(base, kind=KIND_PROMPT, pos=0, label=nothink_ok, boundary=False))
+        rows.append(steps[b, 0])
+        if body is None:
+            continue
+        # the last generated token was never fed back, so it has no hidden state
+        for j in range(min(thought_len, steps.shape[1] - 1 - body)):
+            gi = body + j  # generated index of the j-th thought token
+            is_b = bool(boundary[g[gi]]) if g[gi] < boundary.numel() else False
+            if not ((j + 1) % cfg.every == 0 or is_b or j == thought_len - 1):  # the last one: exit = natural close
+                continue
+            records.append(dict(base, kind=KIND_THOUGHT, pos=j + 1, label=None, boundary=is_b))
+            rows.append(steps[b, gi + 1])  # step gi + 1 sees token gi as its last
+            exits.append((len(records) - 1, prompts[b] + g[: gi + 1] + list(markers.close_ids) + list(exit_ids)))
+    answer_of = {it.id: it.answer for it in items}
+    answers = _greedy(model, tokenizer, [e[1] for e in exits], cfg.max_answer_tokens, cfg.batch_size * 4)
+    for (ri, _), ans in zip(exits, answers):
+        text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
+        records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))
+    return records, torch.stack(rows) if rows else torch.zeros(0, len(layers), steps.shape[-1])
+
+
+def collect(model, tokenizer, items: list[Item], out, checker: Callable[[str, str], bool],
+            cfg: CollectConfig | None = None, think_tokens=None, rank: int = 0, world: int = 1,
+            progress: bool = True) -> dict:
+    """Collect labelled checkpoints for `items` into folder `out`, resuming a previous run there.
+
+    With world > 1 (several processes, e.g. under `accelerate launch`), this process takes every
+    world-th question from `rank` on and writes its own shards and index. Returns a summary dict.
+    """
+    cfg = cfg or CollectConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clean_orphans(out)
+    markers = resolve_markers(tokenizer, think_tokens)
+    n_layers = model_fingerprint(model)["num_hidden_layers"]
+    layers = cfg.resolved_layers(n_layers)
+    settings = dict(asdict(cfg), layers=layers, fingerprint=model_fingerprint(model),
+                    markers=[markers.open_text, markers.close_text])
+    index = read_index(out, rank)
+    if index is None:
+        index = {"version": 1, "settings": settings, "shards": [], "done": []}
+    elif index["settings"] != settings:
+        diff = sorted(k for k in settings if index["settings"].get(k) != settings[k])
+        raise ValueError(f"{out} holds a collection made with other settings ({diff}); use another --out to start a new one.")
+    mine = items[rank::world]
+    done = set(index["done"])
+    todo = [it for it in mine if it.id not in done]
+    boundary = boundary_mask(tokenizer, int(model.get_output_embeddings().weight.shape[0]))
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="collect (questions)", unit="q",
+               disable=not progress)
+    t0 = time.time()
+    pending_recs, pending_hidden, pending_ids = [], [], []
+
+    def flush():
+        if not pending_ids:
+            return
+        hidden = torch.cat(pending_hidden)  # [N, L, D]
+        name = write_shard(out, rank, len(index["shards"]), {f"layer{l}": hidden[:, i] for i, l in enumerate(layers)},
+                           pending_recs)
+        index["shards"].append(name)
+        index["done"].extend(pending_ids)
+        write_index(out, rank, index)
+        pending_recs.clear(), pending_hidden.clear(), pending_ids.clear()
+
+    for i in range(0, len(todo), cfg.batch_size):
+        batch = todo[i : i + cfg.batch_size]
+        recs, hidden = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary)
+        pending_recs.extend(recs), pending_hidden.append(hidden), pending_ids.extend(it.id for it in batch)
+        bar.update(len(batch))
+        if len(pending_ids) >= cfg.shard_questions:
+            flush()
+    flush()
+    bar.close()
+    return {"questions": len(index["done"]), "shards": len(index["shards"]), "layers": layers,
+            "seconds": round(time.time() - t0, 1), "out": str(out)}

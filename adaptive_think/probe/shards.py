@@ -1,0 +1,81 @@
+"""Append-only shards of probe training data, with an index, written atomically.
+
+A collection folder holds `shard-r{rank}-{n:05d}.safetensors` (hidden states per candidate layer,
+fp16) + `.json` (one record per row) and `index-r{rank}.json` (settings, shards, finished question
+ids). A shard is renamed into place before the index names it, so a killed run leaves at worst an
+unnamed shard that the resumed run overwrites; questions in it are redone, never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from adaptive_think.probe.probe import _atomic_write
+
+INDEX_VERSION = 1
+
+
+def index_path(folder: Path, rank: int) -> Path:
+    return folder / f"index-r{rank}.json"
+
+
+def read_index(folder: Path, rank: int) -> dict | None:
+    p = index_path(folder, rank)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{p} is corrupt ({err}); delete the folder to start over.") from None
+
+
+def write_index(folder: Path, rank: int, index: dict) -> None:
+    text = json.dumps(index, indent=1) + "\n"
+    _atomic_write(index_path(folder, rank), lambda p: Path(p).write_text(text))
+
+
+def write_shard(folder: Path, rank: int, number: int, hidden: dict[str, torch.Tensor], records: list[dict]) -> str:
+    """Write one shard (tensors then records), each atomically; returns its base name."""
+    name = f"shard-r{rank}-{number:05d}"
+    tensors = {k: v.to(torch.float16).contiguous() for k, v in hidden.items()}
+    _atomic_write(folder / f"{name}.safetensors", lambda p: save_file(tensors, p))
+    text = json.dumps(records) + "\n"
+    _atomic_write(folder / f"{name}.json", lambda p: Path(p).write_text(text))
+    return name
+
+
+def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
+    """All shards named by every rank's index: ({"layer{l}": [N, D] fp32}, records [N], settings)."""
+    folder = Path(folder)
+    indexes = sorted(folder.glob("index-r*.json"))
+    if not indexes:
+        raise FileNotFoundError(f"No collection index (index-r*.json) in {str(folder)!r}; run `adaptive-think collect` first.")
+    hidden: dict[str, list[torch.Tensor]] = {}
+    records: list[dict] = []
+    settings = None
+    for ip in indexes:
+        index = json.loads(ip.read_text())
+        if settings is None:
+            settings = index["settings"]
+        elif index["settings"]["layers"] != settings["layers"]:
+            raise ValueError(f"{ip} was collected with other layers than the rest of {folder}.")
+        for name in index["shards"]:
+            tensors = load_file(str(folder / f"{name}.safetensors"))
+            recs = json.loads((folder / f"{name}.json").read_text())
+            for k, v in tensors.items():
+                hidden.setdefault(k, []).append(v.float())
+            records.extend(recs)
+    if not records:
+        raise ValueError(f"The collection in {folder} holds no records yet.")
+    return {k: torch.cat(v) for k, v in hidden.items()}, records, settings
+
+
+def clean_orphans(folder: Path) -> None:
+    """Remove temporary files a killed run left behind."""
+    for p in folder.glob("*.tmp"):
+        os.unlink(p)

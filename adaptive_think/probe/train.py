@@ -1,0 +1,176 @@
+"""train-probe: fit the `ready` and `skip` heads on collected checkpoints, sweep layers, calibrate, save.
+
+Questions (not checkpoints) are split into train / validation / calibration, so no question leaks.
+For every candidate layer a linear probe and a small MLP are fitted on normalised features; the layer
+and kind with the best validation AUROC of the ready head win; thresholds come from `calibrate.py`.
+
+    adaptive-think train-probe --data runs/collect --out runs/probe --epsilon 0.02 --delta 0.1
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from adaptive_think.probe.calibrate import calibrate
+from adaptive_think.probe.collect import KIND_PROMPT, KIND_THOUGHT
+from adaptive_think.probe.metrics import auroc
+from adaptive_think.probe.probe import Probe
+from adaptive_think.probe.shards import load_collection
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    width: int = 64  # MLP hidden width
+    epochs: int = 300
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    val_fraction: float = 0.15
+    calib_fraction: float = 0.35
+    epsilon: float = 0.02  # accuracy lost against full thinking, at most
+    delta: float = 0.1  # with probability at least 1 - delta
+    kinds: tuple[str, ...] = ("linear", "mlp")
+
+
+def split_questions(qids: list[str], seed: int, val: float, calib: float) -> dict[str, str]:
+    """qid -> "train" | "val" | "calib", by a seeded hash of the id (stable, no leaks)."""
+    def key(q):
+        return hashlib.sha256(f"{seed}:{q}".encode()).hexdigest()
+
+    ordered = sorted(set(qids), key=key)
+    n = len(ordered)
+    n_val, n_cal = int(round(n * val)), int(round(n * calib))
+    if n - n_val - n_cal < 2 or n_val < 1 or n_cal < 1:
+        raise ValueError(f"Only {n} questions collected: too few to split into train/val/calibration; collect more.")
+    out = {}
+    for i, q in enumerate(ordered):
+        out[q] = "val" if i < n_val else "calib" if i < n_val + n_cal else "train"
+    return out
+
+
+class _Head(nn.Module):
+    def __init__(self, d: int, width: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.fc1 = nn.Linear(d, width if kind == "mlp" else 1)
+        self.fc2 = nn.Linear(width, 1) if kind == "mlp" else None
+
+    def forward(self, x):
+        z = self.fc1(x)
+        return self.fc2(torch.relu(z)).squeeze(-1) if self.fc2 is not None else z.squeeze(-1)
+
+
+def fit_head(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, kind: str, cfg: TrainConfig):
+    """Full-batch Adam on BCE; keeps the epoch with the best validation loss. Returns (head, val AUROC)."""
+    torch.manual_seed(cfg.seed)
+    head = _Head(x.shape[1], cfg.width, kind)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pos = y.float().mean().clamp(0.02, 0.98)
+    loss_fn = nn.BCEWithLogitsLoss()
+    best, best_state = float("inf"), None
+    for _ in range(cfg.epochs):
+        opt.zero_grad()
+        loss = loss_fn(head(x), y.float())
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            vloss = loss_fn(head(xv), yv.float()).item() if len(yv) else loss.item()
+        if vloss < best:
+            best, best_state = vloss, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    with torch.no_grad():
+        score = auroc(head(xv), yv) if len(yv) else float("nan")
+    del pos
+    return head, score
+
+
+def head_weights(head: _Head, width: int) -> dict[str, torch.Tensor]:
+    """A head as (w1 [H, D], b1 [H], w2 [H], b2 [1]) in the ReLU-MLP layout, padded to `width` rows.
+
+    A linear head w.x + b becomes relu(w.x + b) - relu(-w.x - b): exact, so both heads share one kind.
+    """
+    with torch.no_grad():
+        if head.kind == "mlp":
+            w1, b1 = head.fc1.weight, head.fc1.bias
+            w2, b2 = head.fc2.weight[0], head.fc2.bias
+        else:
+            w, b = head.fc1.weight[0], head.fc1.bias
+            w1, b1 = torch.stack([w, -w]), torch.cat([b, -b])
+            w2, b2 = torch.tensor([1.0, -1.0]), torch.zeros(1)
+        pad = width - w1.shape[0]
+        return {
+            "w1": torch.cat([w1, torch.zeros(pad, w1.shape[1])]),
+            "b1": torch.cat([b1, torch.zeros(pad)]),
+            "w2": torch.cat([w2, torch.zeros(pad)]),
+            "b2": b2.reshape(1).clone(),
+        }
+
+
+def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
+    """Train, sweep layers, calibrate; returns the probe (not yet saved)."""
+    cfg = cfg or TrainConfig()
+    t0 = time.time()
+    hidden, records, settings = load_collection(data_dir)
+    qids = [r["qid"] for r in records]
+    split = split_questions(qids, cfg.seed, cfg.val_fraction, cfg.calib_fraction)
+    part = [split[q] for q in qids]
+    kind = torch.tensor([r["kind"] for r in records])
+    label = torch.tensor([bool(r["label"]) for r in records])
+    is_train = torch.tensor([p == "train" for p in part])
+    is_val = torch.tensor([p == "val" for p in part])
+    thought, prompt = kind == KIND_THOUGHT, kind == KIND_PROMPT
+    if int((thought & is_train).sum()) < 10:
+        raise ValueError(f"{data_dir} holds too few thought checkpoints to train on; collect more questions.")
+
+    sweep = []
+    best = None
+    for layer in settings["layers"]:
+        h = hidden[f"layer{layer}"]
+        ok = torch.isfinite(h).all(-1)
+        mean = h[is_train & ok].mean(0)
+        std = h[is_train & ok].std(0).clamp_min(1e-4)
+        x = (h - mean) / std
+        for k in cfg.kinds:
+            head, score = fit_head(x[thought & is_train], label[thought & is_train], x[thought & is_val],
+                                   label[thought & is_val], k, cfg)
+            sweep.append({"layer": layer, "kind": k, "ready_val_auroc": round(score, 4)})
+            log(f"layer {layer:3d} {k:6s} ready val AUROC {score:.4f}")
+            if best is None or score > best[0]:
+                best = (score, layer, k, head, mean, std, x)
+    score, layer, k, ready, mean, std, x = best
+    skip_heads = []
+    for sk in cfg.kinds:
+        head, s = fit_head(x[prompt & is_train], label[prompt & is_train], x[prompt & is_val], label[prompt & is_val],
+                           sk, cfg)
+        skip_heads.append((s if s == s else -1.0, sk, head))
+    skip_auc, skip_kind, skip = max(skip_heads, key=lambda t: t[0])
+    log(f"chosen: layer {layer} ({k}), ready val AUROC {score:.4f}; skip head {skip_kind} val AUROC {skip_auc:.4f}")
+
+    width = max(cfg.width if "mlp" in (k, skip_kind) else 2, 2)
+    weights = {"mean": mean, "inv_std": 1.0 / std}
+    for name, head in (("ready", ready), ("skip", skip)):
+        for part_name, t in head_weights(head, width).items():
+            weights[f"{name}_{part_name}"] = t
+    probe = Probe(layer=layer, kind="mlp", weights=weights, fingerprint=settings["fingerprint"],
+                  provenance={"data": str(data_dir), "train_config": asdict(cfg), "layer_sweep": sweep,
+                              "chosen": {"layer": layer, "ready_kind": k, "skip_kind": skip_kind,
+                                         "ready_val_auroc": score, "skip_val_auroc": skip_auc},
+                              "collect_settings": {kk: v for kk, v in settings.items() if kk != "fingerprint"}})
+    # scores of every record under the final probe, for calibration on the held-out questions
+    ready_s, skip_s = probe.score(hidden[f"layer{layer}"])
+    is_cal = [p == "calib" for p in part]
+    result = calibrate(records, ready_s.tolist(), skip_s.tolist(), is_cal, cfg.epsilon, cfg.delta)
+    probe.ready_threshold = result["ready_threshold"]
+    probe.skip_threshold = result["skip_threshold"]
+    probe.calibration = result
+    probe.provenance["train_seconds"] = round(time.time() - t0, 1)
+    log(f"calibrated: ready >= {probe.ready_threshold:.3f}, skip >= {probe.skip_threshold:.3f} "
+        f"({result['method']}, epsilon {cfg.epsilon}, delta {cfg.delta}); on calibration questions: "
+        f"accuracy lost {result['achieved']['accuracy_lost']:.4f}, thinking tokens saved "
+        f"{result['achieved']['think_tokens_saved']:.1%}")
+    return probe

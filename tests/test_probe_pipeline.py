@@ -1,0 +1,179 @@
+"""The probe pipeline on a tiny model: collect (shards, resume), train (layer sweep), calibrate, the
+probe file (round trip, mismatched model, corrupt files), JSONL questions, the probe policy."""
+
+import json
+
+import pytest
+import torch
+
+from adaptive_think import AdaptiveThinker, ThinkConfig
+from adaptive_think.probe import Probe
+from adaptive_think.probe import collect as collect_mod
+from adaptive_think.probe.calibrate import calibrate
+from adaptive_think.probe.collect import CollectConfig, collect
+from adaptive_think.probe.items import Item, load_checker, load_jsonl
+from adaptive_think.probe.metrics import auroc, binom_cdf
+from adaptive_think.probe.shards import load_collection
+from adaptive_think.probe.train import TrainConfig, split_questions, train_probe
+from tiny import make_model, make_tokenizer
+
+R1_TEMPLATE = (
+    "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}"
+)
+
+
+def checker(text, answer):
+    # deterministic stand-in for "the answer is right": both classes occur on a random model
+    return ("answer" in text) or ("so" in text)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = make_tokenizer()
+    tok.chat_template = R1_TEMPLATE
+    model = make_model("qwen3", len(tok), layers=3)
+    items = [Item(f"q{i}", f"the answer is {i % 20}", str(i % 7)) for i in range(24)]
+    return tok, model, items
+
+
+CFG = CollectConfig(every=3, batch_size=6, max_new_tokens=12, max_answer_tokens=4, shard_questions=6)
+
+
+def test_collect_resumes_after_interruption(setup, tmp_path, monkeypatch):
+    tok, model, items = setup
+    real = collect_mod.collect_batch
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collect_mod, "collect_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        collect(model, tok, items, tmp_path, checker, CFG, progress=False)
+    index = json.loads((tmp_path / "index-r0.json").read_text())
+    assert len(index["done"]) == 12 and len(index["shards"]) == 2
+    monkeypatch.setattr(collect_mod, "collect_batch", real)
+    summary = collect(model, tok, items, tmp_path, checker, CFG, progress=False)
+    assert summary["questions"] == 24
+    hidden, records, settings = load_collection(tmp_path)
+    prompts = [r["qid"] for r in records if r["kind"] == 0]
+    assert sorted(prompts) == sorted(it.id for it in items)  # no duplicates, no losses
+    assert all(v.shape[0] == len(records) for v in hidden.values())
+    assert settings["layers"] == [1, 2]
+    # a resumed run with other settings is refused rather than mixed in
+    with pytest.raises(ValueError, match="other settings"):
+        collect(model, tok, items, tmp_path, checker, CollectConfig(every=5), progress=False)
+
+
+def test_collected_hidden_state_matches_the_online_hook(setup, tmp_path):
+    tok, model, items = setup
+    collect(model, tok, items[:2], tmp_path, checker, CFG, progress=False)
+    hidden, records, settings = load_collection(tmp_path)
+    # the prompt record's layer-1 state equals a plain forward's last position there (entry 0 = embeddings)
+    ids = tok(tok.apply_chat_template([{"role": "user", "content": items[0].question}], add_generation_prompt=True,
+                                      tokenize=False), return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        ref = model(**ids, output_hidden_states=True).hidden_states[2][0, -1]
+    row = next(i for i, r in enumerate(records) if r["qid"] == items[0].id and r["kind"] == 0)
+    torch.testing.assert_close(hidden["layer1"][row], ref.half().float(), rtol=0, atol=0)
+
+
+def test_train_calibrate_save_and_use(setup, tmp_path):
+    tok, model, items = setup
+    collect(model, tok, items, tmp_path / "data", checker, CFG, progress=False)
+    cfg = TrainConfig(seed=3, epochs=40, width=8, epsilon=0.3, delta=0.2)
+    probe = train_probe(tmp_path / "data", cfg, log=lambda *_: None)
+    again = train_probe(tmp_path / "data", cfg, log=lambda *_: None)
+    for k in probe.weights:  # deterministic from the seed
+        torch.testing.assert_close(probe.weights[k], again.weights[k], rtol=0, atol=0)
+    sweep = probe.provenance["layer_sweep"]
+    assert {s["layer"] for s in sweep} == {1, 2} and {s["kind"] for s in sweep} == {"linear", "mlp"}
+    assert probe.calibration["epsilon"] == 0.3 and "achieved" in probe.calibration
+    probe.save_pretrained(tmp_path / "probe")
+    loaded = Probe.from_pretrained(tmp_path / "probe")
+    h = torch.randn(5, model.config.hidden_size)
+    for a, b in zip(probe.score(h), loaded.score(h)):
+        torch.testing.assert_close(a, b)
+    thinker = AdaptiveThinker(model, tok, probe=tmp_path / "probe")
+    batch = tok([tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                         tokenize=False)], return_tensors="pt", add_special_tokens=False)
+    thinker.generate(**batch, max_new_tokens=10, think=ThinkConfig(policy="probe", threshold=0.0,
+                                                                   stop_at_boundary=False, allow_skip=False))
+    assert thinker.last_reports[0].ended_by == "probe"
+
+
+def test_split_has_no_leaks():
+    qids = [f"q{i}" for i in range(100)] * 3
+    split = split_questions(qids, seed=1, val=0.2, calib=0.3)
+    assert len(split) == 100 and sorted(set(split.values())) == ["calib", "train", "val"]
+    assert split == split_questions(qids, seed=1, val=0.2, calib=0.3)
+
+
+def test_calibration_guarantee_logic():
+    # 400 questions, full thinking right; the probe's score is high exactly where stopping is right
+    records = []
+    for q in range(400):
+        records.append(dict(qid=q, kind=0, pos=0, label=False, boundary=False, full_correct=True,
+                            nothink_correct=False, thought_len=50))
+        for pos, ok in ((10, q % 4 == 0), (30, True)):
+            records.append(dict(qid=q, kind=1, pos=pos, label=ok, boundary=True, full_correct=True,
+                                nothink_correct=False, thought_len=50))
+    ready = [0.0 if r["kind"] == 0 else (0.9 if r["label"] else 0.4) for r in records]
+    skip = [0.1 if r["kind"] == 0 else 0.0 for r in records]
+    res = calibrate(records, ready, skip, [True] * len(records), epsilon=0.05, delta=0.1)
+    assert 0.4 < res["ready_threshold"] <= 0.9  # stops only where right
+    assert res["skip_threshold"] > 0.1  # never skips: skipping loses every question
+    assert res["achieved"]["accuracy_lost"] == 0.0
+    assert res["achieved"]["think_tokens_saved"] > 0.4
+
+
+def test_metrics():
+    assert auroc(torch.tensor([0.1, 0.2, 0.8, 0.9]), torch.tensor([0, 0, 1, 1])) == 1.0
+    assert auroc(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])) == 0.5
+    assert abs(binom_cdf(0, 100, 0.01) - 0.99**100) < 1e-12
+    assert abs(binom_cdf(3, 10, 0.5) - 176 / 1024) < 1e-12
+
+
+def test_probe_file_errors(setup, tmp_path):
+    tok, model, _ = setup
+    probe = Probe.random_for(model, width=4)
+    probe.save_pretrained(tmp_path / "p")
+    other = make_model("llama", len(tok))
+    other.config.hidden_size  # same hidden size, other architecture
+    with pytest.raises(ValueError, match="architecture"):
+        Probe.from_pretrained(tmp_path / "p").check_model(other)
+    with pytest.raises(ValueError, match="hidden_size"):
+        Probe.random_for(make_model("qwen3", len(tok))).check_model(
+            type(model)(type(model.config)(**{**model.config.to_dict(), "hidden_size": 64, "head_dim": 16})))
+    (tmp_path / "p" / "probe.safetensors").write_bytes((tmp_path / "p" / "probe.safetensors").read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        Probe.from_pretrained(tmp_path / "p")
+    probe.save_pretrained(tmp_path / "q")
+    (tmp_path / "q" / "probe.json").write_text('{"format_version": 1, "layer": ')
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        Probe.from_pretrained(tmp_path / "q")
+    with pytest.raises(FileNotFoundError, match="probe.json"):
+        Probe.from_pretrained(tmp_path / "nothing")
+
+
+def test_jsonl_errors_name_the_line(tmp_path):
+    p = tmp_path / "q.jsonl"
+    p.write_text('{"question": "2+2?", "answer": "4"}\n\n{"question": "3+3?"}\n')
+    with pytest.raises(ValueError, match=r"q.jsonl:3: .*\"answer\""):
+        load_jsonl(p)
+    p.write_text('{"question": "2+2?", "answer": 4}\n{oops}\n')
+    with pytest.raises(ValueError, match=r"q.jsonl:2: not valid JSON"):
+        load_jsonl(p)
+    p.write_text('{"question": "2+2?", "answer": 4, "id": "a"}\n{"question": "1", "answer": 1, "id": "a"}\n')
+    with pytest.raises(ValueError, match="duplicate id"):
+        load_jsonl(p)
+    p.write_text('{"question": "2+2?", "answer": 4}\n')
+    assert load_jsonl(p)[0].answer == "4"
+    with pytest.raises(ValueError, match="module:function|package.module:function"):
+        load_checker("nocolon")
+    assert load_checker("json:dumps") is json.dumps
