@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["reasoner_path"]
+__all__ = ["probe_path", "reasoner_path"]
 
 _REASONER = Path(__file__).resolve().parent / "reasoner"
+_PROBE = Path(__file__).resolve().parent / "probe"
 
 
 def reasoner_path() -> Path:
@@ -26,3 +27,13 @@ def reasoner_path() -> Path:
             f"`python scripts/train_reasoner.py --out {_REASONER}` (about half an hour on 2 CPU cores)"
         )
     return _REASONER
+
+
+def probe_path() -> Path:
+    """Folder holding the shipped probe for the bundled reasoner (probe.safetensors + probe.json)."""
+    if not (_PROBE / "probe.json").is_file() or not (_PROBE / "probe.safetensors").is_file():
+        raise FileNotFoundError(
+            f"the bundled probe is missing from {_PROBE}; build it with `bash scripts/train_bundled_probe.sh` "
+            "(collect + train-probe on the bundled reasoner, minutes on 2 CPU cores)"
+        )
+    return _PROBE

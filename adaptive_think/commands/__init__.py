@@ -1,5 +1,5 @@
 """Subcommands of the `adaptive-think` CLI, one module each."""
 
-from adaptive_think.commands import generate
+from adaptive_think.commands import collect, demo, eval, generate, train_probe
 
-COMMANDS = {"generate": generate}
+COMMANDS = {"demo": demo, "generate": generate, "collect": collect, "train-probe": train_probe, "eval": eval}

@@ -1,0 +1,63 @@
+"""Collect probe training data: full thoughts, forced exits at checkpoints, hidden states.
+
+    adaptive-think collect --model bundled --n 1000 --seed 11 --out runs/collect
+    adaptive-think collect --model DIR --questions q.jsonl --checker mypkg.check:is_right --out runs/c
+
+Re-running the same command resumes an interrupted run. Several GPUs: see scripts/collect_probe_data.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+HELP = "collect labelled checkpoints for probe training (resumable)"
+
+
+def add_arguments(p):
+    src = p.add_argument_group("questions")
+    src.add_argument("--model", required=True, help="local model folder, or `bundled`")
+    src.add_argument("--questions", default=None, help='JSONL of {"question", "answer"} (default: bundled tasks)')
+    src.add_argument("--checker", default=None, help="module:function(text, answer) -> bool for --questions")
+    src.add_argument("--n", type=int, default=1000, help="bundled questions to draw")
+    src.add_argument("--seed", type=int, default=11, help="seed of the bundled questions")
+    out = p.add_argument_group("collection")
+    out.add_argument("--out", required=True, help="output folder (resumed if it exists)")
+    out.add_argument("--layers", type=int, nargs="*", default=None, help="candidate layers (default: spread)")
+    out.add_argument("--every", type=int, default=8, help="checkpoint every k thought tokens, besides boundaries")
+    out.add_argument("--batch-size", type=int, default=32)
+    out.add_argument("--max-new-tokens", type=int, default=512)
+    out.add_argument("--max-answer-tokens", type=int, default=16)
+    out.add_argument("--exit-text", default="\\n\\n")
+    out.add_argument("--shard-questions", type=int, default=64)
+    out.add_argument("--think-tokens", nargs=2, default=None, metavar=("OPEN", "CLOSE"))
+    dev = p.add_argument_group("device")
+    dev.add_argument("--device", default="auto")
+    dev.add_argument("--dtype", default="auto")
+    dev.add_argument("--device-map", default=None, help='e.g. "auto" to spread a large model over GPUs')
+
+
+def items_from_args(args):
+    from adaptive_think.probe.items import bundled_items, load_checker, load_jsonl
+
+    if args.questions:
+        if args.checker is None:
+            print("note: no --checker given; answers are compared by the default 'the answer is N' parser")
+        return load_jsonl(args.questions), load_checker(args.checker)
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}.")
+    return bundled_items(args.n, args.seed), load_checker(None)
+
+
+def run(args) -> int:
+    from adaptive_think.loading import load_model_and_tokenizer
+    from adaptive_think.probe.collect import CollectConfig, collect
+
+    items, checker = items_from_args(args)
+    model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.device_map)
+    cfg = CollectConfig(layers=args.layers, every=args.every, batch_size=args.batch_size,
+                        max_new_tokens=args.max_new_tokens, max_answer_tokens=args.max_answer_tokens,
+                        exit_text=args.exit_text.encode().decode("unicode_escape"), shard_questions=args.shard_questions)
+    summary = collect(model, tok, items, args.out, checker, cfg,
+                      think_tokens=tuple(args.think_tokens) if args.think_tokens else None)
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,39 @@
+"""Train, layer-sweep and calibrate a probe on a collection, and save it.
+
+    adaptive-think train-probe --data runs/collect --out runs/probe --epsilon 0.02 --delta 0.1
+"""
+
+from __future__ import annotations
+
+import json
+
+HELP = "train and calibrate a probe from collected data"
+
+
+def add_arguments(p):
+    p.add_argument("--data", required=True, help="folder written by `adaptive-think collect`")
+    p.add_argument("--out", required=True, help="probe folder to write (probe.safetensors + probe.json)")
+    g = p.add_argument_group("training")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--width", type=int, default=64, help="MLP hidden width")
+    g.add_argument("--epochs", type=int, default=300)
+    g.add_argument("--lr", type=float, default=3e-3)
+    g.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
+    c = p.add_argument_group("calibration (Learn-then-Test)")
+    c.add_argument("--epsilon", type=float, default=0.02, help="accuracy lost against full thinking, at most")
+    c.add_argument("--delta", type=float, default=0.1, help="...with probability at least 1 - delta")
+    c.add_argument("--val-fraction", type=float, default=0.15)
+    c.add_argument("--calib-fraction", type=float, default=0.35)
+
+
+def run(args) -> int:
+    from adaptive_think.probe.train import TrainConfig, train_probe
+
+    cfg = TrainConfig(seed=args.seed, width=args.width, epochs=args.epochs, lr=args.lr, epsilon=args.epsilon,
+                      delta=args.delta, val_fraction=args.val_fraction, calib_fraction=args.calib_fraction,
+                      kinds=tuple(args.kinds))
+    probe = train_probe(args.data, cfg)
+    probe.save_pretrained(args.out)
+    print(json.dumps({"out": args.out, "layer": probe.layer, "ready_threshold": probe.ready_threshold,
+                      "skip_threshold": probe.skip_threshold, "achieved": probe.calibration["achieved"]}))
+    return 0

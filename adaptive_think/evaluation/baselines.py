@@ -1,0 +1,121 @@
+"""Baseline stopping rules the probe must beat, as logits processors on the hf path (host-side, eval only).
+
+- `marker`: stop at the first step boundary after the thought first states an answer (a text pattern).
+- `confidence` (DEER-style): at each step boundary, force an exit on the side, decode a trial answer,
+  and stop when its mean token probability passes a threshold; trial tokens count as forward tokens.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from transformers import LogitsProcessor
+
+from adaptive_think.markers import ThinkMarkers
+
+
+class TextStopProcessor(LogitsProcessor):
+    """Tracks each row's thought on the host and forces close marker + exit text when `should_stop` says so."""
+
+    def __init__(self, tokenizer, markers: ThinkMarkers, exit_ids, boundary: torch.Tensor, prompt_len: int,
+                 prompt_inside: list[bool]):
+        self.tok, self.m = tokenizer, markers
+        self.exit_ids = list(exit_ids)
+        self.boundary = boundary
+        self.prompt_len = prompt_len
+        self.inside = list(prompt_inside)  # row is in a thought
+        self.queue: list[list[int]] = [[] for _ in prompt_inside]
+        self.done = [False] * len(prompt_inside)
+        self.trial_tokens = [0] * len(prompt_inside)
+
+    def _body(self, gen: list[int]) -> list[int]:
+        o = self._find(gen, self.m.open_ids)
+        return gen[o + len(self.m.open_ids):] if o >= 0 else gen
+
+    @staticmethod
+    def _find(seq, sub):
+        for i in range(len(seq) - len(sub) + 1):
+            if tuple(seq[i : i + len(sub)]) == tuple(sub):
+                return i
+        return -1
+
+    def should_stop(self, rows: list[int], input_ids: torch.Tensor) -> list[bool]:
+        raise NotImplementedError
+
+    def __call__(self, input_ids, scores):
+        gen = input_ids[:, self.prompt_len :].tolist()
+        check = []
+        for r, g in enumerate(gen):
+            if self.queue[r] or self.done[r]:
+                continue
+            if not self.inside[r]:
+                if self._find(g, self.m.open_ids) >= 0 and self._find(g, self.m.close_ids) < 0:
+                    self.inside[r] = True
+                else:
+                    continue
+            if self._find(self._body(g), self.m.close_ids) >= 0:
+                self.done[r] = True  # the model closed on its own
+                continue
+            if g and g[-1] < self.boundary.numel() and bool(self.boundary[g[-1]]):
+                check.append(r)
+        if check:
+            for r, stop in zip(check, self.should_stop(check, input_ids)):
+                if stop:
+                    self.queue[r] = list(self.m.close_ids) + self.exit_ids
+                    self.done[r] = True
+        out = scores
+        for r in range(len(gen)):
+            if self.queue[r]:
+                tok = self.queue[r].pop(0)
+                if out is scores:
+                    out = scores.clone()
+                out[r] = float("-inf")
+                out[r, tok] = 0.0
+        return out
+
+
+class MarkerStop(TextStopProcessor):
+    """Stop at the first boundary after the thought states an answer (per-task pattern)."""
+
+    def __init__(self, *args, pattern: re.Pattern, **kw):
+        super().__init__(*args, **kw)
+        self.pattern = pattern
+
+    def should_stop(self, rows, input_ids):
+        out = []
+        for r in rows:
+            body = self._body(input_ids[r, self.prompt_len :].tolist())
+            out.append(bool(self.pattern.search(self.tok.decode(body, skip_special_tokens=False))))
+        return out
+
+
+class ConfidenceStop(TextStopProcessor):
+    """DEER-style: decode a trial answer after a forced exit; stop when its mean token probability >= threshold."""
+
+    def __init__(self, *args, model, threshold: float, max_answer_tokens: int = 12, pad_id: int = 0, **kw):
+        super().__init__(*args, **kw)
+        self.model, self.threshold = model, threshold
+        self.max_answer_tokens, self.pad_id = max_answer_tokens, pad_id
+
+    @torch.no_grad()
+    def should_stop(self, rows, input_ids):
+        forced = torch.tensor(list(self.m.close_ids) + self.exit_ids, device=input_ids.device)
+        ids = torch.cat([input_ids[rows], forced.expand(len(rows), -1)], 1)
+        mask = (ids != self.pad_id).long()
+        mask[:, self.prompt_len :] = 1
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_answer_tokens,
+                                  do_sample=False, output_scores=True, return_dict_in_generate=True,
+                                  pad_token_id=self.pad_id)
+        new = out.sequences[:, ids.shape[1] :]  # [R, T]
+        probs = torch.stack([s.float().softmax(-1) for s in out.scores], 1)  # [R, T, V]
+        chosen = probs.gather(-1, new[..., None])[..., 0]  # [R, T]
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        res = []
+        for i, r in enumerate(rows):
+            toks = new[i].tolist()
+            n = next((j + 1 for j, t in enumerate(toks) if t in eos), len(toks))
+            self.trial_tokens[r] += len(forced) + n
+            res.append(float(chosen[i, :n].mean()) >= self.threshold)
+        return res
