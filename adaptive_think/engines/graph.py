@@ -493,7 +493,9 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
     with torch.no_grad():
         runner, fresh = _runner(model, key, make)
         if fresh or not runner.captured:
-            runner.build(input_ids, attention_mask)
+            # warm-up steps sample too: keep them off the caller's random stream, so a seed reproduces a run
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                runner.build(input_ids, attention_mask)
         if controller is not None:
             controller.begin(input_ids)
             _copy_spec(runner.ctl.spec, controller.spec)
