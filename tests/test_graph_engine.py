@@ -74,17 +74,19 @@ def test_budget_and_none_match_hf_engine_tokens_and_reports(arch, think):
         assert all(r["ended_by"] == "skipped" for r in reports)
 
 
-@pytest.mark.parametrize("think", [ThinkConfig(policy="probe", threshold=0.5, skip_threshold=0.5, stop_at_boundary=False),
+@pytest.mark.parametrize("think", [ThinkConfig(policy="probe", threshold=0.5, min_think_tokens=2, stop_at_boundary=False),
+                                   ThinkConfig(policy="probe", threshold=0.5, skip_threshold=0.5, stop_at_boundary=False),
                                    ThinkConfig(policy="probe", max_think_tokens=6, threshold=0.9, smoothing=0.5,
-                                               patience=2, stop_at_boundary=True)], ids=["plain", "smooth-budget"])
+                                               patience=2, stop_at_boundary=True)], ids=["stop", "skip", "smooth-budget"])
 def test_probe_policy_matches_hf_engine(think):
     from adaptive_think.probe import Probe
 
     model = model_of("qwen3")
-    probe = Probe.random_for(model, layer=1, width=16, seed=3)
+    probe = Probe.random_for(model, layer=1, width=16, seed=0)
     ref, ref_reports, out, reports = both_engines(model, think, probe=probe, max_new_tokens=14, do_sample=False)
     assert torch.equal(out, ref)
     assert reports == ref_reports
+    assert {r["ended_by"] for r in reports} & {"probe", "budget"}  # the controller did intervene
 
 
 def test_sampling_with_a_seed_reproduces_itself():
