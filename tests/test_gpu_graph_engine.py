@@ -1,0 +1,129 @@
+"""GPU: the graph engine's captured step (token identity with the hf engine in fp32 and bf16, the CUDA graph is
+what runs, and a decode segment between two done-checks makes no host synchronisation). Skips without CUDA."""
+
+import pytest
+import torch
+
+from adaptive_think import AdaptiveThinker, ThinkConfig
+from adaptive_think.engines import graph
+from adaptive_think.engines.graph import generate_graph
+from tiny import make_model, make_tokenizer
+
+pytestmark = pytest.mark.gpu
+
+TOK = make_tokenizer()
+PROMPTS = ["the answer is <think>\n", "check 3 , 4 and 5 again . so", "x <think>\n so"]
+
+
+def cuda_model(arch, dtype, seed=0):
+    return make_model(arch, len(TOK), seed=seed).to("cuda", dtype)
+
+
+def batch():
+    return TOK(PROMPTS, return_tensors="pt", padding=True).to("cuda")
+
+
+def assert_same_or_near_tie(model, ref, out, prompt_len, exact):
+    """fp32: identical. bf16: identical up to a step where the reference's top-2 logits tie within bf16 rounding
+    (kernels over a static cache of another length may round the last bit differently)."""
+    if exact or torch.equal(ref, out):
+        assert torch.equal(ref, out)
+        return
+    n = min(ref.shape[1], out.shape[1])
+    first = int((ref[:, :n] != out[:, :n]).any(0).float().argmax())
+    assert first >= prompt_len
+    row = int((ref[:, first] != out[:, first]).float().argmax())
+    with torch.no_grad():
+        logits = model(ref[row:row + 1, :first]).logits[0, -1].float()
+    gap = (logits[ref[row, first]] - logits[out[row, first]]).abs()
+    assert gap <= 2 * torch.finfo(torch.bfloat16).eps * logits.abs().max(), f"diverged at {first} with gap {gap}"
+
+
+@pytest.mark.parametrize("think", [ThinkConfig(), ThinkConfig(policy="budget", max_think_tokens=3)], ids=["full", "budget"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_graph_engine_matches_hf_engine_on_cuda(arch, dtype, think):
+    model = cuda_model(arch, dtype)
+    b = batch()
+    thinker = AdaptiveThinker(model, TOK)
+    ref = thinker.generate(**b, think=think, engine="hf", max_new_tokens=16, do_sample=False)
+    ref_reports = [r.to_dict() for r in thinker.last_reports]
+    out = thinker.generate(**b, think=think, engine="graph", max_new_tokens=16, do_sample=False)
+    assert_same_or_near_tie(model, ref, out, b["input_ids"].shape[1], exact=dtype == torch.float32)
+    if torch.equal(ref, out):
+        assert [r.to_dict() for r in thinker.last_reports] == ref_reports
+    runner = next(iter(graph._RUNNERS[model].values()))
+    assert runner.graph is not None  # the replayed CUDA graph produced these tokens
+    graph.clear_graph_cache(model)
+
+
+def test_probe_policy_on_cuda_uses_the_graph_and_matches_hf():
+    from adaptive_think.probe import Probe
+
+    model = cuda_model("qwen3", torch.float32)
+    probe = Probe.random_for(model, layer=1, width=16, seed=0)
+    think = ThinkConfig(policy="probe", threshold=0.5, min_think_tokens=2, stop_at_boundary=False)
+    thinker = AdaptiveThinker(model, TOK, probe=probe)
+    b = batch()
+    ref = thinker.generate(**b, think=think, engine="hf", max_new_tokens=14)
+    ref_reports = [r.to_dict() for r in thinker.last_reports]
+    for _ in range(2):  # the second call replays the graph captured by the first
+        out = thinker.generate(**b, think=think, engine="graph", max_new_tokens=14)
+        assert torch.equal(out, ref)
+        assert [r.to_dict() for r in thinker.last_reports] == ref_reports
+    assert len(graph._RUNNERS[model]) == 1
+    graph.clear_graph_cache(model)
+
+
+def test_sampling_reproduces_through_graph_replays():
+    model = cuda_model("qwen3", torch.bfloat16)
+    b = batch()
+    runs = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        runs.append(generate_graph(model, None, b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=12,
+                                   do_sample=True, temperature=1.2, top_k=30, top_p=0.9))
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    graph.clear_graph_cache(model)
+
+
+@pytest.mark.parametrize("graph_mode", ["cudagraph", "eager"])
+def test_decode_segment_makes_no_host_sync(graph_mode):
+    from adaptive_think.probe import Probe
+
+    model = cuda_model("qwen3", torch.bfloat16)
+    probe = Probe.random_for(model, layer=1, width=16, seed=0)
+    thinker = AdaptiveThinker(model, TOK, probe=probe)
+    think = ThinkConfig(policy="probe", max_think_tokens=6)
+    b = batch()
+    ctl = thinker.controller(think)
+    generate_graph(model, ctl, b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=20, probe_layer=1,
+                   graph_mode=graph_mode)
+    runner = next(iter(graph._RUNNERS[model].values()))
+    assert (runner.graph is not None) == (graph_mode == "cudagraph")
+    ctl.begin(b["input_ids"])
+    runner.ctl.state.copy_(ctl.state)
+    runner._active = True
+    runner.prefill(b["input_ids"], b["attention_mask"])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        runner.decode_n_tokens(8)  # one segment between two done-checks
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        runner._active = False
+    assert runner.all_finished() in (True, False)
+    assert int(runner.t) == 9
+    graph.clear_graph_cache(model)
+
+
+@pytest.mark.slow
+def test_compiled_and_captured_step_matches_hf_engine():
+    model = cuda_model("qwen3", torch.float32)
+    b = batch()
+    ref = model.generate(**b, max_new_tokens=12, do_sample=False)
+    for mode in ("compile", "reduce-overhead"):
+        out = generate_graph(model, None, b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=12,
+                             graph_mode=mode)
+        assert torch.equal(out, ref), mode
+    graph.clear_graph_cache(model)
