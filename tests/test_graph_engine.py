@@ -214,8 +214,11 @@ def test_bundled_reasoner_matches_hf_engine():
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     prompts = [chat_prompt(tok, q.question) for q in make_questions(3, seed=0)]
     batch = tok(prompts, return_tensors="pt", padding=True)
-    thinker = AdaptiveThinker(model, tok)
-    for think in (ThinkConfig(), ThinkConfig(policy="budget", max_think_tokens=8)):
+    from adaptive_think.probe import Probe
+
+    thinker = AdaptiveThinker(model, tok, probe=Probe.random_for(model, width=32, seed=0))
+    for think in (ThinkConfig(), ThinkConfig(policy="budget", max_think_tokens=8),
+                  ThinkConfig(policy="probe", threshold=0.5, min_think_tokens=4)):
         ref = thinker.generate(**batch, think=think, engine="hf", max_new_tokens=48, do_sample=False)
         ref_reports = [r.to_dict() for r in thinker.last_reports]
         out = thinker.generate(**batch, think=think, engine="graph", max_new_tokens=48, do_sample=False)
