@@ -3,7 +3,7 @@
 Reproducible from --seed (weights and every batch are functions of it), resumable from the checkpoint
 it writes every --ckpt-every steps, CPU-friendly (about half an hour on 2 cores), works on GPU too.
 
-    python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner --seed 0 --steps 1500
+    python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner --seed 0 --steps 2000
     python scripts/train_reasoner.py --out ... --resume          # picks up OUT/checkpoint.pt
 
 Writes OUT/{model.safetensors, config.json, generation_config.json, tokenizer.json, ...}.
@@ -40,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (the dev box is shared)")
     # optimisation
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
