@@ -1,0 +1,140 @@
+"""GPU-only checks of the Triton kernels: compiled (not interpreted) results against the torch reference,
+CUDA-graph capture and replay of the controller step, and no host synchronisation.
+
+Run on a CUDA machine: pytest tests/kernels/test_gpu_kernels.py -m gpu -q   (skipped without CUDA)
+(scripts/gpu_check.sh runs it with the benchmarks.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaptive_think.controller.state import POLICY_BUDGET, POLICY_PROBE, ControllerState
+from adaptive_think.kernels.logit_stats import logit_stats_reference
+from adaptive_think.kernels.probe_step import probe_step_reference
+from kernel_cases import TokenStreams, assert_states_equal, random_hidden, random_probe, random_spec, random_state, to_device
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [
+    pytest.param(torch.float32, 1e-5, 1e-5, id="fp32"),
+    pytest.param(torch.bfloat16, 2e-5, 2e-5, id="bf16"),
+    pytest.param(torch.float16, 2e-5, 2e-5, id="fp16"),
+]
+PROBE_SHAPES = [(1, 4096, 256), (3, 257, 16), (63, 1000, 40), (64, 4096, 256), (256, 2048, 512), (500, 100, 20)]
+LOGIT_SHAPES = [(1, 7), (3, 1000), (63, 257), (32, 151936), (4, 262144), (256, 32000)]
+
+
+def _cuda_state(state):
+    return to_device(state, "cuda")
+
+
+def _spec_to(spec, device):
+    from dataclasses import replace
+
+    kw = {k: getattr(spec, k).to(device) for k in ("open_ids", "close_ids", "force_seq", "eos_ids", "is_boundary")}
+    return replace(spec, probe=spec.probe.to(device) if spec.probe is not None else None, **kw)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("B, D, H", PROBE_SHAPES, ids=[f"B{b}-D{d}-H{h}" for b, d, h in PROBE_SHAPES])
+@pytest.mark.parametrize("step", [0, 5], ids=["step0", "step5"])
+def test_probe_step_cuda_matches_reference(step, B, D, H, dtype, atol, rtol):
+    from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
+
+    gen = torch.Generator().manual_seed(B + D + H + step)
+    spec = random_spec(gen, 50, POLICY_PROBE, random_probe(D, H, gen, relu=H > 1))
+    spec.skip_threshold, spec.patience, spec.boundary_only = 0.5, 1, step == 5
+    state = random_state(B, gen, step, spec)
+    hidden = random_hidden(B, D, dtype, gen)
+    tok = torch.randint(0, 50, (B,), generator=gen)
+    want = state.clone()
+    probe_step_reference(hidden, tok, want, spec)  # on CPU: the ground truth
+    got = _cuda_state(state)
+    probe_step_triton(hidden.cuda(), tok.cuda(), got, _spec_to(spec, "cuda"))
+    # tf32x3 products on tensor cores: fp32-level, a hair looser than the interpreter's plain fp32
+    assert_states_equal(got, want, 4 * atol, 4 * rtol, where=f"B{B}-D{D}-H{H}-{dtype}")
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", [pytest.param(torch.float32, 2e-5, 1e-5, id="fp32"),
+                                               pytest.param(torch.bfloat16, 5e-5, 2e-5, id="bf16"),
+                                               pytest.param(torch.float16, 5e-5, 2e-5, id="fp16")])
+@pytest.mark.parametrize("B, V", LOGIT_SHAPES, ids=[f"B{b}-V{v}" for b, v in LOGIT_SHAPES])
+def test_logit_stats_cuda_matches_reference(B, V, dtype, atol, rtol):
+    from adaptive_think.kernels.logit_stats.triton_kernel import logit_stats_triton
+    from test_logit_stats import FIELDS, random_logits
+
+    gen = torch.Generator().manual_seed(B + V)
+    x = random_logits(B, V, dtype, gen)
+    want = logit_stats_reference(x)
+    for _ in range(2):  # the second launch checks the tickets were reset
+        got = logit_stats_triton(x.cuda())
+        for name in FIELDS:
+            torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name), atol=atol, rtol=rtol, equal_nan=True)
+
+
+@pytest.mark.parametrize("B, D, H", [(1, 256, 16), (8, 1024, 64), (64, 4096, 256)], ids=lambda v: str(v))
+def test_probe_step_graph_replay_matches_reference(B, D, H):
+    """Capture one step in a CUDA graph, replay it over a scripted run, compare with the reference each step."""
+    from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
+
+    gen = torch.Generator().manual_seed(B * D)
+    vocab = 60
+    spec = random_spec(gen, vocab, POLICY_PROBE, random_probe(D, H, gen))
+    spec_cuda = _spec_to(spec, "cuda")
+    want = ControllerState.allocate(B, "cpu")
+    want.phase.copy_((torch.rand(B, generator=gen) < 0.5).int())
+    state = _cuda_state(want)
+    hidden_buf = torch.zeros(B, D, dtype=torch.bfloat16, device="cuda")  # static inputs the graph reads
+    tok_buf = torch.zeros(B, dtype=torch.int64, device="cuda")
+
+    # warm up (compile, allocate the workspace) on a side stream, then restore the initial state
+    initial = state.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        probe_step_triton(hidden_buf, tok_buf, state, spec_cuda)
+    torch.cuda.current_stream().wait_stream(side)
+    state.copy_(initial)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        probe_step_triton(hidden_buf, tok_buf, state, spec_cuda)
+
+    streams = TokenStreams(B, vocab, spec, gen)
+    tok = torch.zeros(B, dtype=torch.int64)
+    for step in range(30):
+        hidden = random_hidden(B, D, torch.bfloat16, gen, bad_rows=step % 7 == 3)
+        hidden_buf.copy_(hidden)
+        tok_buf.copy_(tok)
+        graph.replay()
+        probe_step_reference(hidden, tok, want, spec)
+        assert_states_equal(state, want, 4e-5, 4e-5, where=f"replay step {step}")
+        state.ema.copy_(want.ema.cuda())  # no last-ulp drift into a threshold flip
+        tok = streams.next(want.forced)
+
+
+def test_no_host_sync():
+    """The step and the stats launch without a device-to-host sync (so they can live inside a decode loop)."""
+    from adaptive_think.kernels.logit_stats.triton_kernel import logit_stats_triton
+    from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
+
+    gen = torch.Generator().manual_seed(0)
+    for policy in (POLICY_PROBE, POLICY_BUDGET):
+        spec = _spec_to(random_spec(gen, 50, policy, random_probe(512, 32, gen)), "cuda")
+        state = _cuda_state(random_state(16, gen, 0, spec))
+        hidden = torch.randn(16, 512, device="cuda", dtype=torch.bfloat16)
+        tok = torch.randint(0, 50, (16,), device="cuda")
+        logits = torch.randn(16, 32000, device="cuda", dtype=torch.bfloat16)
+        probe_step_triton(hidden, tok, state, spec)  # compile and allocate before watching
+        logit_stats_triton(logits)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                probe_step_triton(hidden, tok, state, spec)
+                logit_stats_triton(logits)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        assert int(state.step) == 4
