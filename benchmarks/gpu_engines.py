@@ -1,0 +1,368 @@
+"""Engine latency benchmark: HF generate() vs the hf engine vs the graph engine, per decode step and per answer.
+
+    python benchmarks/gpu_engines.py --out engines.json              # GPU: reasoner + Qwen3-0.6B/4B shapes, ~4 min
+    python benchmarks/gpu_engines.py --device cpu --quick            # CPU: bundled-reasoner cases only
+
+Per decode step = (wall(generate 8+N tokens) - wall(generate 8 tokens)) / N, so prefill and set-up cancel out;
+the first call of every case (capture / compile) is left out. Cases, per model and batch size:
+  hf_eager           model.generate() with its dynamic cache (the baseline every ratio is against)
+  hf_static_compile  model.generate(cache_implementation="static"), which compiles the forward (GPU, guarded)
+  hf_engine_probe    AdaptiveThinker engine="hf" with a random probe (width 256, layer at 2/3 depth)
+  graph_{none,full,probe}[_<mode>]  the graph engine: no controller / policy full / the probe controller
+End to end: the bundled reasoner on a fixed question set, wall-clock per question under `full` and `probe`.
+Prints a table; the last stdout line is the JSON written to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from adaptive_think import AdaptiveThinker, ThinkConfig
+from adaptive_think.engines import graph
+from adaptive_think.engines.graph import generate_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {  # real Qwen3 sizes, random weights (no download)
+    "qwen3-0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, intermediate_size=3072),
+    "qwen3-4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=9728),
+}
+
+
+# -- set-up ---------------------------------------------------------------------------------------------
+
+
+def random_qwen3(name: str, device: str, dtype: torch.dtype):
+    """A Qwen3ForCausalLM of a real shape with random weights, built directly on `device` in `dtype`."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(vocab_size=151936, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
+                      tie_word_embeddings=name == "qwen3-0.6b", pad_token_id=0, eos_token_id=None, **SHAPES[name])
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):  # initialise on the GPU: CPU init of 4B parameters takes minutes
+            model = Qwen3ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def reasoner(device: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaptive_think.bundled import reasoner_path
+
+    path = reasoner_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, tok
+
+
+def bench_tokenizer():
+    """Markers for controllers on random-weight models: the bundled tokenizer (its ids fit any vocabulary)."""
+    from adaptive_think.bundled.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.padding_side = "left"
+    return tok
+
+
+class TimeLimit(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise TimeLimit in this thread after `seconds` (guards compile cases)."""
+    if seconds <= 0:
+        raise TimeLimit("no time left")
+
+    def fire(*_):
+        raise TimeLimit(f"over {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def quantiles(xs: list[float]) -> dict:
+    xs = sorted(xs)
+    q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) > 1 else xs * 9
+    return {"median": statistics.median(xs), "p20": q[1], "p80": q[7], "n": len(xs)}
+
+
+# -- cases ----------------------------------------------------------------------------------------------
+
+
+def per_step_ms(run, device, steps: int, reps: int, base: int = 8) -> list[float]:
+    """run(n) generates n new tokens; returns per-rep ms per decode step (differential, prefill cancels)."""
+    run(base)  # first calls: capture / compile / allocator warm-up (both lengths share one cache bucket)
+    run(base + steps)
+    out = []
+    for _ in range(reps):
+        times = []
+        for n in (base, base + steps):
+            sync(device)
+            t0 = time.perf_counter()
+            run(n)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        out.append(max(times[1] - times[0], 0.0) * 1e3 / steps)
+    return out
+
+
+def step_cases(name, model, tok, device, batch, args, deadline, results, skipped):
+    """Per-step timings of every engine on one (model, batch); eos is switched off so every run is full length."""
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
+    try:
+        _step_cases(name, model, tok, device, batch, args, deadline, results, skipped)
+    finally:
+        model.generation_config.eos_token_id = eos
+        graph.clear_graph_cache(model)
+
+
+def _step_cases(name, model, tok, device, batch, args, deadline, results, skipped):
+    from adaptive_think.probe import Probe
+
+    prompt_len = 72  # 72 + 8 and 72 + 8 + 48 fall in one static-cache bucket (128): one capture per case
+    ids = torch.randint(3, min(model.config.vocab_size, 1000), (batch, prompt_len), device=device)
+    mask = torch.ones_like(ids)
+    probe = Probe.random_for(model, width=256, seed=0)  # layer at 2/3 depth
+    thinker = AdaptiveThinker(model, tok, probe=probe)
+    probe_think = ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0)  # runs every step, never stops
+    cuda = torch.device(device).type == "cuda"
+    slow_steps, slow_reps = (16, 2) if cuda else (8, 2)
+    fast_steps, fast_reps = (48, 5) if cuda else (16, 3)
+    no_eos = dict(eos_token_id=None, pad_token_id=0)
+
+    def add(case, mode, ms, **extra):
+        results.append({"model": name, "batch": batch, "case": case, "mode": mode, "ms_per_step": quantiles(ms), **extra})
+        print(f"  {name:11s} B={batch:<3d} {case:18s} {mode:15s} {statistics.median(ms):9.3f} ms/step", flush=True)
+
+    def guarded(case, mode, fn, limit):
+        left = deadline - time.monotonic()
+        try:
+            with time_limit(min(limit, left - 5)):
+                fn()
+        except TimeLimit as err:
+            skipped.append({"model": name, "batch": batch, "case": case, "mode": mode, "why": f"time limit: {err}"})
+            print(f"  {name:11s} B={batch:<3d} {case:18s} {mode:15s} skipped ({err})", flush=True)
+        except Exception as err:  # a failing case is reported, the others still run
+            skipped.append({"model": name, "batch": batch, "case": case, "mode": mode, "why": f"{type(err).__name__}: {err}"[:300]})
+            print(f"  {name:11s} B={batch:<3d} {case:18s} {mode:15s} failed: {type(err).__name__}: {str(err)[:120]}", flush=True)
+
+    gen_kw = dict(attention_mask=mask, do_sample=False, **no_eos)
+    hf = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, **gen_kw)  # noqa: E731
+    guarded("hf_eager", "eager", lambda: add("hf_eager", "eager", per_step_ms(hf, device, slow_steps, slow_reps)), 120)
+    hf_probe = lambda n: thinker.generate(ids, max_new_tokens=n, min_new_tokens=n, think=probe_think, engine="hf", **gen_kw)  # noqa: E731
+    guarded("hf_engine_probe", "eager", lambda: add("hf_engine_probe", "eager",
+                                                    per_step_ms(hf_probe, device, slow_steps, slow_reps)), 120)
+
+    modes = args.graph_modes if cuda else ["eager"]
+    for mode in modes:
+        limit = args.compile_limit_s if mode in ("compile", "reduce-overhead") else 120
+        for case, think in (("graph_none", None), ("graph_full", ThinkConfig()), ("graph_probe", probe_think)):
+            if mode != "cudagraph" and mode != "eager" and case == "graph_full":
+                continue  # compile time is spent on the two ends of the overhead ratio
+            if batch > 1 and mode in ("compile", "reduce-overhead") and name != "reasoner" and not args.compile_b32:
+                continue
+
+            def run(n, think=think, mode=mode):
+                ctl = thinker.controller(think, no_eos) if think is not None else None
+                return generate_graph(model, ctl, ids, max_new_tokens=n, graph_mode=mode, check_every=args.check_every,
+                                      probe_layer=probe.layer if think is probe_think else None, **gen_kw)
+
+            guarded(case, mode, lambda run=run, case=case, mode=mode: add(
+                case, mode, per_step_ms(run, device, fast_steps, fast_reps)), limit)
+    if cuda and name == "qwen3-0.6b" and batch == 1 and "hf_static_compile" in args.hf_compile:
+        stat = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, cache_implementation="static", **gen_kw)  # noqa: E731
+        guarded("hf_static_compile", "compile", lambda: add("hf_static_compile", "compile",
+                                                           per_step_ms(stat, device, fast_steps, 3)), args.compile_limit_s)
+
+
+def end_to_end(model, tok, device, args, deadline, e2e, skipped):
+    """The bundled reasoner answering a fixed question set one at a time: wall-clock per question."""
+    from adaptive_think.loading import chat_prompt
+    from adaptive_think.probe import Probe
+    from adaptive_think.tasks import make_questions
+
+    try:
+        from adaptive_think.bundled import probe_path
+
+        probe, probe_src = Probe.from_pretrained(probe_path()), "shipped"
+    except (ImportError, FileNotFoundError, ValueError) as err:
+        probe, probe_src = Probe.random_for(model, width=256, seed=0), f"random (no shipped probe: {str(err)[:80]})"
+    thinker = AdaptiveThinker(model, tok, probe=probe)
+    questions = make_questions(args.questions, seed=0)
+    prompts = [tok(chat_prompt(tok, q.question), return_tensors="pt").to(device) for q in questions]
+    for policy, think in (("full", ThinkConfig()), ("probe", ThinkConfig(policy="probe"))):
+        for engine in ("hf", "graph"):
+            if time.monotonic() > deadline - 10:
+                skipped.append({"model": "reasoner", "case": f"e2e_{policy}_{engine}", "why": "time budget spent"})
+                continue
+            thinker.generate(**prompts[0], think=think, engine=engine, max_new_tokens=args.e2e_tokens)  # warm-up
+            times, tokens = [], []
+            for p in prompts:
+                sync(device)
+                t0 = time.perf_counter()
+                out = thinker.generate(**p, think=think, engine=engine, max_new_tokens=args.e2e_tokens)
+                sync(device)
+                times.append((time.perf_counter() - t0) * 1e3)
+                tokens.append(out.shape[1] - p["input_ids"].shape[1])
+            row = {"policy": policy, "engine": engine, "ms_per_question": quantiles(times),
+                   "mean_new_tokens": sum(tokens) / len(tokens), "probe": probe_src if policy == "probe" else None}
+            e2e.append(row)
+            print(f"  e2e reasoner {policy:6s} {engine:6s} {row['ms_per_question']['median']:9.2f} ms/question "
+                  f"{row['mean_new_tokens']:7.1f} tokens", flush=True)
+    graph.clear_graph_cache(model)
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+
+def summarise(results: list[dict], e2e: list[dict]) -> dict:
+    """Ratios vs the same-run HF eager baseline and the controller's overhead on the graph engine."""
+    med = {(r["model"], r["batch"], r["case"], r["mode"]): r["ms_per_step"]["median"] for r in results}
+    for r in results:
+        base = med.get((r["model"], r["batch"], "hf_eager", "eager"))
+        r["speedup_vs_hf_eager"] = base / r["ms_per_step"]["median"] if base and r["ms_per_step"]["median"] else None
+    overhead = []
+    for (model, batch, case, mode), ms in med.items():
+        if case != "graph_probe":
+            continue
+        for ref in ("graph_none", "graph_full"):
+            if (model, batch, ref, mode) in med:
+                overhead.append({"model": model, "batch": batch, "mode": mode, "vs": ref,
+                                 "controller_overhead": ms / med[model, batch, ref, mode] - 1})
+    by = {(r["policy"], r["engine"]): r["ms_per_question"]["median"] for r in e2e}
+    e2e_ratios = {f"{p}_{e}_vs_full_hf": by[p, e] / by["full", "hf"] for (p, e) in by if ("full", "hf") in by}
+    return {"controller_overhead": overhead, "e2e_ratios": e2e_ratios}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("transformers", "triton"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = None
+    try:
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                           timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = None
+    return out
+
+
+def table(results, doc):
+    lines = [f"{'model':11s} {'B':>3s} {'case':18s} {'mode':15s} {'ms/step':>9s} {'p20':>8s} {'p80':>8s} {'x HF eager':>10s}"]
+    for r in results:
+        q = r["ms_per_step"]
+        sp = r.get("speedup_vs_hf_eager")
+        lines.append(f"{r['model']:11s} {r['batch']:3d} {r['case']:18s} {r['mode']:15s} {q['median']:9.3f} "
+                     f"{q['p20']:8.3f} {q['p80']:8.3f} {sp if sp is None else round(sp, 2)!s:>10s}")
+    for o in doc["summary"]["controller_overhead"]:
+        lines.append(f"controller overhead {o['model']} B={o['batch']} {o['mode']} vs {o['vs']}: "
+                     f"{100 * o['controller_overhead']:+.1f}%")
+    for r in doc["e2e"]:
+        lines.append(f"e2e reasoner {r['policy']:5s} {r['engine']:5s}: {r['ms_per_question']['median']:.1f} ms/question "
+                     f"(p20 {r['ms_per_question']['p20']:.1f}, p80 {r['ms_per_question']['p80']:.1f}), "
+                     f"{r['mean_new_tokens']:.1f} tokens")
+    for k, v in doc["summary"]["e2e_ratios"].items():
+        lines.append(f"e2e {k}: {v:.3f}")
+    for s in doc["skipped"]:
+        lines.append(f"skipped: {s}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # what to run
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="bundled-reasoner cases only")
+    p.add_argument("--models", nargs="+", default=["reasoner", "qwen3-0.6b", "qwen3-4b"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--graph-modes", nargs="+", default=["cudagraph", "compile"])
+    p.add_argument("--hf-compile", nargs="*", default=["hf_static_compile"])
+    p.add_argument("--compile-b32", action="store_true", help="also compile the big shapes at batch 32")
+    # budgets
+    p.add_argument("--budget-s", type=float, default=230.0, help="stop starting cases after this many seconds")
+    p.add_argument("--compile-limit-s", type=float, default=100.0, help="time limit of one compiled case")
+    p.add_argument("--check-every", type=int, default=8)
+    p.add_argument("--questions", type=int, default=12)
+    p.add_argument("--e2e-tokens", type=int, default=256)
+    # output
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    start = time.monotonic()
+    deadline = start + args.budget_s
+    device = args.device
+    torch.set_num_threads(min(2, os.cpu_count() or 1)) if device == "cpu" else None
+    models = ["reasoner"] if args.quick else args.models
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    results, e2e, skipped = [], [], []
+    dev_name = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor() or "cpu"
+    print(f"# engines benchmark on {dev_name}, {dtype}", flush=True)
+    for name in models:
+        if time.monotonic() > deadline:
+            skipped.append({"model": name, "why": "time budget spent"})
+            continue
+        try:
+            if name == "reasoner":
+                model, tok = reasoner(device, dtype)
+            else:
+                model, tok = random_qwen3(name, device, dtype), bench_tokenizer()
+        except FileNotFoundError as err:
+            skipped.append({"model": name, "why": str(err)[:200]})
+            continue
+        with torch.no_grad():
+            for batch in args.batches:
+                if time.monotonic() > deadline:
+                    skipped.append({"model": name, "batch": batch, "why": "time budget spent"})
+                    continue
+                step_cases(name, model, tok, device, batch, args, deadline, results, skipped)
+            if name == "reasoner":
+                end_to_end(model, tok, device, args, deadline, e2e, skipped)
+        del model
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **versions(), "argv": sys.argv[1:],
+           "wall_s": time.monotonic() - start, "cases": results, "e2e": e2e, "skipped": skipped}
+    doc["summary"] = summarise(results, e2e)
+    print(table(results, doc))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
