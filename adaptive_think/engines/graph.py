@@ -37,6 +37,7 @@ from adaptive_think.engines.hf import decoder_layers
 GRAPH_MODES = ("eager", "cudagraph", "compile", "reduce-overhead")
 MAX_CACHED_RUNNERS = 4  # per model: each holds a KV cache of its bucket
 MIN_BUCKET = 64
+WARMUP_STEPS = 4  # decode steps a runner takes before capture (1 eager + 3 on the side stream)
 
 # generate() arguments the graph engine cannot honour, and why (the hf engine handles all of them)
 UNSUPPORTED = {
@@ -361,10 +362,10 @@ class DecodeRunner:
                 if self.graph_mode in ("cudagraph", "compile"):
                     self._capture()
                 elif self.graph_mode == "reduce-overhead":
-                    for _ in range(3):  # cudagraph trees record on the second/third call
+                    for _ in range(WARMUP_STEPS - 1):  # cudagraph trees record on the second/third call
                         self._step()
             elif self.graph_mode != "eager":
-                for _ in range(2):
+                for _ in range(WARMUP_STEPS - 1):
                     self._step()  # compiles now, not inside the first timed call
         finally:
             self._active = False
@@ -374,7 +375,7 @@ class DecodeRunner:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graphs asks
-            for _ in range(3):
+            for _ in range(WARMUP_STEPS - 1):
                 self._step()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
@@ -476,10 +477,12 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
     pad = pad_token_id if pad_token_id is not None else getattr(gen_cfg, "pad_token_id", None)
     pad = int(pad) if pad is not None else (eos[0] if eos else 0)
 
-    length = _bucket(seq + max_new_tokens)
+    # + WARMUP_STEPS: building a runner runs that many decode steps past the prompt before capturing
+    need = seq + max(max_new_tokens, WARMUP_STEPS)
+    length = _bucket(need)
     window = getattr(model.config, "sliding_window", None)
     if window and length > window:
-        if seq + max_new_tokens > window:
+        if need > window:
             raise _unsupported(f"{seq + max_new_tokens} tokens past sliding_window={window}", "no rolling cache")
         length = window
     spec_key = _spec_signature(controller.spec) + (controller.impl,) if controller is not None else None
