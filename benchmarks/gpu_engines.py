@@ -121,8 +121,8 @@ def quantiles(xs: list[float]) -> dict:
 
 def per_step_ms(run, device, steps: int, reps: int, base: int = 8) -> list[float]:
     """run(n) generates n new tokens; returns per-rep ms per decode step (differential, prefill cancels)."""
-    run(base)  # first calls: capture / compile / allocator warm-up (both lengths share one cache bucket)
-    run(base + steps)
+    run(base + steps)  # first calls: capture / compile / warm-up; the longer first, so HF's static cache fits both
+    run(base)
     out = []
     for _ in range(reps):
         times = []
@@ -136,18 +136,25 @@ def per_step_ms(run, device, steps: int, reps: int, base: int = 8) -> list[float
     return out
 
 
-def step_cases(name, model, tok, device, batch, args, deadline, results, skipped):
-    """Per-step timings of every engine on one (model, batch); eos is switched off so every run is full length."""
+COMPILED = ("compile", "reduce-overhead")
+
+
+def step_cases(name, model, tok, device, batch, args, deadline, results, skipped, phase):
+    """Per-step timings on one (model, batch); eos is switched off so every run is full length.
+
+    phase "fast": HF eager, the hf engine, the graph engine uncompiled (seconds each); phase "compile": the
+    compiled graph engine and HF's static cache + compile (about a minute each), run after every fast case.
+    """
     eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None
     try:
-        _step_cases(name, model, tok, device, batch, args, deadline, results, skipped)
+        _step_cases(name, model, tok, device, batch, args, deadline, results, skipped, phase)
     finally:
         model.generation_config.eos_token_id = eos
         graph.clear_graph_cache(model)
 
 
-def _step_cases(name, model, tok, device, batch, args, deadline, results, skipped):
+def _step_cases(name, model, tok, device, batch, args, deadline, results, skipped, phase):
     from adaptive_think.probe import Probe
 
     prompt_len = 72  # 72 + 8 and 72 + 8 + 48 fall in one static-cache bucket (128): one capture per case
@@ -159,6 +166,8 @@ def _step_cases(name, model, tok, device, batch, args, deadline, results, skippe
     cuda = torch.device(device).type == "cuda"
     slow_steps, slow_reps = (16, 2) if cuda else (8, 2)
     fast_steps, fast_reps = (48, 5) if cuda else (16, 3)
+    if args.reps:
+        slow_reps = fast_reps = args.reps
     no_eos = dict(eos_token_id=None, pad_token_id=0)
 
     def add(case, mode, ms, **extra):
@@ -178,21 +187,21 @@ def _step_cases(name, model, tok, device, batch, args, deadline, results, skippe
             print(f"  {name:11s} B={batch:<3d} {case:18s} {mode:15s} failed: {type(err).__name__}: {str(err)[:120]}", flush=True)
 
     gen_kw = dict(attention_mask=mask, do_sample=False, **no_eos)
-    hf = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, **gen_kw)  # noqa: E731
-    guarded("hf_eager", "eager", lambda: add("hf_eager", "eager", per_step_ms(hf, device, slow_steps, slow_reps)), 120)
-    hf_probe = lambda n: thinker.generate(ids, max_new_tokens=n, min_new_tokens=n, think=probe_think, engine="hf", **gen_kw)  # noqa: E731
-    guarded("hf_engine_probe", "eager", lambda: add("hf_engine_probe", "eager",
-                                                    per_step_ms(hf_probe, device, slow_steps, slow_reps)), 120)
-
-    modes = args.graph_modes if cuda else ["eager"]
+    if phase == "fast":
+        hf = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, **gen_kw)  # noqa: E731
+        guarded("hf_eager", "eager", lambda: add("hf_eager", "eager", per_step_ms(hf, device, slow_steps, slow_reps)), 120)
+        hf_probe = lambda n: thinker.generate(ids, max_new_tokens=n, min_new_tokens=n, think=probe_think,  # noqa: E731
+                                              engine="hf", **gen_kw)
+        guarded("hf_engine_probe", "eager", lambda: add("hf_engine_probe", "eager",
+                                                        per_step_ms(hf_probe, device, slow_steps, slow_reps)), 120)
+        modes = [m for m in args.graph_modes if m not in COMPILED] if cuda else ["eager"]
+    else:
+        modes = [m for m in args.graph_modes if m in COMPILED] if cuda else []
     for mode in modes:
-        limit = args.compile_limit_s if mode in ("compile", "reduce-overhead") else 120
+        limit = args.compile_limit_s if mode in COMPILED else 120
         for case, think in (("graph_none", None), ("graph_full", ThinkConfig()), ("graph_probe", probe_think)):
             if mode != "cudagraph" and mode != "eager" and case == "graph_full":
                 continue  # compile time is spent on the two ends of the overhead ratio
-            if mode in ("compile", "reduce-overhead") and (name not in args.compile_models
-                                                           or (batch > 1 and not args.compile_b32)):
-                continue  # ~1 min of compiling each: spent on the shape the targets are about
 
             def run(n, think=think, mode=mode):
                 ctl = thinker.controller(think, no_eos) if think is not None else None
@@ -201,9 +210,7 @@ def _step_cases(name, model, tok, device, batch, args, deadline, results, skippe
 
             guarded(case, mode, lambda run=run, case=case, mode=mode: add(
                 case, mode, per_step_ms(run, device, fast_steps, fast_reps)), limit)
-    # HF's own compiled path last, and only while enough budget is left for the remaining models
-    if (cuda and name in args.compile_models and batch == 1 and args.hf_compile
-            and deadline - time.monotonic() > 2 * args.compile_limit_s):
+    if cuda and phase == "compile" and batch == 1 and args.hf_compile:
         stat = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, cache_implementation="static", **gen_kw)  # noqa: E731
         guarded("hf_static_compile", "compile", lambda: add("hf_static_compile", "compile",
                                                            per_step_ms(stat, device, fast_steps, 3)), args.compile_limit_s)
@@ -318,6 +325,7 @@ def main(argv=None) -> dict:
     # budgets
     p.add_argument("--budget-s", type=float, default=230.0, help="stop starting cases after this many seconds")
     p.add_argument("--compile-limit-s", type=float, default=100.0, help="time limit of one compiled case")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default: 2 slow, 5 fast)")
     p.add_argument("--check-every", type=int, default=8)
     p.add_argument("--questions", type=int, default=12)
     p.add_argument("--e2e-tokens", type=int, default=256)
@@ -332,11 +340,16 @@ def main(argv=None) -> dict:
     models = ["reasoner"] if args.quick else args.models
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     results, e2e, skipped = [], [], []
+    cuda = torch.device(device).type == "cuda"
+    # fast cases of every model first, then the compiled ones (the targets' shape) with what time is left
+    plan = [(name, "fast", args.batches) for name in models]
+    if cuda and not args.quick:
+        plan += [(name, "compile", args.batches if args.compile_b32 else [1]) for name in args.compile_models]
     dev_name = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor() or "cpu"
     print(f"# engines benchmark on {dev_name}, {dtype}", flush=True)
-    for name in models:
+    for name, phase, batches in plan:
         if time.monotonic() > deadline:
-            skipped.append({"model": name, "why": "time budget spent"})
+            skipped.append({"model": name, "phase": phase, "why": "time budget spent"})
             continue
         try:
             if name == "reasoner":
@@ -347,15 +360,15 @@ def main(argv=None) -> dict:
             skipped.append({"model": name, "why": str(err)[:200]})
             continue
         with torch.no_grad():
-            for batch in args.batches:
+            for batch in batches:
                 if time.monotonic() > deadline:
-                    skipped.append({"model": name, "batch": batch, "why": "time budget spent"})
+                    skipped.append({"model": name, "batch": batch, "phase": phase, "why": "time budget spent"})
                     continue
-                step_cases(name, model, tok, device, batch, args, deadline, results, skipped)
-            if name == "reasoner":
+                step_cases(name, model, tok, device, batch, args, deadline, results, skipped, phase)
+            if name == "reasoner" and phase == "fast":
                 end_to_end(model, tok, device, args, deadline, e2e, skipped)
         del model
-        if torch.device(device).type == "cuda":
+        if cuda:
             torch.cuda.empty_cache()
     doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **versions(), "argv": sys.argv[1:],
            "wall_s": time.monotonic() - start, "cases": results, "e2e": e2e, "skipped": skipped}

@@ -156,6 +156,16 @@ def test_runners_are_reused_across_calls_of_one_shape():
     assert model not in graph._RUNNERS
 
 
+def test_runner_made_under_inference_mode_serves_later_calls():
+    model = make_model("llama", len(TOK), seed=3)
+    batch = batch_of(PROMPTS)
+    kw = dict(attention_mask=batch["attention_mask"], max_new_tokens=6)
+    with torch.inference_mode():
+        first = generate_graph(model, None, batch["input_ids"], **kw)
+    assert torch.equal(generate_graph(model, None, batch["input_ids"], **kw), first)
+    graph.clear_graph_cache(model)
+
+
 @pytest.mark.parametrize("kwargs", [dict(streamer=object()), dict(logits_processor=[lambda i, s: s]),
                                     dict(stopping_criteria=[lambda i, s: False]), dict(num_beams=2),
                                     dict(output_scores=True), dict(return_dict_in_generate=True),

@@ -311,7 +311,7 @@ class DecodeRunner:
         allowed = causal[None] & self.valid[:, None, :]  # [B, S, L]
         allowed = allowed | (~real[:, :, None] & (k[None, None, :] == q[None, :, None]))  # pad rows see themselves
         logits = self._eager_forward(input_ids, self._mask(allowed[:, None]), pos)
-        self._choose(logits, input_ids[:, -1])
+        self._choose(logits, input_ids[:, -1].contiguous())  # stride 1 like `cur`: one kernel specialisation
 
     def decode_one_token(self) -> None:
         """One decode step on static buffers only: no host sync, no allocation the graph cannot replay."""
@@ -493,7 +493,8 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
             controller.begin(input_ids)  # a valid state to warm up on
         return DecodeRunner(model, bsz, length, controller, probe_layer, sampling, pad, eos, graph_mode)
 
-    with torch.no_grad():
+    # buffers made under a caller's inference_mode would refuse in-place updates in a later call outside it
+    with torch.inference_mode(False), torch.no_grad():
         runner, fresh = _runner(model, key, make)
         if fresh or not runner.captured:
             # warm-up steps sample too: keep them off the caller's random stream, so a seed reproduces a run
