@@ -5,26 +5,30 @@ Run on CPU through Triton's interpreter with `TRITON_INTERPRET=1` set before tri
 
 Design (one launch, CUDA-graph safe: every argument is a pointer to a persistent buffer or a per-call constant):
 
-- grid = (H tiles, B tiles, 2 heads). Program (t, b, head) computes, for rows of B tile b, the partial
-  ready/skip logit of hidden units [t*BLOCK_H, (t+1)*BLOCK_H): z = W1_tile . ((h - mean) * inv_std) + b1
-  with `tl.dot`, ReLU, then w2_tile . z. ReLU is why the reduction over D cannot be split across programs.
-  Skip-head programs do nothing unless the loaded step is 0 (runtime branch). Partials go to a workspace
-  [2, n_h_tiles, B]; no atomics on data, so the sum is deterministic.
-- the last program to finish (an atomic ticket counter, the CUDA threadFenceReduction pattern) sums the
-  partials in a fixed order and runs the state machine for all rows, writes the forced token, and
-  increments `step`. Every program loads `step` before taking its ticket (release/acquire atomics), so
-  the increment by the last program can never be seen by a program that still needs the old value.
-  The last program also resets the counter to 0, ready for the next launch (or graph replay).
-- without a probe (policy != probe, or no probe / hidden) the grid is (1, 1, 1): one program does the
-  state machine, no counter.
+- grid = (H tiles of 16, D chunks x B tiles, 2 heads). Program (t, c, b, head) computes
+  z_c = W1[t-tile, c-chunk] . ((h - mean) * inv_std)[b-tile, c-chunk] with `tl.dot` (tf32x3 on GPU: tensor
+  cores at fp32-level accuracy). Splitting D (chunks of 512 on GPU) is what gives enough programs, each with
+  little to read (32 KB of W1 at D=4096), for batch 1; one program per H tile would walk all of D serially.
+- ReLU needs the whole z, so chunks park z_c in a workspace and take a ticket of their (head, t, b) tile
+  (atomic counter); the tile's last ticket sums the chunks in a fixed order (deterministic), applies b1,
+  ReLU and w2, and writes the tile's share of the logit.
+- every program then takes a ticket of the launch; the last one sums the shares in a fixed order, applies
+  b2 and the sigmoid, runs the state machine for all rows, writes the forced token and increments `step`.
+  This is the CUDA threadFenceReduction pattern: stores, a CTA barrier, then an acq_rel atomic, so the last
+  ticket sees every other program's writes. Every program loads `step` before its ticket, so no program can
+  see the increment; the last ones reset their counters to 0 for the next launch (or graph replay).
+- skip-head programs do nothing but take their ticket unless the loaded step is 0 (runtime branch).
+- without a probe (policy != probe, or no probe / hidden) the grid is (1, 1, 1): one program runs the
+  state machine, no tickets.
 
-The workspace lives beside the state (keyed on its `step` tensor), so one state must not be stepped on two
+The workspace belongs to the state (keyed on its `step` tensor), so one state must not be stepped on two
 streams at once (a state machine never is).
 """
 
 from __future__ import annotations
 
 import weakref
+from typing import NamedTuple
 
 import torch
 import triton
@@ -60,19 +64,34 @@ _POLICY_PROBE = tl.constexpr(POLICY_PROBE)
 
 
 @triton.jit
-def _head_partial(
-    hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, w1_ptr, b1_ptr, w2_ptr, part_ptr,
-    B, D, H, pid_h, pid_b,
+def _tile_score(z, b1_ptr, w2_ptr, hs, hmask, rows, rmask, spart_ptr, RELU: tl.constexpr):
+    """b1, activation and w2 on a finished z tile [BB, BH] -> this tile's share of the head's logit [BB]."""
+    z = z + tl.load(b1_ptr + hs, mask=hmask, other=0.0)[None, :]
+    if RELU:
+        z = tl.where(z < 0.0, 0.0, z)  # keeps NaN, like torch.relu
+    w2 = tl.load(w2_ptr + hs, mask=hmask, other=0.0)
+    # padded hidden units are dropped explicitly: an inf input makes inf * 0 = NaN there
+    part = tl.sum(tl.where(hmask[None, :], z * w2[None, :], 0.0), axis=1)  # [BB]
+    tl.store(spart_ptr + rows, part, mask=rmask)
+
+
+@triton.jit
+def _head_tile(
+    hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, w1_ptr, b1_ptr, w2_ptr,
+    zpart_ptr, gcount_ptr, spart_ptr,
+    B, D, H, pid_h, pid_b, pid_d,
     RELU: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    D_CHUNK: tl.constexpr, N_D_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
+    """z = W1[h tile, d chunk] . x[b tile, d chunk]; the last chunk's program of the tile finishes the score."""
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
     rmask = rows < B
-    hs = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)  # [BH]
+    js = tl.arange(0, BLOCK_H)
+    hs = pid_h * BLOCK_H + js  # [BH]
     hmask = hs < H
     acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)  # [BD]
+    for d0 in range(0, D_CHUNK, BLOCK_D):
+        ds = pid_d * D_CHUNK + d0 + tl.arange(0, BLOCK_D)  # [BD]
         dmask = ds < D
         h = tl.load(hidden_ptr + rows[:, None] * stride_hb + ds[None, :] * stride_hd,
                     mask=rmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)  # [BB, BD]
@@ -81,13 +100,20 @@ def _head_partial(
         x = (h - mu[None, :]) * isd[None, :]  # same op order as the reference
         w = tl.load(w1_ptr + hs[:, None] * D + ds[None, :], mask=hmask[:, None] & dmask[None, :], other=0.0)  # [BH, BD]
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)  # [BB, BH]
-    z = acc + tl.load(b1_ptr + hs, mask=hmask, other=0.0)[None, :]
-    if RELU:
-        z = tl.where(z < 0.0, 0.0, z)  # keeps NaN, like torch.relu
-    w2 = tl.load(w2_ptr + hs, mask=hmask, other=0.0)
-    # padded hidden units are dropped explicitly: an inf input makes inf * 0 = NaN there
-    part = tl.sum(tl.where(hmask[None, :], z * w2[None, :], 0.0), axis=1)  # [BB]
-    tl.store(part_ptr + rows, part, mask=rmask)
+    if N_D_SPLITS == 1:
+        _tile_score(acc, b1_ptr, w2_ptr, hs, hmask, rows, rmask, spart_ptr, RELU)
+    else:
+        # ReLU needs the whole z: park this chunk's share, and the tile's last program to finish sums them
+        offs = rows[:, None] * BLOCK_H + js[None, :]  # [BB, BH] in a [B, BH] slab
+        tl.store(zpart_ptr + pid_d * B * BLOCK_H + offs, acc, mask=rmask[:, None])
+        tl.debug_barrier()
+        ticket = tl.atomic_add(gcount_ptr, 1, sem="acq_rel")
+        if ticket == N_D_SPLITS - 1:
+            z = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+            for c in range(0, N_D_SPLITS):  # fixed order: deterministic
+                z += tl.load(zpart_ptr + c * B * BLOCK_H + offs, mask=rmask[:, None], other=0.0, cache_modifier=".cg")
+            _tile_score(z, b1_ptr, w2_ptr, hs, hmask, rows, rmask, spart_ptr, RELU)
+            tl.atomic_xchg(gcount_ptr, 0)  # ready for the next launch
 
 
 @triton.jit
@@ -231,34 +257,31 @@ def _probe_step_kernel(
     phase_ptr, think_ptr, streak_ptr, cursor_ptr, om_ptr, cm_ptr, ended_ptr, dstep_ptr,
     ema_ptr, score_ptr, forced_ptr, step_ptr,
     open_ptr, close_ptr, force_ptr, eos_ptr, bnd_ptr,
-    part_ptr, count_ptr,
-    B, D, H_READY, H_SKIP, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE,
+    part_ptr, zpart_ptr, gcount_ptr, count_ptr,
+    B, D, H_READY, H_SKIP, N_H_TILES, N_B_TILES, N_EOS, V_BND, LO, LC, N_FORCE,
     min_think, max_think, threshold, skip_threshold, alpha, one_minus_alpha, patience,
     POLICY: tl.constexpr, HAS_PROBE: tl.constexpr, RELU: tl.constexpr, BOUNDARY_ONLY: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    D_CHUNK: tl.constexpr, N_D_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     step = tl.load(step_ptr)  # every program reads step before its ticket; only the last one writes it
     if HAS_PROBE:
         pid_h = tl.program_id(0)
-        pid_b = tl.program_id(1)
+        pid_b = tl.program_id(1) % N_B_TILES
+        pid_d = tl.program_id(1) // N_B_TILES
         head = tl.program_id(2)
+        # per (head, h tile): score partials [B] and z chunks [N_D_SPLITS, B, BLOCK_H]; per (head, h tile, b tile): a ticket
+        tile = head * N_H_TILES + pid_h
         if head == 0:
-            if pid_h * BLOCK_H < H_READY:
-                _head_partial(hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, rw1_ptr, rb1_ptr, rw2_ptr,
-                              part_ptr + pid_h * B, B, D, H_READY, pid_h, pid_b,
-                              RELU, BLOCK_B, BLOCK_H, BLOCK_D, DOT_PRECISION)
-            else:  # a tile past this head's width contributes 0
-                rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-                tl.store(part_ptr + pid_h * B + rows, tl.zeros([BLOCK_B], tl.float32), mask=rows < B)
+            _head_tile(hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, rw1_ptr, rb1_ptr, rw2_ptr,
+                       zpart_ptr + tile * N_D_SPLITS * B * BLOCK_H, gcount_ptr + tile * N_B_TILES + pid_b,
+                       part_ptr + tile * B, B, D, H_READY, pid_h, pid_b, pid_d,
+                       RELU, BLOCK_B, BLOCK_H, BLOCK_D, D_CHUNK, N_D_SPLITS, DOT_PRECISION)
         elif step == 0:  # the skip head is only read at the end of the prompt
-            if pid_h * BLOCK_H < H_SKIP:
-                _head_partial(hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, sw1_ptr, sb1_ptr, sw2_ptr,
-                              part_ptr + (N_H_TILES + pid_h) * B, B, D, H_SKIP, pid_h, pid_b,
-                              RELU, BLOCK_B, BLOCK_H, BLOCK_D, DOT_PRECISION)
-            else:
-                rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-                tl.store(part_ptr + (N_H_TILES + pid_h) * B + rows, tl.zeros([BLOCK_B], tl.float32), mask=rows < B)
+            _head_tile(hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, sw1_ptr, sb1_ptr, sw2_ptr,
+                       zpart_ptr + tile * N_D_SPLITS * B * BLOCK_H, gcount_ptr + tile * N_B_TILES + pid_b,
+                       part_ptr + tile * B, B, D, H_SKIP, pid_h, pid_b, pid_d,
+                       RELU, BLOCK_B, BLOCK_H, BLOCK_D, D_CHUNK, N_D_SPLITS, DOT_PRECISION)
         # all threads' partial stores precede the ticket (release); the last ticket acquires them all
         tl.debug_barrier()
         n_programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
@@ -280,19 +303,32 @@ def _probe_step_kernel(
                   POLICY, HAS_PROBE, BOUNDARY_ONLY, BLOCK_R)
 
 
-# workspace per state: (partials [2, n_h_tiles, B] fp32, ticket counter [1] int32), keyed on state.step
-_WORKSPACES: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+class Workspace(NamedTuple):
+    """Scratch of one state's launches; the tickets start at 0 and every launch leaves them at 0."""
+
+    spart: torch.Tensor  # [2, n_h_tiles, B] fp32: each (head, h tile)'s share of the logit
+    zpart: torch.Tensor  # [2, n_h_tiles, n_d_splits, B, BLOCK_H] fp32: z per D chunk (a dummy with one split)
+    gcount: torch.Tensor  # [2, n_h_tiles, n_b_tiles] int32: tickets of the D chunks of one tile
+    count: torch.Tensor  # [1] int32: tickets of all programs
+
+
+# keyed on the state's `step` tensor, so the workspace lives exactly as long as the state
+_WORKSPACES: "weakref.WeakKeyDictionary[torch.Tensor, Workspace]" = weakref.WeakKeyDictionary()
 
 _STATE_INT32 = ("phase", "think_count", "streak", "cursor", "open_match", "close_match", "ended_by", "decision_step")
 _PROBE_FIELDS = ("mean", "inv_std", "ready_w1", "ready_b1", "ready_w2", "ready_b2", "skip_w1", "skip_b1", "skip_w2", "skip_b2")
 
 
-def _workspace(state: ControllerState, n_h_tiles: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _workspace(state: ControllerState, n_h_tiles: int, n_d_splits: int, n_b_tiles: int, block_h: int) -> Workspace:
+    batch, device = state.phase.shape[0], state.step.device
+    zshape = (2, n_h_tiles, n_d_splits, batch, block_h) if n_d_splits > 1 else (1,)
     ws = _WORKSPACES.get(state.step)
-    if ws is None or ws[0].shape != (2, n_h_tiles, batch) or ws[0].device != state.step.device:
-        # the counter must start at 0; the last program of every launch puts it back to 0
-        ws = (torch.empty(2, n_h_tiles, batch, dtype=torch.float32, device=state.step.device),
-              torch.zeros(1, dtype=torch.int32, device=state.step.device))
+    if ws is None or ws.spart.shape != (2, n_h_tiles, batch) or ws.zpart.shape != zshape \
+            or ws.gcount.shape != (2, n_h_tiles, n_b_tiles) or ws.count.device != device:
+        ws = Workspace(spart=torch.empty(2, n_h_tiles, batch, dtype=torch.float32, device=device),
+                       zpart=torch.empty(zshape, dtype=torch.float32, device=device),
+                       gcount=torch.zeros(2, n_h_tiles, n_b_tiles, dtype=torch.int32, device=device),
+                       count=torch.zeros(1, dtype=torch.int32, device=device))
         _WORKSPACES[state.step] = ws
     return ws
 
@@ -362,18 +398,27 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
         h_ready, h_skip = p.ready_w1.shape[0], p.skip_w1.shape[0]
         block_b = 16 if batch <= 16 else 32 if batch <= 32 else 64  # tl.dot needs >= 16
         block_h = 16
-        block_d = max(16, min(128 if block_b <= 32 else 64, triton.next_power_of_2(d)))
+        if interp:  # small chunks, so the CPU tests cover the split-D path on small shapes
+            block_d, d_chunk = 32, 64
+        else:  # D chunks of 512: for D = 4096, 8 x (H / 16) programs per head, each reading 32 KB of W1
+            block_d = 128 if block_b <= 32 else 64
+            d_chunk = 512
+        block_d = min(block_d, max(16, triton.next_power_of_2(d)))
+        d_chunk = max(block_d, min(d_chunk, triton.cdiv(d, block_d) * block_d))
+        n_d_splits = triton.cdiv(d, d_chunk)
         n_h_tiles = triton.cdiv(max(h_ready, h_skip), block_h)
-        grid = (n_h_tiles, triton.cdiv(batch, block_b), 2)
-        part, counter = _workspace(state, n_h_tiles, batch)
+        n_b_tiles = triton.cdiv(batch, block_b)
+        grid = (n_h_tiles, n_d_splits * n_b_tiles, 2)
+        ws = _workspace(state, n_h_tiles, n_d_splits, n_b_tiles, block_h)
+        work = (ws.spart, ws.zpart, ws.gcount, ws.count)
         weights = [getattr(p, f) for f in _PROBE_FIELDS]
         hargs = (hidden, hidden.stride(0), hidden.stride(1))
         relu = bool(p.relu)
     else:
-        d = h_ready = h_skip = n_h_tiles = 1
-        block_b = block_h = block_d = 16
+        d = h_ready = h_skip = n_h_tiles = n_b_tiles = n_d_splits = 1
+        block_b = block_h = block_d = d_chunk = 16
         grid = (1, 1, 1)
-        part, counter = state.ema, state.step  # never read without a probe
+        work = (state.ema, state.ema, state.step, state.step)  # never touched without a probe
         weights = [state.ema] * len(_PROBE_FIELDS)
         hargs = (state.ema, 0, 0)
         relu = False
@@ -384,13 +429,13 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
         s.phase, s.think_count, s.streak, s.cursor, s.open_match, s.close_match, s.ended_by, s.decision_step,
         s.ema, s.score, s.forced, s.step,
         spec.open_ids, spec.close_ids, spec.force_seq, spec.eos_ids, spec.is_boundary,
-        part, counter,
-        batch, d, h_ready, h_skip, n_h_tiles, spec.eos_ids.numel(), spec.is_boundary.numel(),
+        *work,
+        batch, d, h_ready, h_skip, n_h_tiles, n_b_tiles, spec.eos_ids.numel(), spec.is_boundary.numel(),
         spec.open_ids.numel(), spec.close_ids.numel(), spec.force_seq.numel(),
         int(spec.min_think), int(spec.max_think), float(spec.threshold), float(spec.skip_threshold),
         float(spec.alpha), 1.0 - float(spec.alpha), int(spec.patience),
         POLICY=int(spec.policy), HAS_PROBE=use_probe, RELU=relu, BOUNDARY_ONLY=bool(spec.boundary_only),
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_R=block_r,
+        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_R=block_r, D_CHUNK=d_chunk, N_D_SPLITS=n_d_splits,
         # tf32x3 runs on tensor cores at fp32-level accuracy; the interpreter computes in plain fp32
         DOT_PRECISION="ieee" if interp else "tf32x3",
         num_warps=4,
