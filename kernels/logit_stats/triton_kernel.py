@@ -138,7 +138,8 @@ def _plan(batch: int, vocab: int, device: torch.device, block_v: int | None, n_s
     block_v = max(16, min(block_v, triton.next_power_of_2(vocab)))
     if n_splits is None:
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 4
-        n_splits = max(1, min(triton.cdiv(4 * sms, batch), triton.cdiv(vocab, block_v), 256))
+        # ~8 programs per SM: enough loads in flight to cover HBM latency (each program streams a few blocks)
+        n_splits = max(1, min(triton.cdiv(8 * sms, batch), triton.cdiv(vocab, block_v), 256))
     chunk = triton.cdiv(triton.cdiv(vocab, n_splits), block_v) * block_v
     return block_v, chunk, triton.cdiv(vocab, chunk)  # no empty trailing split
 
