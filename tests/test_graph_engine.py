@@ -234,3 +234,22 @@ def test_bundled_reasoner_matches_hf_engine():
         out = thinker.generate(**batch, think=think, engine="graph", max_new_tokens=48, do_sample=False)
         assert torch.equal(out, ref)
         assert [r.to_dict() for r in thinker.last_reports] == ref_reports
+
+
+@pytest.mark.kernels
+def test_triton_controller_in_the_loop_matches_the_torch_reference():
+    """The Triton probe_step (interpreted on CPU) inside the graph engine's step, reused over two calls."""
+    from adaptive_think.probe import Probe
+
+    model = model_of("qwen3")
+    probe = Probe.random_for(model, layer=1, width=16, seed=0)
+    think = ThinkConfig(policy="probe", threshold=0.5, min_think_tokens=2, stop_at_boundary=False)
+    batch = batch_of(THINK_PROMPTS)
+    ref_thinker = AdaptiveThinker(model, TOK, probe=probe, impl="torch")
+    ref = ref_thinker.generate(**batch, think=think, engine="hf", max_new_tokens=10)
+    ref_reports = [r.to_dict() for r in ref_thinker.last_reports]
+    thinker = AdaptiveThinker(model, TOK, probe=probe, impl="triton")
+    for _ in range(2):
+        out = thinker.generate(**batch, think=think, engine="graph", max_new_tokens=10)
+        assert torch.equal(out, ref)
+        assert [r.to_dict() for r in thinker.last_reports] == ref_reports
