@@ -23,7 +23,7 @@ from tiny import make_tokenizer
         (dict(smoothing=0.0), "smoothing"),
         (dict(patience=0), "patience"),
         (dict(min_think_tokens=-2), "min_think_tokens"),
-        (dict(exit_text=None), "exit_text"),
+        (dict(exit_text=3), "exit_text"),
     ],
 )
 def test_bad_config_values(kwargs, match):
