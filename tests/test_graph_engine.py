@@ -253,3 +253,15 @@ def test_triton_controller_in_the_loop_matches_the_torch_reference():
         out = thinker.generate(**batch, think=think, engine="graph", max_new_tokens=10)
         assert torch.equal(out, ref)
         assert [r.to_dict() for r in thinker.last_reports] == ref_reports
+
+
+def test_cached_runners_do_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    model = make_model("qwen3", len(TOK), seed=4)
+    generate_graph(model, None, batch_of(PROMPTS)["input_ids"], max_new_tokens=3)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

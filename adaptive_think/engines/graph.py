@@ -218,7 +218,9 @@ class DecodeRunner:
 
     def __init__(self, model, batch: int, length: int, controller: ThinkController | None, probe_layer: int | None,
                  sampling: tuple, pad: int, eos: tuple[int, ...], graph_mode: str):
-        self.model, self.batch, self.length, self.graph_mode = model, batch, length, graph_mode
+        # a weak reference: the runner lives in a WeakKeyDictionary keyed on the model, so it must not keep it alive
+        self._model = weakref.ref(model)
+        self.batch, self.length, self.graph_mode = batch, length, graph_mode
         self.sampling, self.pad = sampling, pad
         dev = model.device
         self.device = dev
@@ -263,7 +265,7 @@ class DecodeRunner:
 
     def _eager_forward(self, ids, mask, pos):
         """ids [B, T], mask [B, 1, T, L], pos [B, T] -> logits of the last position [B, V]."""
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+        out = self._model()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                          **{self.cache_kw: self.cache})
         return out.logits[:, -1]
 
@@ -499,7 +501,12 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
         if fresh or not runner.captured:
             # warm-up steps sample too: keep them off the caller's random stream, so a seed reproduces a run
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                runner.build(input_ids, attention_mask)
+                try:
+                    runner.build(input_ids, attention_mask)
+                except BaseException:
+                    _RUNNERS[model].pop(key, None)  # a half-built runner is never reused
+                    runner.close()
+                    raise
         if controller is not None:
             controller.begin(input_ids)
             _copy_spec(runner.ctl.spec, controller.spec)
