@@ -177,3 +177,12 @@ def test_jsonl_errors_name_the_line(tmp_path):
     with pytest.raises(ValueError, match="module:function|package.module:function"):
         load_checker("nocolon")
     assert load_checker("json:dumps") is json.dumps
+
+
+def test_ranks_split_questions_and_merge(setup, tmp_path):
+    tok, model, items = setup
+    for rank in (0, 1):
+        collect(model, tok, items[:8], tmp_path, checker, CFG, rank=rank, world=2, progress=False)
+    _, records, _ = load_collection(tmp_path)
+    prompts = sorted(r["qid"] for r in records if r["kind"] == 0)
+    assert prompts == sorted(it.id for it in items[:8])
