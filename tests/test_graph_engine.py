@@ -191,8 +191,10 @@ def test_neutral_values_and_bad_settings():
 
 
 @pytest.mark.slow
-def test_compiled_forward_keeps_tokens_and_the_hook():
-    """graph_mode="compile" on CPU: the forward hook still fills the hidden buffer inside the compiled forward."""
+@pytest.mark.parametrize("graph_mode", ["compile", "reduce-overhead"])
+def test_compiled_step_keeps_tokens_and_the_hook(graph_mode):
+    """Compiled on CPU (fullgraph): the forward hook still fills the hidden buffer inside the compiled forward
+    ("compile"), and the whole step with the controller's torch reference traces as one graph ("reduce-overhead")."""
     from adaptive_think.probe import Probe
 
     model = make_model("qwen3", len(TOK), seed=2)
@@ -204,7 +206,7 @@ def test_compiled_forward_keeps_tokens_and_the_hook():
     ref_reports = [r.to_dict() for r in thinker.last_reports]
     ctl = thinker.controller(think)
     out = generate_graph(model, ctl, batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=8,
-                         probe_layer=1, graph_mode="compile")
+                         probe_layer=1, graph_mode=graph_mode)
     assert torch.equal(out, ref)
     assert [r.to_dict() for r in ctl.reports()] == ref_reports
     graph.clear_graph_cache(model)
