@@ -128,5 +128,5 @@ def test_compiled_and_captured_step_matches_hf_engine():
     for mode in ("compile",):  # "reduce-overhead" is exercised by benchmarks/gpu_engines.py --graph-modes
         out = generate_graph(model, None, b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=12,
                              graph_mode=mode)
-        assert torch.equal(out, ref), mode
+        assert_same_or_near_tie(model, ref, out, b["attention_mask"], exact=False)  # inductor may reorder sums
     graph.clear_graph_cache(model)
