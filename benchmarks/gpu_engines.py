@@ -50,7 +50,7 @@ def random_qwen3(name: str, device: str, dtype: torch.dtype):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     cfg = Qwen3Config(vocab_size=151936, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
-                      tie_word_embeddings=name == "qwen3-0.6b", pad_token_id=0, eos_token_id=None, **SHAPES[name])
+                      tie_word_embeddings=True, pad_token_id=0, eos_token_id=None, **SHAPES[name])
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
