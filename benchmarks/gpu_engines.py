@@ -319,6 +319,7 @@ def main(argv=None) -> dict:
     # what to run
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="bundled-reasoner cases only")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default 2; 1 on a core shared with a job)")
     p.add_argument("--models", nargs="+", default=["reasoner", "qwen3-0.6b", "qwen3-4b"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     p.add_argument("--graph-modes", nargs="+", default=["cudagraph", "compile"])
@@ -339,7 +340,8 @@ def main(argv=None) -> dict:
     start = time.monotonic()
     deadline = start + args.budget_s
     device = args.device
-    torch.set_num_threads(min(2, os.cpu_count() or 1)) if device == "cpu" else None
+    if device == "cpu":
+        torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
     models = ["reasoner"] if args.quick else args.models
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     results, e2e, skipped = [], [], []
@@ -374,6 +376,7 @@ def main(argv=None) -> dict:
         if cuda:
             torch.cuda.empty_cache()
     doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **versions(), "argv": sys.argv[1:],
+           "threads": torch.get_num_threads(),
            "wall_s": time.monotonic() - start, "cases": results, "e2e": e2e, "skipped": skipped}
     doc["summary"] = summarise(results, e2e)
     print(table(results, doc))
