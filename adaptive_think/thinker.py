@@ -40,6 +40,7 @@ class AdaptiveThinker:
         self.impl = impl
         self.last_reports: list[ThinkReport] = []
         self._boundary: torch.Tensor | None = None
+        self._empty_block: tuple[int, ...] | None = None
         self._generate = getattr(model, "_adaptive_think_original_generate", model.generate)
 
     def _load_probe(self, probe):
@@ -63,6 +64,27 @@ class AdaptiveThinker:
         if self._boundary is None:
             self._boundary = boundary_mask(self.tokenizer, self.vocab_size)
         return self._boundary
+
+    def empty_block_ids(self) -> tuple[int, ...]:
+        """Tokens between the markers of the chat template's empty think block (Qwen3: "\\n\\n").
+
+        A skipped row writes exactly the block the model was trained to see with thinking disabled.
+        """
+        if self._empty_block is None:
+            self._empty_block = ()
+            template = getattr(self.tokenizer, "chat_template", None)
+            if template:
+                try:
+                    text = self.tokenizer.apply_chat_template(
+                        [{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=False,
+                        enable_thinking=False)
+                except Exception:  # noqa: BLE001 - a template that cannot render just gets no inner text
+                    text = ""
+                o, c = text.rfind(self.markers.open_text), text.rfind(self.markers.close_text)
+                if 0 <= o < c:
+                    inner = text[o + len(self.markers.open_text) : c]
+                    self._empty_block = tuple(self.tokenizer.encode(inner, add_special_tokens=False)) if inner else ()
+        return self._empty_block
 
     def eos_ids(self, kwargs: dict) -> tuple[int, ...]:
         cfg = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
@@ -99,6 +121,7 @@ class AdaptiveThinker:
             self.markers,
             think,
             exit_ids=exit_ids,
+            empty_ids=self.empty_block_ids(),
             eos_ids=self.eos_ids(kwargs or {}),
             is_boundary=self.boundary_tokens() if think.stop_at_boundary else None,
             probe=probe_tensors,

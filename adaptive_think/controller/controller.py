@@ -81,6 +81,7 @@ class ThinkController:
         config: ThinkConfig,
         *,
         exit_ids: tuple[int, ...] = (),
+        empty_ids: tuple[int, ...] = (),
         eos_ids: tuple[int, ...] = (),
         is_boundary: torch.Tensor | None = None,
         probe: ProbeTensors | None = None,
@@ -103,7 +104,8 @@ class ThinkController:
             policy=POLICY_CODES[config.policy],
             open_ids=torch.tensor(markers.open_ids, **long),
             close_ids=torch.tensor(markers.close_ids, **long),
-            force_seq=torch.tensor(markers.open_ids + markers.close_ids + tuple(exit_ids), **long),
+            # a skip writes the template's empty block (open, e.g. "\n\n", close); a stop starts at close
+            force_seq=torch.tensor(markers.open_ids + tuple(empty_ids) + markers.close_ids + tuple(exit_ids), **long),
             eos_ids=torch.tensor(tuple(eos_ids) or (-1,), **long),
             is_boundary=is_boundary.to(self.device),
             min_think=config.min_think_tokens,
@@ -114,6 +116,7 @@ class ThinkController:
             patience=config.patience,
             boundary_only=config.stop_at_boundary,
             probe=probe.to(self.device) if probe is not None else None,
+            close_at=len(markers.open_ids) + len(empty_ids),
         )
         self.state: ControllerState | None = None
         self._trace: list[torch.Tensor] = []

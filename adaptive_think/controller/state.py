@@ -75,6 +75,14 @@ class ControllerSpec:
     patience: int  # hysteresis: consecutive steps over threshold before stopping
     boundary_only: bool  # stop only right after a boundary token
     probe: ProbeTensors | None = None
+    # index in force_seq where the close marker starts; None = right after the open marker. A skip from
+    # PROMPT forces force_seq[0:], so text between the markers (Qwen3's "\n\n") goes before close_at.
+    close_at: int | None = None
+
+
+def close_start(spec: ControllerSpec) -> int:
+    """Where a row that is already inside the thought starts forcing: the close marker's index in force_seq."""
+    return spec.open_ids.numel() if spec.close_at is None else int(spec.close_at)
 
 
 @dataclass

@@ -38,3 +38,12 @@ def binom_cdf(k: int, n: int, p: float) -> float:
             for i in range(k + 1)]
     m = max(logs)
     return min(1.0, math.exp(m) * sum(math.exp(v - m) for v in logs))
+
+
+def recall_at_no_false_positive(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of positives scored strictly above every negative: what a zero-error threshold keeps."""
+    scores, labels = scores.double().flatten(), labels.bool().flatten()
+    if int(labels.sum()) == 0:
+        return float("nan")
+    top_negative = scores[~labels].max() if bool((~labels).any()) else torch.tensor(float("-inf"))
+    return float((scores[labels] > top_negative).double().mean())

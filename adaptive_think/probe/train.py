@@ -18,7 +18,7 @@ from torch import nn
 
 from adaptive_think.probe.calibrate import calibrate
 from adaptive_think.probe.collect import KIND_PROMPT, KIND_THOUGHT
-from adaptive_think.probe.metrics import auroc
+from adaptive_think.probe.metrics import auroc, recall_at_no_false_positive
 from adaptive_think.probe.probe import Probe
 from adaptive_think.probe.shards import load_collection
 
@@ -143,12 +143,19 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
             if best is None or score > best[0]:
                 best = (score, layer, k, head, mean, std, x)
     score, layer, k, ready, mean, std, x = best
+    # the skip head is used at a high threshold, so rank kinds by how many no-think successes they
+    # separate from every validation failure that full thinking would have avoided; AUROC breaks ties
+    full_ok = torch.tensor([bool(r["full_correct"]) for r in records])
     skip_heads = []
     for sk in cfg.kinds:
         head, s = fit_head(x[prompt & is_train], label[prompt & is_train], x[prompt & is_val], label[prompt & is_val],
                            sk, cfg)
-        skip_heads.append((s if s == s else -1.0, sk, head))
-    skip_auc, skip_kind, skip = max(skip_heads, key=lambda t: t[0])
+        sel = prompt & is_val & (label | full_ok)
+        with torch.no_grad():
+            sep = recall_at_no_false_positive(head(x[sel]), label[sel]) if bool(sel.any()) else float("nan")
+        skip_heads.append(((sep if sep == sep else -1.0, s if s == s else -1.0), sk, head))
+        log(f"skip head {sk:6s} val AUROC {s:.4f}, separable no-think successes {sep:.3f}")
+    (_, skip_auc), skip_kind, skip = max(skip_heads, key=lambda t: t[0])
     log(f"chosen: layer {layer} ({k}), ready val AUROC {score:.4f}; skip head {skip_kind} val AUROC {skip_auc:.4f}")
 
     width = max(cfg.width if "mlp" in (k, skip_kind) else 2, 2)

@@ -31,6 +31,7 @@ from adaptive_think.controller.state import (
     ControllerSpec,
     ControllerState,
     ProbeTensors,
+    close_start,
 )
 
 
@@ -77,6 +78,7 @@ def probe_step_reference(
     tok = last_token.to(torch.int64)
     phase = state.phase
     lo = spec.open_ids.numel()
+    cs = close_start(spec)  # where the close marker starts in force_seq
     lc = spec.close_ids.numel()
     n_force = spec.force_seq.numel()
 
@@ -146,10 +148,10 @@ def probe_step_reference(
     phase_new = torch.where(do_skip | close_now, torch.full_like(phase, CLOSING), phase_new)
     # a row skipped from PROMPT must still open the block; one already inside starts at the close marker
     cursor = torch.where(do_skip & (phase == PROMPT), torch.zeros_like(cursor), cursor)
-    cursor = torch.where(do_skip & (phase != PROMPT), torch.full_like(cursor, lo), cursor)
+    cursor = torch.where(do_skip & (phase != PROMPT), torch.full_like(cursor, cs), cursor)
     # a close marker the model has begun is completed, not restarted: its tokens leave the thought count,
     # so a row never holds more than max_think thinking tokens even if it was mid-marker
-    cursor = torch.where(close_now, lo + close_match, cursor)
+    cursor = torch.where(close_now, cs + close_match, cursor)
     think_count = torch.where(close_now, think_count - close_match, think_count)
     ended_by = torch.where(do_skip, torch.full_like(ended_by, ENDED_SKIPPED), ended_by)
     ended_by = torch.where(over_budget, torch.full_like(ended_by, ENDED_BUDGET), ended_by)

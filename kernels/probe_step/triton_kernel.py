@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from adaptive_think.controller.state import (
+    close_start,
     ANSWERING,
     CLOSING,
     DONE,
@@ -138,7 +139,7 @@ def _finalise(
     phase_ptr, think_ptr, streak_ptr, cursor_ptr, om_ptr, cm_ptr, ended_ptr, dstep_ptr,
     ema_ptr, score_ptr, forced_ptr, step_ptr,
     open_ptr, close_ptr, force_ptr, eos_ptr, bnd_ptr,
-    step, B, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE,
+    step, B, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE, CS,
     min_think, max_think, threshold, skip_threshold, alpha, one_minus_alpha, patience,
     POLICY: tl.constexpr, HAS_PROBE: tl.constexpr, BOUNDARY_ONLY: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -222,9 +223,9 @@ def _finalise(
         phase_new = tl.where(do_skip | close_now, _CLOSING, phase_new)
         # a row skipped from PROMPT must still open the block; one already inside starts at the close marker
         cursor = tl.where(do_skip & (phase == _PROMPT), 0, cursor)
-        cursor = tl.where(do_skip & (phase != _PROMPT), LO, cursor)
+        cursor = tl.where(do_skip & (phase != _PROMPT), CS, cursor)
         # a close marker the model has begun is completed, not restarted
-        cursor = tl.where(close_now, LO + cm, cursor)
+        cursor = tl.where(close_now, CS + cm, cursor)
         count = tl.where(close_now, count - cm, count)
         ended = tl.where(do_skip, _ENDED_SKIPPED, ended)
         ended = tl.where(over_budget, _ENDED_BUDGET, ended)
@@ -258,7 +259,7 @@ def _probe_step_kernel(
     ema_ptr, score_ptr, forced_ptr, step_ptr,
     open_ptr, close_ptr, force_ptr, eos_ptr, bnd_ptr,
     part_ptr, zpart_ptr, gcount_ptr, count_ptr,
-    B, D, H_READY, H_SKIP, N_H_TILES, N_B_TILES, N_EOS, V_BND, LO, LC, N_FORCE,
+    B, D, H_READY, H_SKIP, N_H_TILES, N_B_TILES, N_EOS, V_BND, LO, LC, N_FORCE, CS,
     min_think, max_think, threshold, skip_threshold, alpha, one_minus_alpha, patience,
     POLICY: tl.constexpr, HAS_PROBE: tl.constexpr, RELU: tl.constexpr, BOUNDARY_ONLY: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -290,7 +291,7 @@ def _probe_step_kernel(
             _finalise(tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr,
                       phase_ptr, think_ptr, streak_ptr, cursor_ptr, om_ptr, cm_ptr, ended_ptr, dstep_ptr,
                       ema_ptr, score_ptr, forced_ptr, step_ptr, open_ptr, close_ptr, force_ptr, eos_ptr, bnd_ptr,
-                      step, B, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE,
+                      step, B, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE, CS,
                       min_think, max_think, threshold, skip_threshold, alpha, one_minus_alpha, patience,
                       POLICY, HAS_PROBE, BOUNDARY_ONLY, BLOCK_R)
             tl.atomic_xchg(count_ptr, 0)  # ready for the next launch / graph replay
@@ -298,7 +299,7 @@ def _probe_step_kernel(
         _finalise(tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr,
                   phase_ptr, think_ptr, streak_ptr, cursor_ptr, om_ptr, cm_ptr, ended_ptr, dstep_ptr,
                   ema_ptr, score_ptr, forced_ptr, step_ptr, open_ptr, close_ptr, force_ptr, eos_ptr, bnd_ptr,
-                  step, B, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE,
+                  step, B, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE, CS,
                   min_think, max_think, threshold, skip_threshold, alpha, one_minus_alpha, patience,
                   POLICY, HAS_PROBE, BOUNDARY_ONLY, BLOCK_R)
 
@@ -358,7 +359,7 @@ def _check(hidden, last_token, state: ControllerState, spec: ControllerSpec, use
         t = getattr(spec, name)
         need(t.dtype == torch.int64 and t.dim() == 1 and t.numel() >= 1 and t.device == device and t.is_contiguous(),
              f"spec.{name} must be a non-empty contiguous int64 1-D tensor on {device}")
-    need(spec.force_seq.numel() >= spec.open_ids.numel() + spec.close_ids.numel(),
+    need(spec.force_seq.numel() >= close_start(spec) + spec.close_ids.numel(),
          "spec.force_seq must hold the open marker, the close marker and the exit text")
     need(spec.is_boundary.dtype == torch.bool and spec.is_boundary.dim() == 1 and spec.is_boundary.numel() >= 1
          and spec.is_boundary.device == device and spec.is_boundary.is_contiguous(), f"spec.is_boundary must be a bool [V] tensor on {device}")
@@ -431,7 +432,7 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
         spec.open_ids, spec.close_ids, spec.force_seq, spec.eos_ids, spec.is_boundary,
         *work,
         batch, d, h_ready, h_skip, n_h_tiles, n_b_tiles, spec.eos_ids.numel(), spec.is_boundary.numel(),
-        spec.open_ids.numel(), spec.close_ids.numel(), spec.force_seq.numel(),
+        spec.open_ids.numel(), spec.close_ids.numel(), spec.force_seq.numel(), close_start(spec),
         int(spec.min_think), int(spec.max_think), float(spec.threshold), float(spec.skip_threshold),
         float(spec.alpha), 1.0 - float(spec.alpha), int(spec.patience),
         POLICY=int(spec.policy), HAS_PROBE=use_probe, RELU=relu, BOUNDARY_ONLY=bool(spec.boundary_only),

@@ -64,12 +64,14 @@ def random_spec(gen: torch.Generator, vocab: int, policy: int, probe: ProbeTenso
     close_ids = special[lo:lo + lc]
     eos_ids = special[lo + lc:lo + lc + randint(1, 3)]
     exit_text = torch.randint(0, vocab, (le,), generator=gen)
+    empty = torch.randint(0, vocab, (randint(0, 3),), generator=gen)  # text inside a skipped (empty) block
     is_boundary = torch.rand(vocab, generator=gen) < 0.3
     max_think = NO_LIMIT if randint(0, 4) == 0 else randint(0, 30)
     return ControllerSpec(
         policy=policy,
         open_ids=open_ids.to(device), close_ids=close_ids.to(device),
-        force_seq=torch.cat([open_ids, close_ids, exit_text]).to(device),
+        force_seq=torch.cat([open_ids, empty, close_ids, exit_text]).to(device),
+        close_at=lo + empty.numel(),
         eos_ids=eos_ids.to(device), is_boundary=is_boundary.to(device),
         min_think=randint(0, 5), max_think=max_think,
         threshold=float(torch.rand(1, generator=gen)) * 0.6 + 0.2,
