@@ -67,3 +67,11 @@ def test_think_token_counting():
     ids = tok.encode("<think>so so .</think>\n\nok", add_special_tokens=False)
     assert think_tokens_of(ids, m, False) == (5, True)
     assert think_tokens_of(tok.encode("ok", add_special_tokens=False), m, False) == (0, False)
+
+
+def test_empty_block_counts_no_thinking():
+    tok = make_tokenizer()
+    m = resolve_markers(tok)
+    ids = tok.encode("<think>\n\n</think>\n\nok", add_special_tokens=False)
+    assert think_tokens_of(ids, m, False) == (2, True)
+    assert think_tokens_of(ids, m, False, tok) == (0, True)

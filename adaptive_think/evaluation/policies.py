@@ -43,5 +43,5 @@ def default_policies(full_think_mean: float, has_probe: bool) -> list[str]:
     out = ["full", "none"] + [f"budget:{c}" for c in caps] + ["marker"]
     out += [f"confidence:{t}" for t in (0.8, 0.9, 0.95, 0.99)]
     if has_probe:
-        out += ["probe"] + [f"probe:{t}" for t in (0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.97)]
+        out += ["probe"] + [f"probe:{t}" for t in (0.1, 0.2, 0.25, 0.3, 0.35, 0.5, 0.65, 0.8, 0.9, 0.97)]
     return out

@@ -32,14 +32,20 @@ def _find(seq, sub, start=0):
     return -1
 
 
-def think_tokens_of(gen: list[int], markers, prompt_inside: bool) -> tuple[int, bool]:
-    """(thinking tokens between the markers, whether a block was there) of one generated row."""
+def think_tokens_of(gen: list[int], markers, prompt_inside: bool, tokenizer=None) -> tuple[int, bool]:
+    """(thinking tokens between the markers, whether a block was there) of one generated row.
+
+    With a tokenizer, a block holding only whitespace (the empty block of a skip) counts as 0.
+    """
     o = -1 if prompt_inside else _find(gen, markers.open_ids)
     if o < 0 and not prompt_inside:
         return 0, False
     start = 0 if prompt_inside else o + len(markers.open_ids)
     c = _find(gen, markers.close_ids, start)
-    return (c if c >= 0 else len(gen)) - start, True
+    end = c if c >= 0 else len(gen)
+    if tokenizer is not None and not tokenizer.decode(gen[start:end], skip_special_tokens=False).strip():
+        return 0, True
+    return end - start, True
 
 
 class Evaluator:
@@ -104,7 +110,7 @@ class Evaluator:
                 gen = out[r, plen:].tolist()
                 n = next((j + 1 for j, t in enumerate(gen) if t in self.eos), len(gen))
                 gen = gen[:n]
-                think, had_block = think_tokens_of(gen, self.markers, inside[r])
+                think, had_block = think_tokens_of(gen, self.markers, inside[r], self.tok)
                 text = self.tok.decode(gen, skip_special_tokens=False)
                 skipped = reports[r].ended_by == "skipped" if reports is not None else (had_block and think == 0)
                 rows.append(dict(level=it.level, correct=bool(self.checker(text, it.answer)), think=think,
