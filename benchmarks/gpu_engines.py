@@ -24,12 +24,12 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_env import versions
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.engines import graph
@@ -276,21 +276,6 @@ def summarise(results: list[dict], e2e: list[dict]) -> dict:
     by = {(r["policy"], r["engine"]): r["ms_per_question"]["median"] for r in e2e}
     e2e_ratios = {f"{p}_{e}_vs_full_hf": by[p, e] / by["full", "hf"] for (p, e) in by if ("full", "hf") in by}
     return {"controller_overhead": overhead, "e2e_ratios": e2e_ratios}
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("transformers", "triton"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            out[mod] = None
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                           timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["git_commit"] = None
-    return out
 
 
 def table(results, doc):

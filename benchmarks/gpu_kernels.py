@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
+from bench_env import versions
 
 from adaptive_think.controller.state import NO_LIMIT, POLICY_PROBE, THINKING, ControllerSpec, ControllerState, ProbeTensors
 
@@ -140,21 +138,6 @@ def bench_logit_stats(batch, vocab, steps, reps_ms) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("triton", "transformers"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            out[mod] = None
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                           timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        out["git_commit"] = "unknown"
-    return out
 
 
 def summarise(rows: list[dict]) -> dict:
