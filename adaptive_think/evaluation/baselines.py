@@ -12,6 +12,7 @@ import re
 import torch
 from transformers import LogitsProcessor
 
+from adaptive_think.kernels.logit_stats import logit_stats
 from adaptive_think.markers import ThinkMarkers
 
 
@@ -108,8 +109,9 @@ class ConfidenceStop(TextStopProcessor):
                                   do_sample=False, output_scores=True, return_dict_in_generate=True,
                                   pad_token_id=self.pad_id)
         new = out.sequences[:, ids.shape[1] :]  # [R, T]
-        probs = torch.stack([s.float().softmax(-1) for s in out.scores], 1)  # [R, T, V]
-        chosen = probs.gather(-1, new[..., None])[..., 0]  # [R, T]
+        # greedy picks the top-1 token, whose probability is exp(max_logit - logsumexp): one pass per step
+        stats = [logit_stats(s) for s in out.scores]
+        chosen = torch.stack([torch.exp(st.max_logit - st.lse) for st in stats], 1)  # [R, T]
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
         res = []
