@@ -337,6 +337,38 @@ def main(argv=None) -> dict:
         plan += [(name, "compile", args.batches if args.compile_b32 else [1]) for name in args.compile_models]
     dev_name = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor() or "cpu"
     print(f"# engines benchmark on {dev_name}, {dtype}", flush=True)
+
+    def document() -> dict:
+        doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **versions(), "argv": sys.argv[1:],
+               "threads": torch.get_num_threads(),
+               "wall_s": time.monotonic() - start, "cases": results, "e2e": e2e, "skipped": skipped}
+        doc["summary"] = summarise(results, e2e)
+        return doc
+
+    def save(doc: dict) -> None:
+        # written after every batch too, so a run cut short by its timeout still leaves its results
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+            os.replace(tmp, args.out)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        run_plan(plan, models, args, device, dtype, cuda, deadline, results, e2e, skipped, lambda: save(document()))
+    except KeyboardInterrupt as err:
+        skipped.append({"why": f"interrupted ({err}); results so far kept"})
+    doc = document()
+    print(table(results, doc))
+    save(doc)
+    print(json.dumps(doc))
+    return doc
+
+
+def run_plan(plan, models, args, device, dtype, cuda, deadline, results, e2e, skipped, checkpoint) -> None:
     for name, phase, batches in plan:
         if time.monotonic() > deadline:
             skipped.append({"model": name, "phase": phase, "why": "time budget spent"})
@@ -355,21 +387,13 @@ def main(argv=None) -> dict:
                     skipped.append({"model": name, "batch": batch, "phase": phase, "why": "time budget spent"})
                     continue
                 step_cases(name, model, tok, device, batch, args, deadline, results, skipped, phase)
+                checkpoint()
             if name == "reasoner" and phase == "fast":
                 end_to_end(model, tok, device, args, deadline, e2e, skipped)
+                checkpoint()
         del model
         if cuda:
             torch.cuda.empty_cache()
-    doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **versions(), "argv": sys.argv[1:],
-           "threads": torch.get_num_threads(),
-           "wall_s": time.monotonic() - start, "cases": results, "e2e": e2e, "skipped": skipped}
-    doc["summary"] = summarise(results, e2e)
-    print(table(results, doc))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc))
-    return doc
 
 
 if __name__ == "__main__":
