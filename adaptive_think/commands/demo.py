@@ -19,6 +19,10 @@ def add_arguments(p):
     p.add_argument("--device", default="auto")
 
 
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "x"
+
+
 def adaptive_config(has_probe: bool, budget: int):
     from adaptive_think import ThinkConfig
 
@@ -32,7 +36,7 @@ def run(args) -> int:
     from adaptive_think import AdaptiveThinker, ThinkConfig
     from adaptive_think.bundled import probe_path
     from adaptive_think.loading import chat_prompt, load_model_and_tokenizer
-    from adaptive_think.tasks import is_correct, make_questions
+    from adaptive_think.tasks import is_correct, make_questions, parse_answer
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}.")
@@ -61,16 +65,13 @@ def run(args) -> int:
             text = tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=False)
             rep = thinker.last_reports[0]
             ok = is_correct(text, q.answer)
-            from adaptive_think.tasks import parse_answer
-
             row.append((parse_answer(text) or "?", ok, rep))
             totals[name][0] += ok
             totals[name][1] += rep.think_tokens
             totals[name][2] += dt
         (fa, fok, frep), (aa, aok, arep) = row
-        mark = lambda ok: "ok" if ok else "x"  # noqa: E731
-        print(f"{i:2d} {q.level:3d}  {q.question[:58]:58s} {q.answer:>5} | {fa:>6} {mark(fok):>2} {frep.think_tokens:4d} | "
-              f"{aa:>6} {mark(aok):>2} {arep.think_tokens:4d} {arep.ended_by:>9}")
+        print(f"{i:2d} {q.level:3d}  {q.question[:58]:58s} {q.answer:>5} | {fa:>6} {_mark(fok):>2} {frep.think_tokens:4d} | "
+              f"{aa:>6} {_mark(aok):>2} {arep.think_tokens:4d} {arep.ended_by:>9}")
     f, a = totals["full"], totals["adaptive"]
     saved = 1 - a[1] / f[1] if f[1] else 0.0
     print(f"\ntotals: full {f[0]}/{args.n} correct, {f[1]} thinking tokens, {f[2]:.2f} s | "

@@ -193,9 +193,9 @@ def evaluate(evaluator: Evaluator, policies: list[str], log=print) -> dict:
 
 
 def write_json(path, payload: dict) -> None:
-    from adaptive_think.probe.probe import _atomic_write
+    from adaptive_think.files import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(payload, indent=2) + "\n"
-    _atomic_write(path, lambda p: Path(p).write_text(text))
+    atomic_write(path, lambda p: Path(p).write_text(text))

@@ -12,8 +12,6 @@ was trained on). Never pickles.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from adaptive_think.controller.state import ProbeTensors
+from adaptive_think.files import atomic_write
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "probe.safetensors"
@@ -41,21 +40,6 @@ def model_fingerprint(model) -> dict:
         "num_hidden_layers": int(text_cfg.num_hidden_layers),
         "vocab_size": int(text_cfg.vocab_size),
     }
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make shared files unreadable to others
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @dataclass
@@ -171,9 +155,9 @@ class Probe:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.weights.items()}
-        _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         text = json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n"
-        _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
+        atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
         return folder
 
     @classmethod

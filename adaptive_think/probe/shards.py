@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from adaptive_think.probe.probe import _atomic_write
+from adaptive_think.files import atomic_write
 
 INDEX_VERSION = 1
 
@@ -36,16 +36,16 @@ def read_index(folder: Path, rank: int) -> dict | None:
 
 def write_index(folder: Path, rank: int, index: dict) -> None:
     text = json.dumps(index, indent=1) + "\n"
-    _atomic_write(index_path(folder, rank), lambda p: Path(p).write_text(text))
+    atomic_write(index_path(folder, rank), lambda p: Path(p).write_text(text))
 
 
 def write_shard(folder: Path, rank: int, number: int, hidden: dict[str, torch.Tensor], records: list[dict]) -> str:
     """Write one shard (tensors then records), each atomically; returns its base name."""
     name = f"shard-r{rank}-{number:05d}"
     tensors = {k: v.to(torch.float16).contiguous() for k, v in hidden.items()}
-    _atomic_write(folder / f"{name}.safetensors", lambda p: save_file(tensors, p))
+    atomic_write(folder / f"{name}.safetensors", lambda p: save_file(tensors, p))
     text = json.dumps(records) + "\n"
-    _atomic_write(folder / f"{name}.json", lambda p: Path(p).write_text(text))
+    atomic_write(folder / f"{name}.json", lambda p: Path(p).write_text(text))
     return name
 
 

@@ -70,7 +70,6 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tenso
     torch.manual_seed(cfg.seed)
     head = _Head(x.shape[1], cfg.width, kind)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    pos = y.float().mean().clamp(0.02, 0.98)
     loss_fn = nn.BCEWithLogitsLoss()
     best, best_state = float("inf"), None
     for _ in range(cfg.epochs):
@@ -85,7 +84,6 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tenso
     head.load_state_dict(best_state)
     with torch.no_grad():
         score = auroc(head(xv), yv) if len(yv) else float("nan")
-    del pos
     return head, score
 
 
