@@ -28,7 +28,8 @@ for entry in "$ROOT"/adaptive_think/*; do
     ln -s "$entry" "$SHIM/adaptive_think/$(basename "$entry")"
 done
 ln -s "$ROOT/kernels" "$SHIM/adaptive_think/kernels"
-export PYTHONPATH="$SHIM:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# benchmarks/ too: with PYTHONSAFEPATH a script's own folder is not on sys.path (they import bench_env)
+export PYTHONPATH="$SHIM:$ROOT:$ROOT/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1  # keep the shim and the tree free of stray caches
 # `python -c` / `-m` would put the cwd (this root, whose adaptive_think/ has no kernels/) before the shim
 export PYTHONSAFEPATH=1
