@@ -36,10 +36,14 @@ def base_architecture(name: str) -> str:
 
 
 def select_wrapper(hf_config):
-    """`hf_overrides` callable: point the model's architectures at adaptive_think's wrappers."""
+    """`hf_overrides` callable: point the model's architectures at adaptive_think's wrappers.
+
+    vLLM also calls it on a placeholder config (architectures [""]) to see whether it changes model_type;
+    a config without a named architecture is returned unchanged.
+    """
     archs = list(getattr(hf_config, "architectures", None) or [])
-    if not archs:
-        raise ValueError("adaptive_think: the model's config.json names no architectures; cannot pick a wrapper.")
+    if not archs or not archs[0]:
+        return hf_config
     hf_config.architectures = [wrapper_name(archs[0])] + archs[1:]
     return hf_config
 
