@@ -34,10 +34,6 @@ def _ragged(tokens: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, lengt
 class ThinkLogitsProcessorV2(LogitsProcessor):
     """adaptive_think's per-request thinking control as a Model Runner V2 logits processor."""
 
-    @classmethod
-    def validate_params(cls, sampling_params) -> None:
-        validate_request(sampling_params)
-
     def __init__(self, vllm_config, req_states):
         self.req_states = req_states
         self.core = SlotController(build_context(vllm_config, current_settings()), int(req_states.max_num_reqs),

@@ -10,6 +10,7 @@ every call to it.
 
 from __future__ import annotations
 
+from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2LogitsProcessor
 
@@ -21,7 +22,11 @@ class ThinkLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
-        validate_request(sampling_params)
+        """Refuse bad adaptive_think settings at admission (the server answers HTTP 400 with the message)."""
+        try:
+            validate_request(sampling_params)
+        except ValueError as err:
+            raise VLLMValidationError(str(err), parameter="extra_args") from None
 
     def __init__(self, vllm_config, *args):
         if len(args) == 1:  # Model Runner V2: (vllm_config, req_states)

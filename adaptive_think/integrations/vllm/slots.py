@@ -146,6 +146,21 @@ class SlotController:
         return logits
 
 
+def compose_moves(moves: Sequence[tuple[int, int, bool]]) -> tuple[list[int], list[int], list[int]]:
+    """Ordered moves `(a, b, swap)` (swap: a <-> b; else b takes a's request and a is left empty, vLLM's
+    V1 batch semantics) as one permutation: (src, dst, slots left empty)."""
+    empty = -1
+    content: dict[int, int] = {}  # slot -> the slot whose request it holds now
+    for a, b, swap in moves:
+        ca, cb = content.get(a, a), content.get(b, b)
+        if swap:
+            content[a], content[b] = cb, ca
+        else:
+            content[b], content[a] = ca, empty
+    moved = [(c, d) for d, c in content.items() if c not in (d, empty)]
+    return [c for c, _ in moved], [d for _, d in moved], [d for d, c in content.items() if c == empty]
+
+
 def force_tokens(logits: torch.Tensor, forced: torch.Tensor) -> None:
     """In place: rows with forced[r] >= 0 keep only that token finite (logit 0), other rows are untouched."""
     idx = forced.clamp(min=0)[:, None]  # [N, 1]

@@ -20,32 +20,13 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from adaptive_think.integrations.vllm.context import build_context, validate_request
 from adaptive_think.integrations.vllm.requests import current_settings
 from adaptive_think.integrations.vllm.rows import CHANNEL
-from adaptive_think.integrations.vllm.slots import SlotController
+from adaptive_think.integrations.vllm.slots import SlotController, compose_moves
 
 logger = init_logger(__name__)
-EMPTY = -1
-
-
-def collapse_moves(moved) -> tuple[list[int], list[int], list[int]]:
-    """vLLM's ordered moves / swaps as one permutation: (src, dst, emptied slots)."""
-    content: dict[int, int] = {}
-    for a, b, direction in moved:
-        ca, cb = content.get(a, a), content.get(b, b)
-        if direction == MoveDirectionality.SWAP:
-            content[a], content[b] = cb, ca
-        else:  # UNIDIRECTIONAL: b takes a's request, a is left empty
-            content[b], content[a] = ca, EMPTY
-    src = [c for d, c in content.items() if c not in (d, EMPTY)]
-    dst = [d for d, c in content.items() if c not in (d, EMPTY)]
-    return src, dst, [d for d, c in content.items() if c == EMPTY]
 
 
 class ThinkLogitsProcessorV1(LogitsProcessor):
     """adaptive_think's per-request thinking control as a V1 logits processor."""
-
-    @classmethod
-    def validate_params(cls, sampling_params) -> None:
-        validate_request(sampling_params)
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         self.core = SlotController(build_context(vllm_config, current_settings()),
@@ -74,7 +55,7 @@ class ThinkLogitsProcessorV1(LogitsProcessor):
             width = max(len(o) for o in outputs)
             out = torch.tensor([o + [0] * (width - len(o)) for o in outputs], dtype=torch.long).reshape(len(slots), width)
             core.add(slots, prompts, lens, configs, out, [len(o) for o in outputs])
-        src, dst, emptied = collapse_moves(batch_update.moved)
+        src, dst, emptied = compose_moves([(a, b, d == MoveDirectionality.SWAP) for a, b, d in batch_update.moved])
         core.move(src, dst)
         core.remove(emptied)
 
