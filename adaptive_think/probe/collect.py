@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
 from adaptive_think.controller import boundary_mask
-from adaptive_think.engines.hf import decoder_layers
+from adaptive_think.engines.capture import LayerCapture
 from adaptive_think.loading import chat_prompt
-from adaptive_think.markers import ThinkMarkers, resolve_markers
+from adaptive_think.markers import ThinkMarkers, find_subsequence, resolve_markers
 from adaptive_think.probe.items import Item
 from adaptive_think.probe.probe import model_fingerprint
 from adaptive_think.probe.shards import clean_orphans, read_index, write_index, write_shard
@@ -59,34 +59,16 @@ class _StepRecorder(LogitsProcessor):
     """Keeps, per decode step, the candidate layers' hidden states at the last position: [B, L, D]."""
 
     def __init__(self, model, layers: list[int]):
-        self.buffers: dict[int, torch.Tensor] = {}
         self.steps: list[torch.Tensor] = []
-        mods = decoder_layers(model)
-        self.handles = [mods[l].register_forward_hook(self._hook(l)) for l in layers]
-        self.layers = layers
-
-    def _hook(self, layer):
-        def hook(module, args, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            self.buffers[layer] = out[:, -1, :]
-
-        return hook
+        # every layer's state lands on one device (device_map="auto" spreads the layers over GPUs)
+        self.capture = LayerCapture(model, layers, device=model.device)
 
     def __call__(self, input_ids, scores):
-        self.steps.append(torch.stack([self.buffers[l] for l in self.layers], 1).to("cpu", torch.float16))
+        self.steps.append(self.capture.stacked().to("cpu", torch.float16))
         return scores
 
     def remove(self):
-        for h in self.handles:
-            h.remove()
-
-
-def _find(seq: list[int], sub: tuple[int, ...], start: int = 0) -> int:
-    n = len(sub)
-    for i in range(start, len(seq) - n + 1):
-        if tuple(seq[i : i + n]) == sub:
-            return i
-    return -1
+        self.capture.remove()
 
 
 @torch.no_grad()
@@ -135,10 +117,10 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
     records, rows, exits = [], [], []
     for b, it in enumerate(items):
         g = gen[b]
-        o = _find(g, markers.open_ids)
-        starts_inside = o < 0 and _find(prompts[b], markers.open_ids) >= 0
+        o = find_subsequence(g, markers.open_ids)
+        starts_inside = o < 0 and find_subsequence(prompts[b], markers.open_ids) >= 0
         body = 0 if starts_inside else (o + len(markers.open_ids) if o >= 0 else None)
-        close = _find(g, markers.close_ids, body or 0) if body is not None else -1
+        close = find_subsequence(g, markers.close_ids, body or 0) if body is not None else -1
         full_text = _decode(tokenizer, g)
         full_ok = close >= 0 and bool(checker(full_text, it.answer))
         thought_len = (close - body) if close >= 0 else (len(g) - body if body is not None else 0)
