@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
 from adaptive_think.controller import boundary_mask
-from adaptive_think.engines.hf import decoder_layers
+from adaptive_think.engines.capture import LayerCapture
 from adaptive_think.loading import chat_prompt
-from adaptive_think.markers import ThinkMarkers, resolve_markers
 from adaptive_think.files import exclusive_lock
+from adaptive_think.markers import ThinkMarkers, find_subsequence, resolve_markers
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.items import Item
 from adaptive_think.probe.probe import model_fingerprint
@@ -74,40 +74,22 @@ class _StepRecorder(LogitsProcessor):
     """Keeps, per decode step, the candidate layers' hidden states at the last position: [B, L, D]."""
 
     def __init__(self, model, layers: list[int]):
-        self.buffers: dict[int, torch.Tensor] = {}
         self.steps: list[torch.Tensor] = []
-        mods = decoder_layers(model)
-        self.handles = [mods[l].register_forward_hook(self._hook(l)) for l in layers]
-        self.layers = layers
-
-    def _hook(self, layer):
-        def hook(module, args, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            self.buffers[layer] = out[:, -1, :]
-
-        return hook
+        # every layer's state lands on one device (device_map="auto" spreads the layers over GPUs)
+        self.capture = LayerCapture(model, layers, device=model.device)
 
     def __call__(self, input_ids, scores):
-        self.steps.append(torch.stack([self.buffers[l] for l in self.layers], 1).to("cpu", torch.float16))
+        self.steps.append(self.capture.stacked().to("cpu", torch.float16))
         return scores
 
     def remove(self):
-        for h in self.handles:
-            h.remove()
-
-
-def _find(seq: list[int], sub: tuple[int, ...], start: int = 0) -> int:
-    n = len(sub)
-    for i in range(start, len(seq) - n + 1):
-        if tuple(seq[i : i + n]) == sub:
-            return i
-    return -1
+        self.capture.remove()
 
 
 def _last(seq: list[int], sub: tuple[int, ...]) -> int:
-    i, at = -1, _find(seq, sub)
+    i, at = -1, find_subsequence(seq, sub)
     while at >= 0:
-        i, at = at, _find(seq, sub, at + 1)
+        i, at = at, find_subsequence(seq, sub, at + 1)
     return i
 
 
@@ -115,14 +97,14 @@ def thought_span(prompt: list[int], gen: list[int], markers: ThinkMarkers) -> tu
     """(index in `gen` where the thought's text starts, or None when no thought opened; index of the close
     marker in `gen`, or -1 when the thought never closed). A prompt ending inside an open think block
     (R1-style templates) starts the thought at 0."""
-    o = _find(gen, markers.open_ids)
+    o = find_subsequence(gen, markers.open_ids)
     if o >= 0:
         body = o + len(markers.open_ids)
     elif _last(prompt, markers.open_ids) > _last(prompt, markers.close_ids):
         body = 0
     else:
         return None, -1
-    return body, _find(gen, markers.close_ids, body)
+    return body, find_subsequence(gen, markers.close_ids, body)
 
 
 def no_think_prompt(tokenizer, question: str, markers: ThinkMarkers, exit_text: str = "\n\n") -> str:
