@@ -282,6 +282,25 @@ def test_generation_ending_on_the_budget_th_thinking_token_reports_unfinished(bu
     assert (thinker.last_reports[0].ended_by, thinker.last_reports[0].decision_step) == ("budget", 1 + budget)
 
 
+@pytest.mark.parametrize("engine", ["hf", "graph"])
+def test_both_engines_report_unfinished_when_tokens_run_out_on_the_budget_th_thinking_token(engine):
+    """The same on the model's own tokens, through each engine's own end-of-generation path."""
+    thinker = AdaptiveThinker(MODEL, TOK)
+    batch = TOK(["the answer is <think>\n", "x so <think>\n"], return_tensors="pt", padding=True)  # R1-style
+    budget = 5
+    out = thinker.generate(**batch, think=ThinkConfig(policy="budget", max_think_tokens=budget), engine=engine,
+                           max_new_tokens=budget, do_sample=False)
+    gen = out[:, batch["input_ids"].shape[1] :]
+    m = thinker.markers
+    assert not torch.isin(gen, torch.tensor(m.close_ids + (TOK.eos_token_id,))).any()  # the random model never closes
+    assert [r.to_dict() for r in thinker.last_reports] == [
+        {"think_tokens": budget, "ended_by": "unfinished", "decision_step": -1}] * 2
+    out = thinker.generate(**batch, think=ThinkConfig(policy="budget", max_think_tokens=budget), engine=engine,
+                           max_new_tokens=budget + 1, do_sample=False)
+    assert (out[:, -1] == m.close_ids[0]).all()
+    assert [(r.ended_by, r.decision_step) for r in thinker.last_reports] == [("budget", budget)] * 2
+
+
 def constant_probe(ready: float, skip: float) -> Probe:
     """A linear probe for MODEL that scores (ready, skip) whatever the hidden state."""
     d = MODEL.config.hidden_size
