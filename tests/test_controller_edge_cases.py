@@ -21,7 +21,6 @@ from transformers import LogitsProcessor
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.controller import ThinkController
-from adaptive_think.controller.state import ProbeTensors
 from adaptive_think.markers import ThinkMarkers
 from adaptive_think.probe import Probe
 from adaptive_think.probe.probe import model_fingerprint
@@ -36,16 +35,13 @@ WORD, OTHER = 10, 11  # ordinary thinking tokens (never boundaries)
 IMPLS = ["torch", pytest.param("triton", marks=pytest.mark.kernels)]
 
 
-def reading_probe() -> ProbeTensors:
+def reading_probe() -> Probe:
     """Linear heads reading one hidden coordinate each: ready = sigmoid(h[0]), skip = sigmoid(h[1])."""
-    eye, zeros = torch.eye(D), torch.zeros
-
-    def head(i):
-        return dict(w1=eye[i : i + 1].clone(), b1=zeros(1), w2=torch.ones(1), b2=zeros(1))
-
-    r, s = head(0), head(1)
-    return ProbeTensors(mean=zeros(D), inv_std=torch.ones(D), ready_w1=r["w1"], ready_b1=r["b1"], ready_w2=r["w2"],
-                        ready_b2=r["b2"], skip_w1=s["w1"], skip_b1=s["b1"], skip_w2=s["w2"], skip_b2=s["b2"], relu=False)
+    w = {"mean": torch.zeros(D), "inv_std": torch.ones(D)}
+    for i, head in enumerate(("ready", "skip")):
+        w.update({f"{head}_w1": torch.eye(D)[i : i + 1].clone(), f"{head}_b1": torch.zeros(1),
+                  f"{head}_w2": torch.ones(1), f"{head}_b2": torch.zeros(1)})
+    return Probe(layer=0, kind="linear", weights=w, fingerprint={})
 
 
 def logit(p: float) -> float:
@@ -71,6 +67,7 @@ def controller(config: ThinkConfig, close=(CLOSE,), threshold=0.5, skip_threshol
     if "encode" in inspect.signature(ThinkController).parameters:  # the per-row core: texts and thresholds per row
         return ThinkController(markers, config, encode={"<exit>": [EXIT]}.__getitem__, **common)
     # TODO(tests): drop once the per-row core is on main (v0.1 controller: one spec per call)
+    common["probe"] = probe.tensors() if probe is not None else None
     return ThinkController(markers, config, exit_ids=(EXIT,), threshold=threshold, skip_threshold=skip_threshold,
                            **common)
 
