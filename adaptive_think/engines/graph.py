@@ -204,6 +204,7 @@ def _private_controller(controller: ThinkController) -> ThinkController:
     ctl.spec = ControllerSpec(**{f.name: (getattr(spec, f.name).clone() if torch.is_tensor(getattr(spec, f.name))
                                           else getattr(spec, f.name)) for f in fields(spec)})
     ctl.spec.probe = probe
+    ctl.params = controller.params.clone()  # per-row policy: contents copied in per call
     ctl.state = controller.state.clone()
     return ctl
 
@@ -390,7 +391,8 @@ class DecodeRunner:
         if self.hidden is not None:
             yield self.hidden
         if self.ctl is not None:
-            yield from (getattr(self.ctl.state, f.name) for f in fields(self.ctl.state))
+            yield from self.ctl.state.tensors()
+            yield from self.ctl.params.tensors()
 
     def close(self) -> None:
         if self._hook is not None:
@@ -445,7 +447,7 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
     _check_kwargs(unsupported, gen_cfg)
     if use_cache is False:
         raise _unsupported("use_cache=False", "the engine is built on a static KV cache")
-    if controller is not None and controller.config.trace:
+    if controller is not None and controller.traces:
         raise _unsupported("ThinkConfig(trace=True)", "a captured step cannot append to a Python list")
     attn = model.config._attn_implementation
     if attn not in ("sdpa", "eager"):
@@ -487,7 +489,8 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
         if need > window:
             raise _unsupported(f"{seq + max_new_tokens} tokens past sliding_window={window}", "no rolling cache")
         length = window
-    spec_key = _spec_signature(controller.spec) + (controller.impl,) if controller is not None else None
+    spec_key = (_spec_signature(controller.spec) + (controller.impl, controller.force_capacity)
+                if controller is not None else None)
     key = (bsz, length, dev, graph_mode, sampling, pad, eos, spec_key, probe_layer if spec_key else None)
 
     def make():
@@ -510,6 +513,7 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
         if controller is not None:
             controller.begin(input_ids)
             _copy_spec(runner.ctl.spec, controller.spec)
+            runner.ctl.params.copy_(controller.params)
             runner.ctl.state.copy_(controller.state)  # reset in place: the graph reads these addresses
         runner._active = True
         try:

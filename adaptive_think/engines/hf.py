@@ -76,7 +76,8 @@ class ThinkLogitsProcessor(LogitsProcessor):
             self.controller.begin(input_ids)
             self._started = True
         hidden = self.capture.hidden if self.capture is not None else None
-        forced = self.controller.step(input_ids[:, -1], hidden)  # [B]
+        # a contiguous [B] copy: the strided column view would make Triton compile a second specialisation
+        forced = self.controller.step(input_ids[:, -1].contiguous(), hidden)  # [B]
         steer = (forced >= 0)[:, None]  # [B, 1]
         only_forced = torch.full_like(scores, float("-inf"))
         only_forced.scatter_(1, forced.clamp(min=0)[:, None], 0.0)
