@@ -45,6 +45,7 @@ from adaptive_think.controller.state import (
     THINKING,
     ControllerSpec,
     ControllerState,
+    ProbeTensors,
 )
 from adaptive_think.kernels.probe_step import probe_step
 from adaptive_think.kernels.probe_step.naive import observe_final_reference
@@ -109,12 +110,20 @@ def _as_prompts(prompt_ids, device) -> torch.Tensor:
     return torch.tensor([[-1] * (width - len(p)) + p for p in rows], dtype=torch.long).reshape(len(rows), width).to(device)
 
 
+def _probe_tensors(probe) -> ProbeTensors | None:
+    """The kernel layout of a `Probe` (its `.tensors()`) or of bare `ProbeTensors`."""
+    if probe is None or isinstance(probe, ProbeTensors):
+        return probe
+    return probe.tensors()
+
+
 class ThinkController:
     """Per-row thinking control of one batch. think: a ThinkConfig (every row) or one per row.
 
     encode: text -> token ids (no special tokens), for exit and stop texts; empty_ids: tokens between the
     markers of the template's empty block (written by a skip); probe: a `Probe` (weights, calibrated
-    thresholds and policy defaults) when any row may use policy "probe"; is_boundary: [V] bool mask
+    thresholds and policy defaults) when any row may use policy "probe" (bare `ProbeTensors` work when the
+    probe rows set their thresholds); is_boundary: [V] bool mask
     (needed by rows that stop only at a boundary); force_capacity: width of the per-row forced-token
     buffer (default: what the rows need, at least 64).
     """
@@ -138,7 +147,7 @@ class ThinkController:
         self.force_capacity = force_capacity if force_capacity is not None else max(need, MIN_FORCE_CAPACITY)
         self.spec = ControllerSpec.build(
             markers.open_ids, markers.close_ids, eos_ids, is_boundary=is_boundary,
-            probe=probe.tensors() if probe is not None else None, vocab_size=vocab_size, device=self.device)
+            probe=_probe_tensors(probe), vocab_size=vocab_size, device=self.device)
         self.traces = any(s.trace for s in settings)  # keep per-step score snapshots
         self.params: RowParams | None = None
         self.state: ControllerState | None = None

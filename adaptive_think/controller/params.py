@@ -73,7 +73,8 @@ class RowSettings:
 
 
 def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequence[int]] | None = None) -> RowSettings:
-    """ThinkConfig -> RowSettings. probe: a `Probe` (calibrated thresholds and policy defaults) or None;
+    """ThinkConfig -> RowSettings. probe: a `Probe` (calibrated thresholds and policy defaults), bare
+    `ProbeTensors` (then probe rows must set their thresholds), or None;
     encode: text -> token ids (no special tokens), needed when the row has an exit or stop text."""
     if not isinstance(config, ThinkConfig):
         raise ValueError(f"think must be a ThinkConfig (or a list of them, one per row), got {type(config).__name__}.")
@@ -100,8 +101,11 @@ def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequ
             "budget counts the stop text, so raise max_think_tokens or shorten stop_text."
         )
     if is_probe:
-        threshold = config.threshold if config.threshold is not None else probe.ready_threshold
-        skip = config.skip_threshold if config.skip_threshold is not None else probe.skip_threshold
+        threshold = config.threshold if config.threshold is not None else getattr(probe, "ready_threshold", None)
+        skip = config.skip_threshold if config.skip_threshold is not None else getattr(probe, "skip_threshold", None)
+        if threshold is None or skip is None:
+            raise ValueError("ThinkConfig.threshold / skip_threshold of None take the probe's calibrated values, but "
+                             "the probe given carries none (bare ProbeTensors): set both in the ThinkConfig.")
     else:
         threshold, skip = NEVER, NEVER
     return RowSettings(

@@ -12,8 +12,9 @@ import re
 import torch
 from transformers import LogitsProcessor
 
+from adaptive_think.engines.args import eos_token_ids
 from adaptive_think.kernels.logit_stats import logit_stats
-from adaptive_think.markers import ThinkMarkers
+from adaptive_think.markers import ThinkMarkers, find_subsequence
 
 
 class TextStopProcessor(LogitsProcessor):
@@ -31,15 +32,8 @@ class TextStopProcessor(LogitsProcessor):
         self.trial_tokens = [0] * len(prompt_inside)
 
     def _body(self, gen: list[int]) -> list[int]:
-        o = self._find(gen, self.m.open_ids)
+        o = find_subsequence(gen, self.m.open_ids)
         return gen[o + len(self.m.open_ids):] if o >= 0 else gen
-
-    @staticmethod
-    def _find(seq, sub):
-        for i in range(len(seq) - len(sub) + 1):
-            if tuple(seq[i : i + len(sub)]) == tuple(sub):
-                return i
-        return -1
 
     def should_stop(self, rows: list[int], input_ids: torch.Tensor) -> list[bool]:
         raise NotImplementedError
@@ -51,11 +45,11 @@ class TextStopProcessor(LogitsProcessor):
             if self.queue[r] or self.done[r]:
                 continue
             if not self.inside[r]:
-                if self._find(g, self.m.open_ids) >= 0 and self._find(g, self.m.close_ids) < 0:
+                if find_subsequence(g, self.m.open_ids) >= 0 and find_subsequence(g, self.m.close_ids) < 0:
                     self.inside[r] = True
                 else:
                     continue
-            if self._find(self._body(g), self.m.close_ids) >= 0:
+            if find_subsequence(self._body(g), self.m.close_ids) >= 0:
                 self.done[r] = True  # the model closed on its own
                 continue
             if g and g[-1] < self.boundary.numel() and bool(self.boundary[g[-1]]):
@@ -112,8 +106,7 @@ class ConfidenceStop(TextStopProcessor):
         # greedy picks the top-1 token, whose probability is exp(max_logit - logsumexp): one pass per step
         stats = [logit_stats(s) for s in out.scores]
         chosen = torch.stack([torch.exp(st.max_logit - st.lse) for st in stats], 1)  # [R, T]
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        eos = set(eos_token_ids(self.model))
         res = []
         for i, r in enumerate(rows):
             toks = new[i].tolist()

@@ -32,8 +32,8 @@ node costs launch latency of its own (a few microseconds on H100 against the 10 
 step), and the state machine is a few hundred integer ops per row; the ticket pattern adds one atomic per
 program. The fused form has not been measured against a split form on a GPU yet (no GPU in this round).
 
-The workspace belongs to the state (keyed on its `ints` tensor), so one state must not be stepped on two
-streams at once (a state machine never is).
+The workspace belongs to the state (an attribute of the state object), so one state must not be stepped on
+two streams at once (a state machine never is).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from torch.utils.weak import WeakIdKeyDictionary
 
 from adaptive_think.controller import params as P
 from adaptive_think.controller import state as S
@@ -356,8 +355,9 @@ class Workspace(NamedTuple):
     count: torch.Tensor  # [1] int32: tickets of all programs
 
 
-# keyed on the state's `ints` tensor, so the workspace lives exactly as long as the state
-_WORKSPACES: "WeakIdKeyDictionary[torch.Tensor, Workspace]" = WeakIdKeyDictionary()
+# the workspace hangs off the state object itself: a dict keyed by a tensor compares keys with `==`, a host
+# sync that is illegal inside CUDA-graph capture (seen on an H200: cudaErrorStreamCaptureUnsupported)
+_WORKSPACE_ATTR = "_probe_step_workspace"
 
 _PROBE_FIELDS = ("mean", "inv_std", "ready_w1", "ready_b1", "ready_w2", "ready_b2", "skip_w1", "skip_b1", "skip_w2", "skip_b2")
 
@@ -365,14 +365,14 @@ _PROBE_FIELDS = ("mean", "inv_std", "ready_w1", "ready_b1", "ready_w2", "ready_b
 def _workspace(state: ControllerState, n_h_tiles: int, n_d_splits: int, n_b_tiles: int, block_h: int) -> Workspace:
     batch, device = state.batch_size, state.ints.device
     zshape = (2, n_h_tiles, n_d_splits, batch, block_h) if n_d_splits > 1 else (1,)
-    ws = _WORKSPACES.get(state.ints)
+    ws = getattr(state, _WORKSPACE_ATTR, None)
     if ws is None or ws.spart.shape != (2, n_h_tiles, batch) or ws.zpart.shape != zshape \
             or ws.gcount.shape != (2, n_h_tiles, n_b_tiles) or ws.count.device != device:
         ws = Workspace(spart=torch.empty(2, n_h_tiles, batch, dtype=torch.float32, device=device),
                        zpart=torch.empty(zshape, dtype=torch.float32, device=device),
                        gcount=torch.zeros(2, n_h_tiles, n_b_tiles, dtype=torch.int32, device=device),
                        count=torch.zeros(1, dtype=torch.int32, device=device))
-        _WORKSPACES[state.ints] = ws
+        setattr(state, _WORKSPACE_ATTR, ws)
     return ws
 
 
