@@ -11,7 +11,6 @@ kernel-vs-reference comparison. Two harnesses:
   shows end to end (prompt scanning, max_new_tokens, sampling warpers, output_scores).
 """
 
-import inspect
 import math
 from dataclasses import replace
 
@@ -62,14 +61,8 @@ def controller(config: ThinkConfig, close=(CLOSE,), threshold=0.5, skip_threshol
     changes = {"exit_text": "<exit>"}
     if config.policy == "probe":
         changes.update(threshold=threshold, skip_threshold=skip_threshold)
-    config = replace(config, **changes)
-    common = dict(eos_ids=(EOS,), probe=probe, vocab_size=V, device="cpu", impl=impl)
-    if "encode" in inspect.signature(ThinkController).parameters:  # the per-row core: texts and thresholds per row
-        return ThinkController(markers, config, encode={"<exit>": [EXIT]}.__getitem__, **common)
-    # TODO(tests): drop once the per-row core is on main (v0.1 controller: one spec per call)
-    common["probe"] = probe.tensors() if probe is not None else None
-    return ThinkController(markers, config, exit_ids=(EXIT,), threshold=threshold, skip_threshold=skip_threshold,
-                           **common)
+    return ThinkController(markers, replace(config, **changes), encode={"<exit>": [EXIT]}.__getitem__, eos_ids=(EOS,),
+                           probe=probe, vocab_size=V, device="cpu", impl=impl)
 
 
 def drive(ctl, proposals, scores=None, prompt=(WORD, OPEN)):
