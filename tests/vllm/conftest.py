@@ -33,7 +33,7 @@ def chat_prompts(tokenizer, n: int, seed: int = 5) -> list[str]:
 def hf_tokens_from_ids(thinker: AdaptiveThinker, prompt_ids: list[int], config: dict | None, max_new_tokens: int,
                        min_new_tokens: int = 0) -> list[int]:
     """Greedy completion of prompt token ids on the hf engine (config None: plain model.generate)."""
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=thinker.model.device)
     kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                   min_new_tokens=min_new_tokens or None)
     if config is None:

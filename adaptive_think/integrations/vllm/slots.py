@@ -90,6 +90,22 @@ class SlotController:
             token = outputs[:, j - 1] if j > 0 else torch.zeros_like(lens)
             self._advance(rows, token, None, active=(j < lens) & self.steered[rows])
 
+    def snapshot(self, slot: int) -> tuple[torch.Tensor, ...]:
+        """A copy of one slot's controller row (state, params, prompt length), to `restore` it elsewhere later."""
+        st, pa = self.ctl.state, self.ctl.params
+        return (st.ints[:, slot].clone(), st.floats[:, slot].clone(), st.forced[slot].clone(), pa.ints[:, slot].clone(),
+                pa.floats[:, slot].clone(), pa.force[slot].clone(), self.prompt_len[slot].clone())
+
+    def restore(self, slot: int, snap: tuple[torch.Tensor, ...], probe: bool) -> None:
+        """Put a `snapshot` back into `slot` (a request that left the batch and came back)."""
+        st, pa = self.ctl.state, self.ctl.params
+        for buf, value in zip((st.ints[:, slot], st.floats[:, slot], st.forced[slot], pa.ints[:, slot],
+                               pa.floats[:, slot], pa.force[slot], self.prompt_len[slot]), snap):
+            buf.copy_(value)
+        self.steered[slot] = True
+        self.steered_slots.add(int(slot))
+        (self._probe_slots.add if probe else self._probe_slots.discard)(int(slot))
+
     def remove(self, slots: Sequence[int]) -> None:
         """Free slots: their rows are no longer steered."""
         if not slots:
