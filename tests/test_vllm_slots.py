@@ -81,14 +81,14 @@ def _setup(context, n, seed):
     return reqs, controller
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_slots_match_each_request_alone(context, seed):
-    reqs, controller = _setup(context, 24, seed)
+    reqs, controller = _setup(context, 16, seed)
     expected = run_reference(controller, reqs, dim=context.probe.hidden_size, eos_id=context.tokenizer.eos_token_id,
-                             max_new=60)
+                             max_new=40)
     host = CoreHost(SlotController(context, num_slots=5, device="cpu", impl="torch"), keep=True)
     got = run_engine(host, reqs, slots=5, vocab=context.vocab_size, dim=context.probe.hidden_size,
-                     eos_id=context.tokenizer.eos_token_id, max_new=60, max_chunk=7, preempt=0.05, seed=seed)
+                     eos_id=context.tokenizer.eos_token_id, max_new=40, max_chunk=7, preempt=0.05, seed=seed)
     assert got == expected
 
 
@@ -97,10 +97,10 @@ def test_replayed_outputs_resume_non_probe_rows(context):
     reqs, controller = _setup(context, 24, 7)
     reqs = [r for r in reqs if r.config is None or r.config.policy != "probe"]
     expected = run_reference(controller, reqs, dim=context.probe.hidden_size, eos_id=context.tokenizer.eos_token_id,
-                             max_new=60)
+                             max_new=40)
     host = CoreHost(SlotController(context, num_slots=4, device="cpu", impl="torch"), keep=False)
     got = run_engine(host, reqs, slots=4, vocab=context.vocab_size, dim=context.probe.hidden_size,
-                     eos_id=context.tokenizer.eos_token_id, max_new=60, max_chunk=5, preempt=0.15, seed=7)
+                     eos_id=context.tokenizer.eos_token_id, max_new=40, max_chunk=5, preempt=0.15, seed=7)
     assert got == expected
 
 

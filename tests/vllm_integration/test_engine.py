@@ -3,7 +3,7 @@
 One engine serves every test here: 4 slots for 8+ requests (slots are reused), 16-token scheduler chunks
 (every prompt is prefilled in several chunks) and a KV cache of 640 tokens (long requests get preempted
 and resumed). Each request's tokens must equal `AdaptiveThinker.generate` on the hf engine with the same
-config. Run in the vLLM venv: `python -m pytest -m vllm tests/vllm`.
+config. Run in the vLLM venv: `python -m pytest -m vllm tests/vllm_integration`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from vllm.exceptions import VLLMValidationError  # noqa: E402
 
 from adaptive_think.bundled import probe_path, reasoner_path  # noqa: E402
 from adaptive_think.vllm import llm_kwargs  # noqa: E402
-from tests.vllm.conftest import chat_prompts, hf_tokens  # noqa: E402
+from tests.vllm_integration.conftest import chat_prompts, hf_tokens  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

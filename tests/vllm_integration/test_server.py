@@ -2,7 +2,7 @@
 
 One server (bundled reasoner + probe, CPU) for the module; requests go over HTTP on 127.0.0.1. Each
 response's token ids must equal the hf engine's with the config the request asked for. Run in the vLLM
-venv: `python -m pytest -m vllm tests/vllm`.
+venv: `python -m pytest -m vllm tests/vllm_integration`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed here; .ci/run runs the
 from adaptive_think.bundled import probe_path  # noqa: E402
 from adaptive_think.probe import Probe  # noqa: E402
 from adaptive_think.tasks import make_questions  # noqa: E402
-from tests.vllm.conftest import hf_tokens_from_ids  # noqa: E402
+from tests.vllm_integration.conftest import hf_tokens_from_ids  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

@@ -1,6 +1,6 @@
 """Shared pieces of the vLLM tests: the bundled reasoner's prompts and the hf-engine reference.
 
-These tests run in the vLLM venv that .ci/run creates (`python -m pytest -m vllm tests/vllm`); elsewhere
+These tests run in the vLLM venv that .ci/run creates (`python -m pytest -m vllm tests/vllm_integration`); elsewhere
 each module skips itself with a reason (`pytest.importorskip("vllm")`).
 """
 
