@@ -55,6 +55,8 @@ def test_doctor_passes_a_model_that_works(scripted, capsys):
     assert row(out, "accuracy, full thinking")[3:5] == ["ok", "4/4"]
     assert row(out, "accuracy, no thinking")[3:5] == ["info", "0/4"]  # an empty thought answers wrong
     assert "the checker read: '0' -> right" in out  # the first question is "what is 0"
+    assert main(["doctor", "--model", "works", "--samples", "0"]) == 2
+    assert "DoctorConfig.samples must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_doctor_fails_a_model_that_never_thinks(scripted, capsys):
