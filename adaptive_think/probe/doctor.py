@@ -140,8 +140,6 @@ def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | No
     gens = [[t for t, m in zip(row, mask) if m] for row, mask in
             zip(out[:, width:].tolist(), (out[:, width:] != tokenizer.pad_token_id).tolist())]
     reports = thinker.last_reports
-    prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-    spans = [thought_span(p, g, markers) for p, g in zip(prompt_ids, gens)]
     full_texts = [tokenizer.decode(g, skip_special_tokens=False) for g in gens]
 
     # thinking skipped: the prompt collect labels the skip head with
@@ -151,8 +149,9 @@ def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | No
                       for g in _greedy(model, tokenizer, off, max_answer_tokens, len(items))]
 
     n = len(items)
-    opened = [body is not None for body, _ in spans]
-    closed = [o and r.ended_by == "natural" and close >= 0 for o, r, (_, close) in zip(opened, reports, spans)]
+    # the controller's reports: a row that never opened a block ends `natural` with no block
+    opened = [r.blocks > 0 for r in reports]
+    closed = [o and r.ended_by == "natural" for o, r in zip(opened, reports)]
     lengths = [r.think_tokens for o, r in zip(opened, reports) if o]
     if not any(opened):
         ex.checks.append(Check("opens a thought", f"0/{n}", FAIL,
