@@ -137,7 +137,7 @@ def test_collect_cli_names_the_doctor_command(scripted, capsys, tmp_path):
                  "--batch-size", "4", "--max-new-tokens", "24"])
     err = capsys.readouterr().err
     assert code == 2 and "the checker read no answer" in err
-    assert f"adaptive-think doctor --model other-format --questions {questions}" in err
+    assert f"adaptive-think doctor --model other-format --questions {questions} --max-new-tokens 24" in err
     assert "the end of one raw output: '<think>waitcheckagainok" in err
 
 
