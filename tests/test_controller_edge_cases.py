@@ -62,8 +62,9 @@ def controller(config: ThinkConfig, close=(CLOSE,), threshold=0.5, skip_threshol
     probe = reading_probe() if config.policy == "probe" else None
     if config.policy == "probe":
         config = ThinkConfig(**{**config.to_dict(), "threshold": threshold, "skip_threshold": skip_threshold})
-    return ThinkController(markers, config, exit_ids=(EXIT,), eos_ids=(EOS,), probe=probe, threshold=threshold,
-                           skip_threshold=skip_threshold, vocab_size=V, device="cpu", impl=impl)
+    config = ThinkConfig(**{**config.to_dict(), "exit_text": "<exit>"})  # encoded as the one token EXIT
+    return ThinkController(markers, config, encode=lambda text: (EXIT,), eos_ids=(EOS,), probe=probe, vocab_size=V,
+                           device="cpu", impl=impl)
 
 
 def drive(ctl, proposals, scores=None, prompt=(WORD, OPEN)):

@@ -18,8 +18,9 @@ import torch
 
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import resolve_markers
-from adaptive_think.probe.collect import _greedy, no_think_prompt, read_or_none, thought_span
+from adaptive_think.probe.collect import _greedy
 from adaptive_think.probe.items import Item
+from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 
