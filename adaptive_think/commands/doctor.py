@@ -11,6 +11,8 @@ probe can be trained on.
 
 from __future__ import annotations
 
+from adaptive_think.commands.collect import COLLECT_DEFAULTS
+
 HELP = "check that the probe pipeline works on a model (markers, template, thoughts, checker) in seconds"
 
 
@@ -23,8 +25,10 @@ def add_arguments(p):
                    help="boxed | last-number | exact | choice | answer-is (default) | package.module:function")
     p.add_argument("--samples", type=int, default=4, help="sample questions to answer")
     p.add_argument("--seed", type=int, default=11, help="seed of the bundled questions")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="thought + answer budget, as in collect")
-    p.add_argument("--max-answer-tokens", type=int, default=16, help="answer budget without thinking, as in collect")
+    p.add_argument("--max-new-tokens", type=int, default=COLLECT_DEFAULTS["max_new_tokens"],
+                   help="thought + answer budget, as in collect")
+    p.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"],
+                   help="answer budget without thinking, as in collect")
     p.add_argument("--exit-text", default="\\n\\n")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -62,16 +66,15 @@ def format_examination(ex, model: str) -> str:
 def run(args) -> int:
     from adaptive_think.commands.collect import items_from_args
     from adaptive_think.loading import load_model_and_tokenizer
-    from adaptive_think.probe.doctor import examine
+    from adaptive_think.probe.doctor import DoctorConfig, examine
 
-    if args.samples < 1:
-        raise ValueError(f"--samples must be at least 1, got {args.samples}.")
+    cfg = DoctorConfig(samples=args.samples, max_new_tokens=args.max_new_tokens,
+                       max_answer_tokens=args.max_answer_tokens,
+                       exit_text=args.exit_text.encode().decode("unicode_escape"))
     args.n = args.samples  # bundled questions drawn when there is no --questions
     items, checker = items_from_args(args)
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype)
-    ex = examine(model, tok, items[: args.samples], checker,
-                 think_tokens=tuple(args.think_tokens) if args.think_tokens else None,
-                 max_new_tokens=args.max_new_tokens, max_answer_tokens=args.max_answer_tokens,
-                 exit_text=args.exit_text.encode().decode("unicode_escape"), checker_name=args.checker)
+    ex = examine(model, tok, items, checker, cfg, think_tokens=tuple(args.think_tokens) if args.think_tokens else None,
+                 checker_name=args.checker)
     print(format_examination(ex, args.model))
     return 0 if ex.ready else 1
