@@ -6,7 +6,9 @@ Cases (greedy, `--concurrency` slots, `--requests` arithmetic questions of the b
   plain          vLLM alone (engine A: no adaptive_think, reasoning parser qwen3)
   vllm_budget    engine A with vLLM's own `thinking_token_budget=--budget`
   full           engine B (adaptive_think processor + model wrapper + probe) with policy "full": the same
-                 tokens as plain, so its cost is the controller's overhead
+                 tokens as plain; a "full" row needs no decision, so this is the cost of the wrapper alone
+  budget_nocap   engine B with policy "budget" and a cap no thought reaches: the same tokens again, with the
+                 controller stepping every row every step (its true per-step cost)
   probe          engine B with policy "probe" (the calibrated probe decides skips and stops)
 Both engines stay up and the cases run interleaved, `--repeats` times each; the table shows medians and the
 spread, requests/s, output tokens/s and thinking tokens per request; the last line is one JSON document.
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
         "plain": (plain, sp()),
         "vllm_budget": (plain, sp(thinking_token_budget=args.budget)),
         "full": (ours, sp(extra_args={"adaptive_think": {"policy": "full"}})),
+        "budget_nocap": (ours, sp(extra_args={"adaptive_think": {"policy": "budget", "max_think_tokens": 100_000}})),
         "probe": (ours, sp(extra_args={"adaptive_think": {"policy": "probe"}})),
     }
     for llm, params in cases.values():  # warm-up
@@ -119,7 +122,8 @@ def main(argv=None) -> int:
     for name, r in results.items():
         r["tokens_per_s_vs_plain"] = r["output_tokens_per_s"]["median"] / base
         r["wall_vs_plain"] = r["wall_s"]["median"] / results["plain"]["wall_s"]["median"]
-    results["full"]["same_tokens_as_plain"] = runs["full"][0]["tokens"] == runs["plain"][0]["tokens"]
+    for name in ("full", "budget_nocap"):
+        results[name]["same_tokens_as_plain"] = runs[name][0]["tokens"] == runs["plain"][0]["tokens"]
 
     print(f"{'case':<12} {'req/s':>8} {'out tok/s':>10} {'(min-max)':>17} {'vs plain':>9} {'think/req':>10}")
     for name, r in results.items():
@@ -129,7 +133,8 @@ def main(argv=None) -> int:
     payload = {"benchmark": "vllm_throughput", "device": "cpu", "args": vars(args), "versions": versions(),
                "vllm": __import__("vllm").__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                "results": results,
-               "full_overhead_vs_plain": 1 - results["full"]["tokens_per_s_vs_plain"]}
+               "full_overhead_vs_plain": 1 - results["full"]["tokens_per_s_vs_plain"],
+               "controller_overhead_vs_plain": 1 - results["budget_nocap"]["tokens_per_s_vs_plain"]}
     if args.json:
         from adaptive_think.files import atomic_write
 

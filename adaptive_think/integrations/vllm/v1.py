@@ -28,7 +28,7 @@ from adaptive_think.controller.state import S_STEP
 from adaptive_think.integrations.vllm.context import build_context, validate_request
 from adaptive_think.integrations.vllm.requests import current_settings
 from adaptive_think.integrations.vllm.rows import CHANNEL
-from adaptive_think.integrations.vllm.slots import SlotController, compose_moves
+from adaptive_think.integrations.vllm.slots import SlotController, compose_moves, needs_steering
 
 logger = init_logger(__name__)
 STASH = 4  # rows kept per slot for requests that left the batch (oldest dropped first)
@@ -73,7 +73,7 @@ class ThinkLogitsProcessorV1(LogitsProcessor):
             if config is not None and prompt_ids is None:
                 logger.error("adaptive_think: a request without prompt token ids (prompt embeddings) is not steered.")
                 config = None
-            if config is not None:
+            if needs_steering(config):
                 self._params[index] = params
             else:
                 self._params.pop(index, None)
@@ -105,4 +105,4 @@ class ThinkLogitsProcessorV1(LogitsProcessor):
             return logits
         n = logits.shape[0]
         rows = CHANNEL.take(n)
-        return self.core.step(logits, self.core.slot_range(n), rows.token, rows.pos, rows.hidden)
+        return self.core.step(logits, None, rows.token, rows.pos, rows.hidden)  # row i is slot i
