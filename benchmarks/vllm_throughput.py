@@ -5,7 +5,9 @@
 Cases (greedy, `--concurrency` slots, `--requests` arithmetic questions of the bundled task family):
   plain          vLLM alone (engine A: no adaptive_think, reasoning parser qwen3)
   vllm_budget    engine A with vLLM's own `thinking_token_budget=--budget`
-  full           engine B (adaptive_think processor + model wrapper + probe) with policy "full": the same
+  unsteered      engine B (adaptive_think processor + model wrapper + probe), requests without settings: the
+                 cost of the wrapper and of having the processor loaded
+  full           engine B with policy "full": the same
                  tokens as plain; a "full" row needs no decision, so this is the cost of the wrapper alone
   budget_nocap   engine B with policy "budget" and a cap no thought reaches: the same tokens again, with the
                  controller stepping every row every step (its true per-step cost)
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
     cases = {
         "plain": (plain, sp()),
         "vllm_budget": (plain, sp(thinking_token_budget=args.budget)),
+        "unsteered": (ours, sp()),
         "full": (ours, sp(extra_args={"adaptive_think": {"policy": "full"}})),
         "budget_nocap": (ours, sp(extra_args={"adaptive_think": {"policy": "budget", "max_think_tokens": 100_000}})),
         "probe": (ours, sp(extra_args={"adaptive_think": {"policy": "probe"}})),
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
     for name, r in results.items():
         r["tokens_per_s_vs_plain"] = r["output_tokens_per_s"]["median"] / base
         r["wall_vs_plain"] = r["wall_s"]["median"] / results["plain"]["wall_s"]["median"]
-    for name in ("full", "budget_nocap"):
+    for name in ("unsteered", "full", "budget_nocap"):
         results[name]["same_tokens_as_plain"] = runs[name][0]["tokens"] == runs["plain"][0]["tokens"]
 
     print(f"{'case':<12} {'req/s':>8} {'out tok/s':>10} {'(min-max)':>17} {'vs plain':>9} {'think/req':>10}")

@@ -60,23 +60,27 @@ class SlotController:
     def add(self, slots: Sequence[int], prompts: Sequence[Sequence[int]] | torch.Tensor, prompt_lens: Sequence[int],
             configs: Sequence[ThinkConfig | None], outputs: torch.Tensor | None = None,
             output_lens: Sequence[int] = ()) -> None:
-        """(Re)start slots from their prompts (K token lists, or [K, S] left-padded) and configs (None: not
-        steered). outputs [K, M] / output_lens: tokens each request already generated (after a preemption),
-        replayed into its state so its next step continues where it left off."""
-        if not slots:
+        """(Re)start slots from their prompts (K token lists, or [K, S] left-padded) and configs (None or policy
+        "full": not steered, nothing to set up). outputs [K, M] / output_lens: tokens each request already
+        generated (after a preemption), replayed into its state so its next step continues where it left off."""
+        keep = [i for i, c in enumerate(configs) if needs_steering(c)]
+        self.remove([s for s, c in zip(slots, configs) if not needs_steering(c)])  # a recycled slot forgets its row
+        if not keep:
             return
-        rows = torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
-        steered = [needs_steering(c) for c in configs]
-        self.ctl.init_rows(rows, prompts, [c if c is not None else ThinkConfig() for c in configs])
-        self.prompt_len.index_copy_(0, rows, torch.tensor(
-            [n if s else NEVER for n, s in zip(prompt_lens, steered)], dtype=torch.int64, device=self.device))
-        self.steered.index_copy_(0, rows, torch.tensor(steered, dtype=torch.bool, device=self.device))
-        for slot, config, steer in zip(slots, configs, steered):
-            for table, member in ((self.steered_slots, steer),
-                                  (self._probe_slots, config is not None and config.policy == "probe")):
-                table.add(int(slot)) if member else table.discard(int(slot))
-        if outputs is not None and max(output_lens, default=0) > 0:
-            self._replay(rows, outputs, torch.as_tensor(list(output_lens), dtype=torch.long, device=self.device))
+        slots = [slots[i] for i in keep]
+        rows = torch.as_tensor(slots, dtype=torch.long, device=self.device)
+        prompts = prompts[keep] if torch.is_tensor(prompts) else [prompts[i] for i in keep]
+        self.ctl.init_rows(rows, prompts, [configs[i] for i in keep])
+        self.prompt_len.index_copy_(0, rows, torch.tensor([prompt_lens[i] for i in keep], dtype=torch.int64,
+                                                          device=self.device))
+        self.steered.index_fill_(0, rows, True)
+        self.steered_slots.update(slots)
+        for slot, i in zip(slots, keep):
+            (self._probe_slots.add if configs[i].policy == "probe" else self._probe_slots.discard)(slot)
+        lens = [output_lens[i] for i in keep] if output_lens else []
+        if outputs is not None and max(lens, default=0) > 0:
+            index = torch.as_tensor(keep, dtype=torch.long, device=outputs.device)
+            self._replay(rows, outputs.index_select(0, index), torch.as_tensor(lens, dtype=torch.long, device=self.device))
 
     def _replay(self, rows: torch.Tensor, outputs: torch.Tensor, lens: torch.Tensor) -> None:
         """Re-run steps 0 .. len-1 of each row with its own earlier outputs as the observed tokens (no hidden
