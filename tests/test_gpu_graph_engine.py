@@ -117,6 +117,32 @@ def test_probe_generate_replays_graphs_without_a_host_sync_and_matches_hf(impl, 
     graph.clear_graph_cache(model)
 
 
+def test_mixed_policy_batch_on_both_engines_matches_each_row_alone(monkeypatch):
+    """fp32: full, none, budget with exit and stop text, probe: the graph engine (replays only, segments under sync
+    errors) gives the hf engine's tokens and reports, and each row what it gets with its config on every row."""
+    model = cuda_model("qwen3", torch.float32)
+    thinker = probe_thinker(model)
+    b = TOK([PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[2]], return_tensors="pt", padding=True).to("cuda")
+    configs = [ThinkConfig(), ThinkConfig(policy="none", exit_text="\n\n"),
+               ThinkConfig(policy="budget", max_think_tokens=5, exit_text="\n\n", stop_text=" ok ."), PROBE]
+    kw = dict(max_new_tokens=16, eos_token_id=None)
+    ref = thinker.generate(**b, think=configs, engine="hf", **kw)
+    ref_reports = [r.to_dict() for r in thinker.last_reports]
+    assert [r["ended_by"] for r in ref_reports][1:3] == ["skipped", "budget"]
+    alone = []
+    for config in configs:  # builds the one runner every later call replays
+        alone.append((thinker.generate(**b, think=config, engine="graph", **kw),
+                      [r.to_dict() for r in thinker.last_reports]))
+    replays = only_replays(monkeypatch, model)
+    strict_segments(monkeypatch)
+    out = thinker.generate(**b, think=configs, engine="graph", **kw)
+    assert torch.equal(out, ref) and [r.to_dict() for r in thinker.last_reports] == ref_reports
+    assert len(replays) == 15 and len(graph.cache_info(model)) == 1
+    for i, (row_out, row_reports) in enumerate(alone):
+        assert torch.equal(out[i], row_out[i]) and ref_reports[i] == row_reports[i]
+    graph.clear_graph_cache(model)
+
+
 def test_attention_tiers_replay_their_own_graphs_and_keep_tokens(monkeypatch):
     """100 new tokens after a short prompt cross from the 64-slot tier to the 128-slot one: both captured."""
     model = cuda_model("llama", torch.float32)
