@@ -144,8 +144,8 @@ def context_cases(name, model, tok, device, batch, contexts, steps, reps, add, p
     for ctx in sorted(contexts, reverse=True):  # the longest first: its runner's bucket then serves the others
         ids = _prompt(tok, model, batch, ctx, device, thinking=False)
         run = lambda n, ids=ids: generate_graph(model, None, ids, max_new_tokens=n, **kw)  # noqa: E731
-        bucket = graph.cache_info(model)[0]["bucket"] if graph.cache_info(model) else None
-        add(f"graph_context_{ctx}", mode, per_step_ms(run, device, steps, reps), context=ctx, bucket=bucket)
+        ms = per_step_ms(run, device, steps, reps)
+        add(f"graph_context_{ctx}", mode, ms, context=ctx, bucket=graph.cache_info(model)[0]["bucket"])
         if ctx == min(contexts):
             with _full_bucket(model):
                 add(f"graph_context_{ctx}_full_bucket", mode, per_step_ms(run, device, steps, reps), context=ctx,

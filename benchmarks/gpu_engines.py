@@ -308,6 +308,8 @@ def main(argv=None) -> dict:
     p.add_argument("--contexts", nargs="+", type=int, default=[128, 1024, 4096],
                    help="real context lengths of the context case (one cache bucket for all)")
     p.add_argument("--context-model", default="qwen3-0.6b", help="model of the context and mixed-policy cases (GPU)")
+    p.add_argument("--cpu-phases", nargs="+", default=["interleaved", "context", "mixed"],
+                   choices=["interleaved", "context", "mixed"], help="which CPU phases run (default: all)")
     p.add_argument("--graph-modes", nargs="+", default=["cudagraph", "compile"])
     p.add_argument("--compile-models", nargs="*", default=["qwen3-0.6b"], help="models whose compiled cases run")
     p.add_argument("--no-hf-compile", dest="hf_compile", action="store_false", help="skip HF static cache + compile")
@@ -336,8 +338,10 @@ def main(argv=None) -> dict:
     dev_name = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor() or "cpu"
     print(f"# engines benchmark on {dev_name}, {dtype}", flush=True)
 
+    env = versions()  # the commit measured: taken once, at the start
+
     def document() -> dict:
-        doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **versions(), "argv": sys.argv[1:],
+        doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **env, "argv": sys.argv[1:],
                "threads": torch.get_num_threads(),
                "wall_s": time.monotonic() - start, "cases": results, "e2e": e2e, "skipped": skipped}
         doc["summary"] = summarise(results, e2e)
@@ -377,7 +381,8 @@ def make_plan(args, cuda: bool) -> list[tuple[str, str, list[int]]]:
     if not cuda:
         batches = args.batches or [8]
         return [(name, phase, b) for name in args.models or ["smollm2-135m"]
-                for phase, b in (("interleaved", batches), ("context", [1]), ("mixed", batches))]
+                for phase, b in (("interleaved", batches), ("context", [1]), ("mixed", batches))
+                if phase in args.cpu_phases]
     plan = []
     for name in args.models or ["reasoner", "qwen3-0.6b", "qwen3-4b"]:
         plan.append((name, "fast", args.batches or [1, 32]))

@@ -36,17 +36,29 @@ def probe_thinker(model, impl="auto"):
 PROBE = ThinkConfig(policy="probe", threshold=0.5, skip_threshold=0.5, min_think_tokens=2, stop_at_boundary=False)
 
 
+class CountedGraph:
+    """A captured graph whose replays are counted."""
+
+    def __init__(self, graph, replays: list):
+        self.graph, self.replays = graph, replays
+
+    def replay(self):
+        self.replays.append(1)
+        self.graph.replay()
+
+
 def only_replays(monkeypatch, model) -> list[int]:
     """From now on the model's runners may not run an eager step: every decode step must be a graph replay.
     Returns the list that counts replays."""
     replays = []
-    for runner in graph._RUNNERS[model].values():
-        def refuse():
-            raise AssertionError("an eager decode step ran where a captured graph should have replayed")
 
-        runner._step = refuse
-        for g in runner.graphs.values():
-            monkeypatch.setattr(g, "replay", lambda g=g, replay=g.replay: (replays.append(1), replay())[1])
+    def refuse():
+        raise AssertionError("an eager decode step ran where a captured graph should have replayed")
+
+    for runner in graph._RUNNERS[model].values():
+        assert runner.graphs, "the runner captured no graph"
+        monkeypatch.setattr(runner, "_step", refuse)
+        monkeypatch.setattr(runner, "graphs", {tier: CountedGraph(g, replays) for tier, g in runner.graphs.items()})
     return replays
 
 
