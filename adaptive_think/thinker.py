@@ -115,8 +115,9 @@ class AdaptiveThinker:
         threshold, skip_threshold = 0.5, 2.0
         if think.policy == "probe":
             probe_tensors = self.probe.tensors()
-            threshold = think.threshold if think.threshold is not None else self.probe.ready_threshold
-            skip_threshold = think.skip_threshold if think.skip_threshold is not None else self.probe.skip_threshold
+            rung_ready, rung_skip = self.probe.thresholds(think.effort)  # the effort rung's calibrated pair
+            threshold = think.threshold if think.threshold is not None else rung_ready
+            skip_threshold = think.skip_threshold if think.skip_threshold is not None else rung_skip
         return ThinkController(
             self.markers,
             think,

@@ -15,6 +15,8 @@ def add_think_arguments(p: argparse.ArgumentParser, default_policy: str = "full"
     g.add_argument("--exit-text", default=None, help='text forced after the close marker (e.g. "\\n\\n")')
     g.add_argument("--threshold", type=float, default=None, help="probe ready threshold (default: calibrated)")
     g.add_argument("--skip-threshold", type=float, default=None, help="probe skip threshold (default: calibrated)")
+    g.add_argument("--effort", default=None,
+                   help="probe effort rung: high | medium | low (the probe's names; default: its default rung)")
     g.add_argument("--smoothing", type=float, default=1.0, help="EMA weight of the newest probe score")
     g.add_argument("--patience", type=int, default=1, help="steps over threshold before stopping")
     g.add_argument("--stop-at-boundary", action=argparse.BooleanOptionalAction, default=None,
@@ -28,6 +30,6 @@ def think_config_from_args(args: argparse.Namespace) -> ThinkConfig:
     return ThinkConfig(
         policy=args.policy, max_think_tokens=args.max_think_tokens, min_think_tokens=args.min_think_tokens,
         exit_text=args.exit_text.encode().decode("unicode_escape") if args.exit_text is not None else None,
-        threshold=args.threshold, skip_threshold=args.skip_threshold, smoothing=args.smoothing,
+        threshold=args.threshold, skip_threshold=args.skip_threshold, effort=args.effort, smoothing=args.smoothing,
         patience=args.patience, stop_at_boundary=args.stop_at_boundary, allow_skip=args.allow_skip,
     )

@@ -24,7 +24,7 @@ from adaptive_think.controller import boundary_mask
 from adaptive_think.engines.hf import decoder_layers
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import ThinkMarkers, resolve_markers
-from adaptive_think.probe.items import Item
+from adaptive_think.probe.items import Item, question_hash
 from adaptive_think.probe.probe import model_fingerprint
 from adaptive_think.probe.shards import clean_orphans, read_index, write_index, write_shard
 
@@ -143,7 +143,7 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
         full_ok = close >= 0 and bool(checker(full_text, it.answer))
         thought_len = (close - body) if close >= 0 else (len(g) - body if body is not None else 0)
         nothink_ok = bool(checker(markers.close_text + _decode(tokenizer, no_think_out[b]), it.answer))
-        base = dict(qid=it.id, level=it.level, full_correct=full_ok, nothink_correct=nothink_ok,
+        base = dict(qid=it.id, qhash=question_hash(it.question), level=it.level, full_correct=full_ok, nothink_correct=nothink_ok,
                     thought_len=thought_len, closed=close >= 0)
         records.append(dict(base, kind=KIND_PROMPT, pos=0, label=nothink_ok, boundary=False))
         rows.append(steps[b, 0])
