@@ -90,7 +90,7 @@ def _find(seq: list[int], sub: tuple[int, ...], start: int = 0) -> int:
 
 
 @torch.no_grad()
-def _greedy(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+def greedy_continuations(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
     """Greedy continuations of token sequences (left-padded batches)."""
     out = []
     pad = tokenizer.pad_token_id
@@ -130,7 +130,7 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
 
     no_think = [tokenizer.encode(chat_prompt(tokenizer, it.question, enable_thinking=False), add_special_tokens=False)
                 for it in items]
-    no_think_out = _greedy(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size)
+    no_think_out = greedy_continuations(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size)
 
     records, rows, exits = [], [], []
     for b, it in enumerate(items):
@@ -159,7 +159,7 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
             rows.append(steps[b, gi + 1])  # step gi + 1 sees token gi as its last
             exits.append((len(records) - 1, prompts[b] + g[: gi + 1] + list(markers.close_ids) + list(exit_ids)))
     answer_of = {it.id: it.answer for it in items}
-    answers = _greedy(model, tokenizer, [e[1] for e in exits], cfg.max_answer_tokens, cfg.batch_size * 4)
+    answers = greedy_continuations(model, tokenizer, [e[1] for e in exits], cfg.max_answer_tokens, cfg.batch_size * 4)
     for (ri, _), ans in zip(exits, answers):
         text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
         records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))
