@@ -54,9 +54,18 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _contains(haystack: list[int], needle: tuple[int, ...]) -> bool:
-    n = len(needle)
-    return any(tuple(haystack[i : i + n]) == needle for i in range(len(haystack) - n + 1))
+def find_subsequence(seq, sub, start: int = 0) -> int:
+    """Index of the first occurrence of token ids `sub` in `seq` at or after `start`; -1 when absent."""
+    seq, sub = list(seq), list(sub)
+    n = len(sub)
+    for i in range(max(start, 0), len(seq) - n + 1):
+        if seq[i : i + n] == sub:
+            return i
+    return -1
+
+
+def _contains(haystack, needle) -> bool:
+    return find_subsequence(haystack, needle) >= 0
 
 
 def _single_added_id(tokenizer, text: str) -> int | None:

@@ -11,6 +11,7 @@ evaluation harnesses that call `model.generate` get the controller unchanged.
 from __future__ import annotations
 
 import functools
+import inspect
 
 from adaptive_think.config import ThinkConfig
 from adaptive_think.thinker import AdaptiveThinker
@@ -27,10 +28,21 @@ def patch(model, tokenizer, think: ThinkConfig | None = None, think_tokens=None,
     def generate(*args, think: ThinkConfig | None = None, **kwargs):
         return thinker.generate(*args, think=think, **kwargs)
 
+    generate.__signature__ = _with_think(inspect.signature(original))  # introspection shows `think` and `engine`
     model._adaptive_think_original_generate = original
     model._adaptive_thinker = thinker
     model.generate = generate
     return thinker
+
+
+def _with_think(sig: inspect.Signature) -> inspect.Signature:
+    """The wrapped generate's own signature plus the keyword-only `think` and `engine` of the thinker."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    ours = [inspect.Parameter("think", kw, default=None, annotation="ThinkConfig | list[ThinkConfig] | None"),
+            inspect.Parameter("engine", kw, default="hf", annotation="str")]
+    params = [p for p in sig.parameters.values() if p.name not in ("think", "engine")]
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    return sig.replace(parameters=params[:at] + ours + params[at:])
 
 
 def is_patched(model) -> bool:

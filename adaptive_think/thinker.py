@@ -15,6 +15,7 @@ import torch
 
 from adaptive_think.config import ThinkConfig
 from adaptive_think.controller import ThinkController, ThinkReport, boundary_mask
+from adaptive_think.engines.args import eos_token_ids
 from adaptive_think.markers import resolve_markers
 
 ENGINES = ("hf", "graph")
@@ -87,13 +88,8 @@ class AdaptiveThinker:
         return self._empty_block
 
     def eos_ids(self, kwargs: dict) -> tuple[int, ...]:
-        cfg = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
-        eos = kwargs.get("eos_token_id", getattr(cfg, "eos_token_id", None))
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        if eos is None:
-            return ()
-        return tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        """The eos ids of a generate(**kwargs) call (the tokenizer's when the model names none)."""
+        return eos_token_ids(self.model, kwargs, self.tokenizer)
 
     def controller(self, think: ThinkConfig, kwargs: dict | None = None) -> ThinkController:
         """The controller for one call with `think` on this model."""
@@ -138,14 +134,19 @@ class AdaptiveThinker:
 
         Returns exactly what model.generate returns for those kwargs; per-row reports land in
         `self.last_reports`. engine: "hf" (every generate() feature) or "graph" (static cache, fastest).
+        With `inputs_embeds` and no input_ids (hf engine only) the prompt cannot be read as tokens: every row
+        starts in the prompt phase and the markers are matched in the generated tokens only.
         """
         think = think or self.think
         if engine not in ENGINES:
             raise ValueError(f"engine={engine!r} is not known; use one of {ENGINES}.")
         if input_ids is None:
             input_ids = kwargs.pop("inputs", None)
-        if input_ids is None:
-            raise ValueError("generate() needs input_ids (a [batch, seq] tensor of token ids).")
+        if input_ids is None and kwargs.get("inputs_embeds") is None:
+            raise ValueError("generate() needs input_ids (a [batch, seq] tensor of token ids) or inputs_embeds.")
+        if input_ids is None and engine == "graph":
+            raise ValueError('engine="graph" needs input_ids: it cannot start from inputs_embeds alone. Pass the '
+                             'token ids, or use engine="hf" (markers are then matched in generated tokens only).')
         controller = self.controller(think, kwargs)
         self.last_reports = []
         if engine == "graph":
@@ -155,7 +156,8 @@ class AdaptiveThinker:
         else:
             from adaptive_think.engines.hf import generate_hf
 
-            kwargs["input_ids"] = input_ids
+            if input_ids is not None:
+                kwargs["input_ids"] = input_ids
             out = generate_hf(self.model, controller, self._generate, self._probe_layer(think), kwargs)
         self.last_reports = controller.reports()
         return out

@@ -19,7 +19,7 @@ def test_collect_train_eval_from_the_cli(tmp_path, capsys):
     checker = "test_probe_pipeline:checker"
     common = ["--model", str(tmp_path / "model"), "--questions", str(questions), "--checker", checker]
     assert main(["collect", *common, "--out", str(tmp_path / "c"), "--every", "3", "--batch-size", "8",
-                 "--max-new-tokens", "10", "--max-answer-tokens", "3"]) == 0
+                 "--max-new-tokens", "10", "--max-answer-tokens", "3", "--no-fail-fast"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["questions"] == 24
     assert main(["train-probe", "--data", str(tmp_path / "c"), "--out", str(tmp_path / "p"), "--epochs", "20",
                  "--width", "8", "--epsilon", "0.3"]) == 0

@@ -57,11 +57,12 @@ def test_oracle_on_a_hand_made_thought():
     prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "q"}], add_generation_prompt=True,
                                                 tokenize=False), add_special_tokens=False)
     items = [Item("a", "q", "3", 1), Item("b", "q", "3", 2), Item("c", "q", "3", 3)]
-    rows = [dict(prompt=prompt, gen=gen, inside=False, correct=True, level=it.level) for it in items]
+    rows = [dict(prompt=prompt, gen=gen, correct=True, think=len(thought), level=it.level) for it in items]
 
     def points(table, no_think):
         ev = SimpleNamespace(model=AnswerTable(tok, table, no_think), tok=tok, markers=markers, items=items[:1],
-                             exit_ids=tok.encode("\n\n", add_special_tokens=False), checker=is_correct, eos={1},
+                             exit_text="\n\n", exit_ids=tok.encode("\n\n", add_special_tokens=False),
+                             checker=is_correct, eos={1},
                              boundary=boundary_mask(tok, len(tok)), batch_size=4)
         return oracle_points(ev, rows[:1])[0]
 

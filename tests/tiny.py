@@ -115,3 +115,82 @@ class ScriptedReasoner(LogitsProcessor):
         for row, ids in enumerate(input_ids.tolist()):
             out[row, self.next_token(row, ids[self.prompt_len :])] = 0.0
         return out
+
+
+class ScriptedLM(Qwen3ForCausalLM):
+    """A tiny Qwen3 whose next token follows a script of the text so far, whatever its weights say, so
+    tests get a model that never thinks, one that thinks but answers in another format, or one that
+    works, through every generate() path (hidden states stay real). The answer is the first number in
+    the prompt when the thought ran at least `min_think` words, else that number + 1.
+
+    behaviour: "no-think" (answers "the answer is N" at once), "other-format" (thinks, then "so N"),
+    "works" (thinks, then "the answer is N"), "never-closes" (thinks forever).
+    """
+
+    behaviour = "works"
+    think_words = 6
+    min_think = 2
+
+    def forward(self, input_ids=None, **kwargs):
+        out = super().forward(input_ids=input_ids, **kwargs)
+        ids = input_ids.tolist()
+        if input_ids.shape[1] > 1:  # a prefill starts a new generation (prompts are longer than one token)
+            self._history = ids
+        else:
+            for row, (tok,) in enumerate(ids):
+                self._history[row].append(tok)
+        logits = torch.full_like(out.logits[:, -1:], -1e4)
+        for row, seq in enumerate(self._history):
+            logits[row, 0, self.next_token(seq)] = 0.0
+        out.logits = logits
+        return out
+
+    def next_token(self, seq: list[int]) -> int:
+        s = self.script
+        numbers = [t for t in seq if t in s["number_ids"]]
+        answer = s["number_ids"][numbers[0]] if numbers else 0
+        opens = [i for i, t in enumerate(seq) if t == s["open"]]
+        closes = [i for i, t in enumerate(seq) if t == s["close"]]
+        if not opens and self.behaviour == "no-think" or closes and (not opens or closes[-1] > opens[-1]):
+            if opens and closes:  # the answer depends on how long the thought ran
+                thought = sum(1 for t in seq[opens[-1] : closes[-1]] if t in s["word_ids"][:4])
+                answer = answer if thought >= self.min_think else answer + 1
+            start = closes[-1] + 1 if closes else s["prompt_end"](seq)
+            while start < len(seq) and seq[start] == s["newline"]:  # the exit text after the close marker
+                start += 1
+            fmt = s["answer_other" if self.behaviour == "other-format" else "answer_is"](answer % 20)
+            written = len(seq) - start
+            return fmt[written] if written < len(fmt) else s["eos"]
+        if not opens:
+            return s["open"]
+        written = len(seq) - opens[-1] - 1
+        if self.behaviour == "never-closes" or written < self.think_words:
+            return s["word_ids"][written % len(s["word_ids"])]
+        return s["close"]
+
+
+def make_scripted(behaviour: str, tok, think_words: int = 6, seed: int = 0) -> ScriptedLM:
+    """A `ScriptedLM` for the word-level tokenizer of `make_tokenizer()`."""
+    config = Qwen3Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+        tie_word_embeddings=False, head_dim=8,
+    )
+    torch.manual_seed(seed)
+    model = ScriptedLM(config).eval()
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
+    vocab = tok.get_vocab()
+    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    assistant = enc("assistant:\n")
+    model.behaviour, model.think_words = behaviour, think_words
+    model.script = {
+        "open": vocab["<think>"], "close": vocab["</think>"], "eos": tok.eos_token_id,
+        "number_ids": {vocab[str(i)]: i for i in range(20)},
+        "word_ids": [vocab[w] for w in ("wait", "check", "again", "ok", ".", "\n")],  # the first 4 count as words
+        "newline": vocab["\n"],
+        "answer_is": lambda n: enc(f"the answer is {n}."),
+        "answer_other": lambda n: enc(f"so {n}"),
+        # a direct answer starts right after the template's "assistant:\n"
+        "prompt_end": lambda seq: max(i + len(assistant) for i in range(len(seq)) if seq[i : i + len(assistant)] == assistant),
+    }
+    return model

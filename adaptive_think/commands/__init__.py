@@ -1,5 +1,5 @@
 """Subcommands of the `adaptive-think` CLI, one module each."""
 
-from adaptive_think.commands import collect, demo, eval, generate, train_probe
+from adaptive_think.commands import collect, demo, doctor, eval, generate, train_probe
 
-COMMANDS = {"demo": demo, "generate": generate, "collect": collect, "train-probe": train_probe, "eval": eval}
+COMMANDS = {"demo": demo, "generate": generate, "doctor": doctor, "collect": collect, "train-probe": train_probe, "eval": eval}

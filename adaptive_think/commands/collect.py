@@ -1,6 +1,7 @@
 """Collect probe training data: full thoughts, forced exits at checkpoints, hidden states.
 
     adaptive-think collect --model bundled --n 1000 --seed 11 --out runs/collect
+    adaptive-think collect --model DIR --questions q.jsonl --checker boxed --out runs/c
     adaptive-think collect --model DIR --questions q.jsonl --checker mypkg.check:is_right --out runs/c
 
 Re-running the same command resumes an interrupted run. Several GPUs: see scripts/collect_probe_data.py.
@@ -17,7 +18,9 @@ def add_arguments(p):
     src = p.add_argument_group("questions")
     src.add_argument("--model", required=True, help="local model folder, or `bundled`")
     src.add_argument("--questions", default=None, help='JSONL of {"question", "answer"} (default: bundled tasks)')
-    src.add_argument("--checker", default=None, help="module:function(text, answer) -> bool for --questions")
+    src.add_argument("--checker", default=None,
+                     help="for --questions: boxed | last-number | exact | choice | answer-is (default) | "
+                          "package.module:function(text, answer) -> bool")
     src.add_argument("--n", type=int, default=1000, help="bundled questions to draw")
     src.add_argument("--seed", type=int, default=11, help="seed of the bundled questions")
     out = p.add_argument_group("collection")
@@ -30,6 +33,8 @@ def add_arguments(p):
     out.add_argument("--exit-text", default="\\n\\n")
     out.add_argument("--shard-questions", type=int, default=64)
     out.add_argument("--think-tokens", nargs=2, default=None, metavar=("OPEN", "CLOSE"))
+    out.add_argument("--no-fail-fast", dest="fail_fast", action="store_false",
+                     help="keep collecting when the first batch shows no thought, no parsed answer or nothing right")
     dev = p.add_argument_group("device")
     dev.add_argument("--device", default="auto")
     dev.add_argument("--dtype", default="auto")
@@ -37,15 +42,33 @@ def add_arguments(p):
 
 
 def items_from_args(args):
-    from adaptive_think.probe.items import bundled_items, load_checker, load_jsonl
+    from adaptive_think.probe.items import bundled_items, check_answers, load_checker, load_jsonl
 
+    think_tokens = tuple(args.think_tokens) if getattr(args, "think_tokens", None) else None
     if args.questions:
         if args.checker is None:
-            print("note: no --checker given; answers are compared by the default 'the answer is N' parser")
-        return load_jsonl(args.questions), load_checker(args.checker)
+            print("note: no --checker given; answers are compared by the default 'the answer is N' parser "
+                  "(built-in: --checker boxed | last-number | exact | choice)")
+        items, checker = load_jsonl(args.questions), load_checker(args.checker, think_tokens)
+        check_answers(items, checker)
+        return items, checker
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}.")
     return bundled_items(args.n, args.seed), load_checker(None)
+
+
+def doctor_command(args) -> str:
+    """The `adaptive-think doctor` command that checks this run's model, markers, questions and checker."""
+    import shlex
+
+    parts = ["adaptive-think", "doctor", "--model", args.model]
+    if args.think_tokens:
+        parts += ["--think-tokens", *args.think_tokens]
+    if args.questions:
+        parts += ["--questions", args.questions]
+    if args.checker:
+        parts += ["--checker", args.checker]
+    return shlex.join(parts)
 
 
 def run(args) -> int:
@@ -56,8 +79,9 @@ def run(args) -> int:
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.device_map)
     cfg = CollectConfig(layers=args.layers, every=args.every, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, max_answer_tokens=args.max_answer_tokens,
-                        exit_text=args.exit_text.encode().decode("unicode_escape"), shard_questions=args.shard_questions)
+                        exit_text=args.exit_text.encode().decode("unicode_escape"), shard_questions=args.shard_questions,
+                        fail_fast=args.fail_fast)
     summary = collect(model, tok, items, args.out, checker, cfg,
-                      think_tokens=tuple(args.think_tokens) if args.think_tokens else None)
+                      think_tokens=tuple(args.think_tokens) if args.think_tokens else None, doctor=doctor_command(args))
     print(json.dumps(summary))
     return 0

@@ -14,8 +14,9 @@ import re
 import torch
 from transformers import LogitsProcessor
 
+from adaptive_think.engines.args import eos_token_ids
 from adaptive_think.kernels.logit_stats import logit_stats
-from adaptive_think.markers import ThinkMarkers
+from adaptive_think.markers import ThinkMarkers, find_subsequence
 
 
 class TextStopProcessor(LogitsProcessor):
@@ -34,15 +35,8 @@ class TextStopProcessor(LogitsProcessor):
         self.every = every  # check every k thinking tokens instead of at step boundaries
 
     def _body(self, gen: list[int]) -> list[int]:
-        o = self._find(gen, self.m.open_ids)
+        o = find_subsequence(gen, self.m.open_ids)
         return gen[o + len(self.m.open_ids):] if o >= 0 else gen
-
-    @staticmethod
-    def _find(seq, sub):
-        for i in range(len(seq) - len(sub) + 1):
-            if tuple(seq[i : i + len(sub)]) == tuple(sub):
-                return i
-        return -1
 
     def should_stop(self, rows: list[int], input_ids: torch.Tensor) -> list[bool]:
         raise NotImplementedError
@@ -54,12 +48,12 @@ class TextStopProcessor(LogitsProcessor):
             if self.queue[r] or self.done[r]:
                 continue
             if not self.inside[r]:
-                if self._find(g, self.m.open_ids) >= 0 and self._find(g, self.m.close_ids) < 0:
+                if find_subsequence(g, self.m.open_ids) >= 0 and find_subsequence(g, self.m.close_ids) < 0:
                     self.inside[r] = True
                 else:
                     continue
             body = self._body(g)
-            if self._find(body, self.m.close_ids) >= 0:
+            if find_subsequence(body, self.m.close_ids) >= 0:
                 self.done[r] = True  # the model closed on its own
                 continue
             if self.every is not None:
@@ -104,8 +98,7 @@ class TrialAnswers(TextStopProcessor):
     def __init__(self, *args, model, max_answer_tokens: int = 12, pad_id: int = 0, **kw):
         super().__init__(*args, **kw)
         self.model, self.max_answer_tokens, self.pad_id = model, max_answer_tokens, pad_id
-        eos = model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self.eos = set(eos_token_ids(model))
 
     @torch.no_grad()
     def trials(self, rows, input_ids) -> tuple[list[list[int]], list[torch.Tensor]]:

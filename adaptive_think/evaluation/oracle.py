@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from adaptive_think.evaluation.run import thought_span
-from adaptive_think.loading import chat_prompt
-from adaptive_think.probe.collect import greedy_continuations
+from adaptive_think.probe.collect import greedy_continuations, no_think_prompt, thought_span
 
 
 def oracle_point(full_correct: bool, nothink_correct: bool, checkpoints: list[tuple[int, bool]], thought_len: int) -> int:
@@ -46,26 +44,26 @@ def _answers(ev, sequences: list[list[int]], max_answer_tokens: int) -> list[str
 def oracle_points(ev, rows: list[dict], max_answer_tokens: int = 16) -> list[int]:
     """The oracle's thinking tokens for each of `ev.items`, from the full-thinking rows of `ev.run`.
 
-    Each row holds `prompt` and `gen` (token ids), `inside` (prompt ends inside a thought), `correct`.
+    Each row holds `prompt` and `gen` (token ids) and `correct`.
     """
     m = ev.markers
     exit_ids = list(m.close_ids) + list(ev.exit_ids)
     prefix_text = m.close_text + ev.tok.decode(ev.exit_ids, skip_special_tokens=False)
     exits, owners = [], []  # forced-exit sequences and (question, checkpoint position)
-    spans = []
+    spans = []  # (start, end) of each closed thought, else None
     for qi, row in enumerate(rows):
-        span = thought_span(row["gen"], m, row["inside"])
-        spans.append(span)
-        if span is None or not span[2]:
+        start, close = thought_span(row["prompt"], row["gen"], m)
+        spans.append((start, close) if start is not None and close >= 0 else None)
+        if spans[-1] is None:
             continue
-        start, end, _ = span
+        end = close
         for j in range(start, end - 1):  # a cut after the last thought token is the natural close itself
             tok = row["gen"][j]
             if tok < ev.boundary.numel() and bool(ev.boundary[tok]):
                 exits.append(row["prompt"] + row["gen"][: j + 1] + exit_ids)
                 owners.append((qi, j + 1 - start))
     labels = [ev.checker(prefix_text + a, ev.items[q].answer) for a, (q, _) in zip(_answers(ev, exits, max_answer_tokens), owners)]
-    no_think = [ev.tok.encode(chat_prompt(ev.tok, it.question, enable_thinking=False), add_special_tokens=False)
+    no_think = [ev.tok.encode(no_think_prompt(ev.tok, it.question, m, ev.exit_text), add_special_tokens=False)
                 for it in ev.items]
     nothink_ok = [ev.checker(m.close_text + a, it.answer)
                   for a, it in zip(_answers(ev, no_think, max_answer_tokens), ev.items)]
@@ -74,10 +72,9 @@ def oracle_points(ev, rows: list[dict], max_answer_tokens: int = 16) -> list[int
         cps[q].append((pos, bool(ok)))
     points = []
     for qi, row in enumerate(rows):
-        span = spans[qi]
-        length = 0 if span is None else span[1] - span[0]
-        if span is None or not span[2]:  # no closed thought: nothing to cut
-            points.append(length)
+        if spans[qi] is None:  # no closed thought: nothing to cut, the oracle thinks what full thinking did
+            points.append(row["think"])
             continue
-        points.append(oracle_point(row["correct"], bool(nothink_ok[qi]), cps[qi], length))
+        start, end = spans[qi]
+        points.append(oracle_point(row["correct"], bool(nothink_ok[qi]), cps[qi], end - start))
     return points

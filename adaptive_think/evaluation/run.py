@@ -20,28 +20,13 @@ from tqdm.auto import tqdm
 
 from adaptive_think.config import ThinkConfig
 from adaptive_think.controller import boundary_mask
+from adaptive_think.engines.args import eos_token_ids
 from adaptive_think.evaluation.baselines import ConfidenceStop, ConsistencyStop, MarkerStop
 from adaptive_think.evaluation.policies import PolicySpec, parse_policy
 from adaptive_think.evaluation.report import summarise
 from adaptive_think.loading import chat_prompt
+from adaptive_think.markers import find_subsequence
 from adaptive_think.thinker import AdaptiveThinker
-
-
-def _find(seq, sub, start=0):
-    for i in range(start, len(seq) - len(sub) + 1):
-        if tuple(seq[i : i + len(sub)]) == tuple(sub):
-            return i
-    return -1
-
-
-def thought_span(gen: list[int], markers, prompt_inside: bool) -> tuple[int, int, bool] | None:
-    """(start, end, closed) of the thought in generated ids; None when no thought was opened."""
-    o = -1 if prompt_inside else _find(gen, markers.open_ids)
-    if o < 0 and not prompt_inside:
-        return None
-    start = 0 if prompt_inside else o + len(markers.open_ids)
-    c = _find(gen, markers.close_ids, start)
-    return start, (c if c >= 0 else len(gen)), c >= 0
 
 
 def think_tokens_of(gen: list[int], markers, prompt_inside: bool, tokenizer=None) -> tuple[int, bool]:
@@ -49,10 +34,12 @@ def think_tokens_of(gen: list[int], markers, prompt_inside: bool, tokenizer=None
 
     With a tokenizer, a block holding only whitespace (the empty block of a skip) counts as 0.
     """
-    span = thought_span(gen, markers, prompt_inside)
-    if span is None:
+    o = -1 if prompt_inside else find_subsequence(gen, markers.open_ids)
+    if o < 0 and not prompt_inside:
         return 0, False
-    start, end, _ = span
+    start = 0 if prompt_inside else o + len(markers.open_ids)
+    c = find_subsequence(gen, markers.close_ids, start)
+    end = c if c >= 0 else len(gen)
     if tokenizer is not None and not tokenizer.decode(gen[start:end], skip_special_tokens=False).strip():
         return 0, True
     return end - start, True
@@ -75,8 +62,7 @@ class Evaluator:
         self.engine, self.pattern, self.progress = engine, pattern, progress
         self.exit_ids = tokenizer.encode(exit_text, add_special_tokens=False) if exit_text else []
         self.boundary = boundary_mask(tokenizer, self.thinker.vocab_size)
-        eos = model.generation_config.eos_token_id
-        self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self.eos = set(eos_token_ids(model))
 
     def _batches(self):
         for i in range(0, len(self.items), self.batch_size):
@@ -122,7 +108,7 @@ class Evaluator:
         t0 = time.perf_counter()
         for chunk, batch in tqdm(list(self._batches()), desc=f"eval {spec.name}", disable=not self.progress, leave=False):
             plen = batch["input_ids"].shape[1]
-            inside = [_find(p, self.markers.open_ids) > _find(p, self.markers.close_ids)
+            inside = [find_subsequence(p, self.markers.open_ids) > find_subsequence(p, self.markers.close_ids)
                       for p in batch["input_ids"].tolist()]
             trial = [0] * len(chunk)
             reports = None

@@ -4,7 +4,11 @@ For each question: generate the full thought (greedy), record the hidden states 
 layers at the prompt's end and at checkpoints (every k thought tokens and at step boundaries), force
 the exit (close marker + exit text) at each checkpoint and decode the answer to label it, and answer
 once with thinking skipped for the skip head. Output: append-only shards (see shards.py); an
-interrupted run resumes where it stopped.
+interrupted run resumes where it stopped. One writer per rank and folder (a lock file, see files.py).
+
+After the first batch and at the end it prints the collection's health (health.py) and, unless
+`fail_fast=False`, stops with the likely cause when no thought opened, no answer was parsed, or full
+thinking got nothing right, instead of spending the rest of the run.
 
     adaptive-think collect --model bundled --n 600 --seed 11 --out runs/collect
 """
@@ -21,14 +25,24 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor
 
 from adaptive_think.controller import boundary_mask
-from adaptive_think.engines.hf import decoder_layers
+from adaptive_think.engines.capture import LayerCapture
 from adaptive_think.loading import chat_prompt
-from adaptive_think.markers import ThinkMarkers, resolve_markers
+from adaptive_think.files import exclusive_lock
+from adaptive_think.markers import ThinkMarkers, find_subsequence, resolve_markers
+from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.items import Item, question_hash
 from adaptive_think.probe.probe import model_fingerprint
-from adaptive_think.probe.shards import clean_orphans, read_index, write_index, write_shard
+from adaptive_think.probe.shards import clean_orphans, lock_path, rank_records, read_index, write_index, write_shard
 
-KIND_PROMPT, KIND_THOUGHT = 0, 1
+OUTPUT_TAIL_CHARS = 400
+
+
+class CollectionUnusable(ValueError):
+    """Collected data that no probe can be trained on; `key` is "no_thought" | "no_parse" | "none_right"."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -42,6 +56,7 @@ class CollectConfig:
     max_answer_tokens: int = 16  # tokens decoded after a forced exit
     exit_text: str = "\n\n"
     shard_questions: int = 64  # questions per shard
+    fail_fast: bool = True  # stop after the first batch when the data cannot train a probe (not a setting of the data)
     extra: dict = field(default_factory=dict)
 
     def resolved_layers(self, n_layers: int) -> list[int]:
@@ -59,34 +74,56 @@ class _StepRecorder(LogitsProcessor):
     """Keeps, per decode step, the candidate layers' hidden states at the last position: [B, L, D]."""
 
     def __init__(self, model, layers: list[int]):
-        self.buffers: dict[int, torch.Tensor] = {}
         self.steps: list[torch.Tensor] = []
-        mods = decoder_layers(model)
-        self.handles = [mods[l].register_forward_hook(self._hook(l)) for l in layers]
-        self.layers = layers
-
-    def _hook(self, layer):
-        def hook(module, args, output):
-            out = output[0] if isinstance(output, (tuple, list)) else output
-            self.buffers[layer] = out[:, -1, :]
-
-        return hook
+        # every layer's state lands on one device (device_map="auto" spreads the layers over GPUs)
+        self.capture = LayerCapture(model, layers, device=model.device)
 
     def __call__(self, input_ids, scores):
-        self.steps.append(torch.stack([self.buffers[l] for l in self.layers], 1).to("cpu", torch.float16))
+        self.steps.append(self.capture.stacked().to("cpu", torch.float16))
         return scores
 
     def remove(self):
-        for h in self.handles:
-            h.remove()
+        self.capture.remove()
 
 
-def _find(seq: list[int], sub: tuple[int, ...], start: int = 0) -> int:
-    n = len(sub)
-    for i in range(start, len(seq) - n + 1):
-        if tuple(seq[i : i + n]) == sub:
-            return i
-    return -1
+def _last(seq: list[int], sub: tuple[int, ...]) -> int:
+    i, at = -1, find_subsequence(seq, sub)
+    while at >= 0:
+        i, at = at, find_subsequence(seq, sub, at + 1)
+    return i
+
+
+def thought_span(prompt: list[int], gen: list[int], markers: ThinkMarkers) -> tuple[int | None, int]:
+    """(index in `gen` where the thought's text starts, or None when no thought opened; index of the close
+    marker in `gen`, or -1 when the thought never closed). A prompt ending inside an open think block
+    (R1-style templates) starts the thought at 0."""
+    o = find_subsequence(gen, markers.open_ids)
+    if o >= 0:
+        body = o + len(markers.open_ids)
+    elif _last(prompt, markers.open_ids) > _last(prompt, markers.close_ids):
+        body = 0
+    else:
+        return None, -1
+    return body, find_subsequence(gen, markers.close_ids, body)
+
+
+def no_think_prompt(tokenizer, question: str, markers: ThinkMarkers, exit_text: str = "\n\n") -> str:
+    """The prompt for answering with thinking skipped: the template's own `enable_thinking=False` prompt
+    when it ends in a closed think block (Qwen3), else that prompt with an empty think block appended, as
+    a skip would force it (templates without the switch, or without a chat template)."""
+    off = chat_prompt(tokenizer, question, enable_thinking=False)
+    if off.rstrip().endswith(markers.close_text):
+        return off
+    ids = tokenizer.encode(off, add_special_tokens=False)
+    if _last(ids, markers.open_ids) > _last(ids, markers.close_ids):  # ends inside an open block (R1-style)
+        return off + "\n" + markers.close_text + exit_text
+    return off + markers.open_text + "\n\n" + markers.close_text + exit_text
+
+
+def read_or_none(checker, text: str) -> bool | None:
+    """Did the checker read an answer in `text`? None for checkers that only say right or wrong."""
+    read = getattr(checker, "read", None)
+    return None if read is None else read(text) is not None
 
 
 @torch.no_grad()
@@ -128,24 +165,26 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
     steps = torch.stack(recorder.steps, 1)  # [B, T, L, D]
     gen = gen[:, width:].tolist()
 
-    no_think = [tokenizer.encode(chat_prompt(tokenizer, it.question, enable_thinking=False), add_special_tokens=False)
+    no_think = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, cfg.exit_text), add_special_tokens=False)
                 for it in items]
     no_think_out = greedy_continuations(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size)
 
     records, rows, exits = [], [], []
     for b, it in enumerate(items):
         g = gen[b]
-        o = _find(g, markers.open_ids)
-        starts_inside = o < 0 and _find(prompts[b], markers.open_ids) >= 0
-        body = 0 if starts_inside else (o + len(markers.open_ids) if o >= 0 else None)
-        close = _find(g, markers.close_ids, body or 0) if body is not None else -1
+        body, close = thought_span(prompts[b], g, markers)
         full_text = _decode(tokenizer, g)
         full_ok = close >= 0 and bool(checker(full_text, it.answer))
         thought_len = (close - body) if close >= 0 else (len(g) - body if body is not None else 0)
-        nothink_ok = bool(checker(markers.close_text + _decode(tokenizer, no_think_out[b]), it.answer))
-        base = dict(qid=it.id, qhash=question_hash(it.question), level=it.level, full_correct=full_ok, nothink_correct=nothink_ok,
-                    thought_len=thought_len, closed=close >= 0)
-        records.append(dict(base, kind=KIND_PROMPT, pos=0, label=nothink_ok, boundary=False))
+        nothink_text = markers.close_text + _decode(tokenizer, no_think_out[b])
+        nothink_ok = bool(checker(nothink_text, it.answer))
+        base = dict(qid=it.id, qhash=question_hash(it.question), level=it.level, full_correct=full_ok,
+                    nothink_correct=nothink_ok, thought_len=thought_len, closed=close >= 0, opened=body is not None,
+                    full_parsed=read_or_none(checker, full_text) if close >= 0 else None,
+                    nothink_parsed=read_or_none(checker, nothink_text))
+        # the end of the raw output, for diagnosing a checker that reads nothing
+        records.append(dict(base, kind=KIND_PROMPT, pos=0, label=nothink_ok, boundary=False,
+                            output_tail=full_text[-OUTPUT_TAIL_CHARS:]))
         rows.append(steps[b, 0])
         if body is None:
             continue
@@ -168,33 +207,59 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
 
 def collect(model, tokenizer, items: list[Item], out, checker: Callable[[str, str], bool],
             cfg: CollectConfig | None = None, think_tokens=None, rank: int = 0, world: int = 1,
-            progress: bool = True) -> dict:
+            progress: bool = True, doctor: str = DOCTOR, log: Callable[[str], None] | None = None) -> dict:
     """Collect labelled checkpoints for `items` into folder `out`, resuming a previous run there.
 
-    With world > 1 (several processes, e.g. under `accelerate launch`), this process takes every
-    world-th question from `rank` on and writes its own shards and index. Returns a summary dict.
+    With world > 1 (several processes, see scripts/collect_probe_data.py), this process takes every
+    world-th question from `rank` on and writes its own shards and index; a second process on the same
+    rank and folder fails at once. Prints the collection's health after the first batch and at the end
+    (`log`, default: a line under the progress bar); raises `CollectionUnusable`, naming `doctor` (the
+    command to run), when the data cannot train a probe. Returns a summary dict.
     """
     cfg = cfg or CollectConfig()
+    log = log or tqdm.write
+    if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+        raise ValueError(f"rank {rank!r} / world size {world!r}: need 0 <= rank < world.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    clean_orphans(out)
+    with exclusive_lock(lock_path(out, rank), f"collection rank {rank} in {out}"):
+        return _collect_locked(model, tokenizer, items, out, checker, cfg, think_tokens, rank, world, progress,
+                               doctor, log)
+
+
+def _check(summary: dict, head: str, markers: ThinkMarkers, cfg: CollectConfig, doctor: str, sample: str | None):
+    cause = diagnose(summary, (markers.open_text, markers.close_text), cfg.max_new_tokens)
+    if cause is None:
+        return
+    key, why = cause
+    shown = f"\n  the end of one raw output: {sample!r}" if sample else ""
+    raise CollectionUnusable(key, f"{head}: {why}.{shown}\n  Check the model, template, markers and "
+                                  f"checker in seconds with: {doctor}\n  (--no-fail-fast collects anyway.)")
+
+
+def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectConfig, think_tokens, rank: int,
+                    world: int, progress: bool, doctor: str, log) -> dict:
+    clean_orphans(out, rank)
     markers = resolve_markers(tokenizer, think_tokens)
     n_layers = model_fingerprint(model)["num_hidden_layers"]
     layers = cfg.resolved_layers(n_layers)
     settings = dict(asdict(cfg), layers=layers, fingerprint=model_fingerprint(model),
-                    markers=[markers.open_text, markers.close_text])
+                    markers=[markers.open_text, markers.close_text], world=world)
+    del settings["fail_fast"]  # how to react to bad data, not a property of the data
     index = read_index(out, rank)
     if index is None:
         index = {"version": 1, "settings": settings, "shards": [], "done": []}
     elif index["settings"] != settings:
         diff = sorted(k for k in settings if index["settings"].get(k) != settings[k])
-        raise ValueError(f"{out} holds a collection made with other settings ({diff}); use another --out to start a new one.")
+        raise ValueError(f"{out} holds a collection made with other settings ({diff}); use another --out to start a "
+                         "new one" + (" (or the same number of processes as before)" if "world" in diff else "") + ".")
     mine = items[rank::world]
     done = set(index["done"])
     todo = [it for it in mine if it.id not in done]
     boundary = boundary_mask(tokenizer, int(model.get_output_embeddings().weight.shape[0]))
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="collect (questions)", unit="q",
                disable=not progress)
+    who = f"collect (rank {rank}/{world})" if world > 1 else "collect"
     t0 = time.time()
     pending_recs, pending_hidden, pending_ids = [], [], []
 
@@ -212,11 +277,24 @@ def collect(model, tokenizer, items: list[Item], out, checker: Callable[[str, st
     for i in range(0, len(todo), cfg.batch_size):
         batch = todo[i : i + cfg.batch_size]
         recs, hidden = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary)
+        if i == 0:
+            first = summarise(recs)
+            log(f"{who}, first batch: {format_summary(first)}")
+            if cfg.fail_fast:  # before writing anything: a fixed re-run must not resume from bad labels
+                _check(first, f"collect stopped after its first {len(batch)} questions", markers, cfg, doctor,
+                       next(r["output_tail"] for r in recs if r["kind"] == KIND_PROMPT))
         pending_recs.extend(recs), pending_hidden.append(hidden), pending_ids.extend(it.id for it in batch)
         bar.update(len(batch))
         if len(pending_ids) >= cfg.shard_questions:
             flush()
     flush()
     bar.close()
+    records = rank_records(out, index)
+    health = summarise(records)
+    log(f"{who}, all collected: {format_summary(health)}")
+    if cfg.fail_fast:
+        sample = next((r.get("output_tail") for r in records if r["kind"] == KIND_PROMPT), None)
+        _check(health, f"collect finished ({health['questions']} questions in {out}), but no probe can be trained on them",
+               markers, cfg, doctor, sample)
     return {"questions": len(index["done"]), "shards": len(index["shards"]), "layers": layers,
-            "seconds": round(time.time() - t0, 1), "out": str(out)}
+            "seconds": round(time.time() - t0, 1), "out": str(out), "health": health}

@@ -1,7 +1,8 @@
 """Question sources for probe collection and evaluation: the bundled tasks or a user's JSONL file.
 
 A JSONL file holds one `{"question": ..., "answer": ...}` object per line (optional "id", "level").
-A checker is `fn(text, answer) -> bool`; the default parses "the answer is N" / a bare answer.
+A checker is `fn(text, answer) -> bool`: a built-in one by name (tasks/checkers.py) or `module:function`;
+the default parses "the answer is N" / a bare answer.
 """
 
 from __future__ import annotations
@@ -67,18 +68,20 @@ def load_jsonl(path) -> list[Item]:
     return items
 
 
-def default_checker(text: str, answer: str) -> bool:
-    from adaptive_think.tasks import is_correct
+def load_checker(spec: str | None, think_tokens: tuple[str, str] | None = None) -> Callable[[str, str], bool]:
+    """A checker (text, answer) -> bool from its CLI name.
 
-    return is_correct(text, answer)
+    `boxed`, `last-number`, `exact`, `choice`, `answer-is`: the built-in ones (see tasks/checkers.py), told
+    about explicit `think_tokens`; `package.module:function`: your own; None: `answer-is`.
+    """
+    from adaptive_think.tasks.checkers import CHECKERS, get_checker
 
-
-def load_checker(spec: str | None) -> Callable[[str, str], bool]:
-    """`module:function` -> that function (text, answer) -> bool; None -> the default checker."""
-    if spec is None:
-        return default_checker
+    if spec is None or spec in CHECKERS:
+        checker = get_checker(spec or "answer-is")
+        return checker.with_markers(*think_tokens) if think_tokens else checker
     if ":" not in spec:
-        raise ValueError(f"--checker {spec!r} must look like `package.module:function`.")
+        raise ValueError(f"--checker {spec!r} is neither a built-in checker ({', '.join(CHECKERS)}) "
+                         "nor of the form `package.module:function`.")
     mod, _, fn = spec.partition(":")
     try:
         checker = getattr(importlib.import_module(mod), fn)
@@ -87,3 +90,9 @@ def load_checker(spec: str | None) -> Callable[[str, str], bool]:
     if not callable(checker):
         raise ValueError(f"--checker {spec!r} is not callable.")
     return checker
+
+
+def check_answers(items: list[Item], checker) -> None:
+    """Fail before any generation when a built-in checker cannot compare some reference answer."""
+    if hasattr(checker, "check_truths"):
+        checker.check_truths([(it.id, it.answer) for it in items])

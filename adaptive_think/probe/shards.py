@@ -24,6 +24,11 @@ def index_path(folder: Path, rank: int) -> Path:
     return folder / f"index-r{rank}.json"
 
 
+def lock_path(folder: Path, rank: int) -> Path:
+    """The file a writer of rank `rank` locks while it writes (see files.exclusive_lock)."""
+    return folder / f"writer-r{rank}.lock"
+
+
 def read_index(folder: Path, rank: int) -> dict | None:
     p = index_path(folder, rank)
     if not p.exists():
@@ -58,12 +63,18 @@ def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
     hidden: dict[str, list[torch.Tensor]] = {}
     records: list[dict] = []
     settings = None
+    owner: dict[str, Path] = {}
     for ip in indexes:
         index = json.loads(ip.read_text())
         if settings is None:
             settings = index["settings"]
         elif index["settings"]["layers"] != settings["layers"]:
             raise ValueError(f"{ip} was collected with other layers than the rest of {folder}.")
+        twice = [q for q in index["done"] if q in owner]
+        if twice:
+            raise ValueError(f"{ip} and {owner[twice[0]]} both hold question {twice[0]!r} ({len(twice)} shared): "
+                             "ranks of different runs (another number of processes?) are mixed in one folder.")
+        owner.update((q, ip) for q in index["done"])
         for name in index["shards"]:
             tensors = load_file(str(folder / f"{name}.safetensors"))
             recs = json.loads((folder / f"{name}.json").read_text())
@@ -75,7 +86,13 @@ def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
     return {k: torch.cat(v) for k, v in hidden.items()}, records, settings
 
 
-def clean_orphans(folder: Path) -> None:
-    """Remove temporary files a killed run left behind."""
-    for p in folder.glob("*.tmp"):
-        os.unlink(p)
+def rank_records(folder: Path, index: dict) -> list[dict]:
+    """The records of every shard an index names (no hidden states)."""
+    return [r for name in index["shards"] for r in json.loads((folder / f"{name}.json").read_text())]
+
+
+def clean_orphans(folder: Path, rank: int) -> None:
+    """Remove temporary files a killed run of this rank left behind (other ranks may be writing theirs)."""
+    for pattern in (f"index-r{rank}.json.*.tmp", f"shard-r{rank}-*.tmp"):
+        for p in folder.glob(pattern):
+            os.unlink(p)

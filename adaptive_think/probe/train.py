@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from adaptive_think.probe.calibrate import calibrate
+from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.ladder import DEFAULT_RUNGS, Rung, default_rung, parse_rungs
-from adaptive_think.probe.collect import KIND_PROMPT, KIND_THOUGHT
 from adaptive_think.probe.metrics import auroc, recall_at_no_false_positive
 from adaptive_think.probe.probe import Probe
 from adaptive_think.probe.shards import load_collection
@@ -133,6 +133,15 @@ def head_weights(head: _Head, width: int) -> dict[str, torch.Tensor]:
         }
 
 
+def _why_too_few(records: list[dict], settings: dict) -> str:
+    """What the collected data says about why it holds so few checkpoints (health.py's diagnosis)."""
+    health = summarise(records)
+    cause = diagnose(health, settings.get("markers"), settings.get("max_new_tokens"))
+    if cause is None:
+        return f"collect more questions ({format_summary(health)})"
+    return f"{cause[1]}; more questions will not help ({format_summary(health)}); check the model with {DOCTOR}"
+
+
 def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     """Train, sweep layers, calibrate; returns the probe (not yet saved)."""
     cfg = cfg or TrainConfig()
@@ -149,7 +158,8 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     is_val = torch.tensor([p == "val" for p in part])
     thought, prompt = kind == KIND_THOUGHT, kind == KIND_PROMPT
     if int((thought & is_train).sum()) < 10:
-        raise ValueError(f"{data_dir} holds too few thought checkpoints to train on; collect more questions.")
+        raise ValueError(f"{data_dir} holds too few thought checkpoints to train on "
+                         f"({int((thought & is_train).sum())} in the training split): {_why_too_few(records, settings)}.")
 
     sweep = []
     best = None

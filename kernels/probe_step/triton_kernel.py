@@ -27,7 +27,6 @@ streams at once (a state machine never is).
 
 from __future__ import annotations
 
-import weakref
 from typing import NamedTuple
 
 import torch
@@ -314,7 +313,9 @@ class Workspace(NamedTuple):
 
 
 # keyed on the state's `step` tensor, so the workspace lives exactly as long as the state
-_WORKSPACES: "weakref.WeakKeyDictionary[torch.Tensor, Workspace]" = weakref.WeakKeyDictionary()
+# the workspace hangs off the state object itself: a dict keyed by a tensor compares keys with `==`, a host
+# sync that is illegal inside CUDA-graph capture (seen on an H200: cudaErrorStreamCaptureUnsupported)
+_WORKSPACE_ATTR = "_probe_step_workspace"
 
 _STATE_INT32 = ("phase", "think_count", "streak", "cursor", "open_match", "close_match", "ended_by", "decision_step")
 _PROBE_FIELDS = ("mean", "inv_std", "ready_w1", "ready_b1", "ready_w2", "ready_b2", "skip_w1", "skip_b1", "skip_w2", "skip_b2")
@@ -323,14 +324,14 @@ _PROBE_FIELDS = ("mean", "inv_std", "ready_w1", "ready_b1", "ready_w2", "ready_b
 def _workspace(state: ControllerState, n_h_tiles: int, n_d_splits: int, n_b_tiles: int, block_h: int) -> Workspace:
     batch, device = state.phase.shape[0], state.step.device
     zshape = (2, n_h_tiles, n_d_splits, batch, block_h) if n_d_splits > 1 else (1,)
-    ws = _WORKSPACES.get(state.step)
+    ws = getattr(state, _WORKSPACE_ATTR, None)
     if ws is None or ws.spart.shape != (2, n_h_tiles, batch) or ws.zpart.shape != zshape \
             or ws.gcount.shape != (2, n_h_tiles, n_b_tiles) or ws.count.device != device:
         ws = Workspace(spart=torch.empty(2, n_h_tiles, batch, dtype=torch.float32, device=device),
                        zpart=torch.empty(zshape, dtype=torch.float32, device=device),
                        gcount=torch.zeros(2, n_h_tiles, n_b_tiles, dtype=torch.int32, device=device),
                        count=torch.zeros(1, dtype=torch.int32, device=device))
-        _WORKSPACES[state.step] = ws
+        setattr(state, _WORKSPACE_ATTR, ws)
     return ws
 
 

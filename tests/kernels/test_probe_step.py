@@ -48,12 +48,12 @@ def _triton_step(hidden, tok, state, spec):
     from adaptive_think.kernels.probe_step import triton_kernel
 
     # the partials must all be rewritten by the launch that reads them (skip partials only at step 0)
-    ws = triton_kernel._WORKSPACES.get(state.step)
+    ws = getattr(state, triton_kernel._WORKSPACE_ATTR, None)
     if ws is not None:
         ws.spart.fill_(float("nan"))
         ws.zpart.fill_(float("nan"))
     triton_kernel.probe_step_triton(hidden, tok, state, spec)
-    ws = triton_kernel._WORKSPACES.get(state.step)
+    ws = getattr(state, triton_kernel._WORKSPACE_ATTR, None)
     if ws is not None:  # every launch leaves its tickets at 0 for the next one
         assert int(ws.count) == 0 and not ws.gcount.any()
 

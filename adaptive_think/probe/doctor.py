@@ -1,0 +1,176 @@
+"""doctor: will the probe pipeline work on this model as configured? Checks that take seconds, each with its fix.
+
+It resolves the think markers, renders the chat template with thinking on and off, answers a few sample
+questions with full thinking (through the controller, whose reports say how each thought ended) and
+with thinking skipped (the prompt `collect` uses), and checks what `collect` needs: thoughts that open,
+close on their own, answers the checker can read, and some right with full thinking.
+
+    from adaptive_think.probe.doctor import examine
+    result = examine(model, tokenizer, items[:4], checker)      # result.checks, result.ready
+    adaptive-think doctor --model DIR --questions q.jsonl --checker boxed       # the same, as a table
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from adaptive_think.loading import chat_prompt
+from adaptive_think.markers import resolve_markers
+from adaptive_think.probe.collect import _greedy, no_think_prompt, read_or_none, thought_span
+from adaptive_think.probe.items import Item
+
+OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
+
+
+@dataclass
+class Check:
+    """One line of the doctor's table; `fix` says what to do when the status is FAIL or warn."""
+
+    name: str
+    result: str
+    status: str  # ok | warn | FAIL | info
+    fix: str = ""
+
+
+@dataclass
+class Examination:
+    """What `examine` found: the checks in order, the rendered prompts, one raw output and what was read."""
+
+    checks: list[Check] = field(default_factory=list)
+    prompts: dict[str, str] = field(default_factory=dict)  # "thinking on" / "thinking off" -> prompt text
+    sample: dict | None = None  # {"question", "answer", "output", "reads", "read", "right"}
+
+    @property
+    def ready(self) -> bool:
+        """True when no check fails: `collect` can produce data a probe can be trained on."""
+        return not any(c.status == FAIL for c in self.checks)
+
+
+def _tail(text: str, n: int = 70) -> str:
+    return repr(text if len(text) <= n else "..." + text[-n:])
+
+
+def _other_checkers(texts: list[tuple[str, str]], current: str | None) -> str:
+    """Which built-in checkers read these outputs, and how many they get right."""
+    from adaptive_think.tasks.checkers import CHECKERS
+
+    found = []
+    for name, checker in CHECKERS.items():
+        if name == current:
+            continue
+        read = sum(checker.read(t) is not None for t, _ in texts)
+        right = sum(bool(checker(t, a)) for t, a in texts)
+        if read:
+            found.append((right, read, name))
+    if not found:
+        return "no built-in checker reads them either: write your own (--checker package.module:function)"
+    found.sort(reverse=True)
+    return "; ".join(f"--checker {n} reads {r}/{len(texts)}, {k} right" for k, r, n in found[:3])
+
+
+def _template(tokenizer, markers, question: str, exit_text: str, ex: Examination) -> None:
+    on = chat_prompt(tokenizer, question)
+    off = no_think_prompt(tokenizer, question, markers, exit_text)
+    ex.prompts = {"thinking on": on, "thinking off": off}
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if not template:
+        ex.checks.append(Check("chat template", "none: the raw question is the prompt", WARN,
+                               "save the model's chat template with its tokenizer (tokenizer_config.json or "
+                               "chat_template.jinja) so prompts look like the ones it was trained on"))
+    body, _ = thought_span(tokenizer.encode(on, add_special_tokens=False), [], markers)
+    where = (f"the prompt opens the thought (ends inside {markers.open_text!r})" if body is not None
+             else f"the model must write {markers.open_text!r} itself")
+    ex.checks.append(Check("thinking on", f"ends {_tail(on, 40)}: {where}", INFO))
+    switch = "enable_thinking" in str(template)
+    if off == chat_prompt(tokenizer, question, enable_thinking=False):
+        ex.checks.append(Check("thinking off", f"ends {_tail(off, 40)} (enable_thinking=False)", OK))
+    else:
+        why = "has no enable_thinking switch" if not switch else "ignores enable_thinking=False"
+        ex.checks.append(Check("thinking off", f"the template {why}; collect appends an empty think block", INFO))
+
+
+@torch.no_grad()
+def examine(model, tokenizer, items: list[Item], checker, think_tokens: tuple[str, str] | None = None,
+            max_new_tokens: int = 512, max_answer_tokens: int = 16, exit_text: str = "\n\n",
+            checker_name: str | None = None) -> Examination:
+    """Run the checks on `items` (a few questions); see the module docstring."""
+    from adaptive_think import AdaptiveThinker, ThinkConfig
+
+    if not items:
+        raise ValueError("doctor needs at least one sample question.")
+    ex = Examination()
+    try:
+        markers = resolve_markers(tokenizer, think_tokens)
+    except ValueError as err:
+        ex.checks.append(Check("think markers", "not found", FAIL, str(err)))
+        return ex
+    ids = (list(markers.open_ids), list(markers.close_ids))
+    ex.checks.append(Check("think markers", f"{markers.open_text!r} {ids[0]} ... {markers.close_text!r} {ids[1]} "
+                                            f"({markers.source})", OK))
+    _template(tokenizer, markers, items[0].question, exit_text, ex)
+
+    # full thinking, through the controller (policy full never intervenes)
+    thinker = AdaptiveThinker(model, tokenizer, think_tokens=think_tokens)
+    prompts = [chat_prompt(tokenizer, it.question) for it in items]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    out = thinker.generate(**batch, think=ThinkConfig(policy="full"), max_new_tokens=max_new_tokens, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    gens = [[t for t, m in zip(row, mask) if m] for row, mask in
+            zip(out[:, width:].tolist(), (out[:, width:] != tokenizer.pad_token_id).tolist())]
+    reports = thinker.last_reports
+    prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    spans = [thought_span(p, g, markers) for p, g in zip(prompt_ids, gens)]
+    full_texts = [tokenizer.decode(g, skip_special_tokens=False) for g in gens]
+
+    # thinking skipped: the prompt collect labels the skip head with
+    off = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, exit_text), add_special_tokens=False)
+           for it in items]
+    no_think_texts = [markers.close_text + tokenizer.decode(g, skip_special_tokens=False)
+                      for g in _greedy(model, tokenizer, off, max_answer_tokens, len(items))]
+
+    n = len(items)
+    opened = [body is not None for body, _ in spans]
+    closed = [o and r.ended_by == "natural" and close >= 0 for o, r, (_, close) in zip(opened, reports, spans)]
+    lengths = [r.think_tokens for o, r in zip(opened, reports) if o]
+    if not any(opened):
+        ex.checks.append(Check("opens a thought", f"0/{n}", FAIL,
+                               f"the model never wrote {markers.open_text!r}: pass the markers it really thinks "
+                               "between (--think-tokens OPEN CLOSE), or use a chat template that starts the thought "
+                               f"(a prompt ending in {markers.open_text!r}); a model that is not a reasoner cannot "
+                               "be probed"))
+    else:
+        ex.checks.append(Check("opens a thought", f"{sum(opened)}/{n}", OK if all(opened) else WARN,
+                               "" if all(opened) else "rows that never think give no thought checkpoints"))
+        status = FAIL if not any(closed) else OK if sum(closed) == sum(opened) else WARN
+        ex.checks.append(Check(
+            "closes it on its own", f"{sum(closed)}/{sum(opened)}; thoughts {sum(lengths) / len(lengths):.0f} tokens "
+                                    f"on average, longest {max(lengths)}", status,
+            "" if status == OK else f"thoughts ran past --max-new-tokens {max_new_tokens}: raise it (a thought that "
+                                    "never closes has no answer to label)"))
+
+    answers = [(t, it.answer) for t, it, c in zip(full_texts, items, closed) if c]
+    answers += [(t, it.answer) for t, it in zip(no_think_texts, items)]
+    parsed = [read_or_none(checker, t) for t, _ in answers]
+    name = checker_name or getattr(checker, "name", None) or getattr(checker, "__name__", "checker")
+    if parsed and parsed[0] is None:
+        ex.checks.append(Check("checker reads answers", f"{name}: cannot say (it only answers right / wrong)", INFO))
+    elif not any(parsed):
+        ex.checks.append(Check("checker reads answers", f"{name}: 0/{len(parsed)}", FAIL,
+                               "the model answers in another format than the checker reads: "
+                               + _other_checkers(answers, getattr(checker, "name", None))))
+    else:
+        ex.checks.append(Check("checker reads answers", f"{name}: {sum(parsed)}/{len(parsed)}",
+                               OK if all(parsed) else WARN, "" if all(parsed) else "unread answers count as wrong"))
+    full_ok = [c and bool(checker(t, it.answer)) for t, it, c in zip(full_texts, items, closed)]
+    nothink_ok = [bool(checker(t, it.answer)) for t, it in zip(no_think_texts, items)]
+    ex.checks.append(Check("accuracy, full thinking", f"{sum(full_ok)}/{n}", OK if any(full_ok) else FAIL,
+                           "" if any(full_ok) else "no sample right with full thinking: check the reference answers, "
+                                                   "the checker and --max-new-tokens (the labels would all be wrong)"))
+    ex.checks.append(Check("accuracy, no thinking", f"{sum(nothink_ok)}/{n}", INFO))
+    read = getattr(checker, "read", None)
+    ex.sample = {"question": items[0].question, "answer": items[0].answer, "output": full_texts[0],
+                 "reads": read is not None, "read": read(full_texts[0]) if read else None, "right": full_ok[0]}
+    return ex
