@@ -18,7 +18,7 @@ import torch
 
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import resolve_markers
-from adaptive_think.probe.collect import _greedy, no_think_prompt, read_or_none, thought_span
+from adaptive_think.probe.collect import greedy_continuations, no_think_prompt, read_or_none, thought_span
 from adaptive_think.probe.items import Item
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
@@ -129,7 +129,7 @@ def examine(model, tokenizer, items: list[Item], checker, think_tokens: tuple[st
     off = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, exit_text), add_special_tokens=False)
            for it in items]
     no_think_texts = [markers.close_text + tokenizer.decode(g, skip_special_tokens=False)
-                      for g in _greedy(model, tokenizer, off, max_answer_tokens, len(items))]
+                      for g in greedy_continuations(model, tokenizer, off, max_answer_tokens, len(items))]
 
     n = len(items)
     opened = [body is not None for body, _ in spans]
