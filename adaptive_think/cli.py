@@ -2,6 +2,7 @@
 
     adaptive-think demo                                  # the bundled reasoner, full vs adaptive thinking
     adaptive-think generate --model DIR --prompt TEXT [--policy budget --max-think-tokens 64]
+    adaptive-think doctor --model DIR [--questions q.jsonl --checker boxed]   # will probe training work?
 
 Each subcommand lives in its own module under adaptive_think/commands/ and maps its flags onto the
 library's dataclasses one flag per field.

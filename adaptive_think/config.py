@@ -12,7 +12,7 @@ POLICIES = ("full", "none", "budget", "probe")
 
 @dataclass(frozen=True)
 class ThinkConfig:
-    """Thinking policy for one generate() call.
+    """Thinking policy of one row (or, given alone, of every row of a generate() call).
 
     policy: "full" (never intervene), "none" (skip thinking for every row), "budget" (hard cap on
         thinking tokens), "probe" (skip / stop decided by a trained probe; the budget still caps).
@@ -20,6 +20,10 @@ class ThinkConfig:
     min_think_tokens: the probe may not stop a thought before this many tokens.
     exit_text: text forced after the close marker when the controller ends a thought (e.g. "\\n\\n");
         None: the probe's calibrated exit text for policy "probe", else none.
+    stop_text: text forced inside the thought, before the close marker, when the controller stops it (budget
+        or probe; never on a skip), e.g. Qwen's "Considering the limited time by the user, I have to give the
+        solution based on the thinking directly now."; counted as thinking tokens, and the budget makes room
+        for it (a row never exceeds max_think_tokens, stop text included). None: none (or the probe's default).
     threshold / skip_threshold: probe score thresholds; None takes the calibrated values of the effort rung.
     effort: which calibrated operating point of the probe's effort ladder to use ("high" loses least,
         "low" saves most; the probe names its rungs); None: the probe's default rung. Explicit
@@ -36,6 +40,7 @@ class ThinkConfig:
     max_think_tokens: int | None = None
     min_think_tokens: int = 0
     exit_text: str | None = None
+    stop_text: str | None = None
     threshold: float | None = None
     skip_threshold: float | None = None
     effort: str | None = None
@@ -84,8 +89,15 @@ class ThinkConfig:
             raise ValueError(f"ThinkConfig.smoothing={self.smoothing} must lie in (0, 1]; 1.0 means no smoothing.")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
             raise ValueError(f"ThinkConfig.patience must be an int >= 1, got {self.patience!r}.")
-        if self.exit_text is not None and not isinstance(self.exit_text, str):
-            raise ValueError(f"ThinkConfig.exit_text must be a string, got {type(self.exit_text).__name__}.")
+        for name in ("exit_text", "stop_text"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ValueError(f"ThinkConfig.{name} must be a string, got {type(v).__name__}.")
+        if self.stop_text and self.policy in ("full", "none"):
+            raise ValueError(
+                f'ThinkConfig.stop_text only applies when the controller stops a thought (policy "budget" or "probe"); '
+                f'policy="{self.policy}" never does.'
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)

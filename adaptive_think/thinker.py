@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from typing import Sequence
 
 import torch
 
@@ -91,46 +91,42 @@ class AdaptiveThinker:
         """The eos ids of a generate(**kwargs) call (the tokenizer's when the model names none)."""
         return eos_token_ids(self.model, kwargs, self.tokenizer)
 
-    def controller(self, think: ThinkConfig, kwargs: dict | None = None) -> ThinkController:
-        """The controller for one call with `think` on this model."""
-        if not isinstance(think, ThinkConfig):
-            raise ValueError(f"think must be a ThinkConfig, got {type(think).__name__}.")
-        if think.policy == "probe" and self.probe is None:
+    def controller(self, think: ThinkConfig | Sequence[ThinkConfig], kwargs: dict | None = None) -> ThinkController:
+        """The controller for one call on this model: `think` is one ThinkConfig (every row) or one per row."""
+        configs = [think] if isinstance(think, ThinkConfig) else list(think)
+        for c in configs:
+            if not isinstance(c, ThinkConfig):
+                raise ValueError(f"think must be a ThinkConfig or a list of them (one per row), got {type(c).__name__}.")
+        uses_probe = any(c.policy == "probe" for c in configs)
+        if uses_probe and self.probe is None:
             raise ValueError(
                 'ThinkConfig(policy="probe") needs a probe, but this AdaptiveThinker has none: pass '
                 "probe=Probe.from_pretrained(path) (or the path) to AdaptiveThinker, or train one with "
                 "`adaptive-think collect` and `adaptive-think train-probe`."
             )
-        defaults = self.probe.policy_defaults if (think.policy == "probe" and self.probe is not None) else {}
-        exit_text = think.exit_text if think.exit_text is not None else defaults.get("exit_text", "")
-        boundary_only = think.stop_at_boundary if think.stop_at_boundary is not None else defaults.get(
-            "stop_at_boundary", False)
-        think = replace(think, exit_text=exit_text, stop_at_boundary=bool(boundary_only))
-        exit_ids = tuple(self.tokenizer.encode(exit_text, add_special_tokens=False)) if exit_text else ()
-        probe_tensors = None
-        threshold, skip_threshold = 0.5, 2.0
-        if think.policy == "probe":
-            probe_tensors = self.probe.tensors()
-            rung_ready, rung_skip = self.probe.thresholds(think.effort)  # the effort rung's calibrated pair
-            threshold = think.threshold if think.threshold is not None else rung_ready
-            skip_threshold = think.skip_threshold if think.skip_threshold is not None else rung_skip
+        defaults = self.probe.policy_defaults if self.probe is not None else {}
+        boundary = any(c.stop_at_boundary or (c.policy == "probe" and c.stop_at_boundary is None
+                                              and defaults.get("stop_at_boundary", False)) for c in configs)
         return ThinkController(
             self.markers,
-            think,
-            exit_ids=exit_ids,
+            configs,
+            encode=self._encode,
             empty_ids=self.empty_block_ids(),
             eos_ids=self.eos_ids(kwargs or {}),
-            is_boundary=self.boundary_tokens() if think.stop_at_boundary else None,
-            probe=probe_tensors,
-            threshold=threshold,
-            skip_threshold=skip_threshold,
+            is_boundary=self.boundary_tokens() if boundary else None,
+            probe=self.probe if uses_probe else None,
             vocab_size=self.vocab_size,
             device=self.model.device,
             impl=self.impl,
         )
 
-    def generate(self, input_ids=None, *, think: ThinkConfig | None = None, engine: str = "hf", **kwargs):
-        """model.generate(input_ids, **kwargs) with thinking steered by `think`.
+    def _encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def generate(self, input_ids=None, *, think: ThinkConfig | Sequence[ThinkConfig] | None = None, engine: str = "hf",
+                 **kwargs):
+        """model.generate(input_ids, **kwargs) with thinking steered by `think`: one ThinkConfig for every row,
+        or a list with one per row of input_ids (rows may mix policies, budgets, thresholds and texts).
 
         Returns exactly what model.generate returns for those kwargs; per-row reports land in
         `self.last_reports`. engine: "hf" (every generate() feature) or "graph" (static cache, fastest).
@@ -148,6 +144,10 @@ class AdaptiveThinker:
             raise ValueError('engine="graph" needs input_ids: it cannot start from inputs_embeds alone. Pass the '
                              'token ids, or use engine="hf" (markers are then matched in generated tokens only).')
         controller = self.controller(think, kwargs)
+        rows = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[0]
+        if not isinstance(think, ThinkConfig) and len(think) != rows:
+            raise ValueError(f"think has {len(think)} ThinkConfigs for {rows} rows of input; "
+                             "give one per row, or a single ThinkConfig for all.")
         self.last_reports = []
         if engine == "graph":
             from adaptive_think.engines.graph import generate_graph
@@ -162,7 +162,8 @@ class AdaptiveThinker:
         self.last_reports = controller.reports()
         return out
 
-    def _probe_layer(self, think: ThinkConfig) -> int | None:
-        return self.probe.layer if (think.policy == "probe" and self.probe is not None) else None
+    def _probe_layer(self, think) -> int | None:
+        configs = [think] if isinstance(think, ThinkConfig) else think
+        return self.probe.layer if (self.probe is not None and any(c.policy == "probe" for c in configs)) else None
 
     __call__ = generate

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from bench_env import versions
 
+from adaptive_think.controller.params import MIN_FORCE_CAPACITY, RowParams, RowSettings
 from adaptive_think.controller.state import NO_LIMIT, POLICY_PROBE, THINKING, ControllerSpec, ControllerState, ProbeTensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ TARGETS = {"probe_step_graph_us_max": 10.0, "probe_step_speedup_min": 3.0, "logi
 
 
 def make_probe_case(batch: int, d: int, h: int, device, dtype=torch.bfloat16, seed: int = 0):
-    """(hidden [B, D], last_token [B], state, spec) for a probe-policy step with every row thinking."""
+    """(hidden [B, D], last_token [B], state, params, spec) for a probe-policy step with every row thinking."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -47,19 +48,17 @@ def make_probe_case(batch: int, d: int, h: int, device, dtype=torch.bfloat16, se
         skip_w1=randn(h, d, scale=d**-0.5), skip_b1=randn(h), skip_w2=randn(h, scale=h**-0.5), skip_b2=randn(1), relu=True,
     )
     vocab = 151936
-    ids = lambda *v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
-    spec = ControllerSpec(
-        policy=POLICY_PROBE, open_ids=ids(151667), close_ids=ids(151668), force_seq=ids(151667, 151668, 271),
-        eos_ids=ids(151645, 151643), is_boundary=torch.zeros(vocab, dtype=torch.bool, device=device),
-        min_think=10**6, max_think=NO_LIMIT, threshold=0.99, skip_threshold=2.0, alpha=0.3, patience=3,
-        boundary_only=False, probe=probe,
-    )  # min_think keeps every row thinking: each step does the same work
+    spec = ControllerSpec.build((151667,), (151668,), (151645, 151643), vocab_size=vocab, probe=probe, device=device)
+    row = RowSettings(policy=POLICY_PROBE, min_think=10**6, max_think=NO_LIMIT, threshold=0.99, skip_threshold=2.0,
+                      alpha=0.3, patience=3, boundary_only=False, trace=False, exit_ids=(271,), stop_ids=())
+    # min_think keeps every row thinking: each step does the same work
+    params = RowParams.pack([row] * batch, (151667,), (), (151668,), MIN_FORCE_CAPACITY, device)
     state = ControllerState.allocate(batch, device)
     state.phase.fill_(THINKING)
     state.step.fill_(1)  # past the prompt: the ready head only, as in every later decode step
     hidden = randn(batch, d).to(dtype)
     tok = torch.randint(0, 1000, (batch,), generator=gen).to(device)
-    return hidden, tok, state, spec
+    return hidden, tok, state, params, spec
 
 
 def make_logits(batch: int, vocab: int, device, dtype=torch.bfloat16, copies: int = 1, seed: int = 0) -> list[torch.Tensor]:
@@ -105,10 +104,10 @@ def bench_probe_step(batches, d, h, steps, reps_ms) -> list[dict]:
 
     rows = []
     for b in batches:
-        hidden, tok, state, spec = make_probe_case(b, d, h, "cuda")
+        hidden, tok, state, params, spec = make_probe_case(b, d, h, "cuda")
         name = f"probe_step B{b} D{d} H{h} bf16"
         for impl, fn in (("triton", probe_step_triton), ("reference", probe_step_reference)):
-            call = lambda i, fn=fn: fn(hidden, tok, state, spec)  # noqa: E731
+            call = lambda i, fn=fn: fn(hidden, tok, state, params, spec)  # noqa: E731
             rows.append(_row(name, impl, "eager", _bench(lambda: call(0), reps_ms)))
             graph = _graph_of(call, steps)
             rows.append(_row(name, impl, "graph", _bench(graph.replay, reps_ms), per=steps))

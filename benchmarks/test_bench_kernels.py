@@ -29,8 +29,8 @@ def _sync():
 def test_probe_step_reference(benchmark, B):
     from adaptive_think.kernels.probe_step import probe_step_reference
 
-    hidden, tok, state, spec = make_probe_case(B, 4096, 256, DEVICE)
-    benchmark(lambda: (probe_step_reference(hidden, tok, state, spec), _sync()))
+    hidden, tok, state, params, spec = make_probe_case(B, 4096, 256, DEVICE)
+    benchmark(lambda: (probe_step_reference(hidden, tok, state, params, spec), _sync()))
 
 
 @needs_cuda
@@ -39,8 +39,8 @@ def test_probe_step_reference(benchmark, B):
 def test_probe_step_triton(benchmark, B):
     from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 
-    hidden, tok, state, spec = make_probe_case(B, 4096, 256, DEVICE)
-    benchmark(lambda: (probe_step_triton(hidden, tok, state, spec), _sync()))
+    hidden, tok, state, params, spec = make_probe_case(B, 4096, 256, DEVICE)
+    benchmark(lambda: (probe_step_triton(hidden, tok, state, params, spec), _sync()))
 
 
 def test_logit_stats_reference(benchmark):

@@ -1,40 +1,78 @@
-"""Collect probe training data on several GPUs: each process takes every world-th question.
+"""Collect probe training data on several processes (GPUs, or CPU cores): each takes every world-th question.
 
-    accelerate launch --num_processes 4 scripts/collect_probe_data.py --model DIR --questions q.jsonl --out runs/c
-    python scripts/collect_probe_data.py --model bundled --n 200 --out runs/c      # one process works too
+    torchrun --nproc_per_node 4 scripts/collect_probe_data.py --model DIR --questions q.jsonl --out runs/c
+    accelerate launch --num_processes 4 scripts/collect_probe_data.py --model DIR ...      # runs torchrun
+    torchrun --standalone --nproc_per_node 2 scripts/collect_probe_data.py --model bundled --n 60 --out runs/c --device cpu
+    python scripts/collect_probe_data.py --model bundled --n 200 --out runs/c             # one process works too
 
-Each process writes its own shards and index (index-r{rank}.json) in --out; `adaptive-think train-probe`
-reads them all. Re-running resumes every rank where it stopped. Same flags as `adaptive-think collect`.
+The rank and world size come from the launcher's environment (probe/launch.py: torchrun / accelerate's
+RANK, WORLD_SIZE, LOCAL_RANK, or MPI's); each process uses the GPU of its local rank and writes its own
+shards and index (index-r{rank}.json) in --out, holding a lock so that a second writer of the same rank
+fails at once. On a CPU machine, `accelerate launch --cpu` starts one process unless given an MPI
+hostfile: use torchrun (or `accelerate launch --multi_gpu --num_processes N`, which runs torchrun).
+Under torchrun the ranks meet at the end over gloo, and rank 0 checks that every question was collected
+exactly once and prints the health of the whole collection. Re-running resumes every rank where it
+stopped (with the same number of processes). Same flags as `adaptive-think collect`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from datetime import timedelta
 
-from accelerate import PartialState
+import torch.distributed as dist
 
 from adaptive_think.commands import collect as collect_cmd
 from adaptive_think.loading import load_model_and_tokenizer
 from adaptive_think.probe.collect import CollectConfig, collect
+from adaptive_think.probe.health import format_summary, summarise
+from adaptive_think.probe.launch import launch_env, process_device
+from adaptive_think.probe.shards import load_records
+
+
+def whole_collection(out: str, items, world: int) -> dict:
+    """Rank 0, after every rank finished: each question exactly once, and the health of all of them."""
+    records = load_records(out)  # raises when two ranks hold the same question
+    got = {r["qid"] for r in records if r["kind"] == 0}
+    missing = [it.id for it in items if it.id not in got]
+    if missing:
+        raise ValueError(f"{len(missing)} question(s) are in no rank's shards (e.g. {missing[:3]}); re-run to resume.")
+    health = summarise(records)
+    print(f"collect, all {world} ranks: {format_summary(health)}", flush=True)
+    return {"ranks": world, "questions": len(got), "health": health}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     collect_cmd.add_arguments(parser)
     args = parser.parse_args()
-    state = PartialState()
+    env = launch_env()
     items, checker = collect_cmd.items_from_args(args)
-    # one GPU per process; a model too large for one GPU runs in a single process with --device-map auto
-    device = str(state.device) if args.device == "auto" and not args.device_map else args.device
+    device = process_device(env, args.device, args.device_map)
     model, tok = load_model_and_tokenizer(args.model, device, args.dtype, args.device_map)
     cfg = CollectConfig(layers=args.layers, every=args.every, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, max_answer_tokens=args.max_answer_tokens,
-                        exit_text=args.exit_text.encode().decode("unicode_escape"), shard_questions=args.shard_questions)
-    summary = collect(model, tok, items, args.out, checker, cfg,
-                      think_tokens=tuple(args.think_tokens) if args.think_tokens else None,
-                      rank=state.process_index, world=state.num_processes, progress=state.is_local_main_process)
-    print(json.dumps({"rank": state.process_index, **summary}))
+                        exit_text=args.exit_text.encode().decode("unicode_escape"), shard_questions=args.shard_questions,
+                        fail_fast=args.fail_fast)
+    # the ranks meet once, at the end, so a long wait for the slowest rank is normal
+    meet = env.world > 1 and "MASTER_ADDR" in os.environ
+    if meet:
+        dist.init_process_group("gloo", rank=env.rank, world_size=env.world, timeout=timedelta(hours=24))
+    try:
+        summary = collect(model, tok, items, args.out, checker, cfg,
+                          think_tokens=tuple(args.think_tokens) if args.think_tokens else None,
+                          rank=env.rank, world=env.world, progress=env.local_rank == 0,
+                          doctor=collect_cmd.doctor_command(args))
+        print(json.dumps({"rank": env.rank, "world": env.world, "launcher": env.launcher, **summary}), flush=True)
+        if meet:
+            dist.barrier()
+            if env.rank == 0:
+                print(json.dumps(whole_collection(args.out, items, env.world)), flush=True)
+    finally:
+        if meet:
+            dist.destroy_process_group()
     return 0
 
 

@@ -115,3 +115,13 @@ def test_seen_questions_records_hashes_and_seeds():
     assert seen["sha256_16"] == ["aa", "bb"] and seen["n_questions"] == 3 and seen["n_distinct"] == 2
     assert seen["bundled_seeds"] == {"11": 2, "12": 1} and seen["complete"]
     assert not seen_questions([dict(qid="line1")])["complete"]
+
+
+def test_per_row_efforts(model_tok):
+    model, tok = model_tok
+    probe = _probe(model)
+    rows = [ThinkConfig(policy="probe", stop_at_boundary=False, effort=e) for e in ("eager", "never")]
+    ended = _ended_by(model, tok, probe, rows)
+    assert ended[0] == "probe" and ended[1] != "probe"
+    with pytest.raises(ValueError, match="is not a rung of this probe"):
+        _ended_by(model, tok, probe, [rows[0], ThinkConfig(policy="probe", effort="turbo")])

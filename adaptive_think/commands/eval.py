@@ -18,7 +18,8 @@ def add_arguments(p):
     p.add_argument("--model", required=True, help="local model folder, or `bundled`")
     p.add_argument("--probe", default=None, help="probe folder, or `bundled` for the shipped probe")
     p.add_argument("--questions", default=None, help='JSONL of {"question", "answer"} (default: bundled tasks)')
-    p.add_argument("--checker", default=None, help="module:function(text, answer) -> bool")
+    p.add_argument("--checker", default=None,
+                   help="boxed | last-number | exact | choice | answer-is (default) | package.module:function")
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--seed", type=int, default=2024, help="question seed (use one not used in collection)")
     p.add_argument("--policies", nargs="*", default=None,

@@ -13,6 +13,8 @@ def add_think_arguments(p: argparse.ArgumentParser, default_policy: str = "full"
     g.add_argument("--max-think-tokens", type=int, default=None, help="hard cap on thinking tokens per row")
     g.add_argument("--min-think-tokens", type=int, default=0, help="the probe may not stop before this many")
     g.add_argument("--exit-text", default=None, help='text forced after the close marker (e.g. "\\n\\n")')
+    g.add_argument("--stop-text", default=None,
+                   help="text forced before the close marker when a budget or probe stops a thought (counted as thinking)")
     g.add_argument("--threshold", type=float, default=None, help="probe ready threshold (default: calibrated)")
     g.add_argument("--skip-threshold", type=float, default=None, help="probe skip threshold (default: calibrated)")
     g.add_argument("--effort", default=None,
@@ -26,10 +28,15 @@ def add_think_arguments(p: argparse.ArgumentParser, default_policy: str = "full"
                    help="think markers for a model the registry does not know")
 
 
+def _unescape(text: str | None) -> str | None:
+    """A flag's "\\n" written on the command line as a real newline."""
+    return text.encode().decode("unicode_escape") if text is not None else None
+
+
 def think_config_from_args(args: argparse.Namespace) -> ThinkConfig:
     return ThinkConfig(
         policy=args.policy, max_think_tokens=args.max_think_tokens, min_think_tokens=args.min_think_tokens,
-        exit_text=args.exit_text.encode().decode("unicode_escape") if args.exit_text is not None else None,
+        exit_text=_unescape(args.exit_text), stop_text=_unescape(args.stop_text),
         threshold=args.threshold, skip_threshold=args.skip_threshold, effort=args.effort, smoothing=args.smoothing,
         patience=args.patience, stop_at_boundary=args.stop_at_boundary, allow_skip=args.allow_skip,
     )

@@ -1,33 +1,54 @@
-"""`ThinkController`: the per-row thinking state machine of one generate() call.
+"""`ThinkController`: the per-row thinking state machine of a batch whose rows may each have their own policy.
 
-An engine calls `begin(prompt_ids)` once, then `step(last_token, hidden)` once per decode step; the
-step returns the token to force per row (-1 for none). All per-step work is one call of the
-`probe_step` entry point (Triton kernel on CUDA, torch reference on CPU), so there is exactly one
-place where a policy turns a step's signals into a decision, and no host synchronisation.
+    ctl = ThinkController(markers, [ThinkConfig(), ThinkConfig(policy="budget", max_think_tokens=64)],
+                          encode=encode, eos_ids=(eos,), probe=probe, vocab_size=V, device="cuda")
+    ctl.begin(prompt_ids)                      # [B, S]: every row from its prompt and config
+    forced = ctl.step(last_token, hidden)      # [B] per decode step: token to force, -1 for none
+    ctl.finish(last_token); ctl.reports()      # one ThinkReport per row (the only host sync)
+
+Rows that come and go (vLLM-style slots): `allocate(B)` makes B idle rows, `init_rows(rows, prompts,
+configs)` (re)starts chosen rows without touching the others, `move_rows(src, dst)` moves rows; all on
+the device. All per-step work is one call of `probe_step` (Triton kernel on CUDA, torch reference on CPU).
+
+Buffers (device): `spec` (shared by the batch: markers, eos ids, boundary mask, probe weights), `params`
+(`RowParams`: per-row policy, limits, thresholds, forced sequences) and `state` (`ControllerState`).
+
+Reports: `think_tokens` counts every block's thinking tokens (markers and eos excluded, stop text included);
+`ended_by` / `decision_step` describe the row's latest think block (`natural` also for a row that never opened
+one); `blocks` counts the blocks (> 1: the model opened another block after it started answering, e.g. an
+interleaved tool call; each later block is watched and counted, shares the budget, is closed at once when the
+budget is spent, and is skipped at once under policy "none").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 
 from adaptive_think.config import ThinkConfig
+from adaptive_think.controller.params import (
+    MIN_FORCE_CAPACITY,
+    P_TRACE,
+    RowParams,
+    needed_capacity,
+    resolve_config,
+)
 from adaptive_think.controller.state import (
     ANSWERING,
+    DONE,
     ENDED_NAMES,
     ENDED_NONE,
     ENDED_SKIPPED,
-    NO_LIMIT,
-    POLICY_CODES,
-    PROMPT,
+    INT_FIELDS,
     THINKING,
     ControllerSpec,
     ControllerState,
     ProbeTensors,
 )
 from adaptive_think.kernels.probe_step import probe_step
-from adaptive_think.kernels.probe_step.naive import probe_step_reference
+from adaptive_think.kernels.probe_step.naive import observe_final_reference
 from adaptive_think.markers import ThinkMarkers
 
 # A prompt whose close marker sits within this many tokens of its end has its thinking already done
@@ -39,13 +60,15 @@ CLOSED_TAIL_TOKENS = 8
 class ThinkReport:
     """What the controller did to one row of the batch."""
 
-    think_tokens: int  # thinking tokens written (markers excluded)
-    ended_by: str  # "natural" | "budget" | "probe" | "skipped" | "unfinished"
-    decision_step: int  # generated-token index at which thinking ended (-1: never ended / prompt did)
+    think_tokens: int  # thinking tokens written, all blocks (markers and eos excluded, stop text included)
+    ended_by: str  # latest block: "natural" | "budget" | "probe" | "skipped" | "unfinished"
+    decision_step: int  # generated-token index at which the latest block ended (-1: never ended / prompt did)
+    blocks: int = 1  # think blocks opened (by the prompt, the model or a forced skip); > 1: interleaved thinking
     scores: list[float] | None = field(default=None, repr=False)  # per-step score when ThinkConfig.trace
 
     def to_dict(self) -> dict:
-        return {"think_tokens": self.think_tokens, "ended_by": self.ended_by, "decision_step": self.decision_step}
+        return {"think_tokens": self.think_tokens, "ended_by": self.ended_by, "decision_step": self.decision_step,
+                "blocks": self.blocks}
 
 
 def boundary_mask(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -72,113 +95,192 @@ def _marker_ends(ids: torch.Tensor, marker: tuple[int, ...]) -> torch.Tensor:
     return (hit.long() * pos).amax(-1)
 
 
-class ThinkController:
-    """Builds the fixed spec for a call and runs the per-step decision for every row."""
+def _as_rows(rows, device) -> torch.Tensor:
+    return torch.as_tensor(rows, dtype=torch.long).to(device).reshape(-1)
 
-    def __init__(
-        self,
-        markers: ThinkMarkers,
-        config: ThinkConfig,
-        *,
-        exit_ids: tuple[int, ...] = (),
-        empty_ids: tuple[int, ...] = (),
-        eos_ids: tuple[int, ...] = (),
-        is_boundary: torch.Tensor | None = None,
-        probe: ProbeTensors | None = None,
-        threshold: float = 0.5,
-        skip_threshold: float = 2.0,
-        vocab_size: int,
-        device,
-        impl: str = "auto",
-    ):
-        if config.policy == "probe" and probe is None:
-            raise ValueError('ThinkConfig(policy="probe") needs a probe; pass probe=... to AdaptiveThinker.')
+
+def _as_prompts(prompt_ids, device) -> torch.Tensor:
+    """A left-padded [K, S] tensor, or a list of K token lists (left-padded here with -1, which no marker holds)."""
+    if torch.is_tensor(prompt_ids):
+        if prompt_ids.dim() != 2:
+            raise ValueError(f"prompt_ids must be [rows, seq], got shape {tuple(prompt_ids.shape)}.")
+        return prompt_ids.to(device)
+    rows = [list(p) for p in prompt_ids]
+    width = max((len(p) for p in rows), default=0)
+    return torch.tensor([[-1] * (width - len(p)) + p for p in rows], dtype=torch.long).reshape(len(rows), width).to(device)
+
+
+def _probe_tensors(probe) -> ProbeTensors | None:
+    """The kernel layout of a `Probe` (its `.tensors()`) or of bare `ProbeTensors`."""
+    if probe is None or isinstance(probe, ProbeTensors):
+        return probe
+    return probe.tensors()
+
+
+class ThinkController:
+    """Per-row thinking control of one batch. think: a ThinkConfig (every row) or one per row.
+
+    encode: text -> token ids (no special tokens), for exit and stop texts; empty_ids: tokens between the
+    markers of the template's empty block (written by a skip); probe: a `Probe` (weights, calibrated
+    thresholds and policy defaults) when any row may use policy "probe" (bare `ProbeTensors` work when the
+    probe rows set their thresholds); is_boundary: [V] bool mask
+    (needed by rows that stop only at a boundary); force_capacity: width of the per-row forced-token
+    buffer (default: what the rows need, at least 64).
+    """
+
+    def __init__(self, markers: ThinkMarkers, think: ThinkConfig | Sequence[ThinkConfig], *,
+                 encode: Callable[[str], Sequence[int]] | None = None, empty_ids: tuple[int, ...] = (),
+                 eos_ids: tuple[int, ...] = (), is_boundary: torch.Tensor | None = None, probe=None,
+                 vocab_size: int, device, impl: str = "auto", force_capacity: int | None = None):
+        self.configs = [think] if isinstance(think, ThinkConfig) else list(think)
+        if not self.configs:
+            raise ValueError("think must be a ThinkConfig or a non-empty list of them (one per row).")
         self.markers = markers
-        self.config = config
         self.device = torch.device(device)
         self.impl = impl
-        if is_boundary is None:
-            is_boundary = torch.zeros(vocab_size, dtype=torch.bool)
-        long = dict(dtype=torch.long, device=self.device)
-        self.spec = ControllerSpec(
-            policy=POLICY_CODES[config.policy],
-            open_ids=torch.tensor(markers.open_ids, **long),
-            close_ids=torch.tensor(markers.close_ids, **long),
-            # a skip writes the template's empty block (open, e.g. "\n\n", close); a stop starts at close
-            force_seq=torch.tensor(markers.open_ids + tuple(empty_ids) + markers.close_ids + tuple(exit_ids), **long),
-            eos_ids=torch.tensor(tuple(eos_ids) or (-1,), **long),
-            is_boundary=is_boundary.to(self.device),
-            min_think=config.min_think_tokens,
-            max_think=NO_LIMIT if config.max_think_tokens is None else config.max_think_tokens,
-            threshold=float(threshold),
-            skip_threshold=float(skip_threshold) if config.allow_skip else 2.0,
-            alpha=float(config.smoothing),
-            patience=config.patience,
-            boundary_only=config.stop_at_boundary,
-            probe=probe.to(self.device) if probe is not None else None,
-            close_at=len(markers.open_ids) + len(empty_ids),
-        )
+        self.encode = encode
+        self.empty_ids = tuple(empty_ids)
+        self.probe = probe
+        self.has_boundary = is_boundary is not None
+        settings = [self._resolve(c) for c in self.configs]
+        need = needed_capacity(settings, markers.open_ids, self.empty_ids, markers.close_ids)
+        self.force_capacity = force_capacity if force_capacity is not None else max(need, MIN_FORCE_CAPACITY)
+        self.spec = ControllerSpec.build(
+            markers.open_ids, markers.close_ids, eos_ids, is_boundary=is_boundary,
+            probe=_probe_tensors(probe), vocab_size=vocab_size, device=self.device)
+        self.traces = any(s.trace for s in settings)  # keep per-step score snapshots
+        self.params: RowParams | None = None
         self.state: ControllerState | None = None
         self._trace: list[torch.Tensor] = []
-        self._closed_by_prompt: torch.Tensor | None = None
+
+    # -- rows ---------------------------------------------------------------------------------------
+
+    def _resolve(self, config: ThinkConfig):
+        s = resolve_config(config, self.probe, self.encode)
+        if s.boundary_only and not self.has_boundary:
+            raise ValueError("a row stops only at sentence boundaries (stop_at_boundary) but the ThinkController "
+                             "has no is_boundary mask; pass is_boundary=boundary_mask(tokenizer, vocab_size).")
+        return s
+
+    def _pack(self, configs: Sequence[ThinkConfig]) -> RowParams:
+        settings = [self._resolve(c) for c in configs]
+        self.traces = self.traces or any(s.trace for s in settings)
+        return RowParams.pack(settings, self.markers.open_ids, self.empty_ids, self.markers.close_ids,
+                              self.force_capacity, self.device)
 
     @property
     def needs_hidden(self) -> bool:
-        return self.spec.policy == POLICY_CODES["probe"]
+        """Whether `step` needs the probe layer's hidden state (the controller has a probe)."""
+        return self.spec.probe is not None
+
+    def allocate(self, batch_size: int) -> ControllerState:
+        """State and params for batch_size idle rows (DONE, policy full); `init_rows` starts rows."""
+        self.params = self._pack([ThinkConfig()] * batch_size)
+        self.state = ControllerState.allocate(batch_size, self.device)
+        self.state.phase.fill_(DONE)
+        self._trace = []
+        return self.state
 
     def begin(self, prompt_ids: torch.Tensor) -> ControllerState:
-        """Allocate state for prompt_ids [B, S] and set each row's starting phase from its prompt."""
+        """Allocate rows for prompt_ids [B, S] and start each from its prompt and config.
+
+        With one config per prompt and B a multiple of their count (HF's num_return_sequences repeats each
+        prompt), config i applies to rows i * B/n ... (i + 1) * B/n - 1.
+        """
         bsz = prompt_ids.shape[0]
-        self.state = ControllerState.allocate(bsz, self.device)
-        ids = prompt_ids.to(self.device)
+        n = len(self.configs)
+        if n != 1 and bsz % n != 0:
+            raise ValueError(f"got {n} ThinkConfigs for a batch of {bsz} rows; give one per row (or one for all).")
+        configs = [c for c in self.configs for _ in range(bsz // n)] if n != 1 else self.configs * bsz
+        self.allocate(bsz)
+        self.init_rows(torch.arange(bsz), prompt_ids, configs)
+        return self.state
+
+    def init_rows(self, rows, prompt_ids, configs: ThinkConfig | Sequence[ThinkConfig]) -> None:
+        """(Re)start rows [K] from their prompts ([K, S] left-padded, or K token lists) and configs, on the device.
+
+        Other rows are not touched. A row starts THINKING when its prompt ends inside an open think block,
+        ANSWERING (reported `skipped`) when the prompt closed the block in its last few tokens, else PROMPT.
+        """
+        if self.state is None:
+            raise RuntimeError("ThinkController.init_rows called before allocate(batch_size) or begin(prompt_ids).")
+        rows = _as_rows(rows, self.device)
+        ids = _as_prompts(prompt_ids, self.device)
+        k = rows.numel()
+        configs = [configs] * k if isinstance(configs, ThinkConfig) else list(configs)
+        if ids.shape[0] != k or len(configs) != k:
+            raise ValueError(f"init_rows: {k} rows need {k} prompts and {k} configs, got {ids.shape[0]} and {len(configs)}.")
+        params = self._pack(configs)
+        fresh = ControllerState.allocate(k, self.device)
         last_open = _marker_ends(ids, self.markers.open_ids)
         last_close = _marker_ends(ids, self.markers.close_ids)
         inside = last_open > last_close  # prompt ends inside an open block (R1 / QwQ templates)
         closed = (last_close > last_open) & (last_close >= ids.shape[1] - CLOSED_TAIL_TOKENS)
-        phase = torch.full((bsz,), PROMPT, dtype=torch.int32, device=self.device)
-        phase = torch.where(inside, torch.full_like(phase, THINKING), phase)
-        phase = torch.where(closed, torch.full_like(phase, ANSWERING), phase)
-        self.state.phase.copy_(phase)
-        self.state.ended_by.copy_(torch.where(closed, torch.full_like(phase, ENDED_SKIPPED), self.state.ended_by))
-        self._closed_by_prompt = closed
-        self._trace = []
-        return self.state
+        fresh.phase.copy_(torch.where(inside, THINKING, torch.where(closed, ANSWERING, fresh.phase)))
+        fresh.ended_by.copy_(torch.where(closed, ENDED_SKIPPED, fresh.ended_by))
+        fresh.blocks.copy_((inside | closed).int())
+        self.state.ints.index_copy_(1, rows, fresh.ints)
+        self.state.floats.index_copy_(1, rows, fresh.floats)
+        self.state.forced.index_copy_(0, rows, fresh.forced)
+        self.params.ints.index_copy_(1, rows, params.ints)
+        self.params.floats.index_copy_(1, rows, params.floats)
+        self.params.force.index_copy_(0, rows, params.force)
+
+    def move_rows(self, src, dst) -> None:
+        """Row dst[i] takes row src[i]'s state, params and score trace (a permutation, a move or a swap).
+
+        src, dst: [K] int64 (tensors or lists); dst must be distinct. Rows not in dst are left as they are.
+        """
+        src, dst = _as_rows(src, self.device), _as_rows(dst, self.device)
+        if src.numel() != dst.numel():
+            raise ValueError(f"move_rows: src has {src.numel()} rows, dst {dst.numel()}; give one source per target.")
+        # index_select copies first, so overlapping moves (swaps, cycles) read the old rows
+        for buf, dim in ((self.state.ints, 1), (self.state.floats, 1), (self.state.forced, 0),
+                         (self.params.ints, 1), (self.params.floats, 1), (self.params.force, 0)):
+            buf.index_copy_(dim, dst, buf.index_select(dim, src))
+        for snap in self._trace:
+            snap.index_copy_(0, dst, snap.index_select(0, src))
+
+    # -- steps ----------------------------------------------------------------------------------------
 
     def step(self, last_token: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """One decode step for all rows: [B] token to force (-1 for none). No host sync."""
+        """One decode step for all rows: [B] token to force (-1 for none). No host sync.
+
+        last_token: [B] int (contiguous); hidden: [B, D] probe-layer hidden state (when `needs_hidden`).
+        """
         if self.state is None:
             raise RuntimeError("ThinkController.step called before begin(prompt_ids).")
-        probe_step(hidden if self.needs_hidden else None, last_token, self.state, self.spec, impl=self.impl)
-        if self.config.trace:
+        if hidden is not None and hidden.device != self.device:
+            hidden = hidden.to(self.device, non_blocking=True)
+        probe_step(hidden if self.needs_hidden else None, last_token, self.state, self.params, self.spec, impl=self.impl)
+        if self.traces:
             self._trace.append(self.state.score.clone())
         return self.state.forced
 
     def finish(self, last_token: torch.Tensor) -> None:
-        """Observe the final generated token (no step after it decides anything), before `reports()`."""
-        if self.state is None:
-            return
-        # an observe-only step: with no policy and no cap the reference makes no decision
-        observe_only = replace(self.spec, policy=POLICY_CODES["full"], max_think=NO_LIMIT, probe=None)
-        forced = self.state.forced.clone()
-        probe_step_reference(None, last_token.to(self.device), self.state, observe_only)
-        self.state.forced.copy_(forced)
+        """Observe the final generated token [B] (no step after it decides anything), before `reports()`."""
+        if self.state is not None:
+            observe_final_reference(last_token, self.state, self.spec, self.params)
 
     def reports(self) -> list[ThinkReport]:
         """One report per row (reads the device state once, after generation)."""
         if self.state is None:
             return []
-        s = self.state
-        phase, count, ended, dstep = (t.tolist() for t in (s.phase, s.think_count, s.ended_by, s.decision_step))
-        closed_by_prompt = self._closed_by_prompt.tolist()
-        trace = torch.stack(self._trace, 1).tolist() if self._trace else None
+        ints = self.state.ints.tolist()
+        count, ended, dstep, blocks, steps = (ints[INT_FIELDS.index(n)] for n in
+                                              ("think_count", "ended_by", "decision_step", "blocks", "step"))
+        traced = self.params.ints[P_TRACE].tolist()
+        trace = torch.stack(self._trace, 1).tolist() if self._trace else None  # [B, T]
         out = []
-        for i in range(len(phase)):
+        for i in range(len(count)):
             if ended[i] != ENDED_NONE:
                 why = ENDED_NAMES[ended[i]]
-            elif phase[i] == PROMPT:
-                why = "natural"  # the model never opened a thought
+            elif blocks[i] == 0:
+                why = "natural"  # the model never opened a thought (it answered directly, or is still before one)
             else:
                 why = "unfinished"
-            step = -1 if closed_by_prompt[i] else dstep[i]
-            out.append(ThinkReport(count[i], why, step, trace[i] if trace is not None else None))
+            scores = None
+            if traced[i]:
+                scores = trace[i][len(trace[i]) - steps[i]:] if trace is not None and steps[i] > 0 else []
+            out.append(ThinkReport(count[i], why, dstep[i], blocks[i], scores))
         return out

@@ -1,9 +1,15 @@
-"""Per-row controller state, kept in device tensors so the decode loop never syncs with the host.
+"""Controller buffers shared by the batch (`ControllerSpec`) and per row (`ControllerState`), on the device.
 
-The state machine of DESIGN.md section 4: PROMPT -> THINKING -> CLOSING -> ANSWERING -> DONE.
-`ControllerSpec` holds what is fixed for one generate() call (markers, exit sequence, limits, probe
-weights); `ControllerState` holds what changes each step. Both the torch reference and the Triton
-kernel of `adaptive_think.kernels.probe_step` read and update exactly these buffers.
+The state machine of docs/design.md: PROMPT -> THINKING -> CLOSING -> ANSWERING -> DONE (ANSWERING may go
+back to THINKING when the model opens another think block). What is the same for every row lives in
+`ControllerSpec` (markers with their failure links, eos ids, boundary mask, probe weights); what a policy
+needs per row lives in `RowParams` (adaptive_think/controller/params.py); what changes each step lives in
+`ControllerState`. Both the torch reference and the Triton kernel of `adaptive_think.kernels.probe_step`
+read and update exactly these buffers.
+
+`ControllerState` is a struct of arrays: one int32 [NS_INT, B] tensor, one fp32 [NS_FLOAT, B] tensor and the
+int64 [B] forced tokens; `state.phase`, `state.step` ... are views of their rows, so copying, cloning or
+moving rows is one op per buffer and the kernel takes three pointers.
 """
 
 from __future__ import annotations
@@ -16,16 +22,38 @@ import torch
 PROMPT, THINKING, CLOSING, ANSWERING, DONE = 0, 1, 2, 3, 4
 PHASE_NAMES = ("prompt", "thinking", "closing", "answering", "done")
 
-# Why thinking ended (int32 codes in `ControllerState.ended_by`); 0 = not yet.
+# Why the row's latest think block ended (int32 codes in `ControllerState.ended_by`); 0 = not yet.
 ENDED_NONE, ENDED_NATURAL, ENDED_BUDGET, ENDED_PROBE, ENDED_SKIPPED = 0, 1, 2, 3, 4
 ENDED_NAMES = ("unfinished", "natural", "budget", "probe", "skipped")
 
-# Policies (int codes passed to the step function).
+# Policies (int32 codes in the row parameters).
 POLICY_FULL, POLICY_NONE, POLICY_BUDGET, POLICY_PROBE = 0, 1, 2, 3
 POLICY_CODES = {"full": POLICY_FULL, "none": POLICY_NONE, "budget": POLICY_BUDGET, "probe": POLICY_PROBE}
 
 # "No budget" as an int32 that a counter never reaches.
 NO_LIMIT = 2**31 - 1
+
+# Rows of `ControllerState.ints` [NS_INT, B] int32.
+S_PHASE = 0  # PROMPT .. DONE
+S_THINK_COUNT = 1  # thinking tokens written, all blocks together (markers and eos excluded; stop text included)
+S_STREAK = 2  # consecutive steps with smoothed score >= threshold
+S_CURSOR = 3  # next index into the row's forced-token buffer while CLOSING
+S_OPEN_MATCH = 4  # open-marker tokens matched so far (KMP state)
+S_CLOSE_MATCH = 5  # close-marker tokens matched so far (KMP state)
+S_ENDED_BY = 6  # ENDED_* code of the latest block
+S_DECISION_STEP = 7  # the row's step at which its latest block ended (-1: not yet / the prompt closed it)
+S_STEP = 8  # the row's own decode step (0 = its prompt's last position)
+S_BLOCKS = 9  # think blocks opened so far (by the prompt, the model, or a forced skip)
+NS_INT = 10
+# Rows of `ControllerState.floats` [NS_FLOAT, B] fp32.
+S_EMA = 0  # smoothed ready score
+S_SCORE = 1  # this step's raw score (skip head at the row's step 0, ready head after; NaN without a probe)
+NS_FLOAT = 2
+
+INT_FIELDS = ("phase", "think_count", "streak", "cursor", "open_match", "close_match", "ended_by", "decision_step",
+              "step", "blocks")
+FLOAT_FIELDS = ("ema", "score")
+_INT_INIT = {"phase": PROMPT, "decision_step": -1}  # the rest start at 0
 
 
 @dataclass
@@ -57,74 +85,113 @@ class ProbeTensors:
         return self.mean.shape[0]
 
 
+def failure_links(marker) -> list[int]:
+    """KMP failure links of a token sequence: fail[k] = length of the longest proper prefix of marker[:k+1]
+    that is also its suffix. A matcher that has matched k tokens and sees a mismatch falls back to fail[k-1]."""
+    marker = list(marker)
+    fail = [0] * len(marker)
+    k = 0
+    for i in range(1, len(marker)):
+        while k > 0 and marker[i] != marker[k]:
+            k = fail[k - 1]
+        if marker[i] == marker[k]:
+            k += 1
+        fail[i] = k
+    return fail
+
+
 @dataclass
 class ControllerSpec:
-    """What stays fixed during one generate() call. Tensors live on the model's device."""
+    """What every row of a batch shares. Tensors live on the controller's device.
 
-    policy: int  # POLICY_* code
+    A marker matcher holds k = tokens of the marker matched so far; on token t it falls back along the
+    failure links while marker[k] != t, then advances if marker[k] == t (KMP), so markers whose prefix
+    repeats inside them (`x x y` after `x x x y`) are never missed.
+    """
+
     open_ids: torch.Tensor  # [Lo] int64: the open marker's token ids
+    open_fail: torch.Tensor  # [Lo] int32: its KMP failure links
     close_ids: torch.Tensor  # [Lc] int64: the close marker's token ids
-    force_seq: torch.Tensor  # [Lo + Lc + Le] int64: open marker, close marker, exit text
+    close_fail: torch.Tensor  # [Lc] int32
     eos_ids: torch.Tensor  # [Ne] int64 (Ne >= 1; -1 pads when the model has no eos)
     is_boundary: torch.Tensor  # [V] bool: token ends a sentence or paragraph
-    min_think: int
-    max_think: int  # NO_LIMIT when uncapped
-    threshold: float  # ready-score threshold for stopping
-    skip_threshold: float  # skip-score threshold for skipping (> 1 disables)
-    alpha: float  # EMA weight of the newest score (1 = no smoothing)
-    patience: int  # hysteresis: consecutive steps over threshold before stopping
-    boundary_only: bool  # stop only right after a boundary token
     probe: ProbeTensors | None = None
-    # index in force_seq where the close marker starts; None = right after the open marker. A skip from
-    # PROMPT forces force_seq[0:], so text between the markers (Qwen3's "\n\n") goes before close_at.
-    close_at: int | None = None
+
+    @classmethod
+    def build(cls, open_ids, close_ids, eos_ids=(), is_boundary: torch.Tensor | None = None,
+              probe: ProbeTensors | None = None, vocab_size: int | None = None, device="cpu") -> "ControllerSpec":
+        """The spec of markers (token id sequences), eos ids, a [V] boundary mask (zeros when None) and a probe."""
+        if not open_ids or not close_ids:
+            raise ValueError("ControllerSpec needs non-empty open and close markers (token id sequences).")
+        if is_boundary is None:
+            if vocab_size is None:
+                raise ValueError("ControllerSpec.build needs is_boundary or vocab_size.")
+            is_boundary = torch.zeros(vocab_size, dtype=torch.bool)
+        long = dict(dtype=torch.long, device=device)
+        i32 = dict(dtype=torch.int32, device=device)
+        return cls(
+            open_ids=torch.tensor(tuple(open_ids), **long), open_fail=torch.tensor(failure_links(open_ids), **i32),
+            close_ids=torch.tensor(tuple(close_ids), **long), close_fail=torch.tensor(failure_links(close_ids), **i32),
+            eos_ids=torch.tensor(tuple(eos_ids) or (-1,), **long),
+            is_boundary=is_boundary.to(device=device, dtype=torch.bool).contiguous(),
+            probe=probe.to(device) if probe is not None else None,
+        )
 
 
-def close_start(spec: ControllerSpec) -> int:
-    """Where a row that is already inside the thought starts forcing: the close marker's index in force_seq."""
-    return spec.open_ids.numel() if spec.close_at is None else int(spec.close_at)
-
-
-@dataclass
 class ControllerState:
-    """Per-row mutable state; every field is a device tensor updated in place each step."""
+    """Per-row mutable state: ints [NS_INT, B] int32, floats [NS_FLOAT, B] fp32, forced [B] int64.
 
-    phase: torch.Tensor  # [B] int32
-    think_count: torch.Tensor  # [B] int32: thinking tokens written (markers excluded)
-    streak: torch.Tensor  # [B] int32: consecutive steps with smoothed score >= threshold
-    cursor: torch.Tensor  # [B] int32: next index into force_seq while CLOSING
-    open_match: torch.Tensor  # [B] int32: open-marker tokens matched so far
-    close_match: torch.Tensor  # [B] int32: close-marker tokens matched so far
-    ended_by: torch.Tensor  # [B] int32: ENDED_* code
-    decision_step: torch.Tensor  # [B] int32: step at which thinking ended (-1: not yet)
-    ema: torch.Tensor  # [B] fp32: smoothed ready score
-    score: torch.Tensor  # [B] fp32: this step's raw score (ready head; skip head at step 0)
-    forced: torch.Tensor  # [B] int64: token to force this step, -1 for none
-    step: torch.Tensor  # [1] int32: decode step (0 = the prompt's last position)
+    Named fields (`phase`, `think_count`, ..., `step`, `blocks`, `ema`, `score`) are [B] views of those rows;
+    `forced` is the token to force this step per row, -1 for none.
+    """
+
+    def __init__(self, ints: torch.Tensor, floats: torch.Tensor, forced: torch.Tensor):
+        self.ints, self.floats, self.forced = ints, floats, forced
 
     @classmethod
     def allocate(cls, batch_size: int, device) -> "ControllerState":
-        def i32(v):
-            return torch.full((batch_size,), v, dtype=torch.int32, device=device)
+        """Fresh state: every row in PROMPT at step 0 (`ThinkController.init_rows` sets rows from prompts)."""
+        ints = torch.zeros(NS_INT, batch_size, dtype=torch.int32, device=device)
+        for name, value in _INT_INIT.items():
+            ints[INT_FIELDS.index(name)].fill_(value)
+        floats = torch.zeros(NS_FLOAT, batch_size, dtype=torch.float32, device=device)
+        return cls(ints, floats, torch.full((batch_size,), -1, dtype=torch.int64, device=device))
 
-        return cls(
-            phase=i32(PROMPT),
-            think_count=i32(0),
-            streak=i32(0),
-            cursor=i32(0),
-            open_match=i32(0),
-            close_match=i32(0),
-            ended_by=i32(ENDED_NONE),
-            decision_step=i32(-1),
-            ema=torch.zeros(batch_size, dtype=torch.float32, device=device),
-            score=torch.zeros(batch_size, dtype=torch.float32, device=device),
-            forced=torch.full((batch_size,), -1, dtype=torch.int64, device=device),
-            step=torch.zeros(1, dtype=torch.int32, device=device),
-        )
+    @staticmethod
+    def initial_column(device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ints [NS_INT, 1], floats [NS_FLOAT, 1]) of a fresh row."""
+        s = ControllerState.allocate(1, device)
+        return s.ints, s.floats
+
+    @property
+    def batch_size(self) -> int:
+        return self.ints.shape[1]
 
     def clone(self) -> "ControllerState":
-        return ControllerState(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
+        return ControllerState(self.ints.clone(), self.floats.clone(), self.forced.clone())
 
     def copy_(self, other: "ControllerState") -> None:
-        for f in fields(self):
-            getattr(self, f.name).copy_(getattr(other, f.name))
+        self.ints.copy_(other.ints)
+        self.floats.copy_(other.floats)
+        self.forced.copy_(other.forced)
+
+    def to(self, device) -> "ControllerState":
+        return ControllerState(self.ints.to(device), self.floats.to(device), self.forced.to(device))
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three buffers (for engines that mark or copy static addresses)."""
+        return self.ints, self.floats, self.forced
+
+
+def _int_view(i):
+    return property(lambda self: self.ints[i], doc=f"[B] int32 view of ints[{i}] ({INT_FIELDS[i]})")
+
+
+def _float_view(i):
+    return property(lambda self: self.floats[i], doc=f"[B] fp32 view of floats[{i}] ({FLOAT_FIELDS[i]})")
+
+
+for _i, _name in enumerate(INT_FIELDS):
+    setattr(ControllerState, _name, _int_view(_i))
+for _i, _name in enumerate(FLOAT_FIELDS):
+    setattr(ControllerState, _name, _float_view(_i))

@@ -192,7 +192,7 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
     _check_kwargs(unsupported, gen_cfg)
     if use_cache is False:
         raise refusal("graph", "use_cache=False", "the engine is built on a static KV cache")
-    if controller is not None and controller.config.trace:
+    if controller is not None and controller.traces:
         raise refusal("graph", "ThinkConfig(trace=True)", "a captured step cannot append to a Python list")
     check_capturable(model)
     if controller is not None and controller.needs_hidden and probe_layer is None:
@@ -232,7 +232,8 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
         if need > window:
             raise refusal("graph", f"{seq + max_new_tokens} tokens past sliding_window={window}", "no rolling cache")
         length = window
-    spec_key = _spec_signature(controller.spec) + (controller.impl,) if controller is not None else None
+    spec_key = (_spec_signature(controller.spec) + (controller.impl, controller.force_capacity)
+                if controller is not None else None)
     key = (bsz, dev, graph_mode, sampling, pad, eos, spec_key, probe_layer if spec_key else None)
 
     def make():
@@ -256,6 +257,7 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
         if controller is not None:
             controller.begin(input_ids)
             _copy_spec(runner.ctl.spec, controller.spec)
+            runner.ctl.params.copy_(controller.params)
             runner.ctl.state.copy_(controller.state)  # reset in place: the graph reads these addresses
         runner.active = True
         try:

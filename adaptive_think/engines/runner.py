@@ -75,6 +75,7 @@ def _private_controller(controller: ThinkController) -> ThinkController:
     ctl.spec = ControllerSpec(**{f.name: (getattr(spec, f.name).clone() if torch.is_tensor(getattr(spec, f.name))
                                           else getattr(spec, f.name)) for f in fields(spec)})
     ctl.spec.probe = probe
+    ctl.params = controller.params.clone()  # per-row policy: contents copied in per call
     ctl.state = controller.state.clone()
     return ctl
 
@@ -323,7 +324,8 @@ class DecodeRunner:
         if self.hidden is not None:
             yield self.hidden
         if self.ctl is not None:
-            yield from (getattr(self.ctl.state, f.name) for f in fields(self.ctl.state))
+            yield from self.ctl.state.tensors()
+            yield from self.ctl.params.tensors()
 
     def close(self) -> None:
         if self.capture is not None:

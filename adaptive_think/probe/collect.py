@@ -26,13 +26,14 @@ from transformers import LogitsProcessor
 
 from adaptive_think.controller import boundary_mask
 from adaptive_think.engines.capture import LayerCapture
-from adaptive_think.loading import chat_prompt
 from adaptive_think.files import exclusive_lock
-from adaptive_think.markers import ThinkMarkers, find_subsequence, resolve_markers
+from adaptive_think.loading import chat_prompt
+from adaptive_think.markers import ThinkMarkers, resolve_markers
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.items import Item, question_hash
 from adaptive_think.probe.probe import model_fingerprint
 from adaptive_think.probe.shards import clean_orphans, lock_path, rank_records, read_index, write_index, write_shard
+from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
 
 OUTPUT_TAIL_CHARS = 400
 
@@ -84,46 +85,6 @@ class _StepRecorder(LogitsProcessor):
 
     def remove(self):
         self.capture.remove()
-
-
-def _last(seq: list[int], sub: tuple[int, ...]) -> int:
-    i, at = -1, find_subsequence(seq, sub)
-    while at >= 0:
-        i, at = at, find_subsequence(seq, sub, at + 1)
-    return i
-
-
-def thought_span(prompt: list[int], gen: list[int], markers: ThinkMarkers) -> tuple[int | None, int]:
-    """(index in `gen` where the thought's text starts, or None when no thought opened; index of the close
-    marker in `gen`, or -1 when the thought never closed). A prompt ending inside an open think block
-    (R1-style templates) starts the thought at 0."""
-    o = find_subsequence(gen, markers.open_ids)
-    if o >= 0:
-        body = o + len(markers.open_ids)
-    elif _last(prompt, markers.open_ids) > _last(prompt, markers.close_ids):
-        body = 0
-    else:
-        return None, -1
-    return body, find_subsequence(gen, markers.close_ids, body)
-
-
-def no_think_prompt(tokenizer, question: str, markers: ThinkMarkers, exit_text: str = "\n\n") -> str:
-    """The prompt for answering with thinking skipped: the template's own `enable_thinking=False` prompt
-    when it ends in a closed think block (Qwen3), else that prompt with an empty think block appended, as
-    a skip would force it (templates without the switch, or without a chat template)."""
-    off = chat_prompt(tokenizer, question, enable_thinking=False)
-    if off.rstrip().endswith(markers.close_text):
-        return off
-    ids = tokenizer.encode(off, add_special_tokens=False)
-    if _last(ids, markers.open_ids) > _last(ids, markers.close_ids):  # ends inside an open block (R1-style)
-        return off + "\n" + markers.close_text + exit_text
-    return off + markers.open_text + "\n\n" + markers.close_text + exit_text
-
-
-def read_or_none(checker, text: str) -> bool | None:
-    """Did the checker read an answer in `text`? None for checkers that only say right or wrong."""
-    read = getattr(checker, "read", None)
-    return None if read is None else read(text) is not None
 
 
 @torch.no_grad()
@@ -277,12 +238,12 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
     for i in range(0, len(todo), cfg.batch_size):
         batch = todo[i : i + cfg.batch_size]
         recs, hidden = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary)
-        if i == 0:
-            first = summarise(recs)
+        if i == 0:  # a resumed run judges this batch together with what it collected before
+            first = summarise(rank_records(out, index) + recs)
             log(f"{who}, first batch: {format_summary(first)}")
             if cfg.fail_fast:  # before writing anything: a fixed re-run must not resume from bad labels
-                _check(first, f"collect stopped after its first {len(batch)} questions", markers, cfg, doctor,
-                       next(r["output_tail"] for r in recs if r["kind"] == KIND_PROMPT))
+                _check(first, f"collect stopped after its first {first['questions']} questions", markers, cfg,
+                       doctor, next(r["output_tail"] for r in recs if r["kind"] == KIND_PROMPT))
         pending_recs.extend(recs), pending_hidden.append(hidden), pending_ids.extend(it.id for it in batch)
         bar.update(len(batch))
         if len(pending_ids) >= cfg.shard_questions:

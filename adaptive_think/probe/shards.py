@@ -4,6 +4,8 @@ A collection folder holds `shard-r{rank}-{n:05d}.safetensors` (hidden states per
 fp16) + `.json` (one record per row) and `index-r{rank}.json` (settings, shards, finished question
 ids). A shard is renamed into place before the index names it, so a killed run leaves at worst an
 unnamed shard that the resumed run overwrites; questions in it are redone, never duplicated.
+While a rank writes, it holds `writer-r{rank}.lock` (see files.exclusive_lock); a second writer of the
+same rank fails at once. Loading checks that no question sits in two ranks' indexes.
 """
 
 from __future__ import annotations
@@ -54,27 +56,38 @@ def write_shard(folder: Path, rank: int, number: int, hidden: dict[str, torch.Te
     return name
 
 
-def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
-    """All shards named by every rank's index: ({"layer{l}": [N, D] fp32}, records [N], settings)."""
-    folder = Path(folder)
+def _read_indexes(folder: Path) -> list[tuple[Path, dict]]:
+    """Every rank's index in `folder`, checked: same layers, no question held by two ranks."""
     indexes = sorted(folder.glob("index-r*.json"))
     if not indexes:
         raise FileNotFoundError(f"No collection index (index-r*.json) in {str(folder)!r}; run `adaptive-think collect` first.")
-    hidden: dict[str, list[torch.Tensor]] = {}
-    records: list[dict] = []
-    settings = None
-    owner: dict[str, Path] = {}
+    out, owner = [], {}
     for ip in indexes:
         index = json.loads(ip.read_text())
-        if settings is None:
-            settings = index["settings"]
-        elif index["settings"]["layers"] != settings["layers"]:
+        if out and index["settings"]["layers"] != out[0][1]["settings"]["layers"]:
             raise ValueError(f"{ip} was collected with other layers than the rest of {folder}.")
         twice = [q for q in index["done"] if q in owner]
         if twice:
             raise ValueError(f"{ip} and {owner[twice[0]]} both hold question {twice[0]!r} ({len(twice)} shared): "
                              "ranks of different runs (another number of processes?) are mixed in one folder.")
         owner.update((q, ip) for q in index["done"])
+        out.append((ip, index))
+    return out
+
+
+def load_records(folder) -> list[dict]:
+    """The records of every rank's shards (no hidden states), checked as `load_collection` checks them."""
+    folder = Path(folder)
+    return [r for _, index in _read_indexes(folder) for r in rank_records(folder, index)]
+
+
+def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
+    """All shards named by every rank's index: ({"layer{l}": [N, D] fp32}, records [N], settings)."""
+    folder = Path(folder)
+    indexes = _read_indexes(folder)
+    hidden: dict[str, list[torch.Tensor]] = {}
+    records: list[dict] = []
+    for _, index in indexes:
         for name in index["shards"]:
             tensors = load_file(str(folder / f"{name}.safetensors"))
             recs = json.loads((folder / f"{name}.json").read_text())
@@ -83,7 +96,7 @@ def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
             records.extend(recs)
     if not records:
         raise ValueError(f"The collection in {folder} holds no records yet.")
-    return {k: torch.cat(v) for k, v in hidden.items()}, records, settings
+    return {k: torch.cat(v) for k, v in hidden.items()}, records, indexes[0][1]["settings"]
 
 
 def rank_records(folder: Path, index: dict) -> list[dict]:

@@ -1,7 +1,10 @@
 """probe_step: one controller step for every row (the entry point; picks the implementation).
 
     from adaptive_think.kernels.probe_step import probe_step
-    probe_step(hidden, last_token, state, spec)          # Triton on CUDA, torch reference on CPU
+    probe_step(hidden, last_token, state, params, spec)  # Triton on CUDA, torch reference on CPU
+
+state: `ControllerState` (per row, updated in place), params: `RowParams` (per-row policy), spec:
+`ControllerSpec` (shared by the batch); see adaptive_think/controller/.
 
 `impl` ("auto", "triton", "torch") or the environment variable ADAPTIVE_THINK_KERNEL_IMPL overrides the
 choice (the argument wins over the variable). Triton is imported only when the Triton path is taken, so
@@ -14,18 +17,18 @@ from adaptive_think.kernels.dispatch import resolve_impl
 from adaptive_think.kernels.probe_step.naive import probe_step_reference
 
 
-def probe_step(hidden, last_token, state, spec, impl: str = "auto") -> None:
+def probe_step(hidden, last_token, state, params, spec, impl: str = "auto") -> None:
     """Run one controller step in place on `state` (semantics: naive.probe_step_reference).
 
-    hidden: [B, D] policy-layer hidden state (None unless the policy is probe); last_token: [B] int.
+    hidden: [B, D] probe-layer hidden state (None: no probe scores); last_token: [B] int.
     Example:
-        >>> probe_step(h[:, -1], tokens[:, -1], state, spec); forced = state.forced  # [B], -1 = none
+        >>> probe_step(h[:, -1], tokens[:, -1], state, params, spec); forced = state.forced  # [B], -1 = none
     """
     if resolve_impl(impl, state.phase.device) == "triton":
         from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 
-        return probe_step_triton(hidden, last_token, state, spec)
-    return probe_step_reference(hidden, last_token, state, spec)
+        return probe_step_triton(hidden, last_token, state, params, spec)
+    return probe_step_reference(hidden, last_token, state, params, spec)
 
 
 __all__ = ["probe_step", "probe_step_reference", "resolve_impl"]

@@ -1,12 +1,22 @@
-"""Plain-torch reference of the probe_step kernel: the ground truth the Triton kernel is tested against.
+"""Plain-torch reference of the probe_step kernel: the one statement of the controller's per-row semantics.
 
-One call is one decode step of the thinking controller (DESIGN.md section 4) for every row at once:
+One call is one decode step of the thinking controller for every row at once; every row reads its own
+policy parameters (`RowParams`) and its own step counter (docs/design.md, "The controller"):
 
-1. observe the token written last step (not at step 0, where the prompt's last token is not generated):
-   advance the exit-sequence cursor, match the open / close markers, count thinking tokens, see eos;
-2. score: ready head every step, skip head at step 0 (probe policy only);
-3. decide: skip (step 0), budget cap, or probe stop (min tokens, EMA smoothing, hysteresis, boundary);
-4. write the token to force (`state.forced`, -1 for none) and advance `state.step`.
+1. observe the token the row wrote last step (not at the row's step 0, the prompt's last position):
+   - CLOSING: advance the forced-sequence cursor (counting stop-text tokens as thinking), and answer once
+     the skip or stop segment is written;
+   - PROMPT / ANSWERING: match the open marker; a match opens a think block (ANSWERING -> THINKING is a
+     later, interleaved block: the budget is shared with the earlier ones, `blocks` counts them, and the
+     row's `ended_by` / `decision_step` describe its latest block);
+   - THINKING: count the token as thinking unless it is eos, match the close marker (the model's own
+     close: `natural`); markers are matched with KMP failure links, so self-overlapping markers are found;
+   - eos ends the row (DONE).
+2. score: ready head every step, skip head at the row's step 0 (probe rows only; NaN elsewhere);
+3. decide: skip (a row's step 0 for probe / none; policy none also skips every later block at once),
+   budget (the row's count reaches max_think minus its stop text), or probe stop (min tokens, EMA
+   smoothing, patience, optionally only after a boundary token);
+4. write the token to force (`state.forced`, -1 for none) and advance every row's step.
 
 Everything is tensor arithmetic with `torch.where`: no `.item()`, no host sync, no data-dependent shapes,
 so the same call can be captured in a CUDA graph.
@@ -14,24 +24,41 @@ so the same call can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
+from adaptive_think.controller.params import (
+    P_ALPHA,
+    P_BOUNDARY_ONLY,
+    P_MAX_THINK,
+    P_MIN_THINK,
+    P_PATIENCE,
+    P_POLICY,
+    P_SKIP_CLOSE,
+    P_SKIP_END,
+    P_SKIP_THRESHOLD,
+    P_STOP_CLOSE,
+    P_STOP_END,
+    P_THRESHOLD,
+    RowParams,
+)
 from adaptive_think.controller.state import (
+    ANSWERING,
     CLOSING,
     DONE,
     ENDED_BUDGET,
     ENDED_NATURAL,
+    ENDED_NONE,
     ENDED_PROBE,
     ENDED_SKIPPED,
     POLICY_NONE,
     POLICY_PROBE,
     PROMPT,
     THINKING,
-    ANSWERING,
     ControllerSpec,
     ControllerState,
     ProbeTensors,
-    close_start,
 )
 
 
@@ -50,128 +77,172 @@ def head_scores(hidden: torch.Tensor, probe: ProbeTensors) -> tuple[torch.Tensor
     return ready, skip
 
 
-def _match(match: torch.Tensor, token: torch.Tensor, marker: torch.Tensor) -> torch.Tensor:
-    """Advance a marker matcher by one token: [B] count of marker tokens matched so far."""
-    expected = marker[match.clamp(max=marker.numel() - 1).long()]
-    return torch.where(
-        token == expected, match + 1, (token == marker[0]).to(match.dtype)
-    )
+def kmp_advance(match: torch.Tensor, token: torch.Tensor, marker: torch.Tensor, fail: torch.Tensor) -> torch.Tensor:
+    """[B] marker tokens matched after `token` [B], from `match` [B] (KMP: fall back along `fail`, then advance)."""
+    n = marker.numel()
+    k = match.long().clamp(0, n - 1)  # a stored match is always < n (a full match resets it)
+    for _ in range(n - 1):  # each fallback shortens k, so n - 1 of them reach any needed length
+        fall = (k > 0) & (marker[k] != token)
+        k = torch.where(fall, fail[(k - 1).clamp(min=0)].long(), k)
+    return torch.where(marker[k] == token, k + 1, k).to(match.dtype)
+
+
+class Observed(NamedTuple):
+    """A row's state after observing its last token (step 1 of the reference)."""
+
+    phase: torch.Tensor
+    cursor: torch.Tensor
+    open_match: torch.Tensor
+    close_match: torch.Tensor
+    think_count: torch.Tensor
+    ended_by: torch.Tensor
+    decision_step: torch.Tensor
+    blocks: torch.Tensor
+    streak: torch.Tensor
+    ema: torch.Tensor
+    opened: torch.Tensor  # [B] bool: a think block opened on this token
+
+
+def observe(tok: torch.Tensor, obs: torch.Tensor, state: ControllerState, spec: ControllerSpec,
+            params: RowParams) -> Observed:
+    """Step 1: the rows where obs [B] holds see token tok [B] (int64); returns the updated fields."""
+    p = params.ints
+    phase, step = state.phase, state.step
+    lo, lc = spec.open_ids.numel(), spec.close_ids.numel()
+    is_eos = (tok[:, None] == spec.eos_ids[None, :]).any(-1) & obs
+
+    closing = obs & (phase == CLOSING)
+    # forced stop-text tokens are thinking tokens; skip-segment tokens are not
+    in_stop_text = closing & (state.cursor >= p[P_SKIP_END]) & (state.cursor < p[P_STOP_CLOSE])
+    cursor = torch.where(closing, state.cursor + 1, state.cursor)
+    end = torch.where(state.ended_by == ENDED_SKIPPED, p[P_SKIP_END], p[P_STOP_END])
+    phase_new = torch.where(closing & (cursor >= end), ANSWERING, phase)
+
+    watching = obs & ((phase == PROMPT) | (phase == ANSWERING))
+    open_match = torch.where(watching, kmp_advance(state.open_match, tok, spec.open_ids, spec.open_fail), state.open_match)
+    opened = watching & (open_match >= lo)
+    phase_new = torch.where(opened, THINKING, phase_new)
+    open_match = torch.where(opened, 0, open_match)
+    blocks = torch.where(opened, state.blocks + 1, state.blocks)
+    # each block starts like the first: no decision yet, fresh smoothing and patience
+    ended_by = torch.where(opened, ENDED_NONE, state.ended_by)
+    decision_step = torch.where(opened, -1, state.decision_step)
+    streak = torch.where(opened, 0, state.streak)
+    ema = torch.where(opened, torch.zeros_like(state.ema), state.ema)
+
+    thinking = obs & (phase == THINKING)
+    think_count = torch.where((thinking & ~is_eos) | in_stop_text, state.think_count + 1, state.think_count)
+    close_match = torch.where(thinking, kmp_advance(state.close_match, tok, spec.close_ids, spec.close_fail),
+                              state.close_match)
+    closed = thinking & (close_match >= lc)
+    # the close marker's own tokens were counted above; they are not thinking tokens
+    think_count = torch.where(closed, think_count - lc, think_count)
+    phase_new = torch.where(closed, ANSWERING, phase_new)
+    close_match = torch.where(closed, 0, close_match)
+    ended_by = torch.where(closed, ENDED_NATURAL, ended_by)
+    decision_step = torch.where(closed, step - 1, decision_step)
+
+    phase_new = torch.where(is_eos, DONE, phase_new)
+    i32 = torch.int32
+    return Observed(phase_new.to(i32), cursor.to(i32), open_match.to(i32), close_match.to(i32), think_count.to(i32),
+                    ended_by.to(i32), decision_step.to(i32), blocks.to(i32), streak.to(i32), ema, opened)
+
+
+def _write_observed(state: ControllerState, o: Observed) -> None:
+    for name in ("phase", "cursor", "open_match", "close_match", "think_count", "ended_by", "decision_step", "blocks",
+                 "streak", "ema"):
+        getattr(state, name).copy_(getattr(o, name))
+
+
+def observe_final_reference(last_token: torch.Tensor, state: ControllerState, spec: ControllerSpec,
+                            params: RowParams) -> None:
+    """Observe the final generated token [B] of each row (after it nothing is decided): step 1 alone.
+
+    Leaves `forced`, `score` and `step` as they were. Rows still at their step 0 observe nothing.
+    """
+    o = observe(last_token.to(state.phase.device, torch.int64), state.step != 0, state, spec, params)
+    _write_observed(state, o)
 
 
 def probe_step_reference(
     hidden: torch.Tensor | None,
     last_token: torch.Tensor,
     state: ControllerState,
+    params: RowParams,
     spec: ControllerSpec,
 ) -> None:
-    """Run one controller step in place on `state`.
+    """Run one controller step in place on `state` for every row.
 
-    hidden: [B, D] the policy layer's hidden state at the last position (None unless policy is probe).
-    last_token: [B] int64, the token written at the previous step (ignored at step 0).
-    Writes state.forced [B] (token to force or -1) and state.score [B]; advances state.step.
+    hidden: [B, D] the probe layer's hidden state at the last position (None: no probe scores, NaN).
+    last_token: [B] int, the token each row wrote at its previous step (ignored at a row's step 0).
+    Writes state.forced [B] (token to force or -1) and state.score [B]; advances state.step [B].
 
     Example:
-        >>> probe_step_reference(None, tokens[:, -1], state, spec); scores[state.forced >= 0] ...
+        >>> probe_step_reference(None, tokens[:, -1], state, params, spec); forced = state.forced
     """
-    step = state.step  # [1]
-    first = step == 0  # [1] bool, broadcasts over rows
     tok = last_token.to(torch.int64)
-    phase = state.phase
-    lo = spec.open_ids.numel()
-    cs = close_start(spec)  # where the close marker starts in force_seq
-    lc = spec.close_ids.numel()
-    n_force = spec.force_seq.numel()
+    p, pf = params.ints, params.floats
+    step = state.step  # [B]
+    first = step == 0
+    o = observe(tok, ~first, state, spec, params)
+    phase_new, cursor, think_count, close_match = o.phase, o.cursor, o.think_count, o.close_match
 
-    # 1. observe last step's token (not at step 0)
-    obs = ~first
-    is_eos = (tok[:, None] == spec.eos_ids[None, :]).any(-1) & obs
-
-    closing = obs & (phase == CLOSING)
-    cursor = torch.where(closing, state.cursor + 1, state.cursor)
-    phase_new = torch.where(closing & (cursor >= n_force), torch.full_like(phase, ANSWERING), phase)
-
-    prompt = obs & (phase == PROMPT)
-    open_match = torch.where(prompt, _match(state.open_match, tok, spec.open_ids), state.open_match)
-    opened = prompt & (open_match >= lo)
-    phase_new = torch.where(opened, torch.full_like(phase, THINKING), phase_new)
-    open_match = torch.where(opened, torch.zeros_like(open_match), open_match)
-
-    thinking = obs & (phase == THINKING)
-    think_count = torch.where(thinking, state.think_count + 1, state.think_count)
-    close_match = torch.where(thinking, _match(state.close_match, tok, spec.close_ids), state.close_match)
-    closed = thinking & (close_match >= lc)
-    # the close marker's own tokens were counted above; they are not thinking tokens
-    think_count = torch.where(closed, think_count - lc, think_count)
-    phase_new = torch.where(closed, torch.full_like(phase, ANSWERING), phase_new)
-    close_match = torch.where(closed, torch.zeros_like(close_match), close_match)
-    ended_by = torch.where(closed, torch.full_like(state.ended_by, ENDED_NATURAL), state.ended_by)
-    decision_step = torch.where(closed, (step - 1).to(torch.int32).expand_as(phase), state.decision_step)
-
-    phase_new = torch.where(is_eos, torch.full_like(phase, DONE), phase_new)
-
-    # 2. scores
-    is_probe = spec.policy == POLICY_PROBE
-    if is_probe and spec.probe is not None and hidden is not None:
+    # 2. scores (probe rows only)
+    is_probe = p[P_POLICY] == POLICY_PROBE
+    nan = torch.full_like(state.ema, float("nan"))
+    if spec.probe is not None and hidden is not None:
         ready, skip = head_scores(hidden, spec.probe)
+        ready, skip = torch.where(is_probe, ready, nan), torch.where(is_probe, skip, nan)
     else:
-        ready = torch.full_like(state.ema, float("nan"))
-        skip = torch.full_like(state.ema, float("nan"))
+        ready, skip = nan, nan
     score = torch.where(first, skip, ready)
 
     # 3. decide
     open_row = (phase_new == PROMPT) | (phase_new == THINKING)
-    wants_skip = spec.policy == POLICY_NONE
-    if is_probe:
-        skip_ok = skip >= spec.skip_threshold  # NaN compares False: never skips
-        do_skip = first & open_row & skip_ok
-    else:
-        do_skip = first & open_row & torch.full_like(open_row, wants_skip)
+    wants_skip = (is_probe & (skip >= pf[P_SKIP_THRESHOLD])) | (p[P_POLICY] == POLICY_NONE)  # NaN never skips
+    do_skip = (first & open_row & wants_skip) | (o.opened & (p[P_POLICY] == POLICY_NONE))
 
     in_thought = (phase_new == THINKING) & ~do_skip
     valid = ~torch.isnan(ready)
-    ema = torch.where(in_thought & valid, spec.alpha * ready + (1.0 - spec.alpha) * state.ema, state.ema)
-    eligible = in_thought & (think_count >= spec.min_think)
-    over = eligible & valid & (ema >= spec.threshold)  # NaN ema compares False
-    streak = torch.where(over, state.streak + 1, torch.where(in_thought, torch.zeros_like(state.streak), state.streak))
+    alpha = pf[P_ALPHA]
+    ema = torch.where(in_thought & valid, alpha * ready + (1.0 - alpha) * o.ema, o.ema)
+    over = in_thought & (think_count >= p[P_MIN_THINK]) & valid & (ema >= pf[P_THRESHOLD])  # NaN compares False
+    streak = torch.where(over, o.streak + 1, torch.where(in_thought, 0, o.streak))
 
-    over_budget = in_thought & (think_count >= spec.max_think)
-    at_boundary = spec.is_boundary[tok.clamp(0, spec.is_boundary.numel() - 1)] & obs
+    stop_len = p[P_STOP_CLOSE] - p[P_SKIP_END]
+    over_budget = in_thought & (think_count >= p[P_MAX_THINK] - stop_len)  # room is kept for the stop text
+    at_boundary = spec.is_boundary[tok.clamp(0, spec.is_boundary.numel() - 1)] & ~first
     # `over` keeps a stop from bypassing min_think / threshold when patience < 1 (same result for patience >= 1)
-    probe_stop = in_thought & ~over_budget & over & (streak >= spec.patience)
-    if spec.boundary_only:
-        probe_stop = probe_stop & at_boundary
-    if not is_probe:
-        probe_stop = torch.zeros_like(probe_stop)
-
-    step_i32 = step.to(torch.int32).expand_as(phase)
+    probe_stop = is_probe & in_thought & ~over_budget & over & (streak >= p[P_PATIENCE])
+    probe_stop = probe_stop & ((p[P_BOUNDARY_ONLY] == 0) | at_boundary)
     close_now = over_budget | probe_stop
-    phase_new = torch.where(do_skip | close_now, torch.full_like(phase, CLOSING), phase_new)
-    # a row skipped from PROMPT must still open the block; one already inside starts at the close marker
-    cursor = torch.where(do_skip & (phase == PROMPT), torch.zeros_like(cursor), cursor)
-    cursor = torch.where(do_skip & (phase != PROMPT), torch.full_like(cursor, cs), cursor)
-    # a close marker the model has begun is completed, not restarted: its tokens leave the thought count,
-    # so a row never holds more than max_think thinking tokens even if it was mid-marker
-    cursor = torch.where(close_now, cs + close_match, cursor)
+
+    phase_new = torch.where(do_skip | close_now, CLOSING, phase_new)
+    # a row skipped from PROMPT opens the block itself (a new block); one already inside starts at the close
+    blocks = torch.where(do_skip & (o.phase == PROMPT), o.blocks + 1, o.blocks)
+    cursor = torch.where(do_skip, torch.where(o.phase == PROMPT, 0, p[P_SKIP_CLOSE]), cursor)
+    # a stop writes the stop text when it fits the budget; a close marker the model has begun is completed
+    # instead (its tokens leave the thought count), so a row never holds more than max_think thinking tokens
+    fits = think_count <= p[P_MAX_THINK] - stop_len
+    stop_from = torch.where(close_match > 0, p[P_STOP_CLOSE] + close_match,
+                            torch.where(fits, p[P_SKIP_END], p[P_STOP_CLOSE]))
+    cursor = torch.where(close_now, stop_from, cursor)
     think_count = torch.where(close_now, think_count - close_match, think_count)
-    ended_by = torch.where(do_skip, torch.full_like(ended_by, ENDED_SKIPPED), ended_by)
-    ended_by = torch.where(over_budget, torch.full_like(ended_by, ENDED_BUDGET), ended_by)
-    ended_by = torch.where(probe_stop, torch.full_like(ended_by, ENDED_PROBE), ended_by)
-    decision_step = torch.where(do_skip | close_now, step_i32, decision_step)
-    close_match = torch.where(close_now, torch.zeros_like(close_match), close_match)
+    ended_by = torch.where(do_skip, ENDED_SKIPPED, o.ended_by)
+    ended_by = torch.where(over_budget, ENDED_BUDGET, ended_by)
+    ended_by = torch.where(probe_stop, ENDED_PROBE, ended_by)
+    decision_step = torch.where(do_skip | close_now, step, o.decision_step)
+    close_match = torch.where(close_now, 0, close_match)
 
     # 4. the token to force
-    forcing = phase_new == CLOSING
-    forced = torch.where(forcing, spec.force_seq[cursor.clamp(0, n_force - 1).long()], torch.full_like(state.forced, -1))
+    width = params.force.shape[1]
+    at = cursor.long().clamp(0, width - 1)[:, None]  # [B, 1]
+    forced = torch.where(phase_new == CLOSING, params.force.gather(1, at)[:, 0], -1)
 
-    state.phase.copy_(phase_new)
-    state.cursor.copy_(cursor)
-    state.open_match.copy_(open_match)
-    state.close_match.copy_(close_match)
-    state.think_count.copy_(think_count)
-    state.ended_by.copy_(ended_by)
-    state.decision_step.copy_(decision_step)
-    state.ema.copy_(ema)
-    state.streak.copy_(streak)
+    i32 = torch.int32
+    _write_observed(state, Observed(phase_new.to(i32), cursor.to(i32), o.open_match, close_match.to(i32),
+                                    think_count.to(i32), ended_by.to(i32), decision_step.to(i32), blocks.to(i32),
+                                    streak.to(i32), ema, o.opened))
     state.score.copy_(score)
     state.forced.copy_(forced)
     state.step.add_(1)

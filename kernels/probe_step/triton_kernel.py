@@ -3,7 +3,13 @@
 Semantics: `naive.probe_step_reference` (the ground truth; tests/kernels/test_probe_step.py compares the two).
 Run on CPU through Triton's interpreter with `TRITON_INTERPRET=1` set before triton is imported.
 
-Design (one launch, CUDA-graph safe: every argument is a pointer to a persistent buffer or a per-call constant):
+Arguments are pointers to persistent buffers and per-call shapes, so a launch can be captured in a CUDA
+graph: the hidden state and last tokens; the probe weights; the packed per-row state (`ControllerState`:
+int32 [NS_INT, B], fp32 [NS_FLOAT, B], forced int64 [B]); the packed per-row policy (`RowParams`: int32
+[NP_INT, B], fp32 [NP_FLOAT, B], forced sequences int64 [B, F]); the shared spec (markers with their KMP
+failure links, eos ids, boundary mask); and a workspace.
+
+Design (one launch; the probe heads and the state machine are fused):
 
 - grid = (H tiles of 16, D chunks x B tiles, 2 heads). Program (t, c, b, head) computes
   z_c = W1[t-tile, c-chunk] . ((h - mean) * inv_std)[b-tile, c-chunk] with `tl.dot` (tf32x3 on GPU: tensor
@@ -13,16 +19,21 @@ Design (one launch, CUDA-graph safe: every argument is a pointer to a persistent
   (atomic counter); the tile's last ticket sums the chunks in a fixed order (deterministic), applies b1,
   ReLU and w2, and writes the tile's share of the logit.
 - every program then takes a ticket of the launch; the last one sums the shares in a fixed order, applies
-  b2 and the sigmoid, runs the state machine for all rows, writes the forced token and increments `step`.
+  b2 and the sigmoid, and runs the state machine (`_state_machine`, its one call site) for all rows.
   This is the CUDA threadFenceReduction pattern: stores, a CTA barrier, then an acq_rel atomic, so the last
-  ticket sees every other program's writes. Every program loads `step` before its ticket, so no program can
-  see the increment; the last ones reset their counters to 0 for the next launch (or graph replay).
-- skip-head programs do nothing but take their ticket unless the loaded step is 0 (runtime branch).
-- without a probe (policy != probe, or no probe / hidden) the grid is (1, 1, 1): one program runs the
-  state machine, no tickets.
+  ticket sees every other program's writes. Programs read the rows' steps before their ticket, so none can
+  see the increment the state machine writes; the last ones reset their counters to 0 for the next launch.
+- a skip-head program computes only when a row of its B tile is at its own step 0 (the skip head is read
+  there alone); otherwise it just takes its ticket.
+- without a probe (or without hidden) the grid is (1, 1, 1): one program runs the state machine, no tickets.
 
-The workspace belongs to the state (keyed on its `step` tensor), so one state must not be stepped on two
-streams at once (a state machine never is).
+Why fused rather than a head launch plus a state-machine launch: inside a captured decode step each kernel
+node costs launch latency of its own (a few microseconds on H100 against the 10 us target for the whole
+step), and the state machine is a few hundred integer ops per row; the ticket pattern adds one atomic per
+program. The fused form has not been measured against a split form on a GPU yet (no GPU in this round).
+
+The workspace belongs to the state (an attribute of the state object), so one state must not be stepped on
+two streams at once (a state machine never is).
 """
 
 from __future__ import annotations
@@ -33,34 +44,49 @@ import torch
 import triton
 import triton.language as tl
 
-from adaptive_think.controller.state import (
-    close_start,
-    ANSWERING,
-    CLOSING,
-    DONE,
-    ENDED_BUDGET,
-    ENDED_NATURAL,
-    ENDED_PROBE,
-    ENDED_SKIPPED,
-    POLICY_NONE,
-    POLICY_PROBE,
-    PROMPT,
-    THINKING,
-    ControllerSpec,
-    ControllerState,
-)
+from adaptive_think.controller import params as P
+from adaptive_think.controller import state as S
+from adaptive_think.controller.params import RowParams
+from adaptive_think.controller.state import ControllerSpec, ControllerState
 
-_PROMPT = tl.constexpr(PROMPT)
-_THINKING = tl.constexpr(THINKING)
-_CLOSING = tl.constexpr(CLOSING)
-_ANSWERING = tl.constexpr(ANSWERING)
-_DONE = tl.constexpr(DONE)
-_ENDED_NATURAL = tl.constexpr(ENDED_NATURAL)
-_ENDED_BUDGET = tl.constexpr(ENDED_BUDGET)
-_ENDED_PROBE = tl.constexpr(ENDED_PROBE)
-_ENDED_SKIPPED = tl.constexpr(ENDED_SKIPPED)
-_POLICY_NONE = tl.constexpr(POLICY_NONE)
-_POLICY_PROBE = tl.constexpr(POLICY_PROBE)
+# phases, reasons and policies
+_PROMPT = tl.constexpr(S.PROMPT)
+_THINKING = tl.constexpr(S.THINKING)
+_CLOSING = tl.constexpr(S.CLOSING)
+_ANSWERING = tl.constexpr(S.ANSWERING)
+_DONE = tl.constexpr(S.DONE)
+_ENDED_NONE = tl.constexpr(S.ENDED_NONE)
+_ENDED_NATURAL = tl.constexpr(S.ENDED_NATURAL)
+_ENDED_BUDGET = tl.constexpr(S.ENDED_BUDGET)
+_ENDED_PROBE = tl.constexpr(S.ENDED_PROBE)
+_ENDED_SKIPPED = tl.constexpr(S.ENDED_SKIPPED)
+_POLICY_NONE = tl.constexpr(S.POLICY_NONE)
+_POLICY_PROBE = tl.constexpr(S.POLICY_PROBE)
+# rows of the packed state and params
+_S_PHASE = tl.constexpr(S.S_PHASE)
+_S_THINK_COUNT = tl.constexpr(S.S_THINK_COUNT)
+_S_STREAK = tl.constexpr(S.S_STREAK)
+_S_CURSOR = tl.constexpr(S.S_CURSOR)
+_S_OPEN_MATCH = tl.constexpr(S.S_OPEN_MATCH)
+_S_CLOSE_MATCH = tl.constexpr(S.S_CLOSE_MATCH)
+_S_ENDED_BY = tl.constexpr(S.S_ENDED_BY)
+_S_DECISION_STEP = tl.constexpr(S.S_DECISION_STEP)
+_S_STEP = tl.constexpr(S.S_STEP)
+_S_BLOCKS = tl.constexpr(S.S_BLOCKS)
+_S_EMA = tl.constexpr(S.S_EMA)
+_S_SCORE = tl.constexpr(S.S_SCORE)
+_P_POLICY = tl.constexpr(P.P_POLICY)
+_P_MIN_THINK = tl.constexpr(P.P_MIN_THINK)
+_P_MAX_THINK = tl.constexpr(P.P_MAX_THINK)
+_P_PATIENCE = tl.constexpr(P.P_PATIENCE)
+_P_BOUNDARY_ONLY = tl.constexpr(P.P_BOUNDARY_ONLY)
+_P_SKIP_CLOSE = tl.constexpr(P.P_SKIP_CLOSE)
+_P_SKIP_END = tl.constexpr(P.P_SKIP_END)
+_P_STOP_CLOSE = tl.constexpr(P.P_STOP_CLOSE)
+_P_STOP_END = tl.constexpr(P.P_STOP_END)
+_P_THRESHOLD = tl.constexpr(P.P_THRESHOLD)
+_P_SKIP_THRESHOLD = tl.constexpr(P.P_SKIP_THRESHOLD)
+_P_ALPHA = tl.constexpr(P.P_ALPHA)
 
 
 @triton.jit
@@ -126,105 +152,125 @@ def _head_logit(part_ptr, b2_ptr, rows, rmask, B, N_H_TILES):
 
 
 @triton.jit
-def _match(match, tok, marker_ptr, L, rmask):
-    expected = tl.load(marker_ptr + tl.minimum(match, L - 1), mask=rmask, other=-1)
-    first = tl.load(marker_ptr)
-    return tl.where(tok == expected, match + 1, (tok == first).to(tl.int32))
+def _kmp_advance(k, tok, marker_ptr, fail_ptr, L, rmask):
+    """[BR] marker tokens matched after tok, from k (KMP; same steps as naive.kmp_advance)."""
+    k = tl.minimum(tl.maximum(k, 0), L - 1)
+    for _ in range(0, L - 1):  # each fallback shortens k, so L - 1 of them reach any needed length
+        fall = (k > 0) & (tl.load(marker_ptr + k, mask=rmask, other=-1) != tok)
+        k = tl.where(fall, tl.load(fail_ptr + tl.maximum(k - 1, 0), mask=rmask, other=0), k)
+    return tl.where(tl.load(marker_ptr + k, mask=rmask, other=-1) == tok, k + 1, k)
 
 
 @triton.jit
-def _finalise(
+def _state_machine(
     tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr,
-    phase_ptr, think_ptr, streak_ptr, cursor_ptr, om_ptr, cm_ptr, ended_ptr, dstep_ptr,
-    ema_ptr, score_ptr, forced_ptr, step_ptr,
-    open_ptr, close_ptr, force_ptr, eos_ptr, bnd_ptr,
-    step, B, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE, CS,
-    min_think, max_think, threshold, skip_threshold, alpha, one_minus_alpha, patience,
-    POLICY: tl.constexpr, HAS_PROBE: tl.constexpr, BOUNDARY_ONLY: tl.constexpr, BLOCK_R: tl.constexpr,
+    st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr, force_ptr,
+    open_ptr, open_fail_ptr, close_ptr, close_fail_ptr, eos_ptr, bnd_ptr,
+    B, F, N_EOS, V_BND, LO, LC, N_H_TILES,
+    HAS_PROBE: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    first = step == 0
-    obs = step != 0
+    """Steps 1, 3 and 4 of the reference (and the scores' last sum) for every row, BLOCK_R rows at a time."""
     for r0 in range(0, B, BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)  # [BR]
         rmask = rows < B
         tok = tl.load(tok_ptr + rows * stride_tok, mask=rmask, other=-1).to(tl.int64)
-        phase = tl.load(phase_ptr + rows, mask=rmask, other=0)
-        cursor0 = tl.load(cursor_ptr + rows, mask=rmask, other=0)
-        om0 = tl.load(om_ptr + rows, mask=rmask, other=0)
-        cm0 = tl.load(cm_ptr + rows, mask=rmask, other=0)
-        count0 = tl.load(think_ptr + rows, mask=rmask, other=0)
-        ended = tl.load(ended_ptr + rows, mask=rmask, other=0)
-        dstep = tl.load(dstep_ptr + rows, mask=rmask, other=0)
-        ema0 = tl.load(ema_ptr + rows, mask=rmask, other=0.0)
-        streak0 = tl.load(streak_ptr + rows, mask=rmask, other=0)
+        phase = tl.load(st_ptr + _S_PHASE * B + rows, mask=rmask, other=0)
+        count = tl.load(st_ptr + _S_THINK_COUNT * B + rows, mask=rmask, other=0)
+        streak = tl.load(st_ptr + _S_STREAK * B + rows, mask=rmask, other=0)
+        cursor0 = tl.load(st_ptr + _S_CURSOR * B + rows, mask=rmask, other=0)
+        om = tl.load(st_ptr + _S_OPEN_MATCH * B + rows, mask=rmask, other=0)
+        cm = tl.load(st_ptr + _S_CLOSE_MATCH * B + rows, mask=rmask, other=0)
+        ended = tl.load(st_ptr + _S_ENDED_BY * B + rows, mask=rmask, other=0)
+        dstep = tl.load(st_ptr + _S_DECISION_STEP * B + rows, mask=rmask, other=0)
+        step = tl.load(st_ptr + _S_STEP * B + rows, mask=rmask, other=0)
+        blocks = tl.load(st_ptr + _S_BLOCKS * B + rows, mask=rmask, other=0)
+        ema = tl.load(sf_ptr + _S_EMA * B + rows, mask=rmask, other=0.0)
+        policy = tl.load(pi_ptr + _P_POLICY * B + rows, mask=rmask, other=0)
+        min_think = tl.load(pi_ptr + _P_MIN_THINK * B + rows, mask=rmask, other=0)
+        max_think = tl.load(pi_ptr + _P_MAX_THINK * B + rows, mask=rmask, other=0)
+        patience = tl.load(pi_ptr + _P_PATIENCE * B + rows, mask=rmask, other=1)
+        boundary_only = tl.load(pi_ptr + _P_BOUNDARY_ONLY * B + rows, mask=rmask, other=0)
+        skip_close = tl.load(pi_ptr + _P_SKIP_CLOSE * B + rows, mask=rmask, other=0)
+        skip_end = tl.load(pi_ptr + _P_SKIP_END * B + rows, mask=rmask, other=0)
+        stop_close = tl.load(pi_ptr + _P_STOP_CLOSE * B + rows, mask=rmask, other=0)
+        stop_end = tl.load(pi_ptr + _P_STOP_END * B + rows, mask=rmask, other=0)
+        threshold = tl.load(pf_ptr + _P_THRESHOLD * B + rows, mask=rmask, other=2.0)
+        skip_threshold = tl.load(pf_ptr + _P_SKIP_THRESHOLD * B + rows, mask=rmask, other=2.0)
+        alpha = tl.load(pf_ptr + _P_ALPHA * B + rows, mask=rmask, other=1.0)
+        first = step == 0
+        obs = step != 0
 
-        # 1. observe last step's token (not at step 0)
+        # 1. observe the row's last token (not at its step 0)
         is_eos = tok != tok  # all False
         for i in range(0, N_EOS):
             is_eos = is_eos | (tok == tl.load(eos_ptr + i))
         is_eos = is_eos & obs
 
         closing = obs & (phase == _CLOSING)
+        in_stop_text = closing & (cursor0 >= skip_end) & (cursor0 < stop_close)  # stop text counts as thinking
         cursor = tl.where(closing, cursor0 + 1, cursor0)
-        phase_new = tl.where(closing & (cursor >= N_FORCE), _ANSWERING, phase)
+        end = tl.where(ended == _ENDED_SKIPPED, skip_end, stop_end)
+        seen = tl.where(closing & (cursor >= end), _ANSWERING, phase)  # the phase after observing
 
-        prompt = obs & (phase == _PROMPT)
-        om = tl.where(prompt, _match(om0, tok, open_ptr, LO, rmask), om0)
-        opened = prompt & (om >= LO)
-        phase_new = tl.where(opened, _THINKING, phase_new)
+        watching = obs & ((phase == _PROMPT) | (phase == _ANSWERING))
+        om = tl.where(watching, _kmp_advance(om, tok, open_ptr, open_fail_ptr, LO, rmask), om)
+        opened = watching & (om >= LO)
+        seen = tl.where(opened, _THINKING, seen)
         om = tl.where(opened, 0, om)
+        blocks = tl.where(opened, blocks + 1, blocks)
+        ended = tl.where(opened, _ENDED_NONE, ended)  # each block starts like the first
+        dstep = tl.where(opened, -1, dstep)
+        streak = tl.where(opened, 0, streak)
+        ema = tl.where(opened, 0.0, ema)
 
         thinking = obs & (phase == _THINKING)
-        count = tl.where(thinking, count0 + 1, count0)
-        cm = tl.where(thinking, _match(cm0, tok, close_ptr, LC, rmask), cm0)
+        count = tl.where((thinking & (is_eos == 0)) | in_stop_text, count + 1, count)
+        cm = tl.where(thinking, _kmp_advance(cm, tok, close_ptr, close_fail_ptr, LC, rmask), cm)
         closed = thinking & (cm >= LC)
         count = tl.where(closed, count - LC, count)  # the close marker's tokens are not thinking tokens
-        phase_new = tl.where(closed, _ANSWERING, phase_new)
+        seen = tl.where(closed, _ANSWERING, seen)
         cm = tl.where(closed, 0, cm)
         ended = tl.where(closed, _ENDED_NATURAL, ended)
         dstep = tl.where(closed, step - 1, dstep)
-        phase_new = tl.where(is_eos, _DONE, phase_new)
+        seen = tl.where(is_eos, _DONE, seen)
 
-        # 2. scores (NaN without a probe, like the reference)
+        # 2. scores: probe rows only, NaN elsewhere (like the reference)
+        is_probe = policy == _POLICY_PROBE
+        nan = tl.full([BLOCK_R], float("nan"), tl.float32)
         if HAS_PROBE:
-            ready = _head_logit(part_ptr, rb2_ptr, rows, rmask, B, N_H_TILES)
-            skip = _head_logit(part_ptr + N_H_TILES * B, sb2_ptr, rows, rmask, B, N_H_TILES)
+            ready = tl.where(is_probe, _head_logit(part_ptr, rb2_ptr, rows, rmask, B, N_H_TILES), nan)
+            skip = tl.where(is_probe, _head_logit(part_ptr + N_H_TILES * B, sb2_ptr, rows, rmask, B, N_H_TILES), nan)
         else:
-            ready = tl.full([BLOCK_R], float("nan"), tl.float32)
-            skip = ready
+            ready = nan
+            skip = nan
         score = tl.where(first, skip, ready)
 
         # 3. decide
-        open_row = (phase_new == _PROMPT) | (phase_new == _THINKING)
-        if POLICY == _POLICY_PROBE:
-            do_skip = first & open_row & (skip >= skip_threshold)  # NaN compares False: never skips
-        elif POLICY == _POLICY_NONE:
-            do_skip = first & open_row
-        else:
-            do_skip = phase_new != phase_new  # all False
-        in_thought = (phase_new == _THINKING) & (do_skip == 0)
+        open_row = (seen == _PROMPT) | (seen == _THINKING)
+        wants_skip = (is_probe & (skip >= skip_threshold)) | (policy == _POLICY_NONE)  # NaN never skips
+        do_skip = (first & open_row & wants_skip) | (opened & (policy == _POLICY_NONE))
+        in_thought = (seen == _THINKING) & (do_skip == 0)
         valid = ready == ready
-        ema = tl.where(in_thought & valid, alpha * ready + one_minus_alpha * ema0, ema0)
+        ema = tl.where(in_thought & valid, alpha * ready + (1.0 - alpha) * ema, ema)
         over = in_thought & (count >= min_think) & valid & (ema >= threshold)
-        streak = tl.where(over, streak0 + 1, tl.where(in_thought, 0, streak0))
+        streak = tl.where(over, streak + 1, tl.where(in_thought, 0, streak))
 
-        over_budget = in_thought & (count >= max_think)
-        if POLICY == _POLICY_PROBE:
-            probe_stop = in_thought & (over_budget == 0) & over & (streak >= patience)
-            if BOUNDARY_ONLY:
-                bidx = tl.minimum(tl.maximum(tok, 0), V_BND - 1)
-                at_boundary = (tl.load(bnd_ptr + bidx, mask=rmask, other=0) != 0) & obs
-                probe_stop = probe_stop & at_boundary
-        else:
-            probe_stop = phase_new != phase_new  # all False
+        stop_len = stop_close - skip_end
+        over_budget = in_thought & (count >= max_think - stop_len)  # room is kept for the stop text
+        bidx = tl.minimum(tl.maximum(tok, 0), V_BND - 1)
+        at_boundary = (tl.load(bnd_ptr + bidx, mask=rmask, other=0) != 0) & obs
+        probe_stop = is_probe & in_thought & (over_budget == 0) & over & (streak >= patience)
+        probe_stop = probe_stop & ((boundary_only == 0) | at_boundary)
         close_now = over_budget | probe_stop
 
-        phase_new = tl.where(do_skip | close_now, _CLOSING, phase_new)
-        # a row skipped from PROMPT must still open the block; one already inside starts at the close marker
-        cursor = tl.where(do_skip & (phase == _PROMPT), 0, cursor)
-        cursor = tl.where(do_skip & (phase != _PROMPT), CS, cursor)
-        # a close marker the model has begun is completed, not restarted
-        cursor = tl.where(close_now, CS + cm, cursor)
+        phase_out = tl.where(do_skip | close_now, _CLOSING, seen)
+        # a row skipped from PROMPT opens the block itself; one already inside starts at the close marker
+        blocks = tl.where(do_skip & (seen == _PROMPT), blocks + 1, blocks)
+        cursor = tl.where(do_skip, tl.where(seen == _PROMPT, 0, skip_close), cursor)
+        # a stop writes the stop text when it fits the budget; a begun close marker is completed instead
+        fits = count <= max_think - stop_len
+        stop_from = tl.where(cm > 0, stop_close + cm, tl.where(fits, skip_end, stop_close))
+        cursor = tl.where(close_now, stop_from, cursor)
         count = tl.where(close_now, count - cm, count)
         ended = tl.where(do_skip, _ENDED_SKIPPED, ended)
         ended = tl.where(over_budget, _ENDED_BUDGET, ended)
@@ -233,38 +279,37 @@ def _finalise(
         cm = tl.where(close_now, 0, cm)
 
         # 4. the token to force
-        fidx = tl.minimum(tl.maximum(cursor, 0), N_FORCE - 1)
-        forced = tl.where(phase_new == _CLOSING, tl.load(force_ptr + fidx, mask=rmask, other=-1), -1)
+        fidx = tl.minimum(tl.maximum(cursor, 0), F - 1)
+        forced = tl.load(force_ptr + rows.to(tl.int64) * F + fidx, mask=rmask & (phase_out == _CLOSING), other=-1)
 
-        tl.store(phase_ptr + rows, phase_new, mask=rmask)
-        tl.store(cursor_ptr + rows, cursor, mask=rmask)
-        tl.store(om_ptr + rows, om, mask=rmask)
-        tl.store(cm_ptr + rows, cm, mask=rmask)
-        tl.store(think_ptr + rows, count, mask=rmask)
-        tl.store(ended_ptr + rows, ended, mask=rmask)
-        tl.store(dstep_ptr + rows, dstep, mask=rmask)
-        tl.store(ema_ptr + rows, ema, mask=rmask)
-        tl.store(streak_ptr + rows, streak, mask=rmask)
-        tl.store(score_ptr + rows, score, mask=rmask)
+        tl.store(st_ptr + _S_PHASE * B + rows, phase_out, mask=rmask)
+        tl.store(st_ptr + _S_THINK_COUNT * B + rows, count, mask=rmask)
+        tl.store(st_ptr + _S_STREAK * B + rows, streak, mask=rmask)
+        tl.store(st_ptr + _S_CURSOR * B + rows, cursor, mask=rmask)
+        tl.store(st_ptr + _S_OPEN_MATCH * B + rows, om, mask=rmask)
+        tl.store(st_ptr + _S_CLOSE_MATCH * B + rows, cm, mask=rmask)
+        tl.store(st_ptr + _S_ENDED_BY * B + rows, ended, mask=rmask)
+        tl.store(st_ptr + _S_DECISION_STEP * B + rows, dstep, mask=rmask)
+        tl.store(st_ptr + _S_STEP * B + rows, step + 1, mask=rmask)
+        tl.store(st_ptr + _S_BLOCKS * B + rows, blocks, mask=rmask)
+        tl.store(sf_ptr + _S_EMA * B + rows, ema, mask=rmask)
+        tl.store(sf_ptr + _S_SCORE * B + rows, score, mask=rmask)
         tl.store(forced_ptr + rows, forced.to(tl.int64), mask=rmask)
-    tl.store(step_ptr, step + 1)
 
 
 @triton.jit
 def _probe_step_kernel(
     hidden_ptr, stride_hb, stride_hd, tok_ptr, stride_tok,
     mean_ptr, inv_std_ptr, rw1_ptr, rb1_ptr, rw2_ptr, rb2_ptr, sw1_ptr, sb1_ptr, sw2_ptr, sb2_ptr,
-    phase_ptr, think_ptr, streak_ptr, cursor_ptr, om_ptr, cm_ptr, ended_ptr, dstep_ptr,
-    ema_ptr, score_ptr, forced_ptr, step_ptr,
-    open_ptr, close_ptr, force_ptr, eos_ptr, bnd_ptr,
-    part_ptr, zpart_ptr, gcount_ptr, count_ptr,
-    B, D, H_READY, H_SKIP, N_H_TILES, N_B_TILES, N_EOS, V_BND, LO, LC, N_FORCE, CS,
-    min_think, max_think, threshold, skip_threshold, alpha, one_minus_alpha, patience,
-    POLICY: tl.constexpr, HAS_PROBE: tl.constexpr, RELU: tl.constexpr, BOUNDARY_ONLY: tl.constexpr,
+    st_ptr, sf_ptr, forced_ptr,  # ControllerState
+    pi_ptr, pf_ptr, force_ptr,  # RowParams
+    open_ptr, open_fail_ptr, close_ptr, close_fail_ptr, eos_ptr, bnd_ptr,  # ControllerSpec
+    part_ptr, zpart_ptr, gcount_ptr, count_ptr,  # Workspace
+    B, D, H_READY, H_SKIP, N_H_TILES, N_B_TILES, F, N_EOS, V_BND, LO, LC,
+    HAS_PROBE: tl.constexpr, RELU: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
     D_CHUNK: tl.constexpr, N_D_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    step = tl.load(step_ptr)  # every program reads step before its ticket; only the last one writes it
     if HAS_PROBE:
         pid_h = tl.program_id(0)
         pid_b = tl.program_id(1) % N_B_TILES
@@ -272,35 +317,33 @@ def _probe_step_kernel(
         head = tl.program_id(2)
         # per (head, h tile): score partials [B] and z chunks [N_D_SPLITS, B, BLOCK_H]; per (head, h tile, b tile): a ticket
         tile = head * N_H_TILES + pid_h
+        zpart = zpart_ptr + tile * N_D_SPLITS * B * BLOCK_H
+        gcount = gcount_ptr + tile * N_B_TILES + pid_b
+        part = part_ptr + tile * B
+        # read before the ticket: the state machine, after every ticket, advances the steps
+        tile_rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+        tile_steps = tl.load(st_ptr + _S_STEP * B + tile_rows, mask=tile_rows < B, other=1)
+        n_first = tl.sum((tile_steps == 0).to(tl.int32), axis=0)
         if head == 0:
             _head_tile(hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, rw1_ptr, rb1_ptr, rw2_ptr,
-                       zpart_ptr + tile * N_D_SPLITS * B * BLOCK_H, gcount_ptr + tile * N_B_TILES + pid_b,
-                       part_ptr + tile * B, B, D, H_READY, pid_h, pid_b, pid_d,
+                       zpart, gcount, part, B, D, H_READY, pid_h, pid_b, pid_d,
                        RELU, BLOCK_B, BLOCK_H, BLOCK_D, D_CHUNK, N_D_SPLITS, DOT_PRECISION)
-        elif step == 0:  # the skip head is only read at the end of the prompt
+        elif n_first > 0:  # the skip head is only read at a row's step 0
             _head_tile(hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, sw1_ptr, sb1_ptr, sw2_ptr,
-                       zpart_ptr + tile * N_D_SPLITS * B * BLOCK_H, gcount_ptr + tile * N_B_TILES + pid_b,
-                       part_ptr + tile * B, B, D, H_SKIP, pid_h, pid_b, pid_d,
+                       zpart, gcount, part, B, D, H_SKIP, pid_h, pid_b, pid_d,
                        RELU, BLOCK_B, BLOCK_H, BLOCK_D, D_CHUNK, N_D_SPLITS, DOT_PRECISION)
         # all threads' partial stores precede the ticket (release); the last ticket acquires them all
         tl.debug_barrier()
         n_programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
-        ticket = tl.atomic_add(count_ptr, 1, sem="acq_rel")
-        if ticket == n_programs - 1:
-            _finalise(tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr,
-                      phase_ptr, think_ptr, streak_ptr, cursor_ptr, om_ptr, cm_ptr, ended_ptr, dstep_ptr,
-                      ema_ptr, score_ptr, forced_ptr, step_ptr, open_ptr, close_ptr, force_ptr, eos_ptr, bnd_ptr,
-                      step, B, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE, CS,
-                      min_think, max_think, threshold, skip_threshold, alpha, one_minus_alpha, patience,
-                      POLICY, HAS_PROBE, BOUNDARY_ONLY, BLOCK_R)
-            tl.atomic_xchg(count_ptr, 0)  # ready for the next launch / graph replay
+        last = tl.atomic_add(count_ptr, 1, sem="acq_rel") == n_programs - 1
     else:
-        _finalise(tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr,
-                  phase_ptr, think_ptr, streak_ptr, cursor_ptr, om_ptr, cm_ptr, ended_ptr, dstep_ptr,
-                  ema_ptr, score_ptr, forced_ptr, step_ptr, open_ptr, close_ptr, force_ptr, eos_ptr, bnd_ptr,
-                  step, B, N_H_TILES, N_EOS, V_BND, LO, LC, N_FORCE, CS,
-                  min_think, max_think, threshold, skip_threshold, alpha, one_minus_alpha, patience,
-                  POLICY, HAS_PROBE, BOUNDARY_ONLY, BLOCK_R)
+        last = True  # one program, no tickets
+    if last:
+        _state_machine(tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
+                       force_ptr, open_ptr, open_fail_ptr, close_ptr, close_fail_ptr, eos_ptr, bnd_ptr,
+                       B, F, N_EOS, V_BND, LO, LC, N_H_TILES, HAS_PROBE, BLOCK_R)
+        if HAS_PROBE:
+            tl.atomic_xchg(count_ptr, 0)  # ready for the next launch / graph replay
 
 
 class Workspace(NamedTuple):
@@ -312,17 +355,15 @@ class Workspace(NamedTuple):
     count: torch.Tensor  # [1] int32: tickets of all programs
 
 
-# keyed on the state's `step` tensor, so the workspace lives exactly as long as the state
 # the workspace hangs off the state object itself: a dict keyed by a tensor compares keys with `==`, a host
 # sync that is illegal inside CUDA-graph capture (seen on an H200: cudaErrorStreamCaptureUnsupported)
 _WORKSPACE_ATTR = "_probe_step_workspace"
 
-_STATE_INT32 = ("phase", "think_count", "streak", "cursor", "open_match", "close_match", "ended_by", "decision_step")
 _PROBE_FIELDS = ("mean", "inv_std", "ready_w1", "ready_b1", "ready_w2", "ready_b2", "skip_w1", "skip_b1", "skip_w2", "skip_b2")
 
 
 def _workspace(state: ControllerState, n_h_tiles: int, n_d_splits: int, n_b_tiles: int, block_h: int) -> Workspace:
-    batch, device = state.phase.shape[0], state.step.device
+    batch, device = state.batch_size, state.ints.device
     zshape = (2, n_h_tiles, n_d_splits, batch, block_h) if n_d_splits > 1 else (1,)
     ws = getattr(state, _WORKSPACE_ATTR, None)
     if ws is None or ws.spart.shape != (2, n_h_tiles, batch) or ws.zpart.shape != zshape \
@@ -335,35 +376,38 @@ def _workspace(state: ControllerState, n_h_tiles: int, n_d_splits: int, n_b_tile
     return ws
 
 
-def _check(hidden, last_token, state: ControllerState, spec: ControllerSpec, use_probe: bool) -> None:
-    device = state.phase.device
-    batch = state.phase.shape[0]
+def _check(hidden, last_token, state: ControllerState, params: RowParams, spec: ControllerSpec, use_probe: bool) -> None:
+    device = state.ints.device
+    batch = state.batch_size
 
     def need(ok, msg):
         if not ok:
             raise ValueError(f"probe_step_triton: {msg}")
 
-    for name in _STATE_INT32:
-        t = getattr(state, name)
-        need(t.dtype == torch.int32 and t.shape == (batch,) and t.device == device and t.is_contiguous(),
-             f"state.{name} must be a contiguous int32 [{batch}] tensor on {device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
-    for name, dtype in (("ema", torch.float32), ("score", torch.float32), ("forced", torch.int64)):
-        t = getattr(state, name)
-        need(t.dtype == dtype and t.shape == (batch,) and t.device == device and t.is_contiguous(),
-             f"state.{name} must be a contiguous {dtype} [{batch}] tensor on {device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
-    need(state.step.dtype == torch.int32 and state.step.numel() == 1 and state.step.device == device,
-         f"state.step must be an int32 [1] tensor on {device}")
+    def buffer(name, t, dtype, shape):
+        need(torch.is_tensor(t) and t.dtype == dtype and tuple(t.shape) == shape and t.device == device and t.is_contiguous(),
+             f"{name} must be a contiguous {dtype} {list(shape)} tensor on {device}, got "
+             f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))} on {getattr(t, 'device', None)}")
+
+    buffer("state.ints", state.ints, torch.int32, (S.NS_INT, batch))
+    buffer("state.floats", state.floats, torch.float32, (S.NS_FLOAT, batch))
+    buffer("state.forced", state.forced, torch.int64, (batch,))
+    buffer("params.ints", params.ints, torch.int32, (P.NP_INT, batch))
+    buffer("params.floats", params.floats, torch.float32, (P.NP_FLOAT, batch))
+    need(params.force.dim() == 2 and params.force.shape[1] >= 1, "params.force must be [B, F] with F >= 1")
+    buffer("params.force", params.force, torch.int64, (batch, params.force.shape[1]))
     need(last_token.dim() == 1 and last_token.shape[0] == batch and last_token.dtype in (torch.int32, torch.int64)
          and last_token.device == device, f"last_token must be int32/int64 [{batch}] on {device}, got {last_token.dtype} "
          f"{tuple(last_token.shape)} on {last_token.device}")
-    for name in ("open_ids", "close_ids", "force_seq", "eos_ids"):
-        t = getattr(spec, name)
-        need(t.dtype == torch.int64 and t.dim() == 1 and t.numel() >= 1 and t.device == device and t.is_contiguous(),
-             f"spec.{name} must be a non-empty contiguous int64 1-D tensor on {device}")
-    need(spec.force_seq.numel() >= close_start(spec) + spec.close_ids.numel(),
-         "spec.force_seq must hold the open marker, the close marker and the exit text")
-    need(spec.is_boundary.dtype == torch.bool and spec.is_boundary.dim() == 1 and spec.is_boundary.numel() >= 1
-         and spec.is_boundary.device == device and spec.is_boundary.is_contiguous(), f"spec.is_boundary must be a bool [V] tensor on {device}")
+    for ids, fail in (("open_ids", "open_fail"), ("close_ids", "close_fail")):
+        n = getattr(spec, ids).numel()
+        need(n >= 1, f"spec.{ids} must not be empty")
+        buffer(f"spec.{ids}", getattr(spec, ids), torch.int64, (n,))
+        buffer(f"spec.{fail}", getattr(spec, fail), torch.int32, (n,))
+    need(spec.eos_ids.numel() >= 1, "spec.eos_ids must hold at least one id (-1 when the model has none)")
+    buffer("spec.eos_ids", spec.eos_ids, torch.int64, (spec.eos_ids.numel(),))
+    need(spec.is_boundary.numel() >= 1, "spec.is_boundary must be a [V] mask")
+    buffer("spec.is_boundary", spec.is_boundary, torch.bool, (spec.is_boundary.numel(),))
     if not use_probe:
         return
     p = spec.probe
@@ -384,15 +428,15 @@ def _check(hidden, last_token, state: ControllerState, spec: ControllerSpec, use
 
 
 def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, state: ControllerState,
-                      spec: ControllerSpec) -> None:
+                      params: RowParams, spec: ControllerSpec) -> None:
     """One controller step in place on `state`, in one Triton launch (same contract as probe_step_reference).
 
-    hidden: [B, D] bf16/fp16/fp32, any strides (read only under the probe policy); last_token: [B] int32/int64.
+    hidden: [B, D] bf16/fp16/fp32, any strides (read when the spec has a probe); last_token: [B] int32/int64.
     """
-    use_probe = spec.policy == POLICY_PROBE and spec.probe is not None and hidden is not None
-    _check(hidden, last_token, state, spec, use_probe)
-    batch = state.phase.shape[0]
-    interp = state.phase.device.type != "cuda"
+    use_probe = spec.probe is not None and hidden is not None
+    _check(hidden, last_token, state, params, spec, use_probe)
+    batch = state.batch_size
+    interp = state.ints.device.type != "cuda"
     block_r = min(256, triton.next_power_of_2(batch))
     if use_probe:
         p = spec.probe
@@ -420,23 +464,21 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
         d = h_ready = h_skip = n_h_tiles = n_b_tiles = n_d_splits = 1
         block_b = block_h = block_d = d_chunk = 16
         grid = (1, 1, 1)
-        work = (state.ema, state.ema, state.step, state.step)  # never touched without a probe
-        weights = [state.ema] * len(_PROBE_FIELDS)
-        hargs = (state.ema, 0, 0)
+        dummy = state.floats
+        work = (dummy, dummy, state.ints, state.ints)  # never touched without a probe
+        weights = [dummy] * len(_PROBE_FIELDS)
+        hargs = (dummy, 0, 0)
         relu = False
-    s = state
     _probe_step_kernel[grid](
         *hargs, last_token, last_token.stride(0),
         *weights,
-        s.phase, s.think_count, s.streak, s.cursor, s.open_match, s.close_match, s.ended_by, s.decision_step,
-        s.ema, s.score, s.forced, s.step,
-        spec.open_ids, spec.close_ids, spec.force_seq, spec.eos_ids, spec.is_boundary,
+        *state.tensors(),
+        *params.tensors(),
+        spec.open_ids, spec.open_fail, spec.close_ids, spec.close_fail, spec.eos_ids, spec.is_boundary,
         *work,
-        batch, d, h_ready, h_skip, n_h_tiles, n_b_tiles, spec.eos_ids.numel(), spec.is_boundary.numel(),
-        spec.open_ids.numel(), spec.close_ids.numel(), spec.force_seq.numel(), close_start(spec),
-        int(spec.min_think), int(spec.max_think), float(spec.threshold), float(spec.skip_threshold),
-        float(spec.alpha), 1.0 - float(spec.alpha), int(spec.patience),
-        POLICY=int(spec.policy), HAS_PROBE=use_probe, RELU=relu, BOUNDARY_ONLY=bool(spec.boundary_only),
+        batch, d, h_ready, h_skip, n_h_tiles, n_b_tiles, params.force.shape[1], spec.eos_ids.numel(),
+        spec.is_boundary.numel(), spec.open_ids.numel(), spec.close_ids.numel(),
+        HAS_PROBE=use_probe, RELU=relu,
         BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_R=block_r, D_CHUNK=d_chunk, N_D_SPLITS=n_d_splits,
         # tf32x3 runs on tensor cores at fp32-level accuracy; the interpreter computes in plain fp32
         DOT_PRECISION="ieee" if interp else "tf32x3",

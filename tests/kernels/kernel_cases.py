@@ -1,4 +1,4 @@
-"""Random inputs for the kernel tests: probes, controller specs, states and token streams.
+"""Random inputs for the kernel tests: probes, shared specs, per-row params, states and token streams.
 
 Shared by test_probe_step.py (CPU, Triton interpreter), test_gpu_kernels.py (CUDA) and the benchmarks;
 not a test file itself. Everything is drawn from an explicit torch.Generator so a case is reproducible.
@@ -6,28 +6,30 @@ not a test file itself. Everything is drawn from an explicit torch.Generator so 
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import torch
 
+from adaptive_think.controller.params import RowParams, RowSettings
 from adaptive_think.controller.state import (
-    ANSWERING,
-    CLOSING,
     DONE,
+    ENDED_SKIPPED,
+    FLOAT_FIELDS,
+    INT_FIELDS,
     NO_LIMIT,
-    POLICY_PROBE,
+    POLICY_CODES,
     PROMPT,
-    THINKING,
     ControllerSpec,
     ControllerState,
     ProbeTensors,
 )
 
-INT_FIELDS = ("phase", "think_count", "streak", "cursor", "open_match", "close_match", "ended_by", "decision_step", "forced", "step")
-FLOAT_FIELDS = ("ema", "score")
-
-# token ids: 0..9 ordinary, markers and eos drawn from 10..29, the rest ordinary text
+# token ids: markers and eos drawn from 10..29, the rest ordinary text
 N_SPECIAL = 30
+POLICIES = tuple(POLICY_CODES.values())
+
+
+def randint(gen: torch.Generator, lo: int, hi: int) -> int:
+    """An int in [lo, hi)."""
+    return int(torch.randint(lo, hi, (1,), generator=gen))
 
 
 def random_probe(d: int, h: int, gen: torch.Generator, relu: bool = True, device="cpu") -> ProbeTensors:
@@ -49,63 +51,77 @@ def random_probe(d: int, h: int, gen: torch.Generator, relu: bool = True, device
     return probe.to(device)
 
 
-def random_spec(gen: torch.Generator, vocab: int, policy: int, probe: ProbeTensors | None, device="cpu",
+def random_marker(gen: torch.Generator, pool: list[int], length: int) -> list[int]:
+    """A marker of `length` tokens from a pool of 2; about half repeat a token (self-overlapping markers)."""
+    a, b = pool
+    if randint(gen, 0, 2):
+        return [a] * (length - 1) + [b] if length > 1 else [a]
+    return [pool[randint(gen, 0, 2)] for _ in range(length)]
+
+
+def random_spec(gen: torch.Generator, vocab: int, probe: ProbeTensors | None, device="cpu",
                 lo: int | None = None, lc: int | None = None) -> ControllerSpec:
-    """Random markers (1-3 tokens), exit text, eos, boundaries and limits; thresholds in the scores' range."""
-
-    def randint(lo_, hi_):
-        return int(torch.randint(lo_, hi_, (1,), generator=gen))
-
-    special = torch.randperm(N_SPECIAL - 10, generator=gen) + 10  # distinct ids for markers and eos
-    lo = lo if lo is not None else randint(1, 4)
-    lc = lc if lc is not None else randint(1, 4)
-    le = randint(0, 3)
-    open_ids = special[:lo]
-    close_ids = special[lo:lo + lc]
-    eos_ids = special[lo + lc:lo + lc + randint(1, 3)]
-    exit_text = torch.randint(0, vocab, (le,), generator=gen)
-    empty = torch.randint(0, vocab, (randint(0, 3),), generator=gen)  # text inside a skipped (empty) block
+    """Random markers (1-3 tokens, often self-overlapping), eos ids and boundary mask."""
+    special = (torch.randperm(N_SPECIAL - 10, generator=gen) + 10).tolist()  # distinct ids for markers and eos
+    lo = lo if lo is not None else randint(gen, 1, 4)
+    lc = lc if lc is not None else randint(gen, 1, 4)
+    open_ids = random_marker(gen, special[0:2], lo)
+    close_ids = random_marker(gen, special[2:4], lc)
+    eos_ids = special[4:4 + randint(gen, 1, 3)]
     is_boundary = torch.rand(vocab, generator=gen) < 0.3
-    max_think = NO_LIMIT if randint(0, 4) == 0 else randint(0, 30)
-    return ControllerSpec(
-        policy=policy,
-        open_ids=open_ids.to(device), close_ids=close_ids.to(device),
-        force_seq=torch.cat([open_ids, empty, close_ids, exit_text]).to(device),
-        close_at=lo + empty.numel(),
-        eos_ids=eos_ids.to(device), is_boundary=is_boundary.to(device),
-        min_think=randint(0, 5), max_think=max_think,
+    return ControllerSpec.build(open_ids, close_ids, eos_ids, is_boundary=is_boundary, probe=probe, device=device)
+
+
+def random_row(gen: torch.Generator, vocab: int, policy: int | None = None) -> RowSettings:
+    """One row's policy: limits, thresholds in the scores' range, exit and stop texts of 0-2 tokens."""
+    policy = POLICIES[randint(gen, 0, len(POLICIES))] if policy is None else policy
+    stop = tuple(torch.randint(0, 10, (randint(gen, 0, 3),), generator=gen).tolist())
+    max_think = NO_LIMIT if randint(gen, 0, 4) == 0 else randint(gen, len(stop), 30)
+    return RowSettings(
+        policy=policy, min_think=randint(gen, 0, 5), max_think=max_think,
         threshold=float(torch.rand(1, generator=gen)) * 0.6 + 0.2,
         skip_threshold=float(torch.rand(1, generator=gen)) * 0.5 + 0.7,  # > 1 sometimes: skip disabled
-        alpha=float(torch.rand(1, generator=gen)) * 0.9 + 0.1,
-        patience=randint(1, 4),
-        boundary_only=bool(randint(0, 2)),
-        probe=probe if policy == POLICY_PROBE else None,
+        alpha=float(torch.rand(1, generator=gen)) * 0.9 + 0.1, patience=randint(gen, 1, 4),
+        boundary_only=bool(randint(gen, 0, 2)), trace=False,
+        exit_ids=tuple(torch.randint(0, vocab, (randint(gen, 0, 3),), generator=gen).tolist()), stop_ids=stop,
     )
 
 
-def random_state(batch: int, gen: torch.Generator, step: int, spec: ControllerSpec, device="cpu") -> ControllerState:
-    """A state in the middle of a run: mixed phases, partial marker matches, counters, EMA, garbage outputs."""
+def random_params(gen: torch.Generator, batch: int, vocab: int, spec: ControllerSpec, policy: int | None = None,
+                  device="cpu") -> RowParams:
+    """Per-row params of random policies (or all `policy`), with a random empty-block text and slack capacity."""
+    rows = [random_row(gen, vocab, policy) for _ in range(batch)]
+    empty = torch.randint(0, vocab, (randint(gen, 0, 3),), generator=gen).tolist()  # text inside a skipped block
+    capacity = spec.open_ids.numel() + len(empty) + 2 * spec.close_ids.numel() + 4 + 2 + randint(gen, 0, 4)
+    return RowParams.pack(rows, spec.open_ids.tolist(), empty, spec.close_ids.tolist(), capacity, device)
+
+
+def random_state(batch: int, gen: torch.Generator, spec: ControllerSpec, params: RowParams, step: int | None = None,
+                 device="cpu") -> ControllerState:
+    """A state in the middle of a run: mixed phases and steps (some rows at step 0), partial marker matches,
+    counters, EMA, garbage outputs. step: every row at that step (None: 0 or 5 per row)."""
     s = ControllerState.allocate(batch, "cpu")
     s.phase.copy_(torch.randint(PROMPT, DONE + 1, (batch,), generator=gen))
     s.think_count.copy_(torch.randint(0, 15, (batch,), generator=gen))
     s.streak.copy_(torch.randint(0, 4, (batch,), generator=gen))
-    s.cursor.copy_(torch.randint(0, spec.force_seq.numel(), (batch,), generator=gen))
+    s.cursor.copy_(torch.randint(0, params.force.shape[1], (batch,), generator=gen))
     s.open_match.copy_(torch.randint(0, spec.open_ids.numel(), (batch,), generator=gen))
     s.close_match.copy_(torch.randint(0, spec.close_ids.numel(), (batch,), generator=gen))
+    s.ended_by.copy_(torch.where(torch.rand(batch, generator=gen) < 0.3, ENDED_SKIPPED, 0))
+    s.blocks.copy_(torch.randint(0, 3, (batch,), generator=gen))
     s.ema.copy_(torch.rand(batch, generator=gen))
-    s.step.fill_(step)
+    if step is None:
+        s.step.copy_(torch.where(torch.rand(batch, generator=gen) < 0.4, 0, 5))
+    else:
+        s.step.fill_(step)
     garble(s)
-    return to_device(s, device)
+    return s.to(device)
 
 
 def garble(state: ControllerState) -> None:
     """Fill the buffers every step must rewrite with values no step writes, so an unwritten row fails."""
     state.score.fill_(1234.5)
     state.forced.fill_(-777)
-
-
-def to_device(state: ControllerState, device) -> ControllerState:
-    return ControllerState(**{f.name: getattr(state, f.name).to(device) for f in fields(state)})
 
 
 def random_hidden(batch: int, d: int, dtype: torch.dtype, gen: torch.Generator, device="cpu", bad_rows: bool = True) -> torch.Tensor:
@@ -120,7 +136,7 @@ def random_hidden(batch: int, d: int, dtype: torch.dtype, gen: torch.Generator, 
 
 
 class TokenStreams:
-    """Per-row scripted token streams: text, markers (whole or broken), boundaries and eos, as a model writes them."""
+    """Per-row scripted token streams: text, markers (whole, broken or overlapping), boundaries and eos."""
 
     def __init__(self, batch: int, vocab: int, spec: ControllerSpec, gen: torch.Generator):
         self.rows = [self._script(vocab, spec, gen) for _ in range(batch)]
@@ -132,12 +148,14 @@ class TokenStreams:
         open_ids, close_ids, eos = (t.tolist() for t in (spec.open_ids.cpu(), spec.close_ids.cpu(), spec.eos_ids.cpu()))
         while len(out) < 200:
             r = float(torch.rand(1, generator=gen))
-            if r < 0.62:
+            if r < 0.60:
                 out += torch.randint(0, vocab, (int(torch.randint(1, 6, (1,), generator=gen)),), generator=gen).tolist()
-            elif r < 0.72:
+            elif r < 0.70:
                 out += open_ids
-            elif r < 0.82:
+            elif r < 0.80:
                 out += close_ids
+            elif r < 0.86:
+                out += close_ids[:1] + close_ids  # the marker's first token, then the whole marker (overlap)
             elif r < 0.94:
                 out += close_ids[: max(1, len(close_ids) - 1)] + open_ids[:1]  # a broken marker
             elif r < 0.95:
@@ -161,7 +179,7 @@ class TokenStreams:
 
 def assert_states_equal(got: ControllerState, want: ControllerState, atol: float, rtol: float, where: str = "") -> None:
     """Integer fields exactly, float fields to a tolerance (NaN where NaN)."""
-    for name in INT_FIELDS:
+    for name in INT_FIELDS + ("forced",):
         g, w = getattr(got, name).cpu(), getattr(want, name).cpu()
         if not torch.equal(g, w):
             rows = (g != w).nonzero().flatten()[:8].tolist()
@@ -172,6 +190,6 @@ def assert_states_equal(got: ControllerState, want: ControllerState, atol: float
 
 
 __all__ = [
-    "ANSWERING", "CLOSING", "THINKING", "PROMPT", "DONE",
-    "TokenStreams", "assert_states_equal", "garble", "random_hidden", "random_probe", "random_spec", "random_state", "to_device",
+    "TokenStreams", "assert_states_equal", "garble", "random_hidden", "random_params", "random_probe", "random_row",
+    "random_spec", "random_state",
 ]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dataclasses import replace
+
 from adaptive_think.controller.state import POLICY_BUDGET, POLICY_PROBE, ControllerState
 from adaptive_think.kernels.logit_stats import logit_stats_reference
 from adaptive_think.kernels.probe_step import probe_step_reference
-from kernel_cases import TokenStreams, assert_states_equal, random_hidden, random_probe, random_spec, random_state, to_device
+from kernel_cases import TokenStreams, assert_states_equal, random_hidden, random_params, random_probe, random_spec, random_state
 
 pytestmark = pytest.mark.gpu
 
@@ -27,13 +29,11 @@ LOGIT_SHAPES = [(1, 7), (3, 1000), (63, 257), (32, 151936), (4, 262144), (256, 3
 
 
 def _cuda_state(state):
-    return to_device(state, "cuda")
+    return state.to("cuda")
 
 
 def _spec_to(spec, device):
-    from dataclasses import replace
-
-    kw = {k: getattr(spec, k).to(device) for k in ("open_ids", "close_ids", "force_seq", "eos_ids", "is_boundary")}
+    kw = {k: getattr(spec, k).to(device) for k in ("open_ids", "open_fail", "close_ids", "close_fail", "eos_ids", "is_boundary")}
     return replace(spec, probe=spec.probe.to(device) if spec.probe is not None else None, **kw)
 
 
@@ -44,15 +44,17 @@ def test_probe_step_cuda_matches_reference(step, B, D, H, dtype, atol, rtol):
     from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 
     gen = torch.Generator().manual_seed(B + D + H + step)
-    spec = random_spec(gen, 50, POLICY_PROBE, random_probe(D, H, gen, relu=H > 1))
-    spec.skip_threshold, spec.patience, spec.boundary_only = 0.5, 1, step == 5
-    state = random_state(B, gen, step, spec)
+    spec = random_spec(gen, 50, random_probe(D, H, gen, relu=H > 1))
+    params = random_params(gen, B, 50, spec)  # mixed policies per row
+    params.floats[1].fill_(0.5)  # skip threshold: some probe rows skip at step 0
+    params.ints[3].fill_(1)  # patience 1: stops happen
+    state = random_state(B, gen, spec, params, step)
     hidden = random_hidden(B, D, dtype, gen)
     tok = torch.randint(0, 50, (B,), generator=gen)
     want = state.clone()
-    probe_step_reference(hidden, tok, want, spec)  # on CPU: the ground truth
+    probe_step_reference(hidden, tok, want, params, spec)  # on CPU: the ground truth
     got = _cuda_state(state)
-    probe_step_triton(hidden.cuda(), tok.cuda(), got, _spec_to(spec, "cuda"))
+    probe_step_triton(hidden.cuda(), tok.cuda(), got, params.to("cuda"), _spec_to(spec, "cuda"))
     # tf32x3 products on tensor cores: fp32-level, a hair looser than the interpreter's plain fp32
     assert_states_equal(got, want, 4 * atol, 4 * rtol, where=f"B{B}-D{D}-H{H}-{dtype}")
 
@@ -81,8 +83,9 @@ def test_probe_step_graph_replay_matches_reference(B, D, H):
 
     gen = torch.Generator().manual_seed(B * D)
     vocab = 60
-    spec = random_spec(gen, vocab, POLICY_PROBE, random_probe(D, H, gen))
-    spec_cuda = _spec_to(spec, "cuda")
+    spec = random_spec(gen, vocab, random_probe(D, H, gen))
+    params = random_params(gen, B, vocab, spec)
+    spec_cuda, params_cuda = _spec_to(spec, "cuda"), params.to("cuda")
     want = ControllerState.allocate(B, "cpu")
     want.phase.copy_((torch.rand(B, generator=gen) < 0.5).int())
     state = _cuda_state(want)
@@ -94,12 +97,12 @@ def test_probe_step_graph_replay_matches_reference(B, D, H):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        probe_step_triton(hidden_buf, tok_buf, state, spec_cuda)
+        probe_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda)
     torch.cuda.current_stream().wait_stream(side)
     state.copy_(initial)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        probe_step_triton(hidden_buf, tok_buf, state, spec_cuda)
+        probe_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda)
 
     streams = TokenStreams(B, vocab, spec, gen)
     tok = torch.zeros(B, dtype=torch.int64)
@@ -108,7 +111,7 @@ def test_probe_step_graph_replay_matches_reference(B, D, H):
         hidden_buf.copy_(hidden)
         tok_buf.copy_(tok)
         graph.replay()
-        probe_step_reference(hidden, tok, want, spec)
+        probe_step_reference(hidden, tok, want, params, spec)
         assert_states_equal(state, want, 4e-5, 4e-5, where=f"replay step {step}")
         state.ema.copy_(want.ema.cuda())  # no last-ulp drift into a threshold flip
         tok = streams.next(want.forced)
@@ -121,20 +124,22 @@ def test_no_host_sync():
 
     gen = torch.Generator().manual_seed(0)
     for policy in (POLICY_PROBE, POLICY_BUDGET):
-        spec = _spec_to(random_spec(gen, 50, policy, random_probe(512, 32, gen)), "cuda")
-        state = _cuda_state(random_state(16, gen, 0, spec))
+        spec_cpu = random_spec(gen, 50, random_probe(512, 32, gen) if policy == POLICY_PROBE else None)
+        params_cpu = random_params(gen, 16, 50, spec_cpu, policy)
+        spec, params = _spec_to(spec_cpu, "cuda"), params_cpu.to("cuda")
+        state = _cuda_state(random_state(16, gen, spec_cpu, params_cpu, 0))
         hidden = torch.randn(16, 512, device="cuda", dtype=torch.bfloat16)
         tok = torch.randint(0, 50, (16,), device="cuda")
         logits = torch.randn(16, 32000, device="cuda", dtype=torch.bfloat16)
-        probe_step_triton(hidden, tok, state, spec)  # compile and allocate before watching
+        probe_step_triton(hidden, tok, state, params, spec)  # compile and allocate before watching
         logit_stats_triton(logits)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
             for _ in range(3):
-                probe_step_triton(hidden, tok, state, spec)
+                probe_step_triton(hidden, tok, state, params, spec)
                 logit_stats_triton(logits)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()
-        assert int(state.step) == 4
+        assert (state.step == 4).all()

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from adaptive_think.controller.params import RowParams, RowSettings
 from adaptive_think.controller.state import (
     ANSWERING,
     CLOSING,
+    DONE,
     ENDED_BUDGET,
     ENDED_NATURAL,
     ENDED_NONE,
@@ -28,7 +32,16 @@ from adaptive_think.controller.state import (
     ProbeTensors,
 )
 from adaptive_think.kernels.probe_step import probe_step, probe_step_reference
-from kernel_cases import TokenStreams, assert_states_equal, garble, random_hidden, random_probe, random_spec, random_state
+from kernel_cases import (
+    TokenStreams,
+    assert_states_equal,
+    garble,
+    random_hidden,
+    random_params,
+    random_probe,
+    random_spec,
+    random_state,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on NaN/inf rows
 
@@ -44,7 +57,7 @@ DTYPES = [
 SHAPES = [(1, 64, 1), (5, 64, 1), (3, 100, 16), (63, 257, 40), (500, 33, 20)]
 
 
-def _triton_step(hidden, tok, state, spec):
+def _triton_step(hidden, tok, state, params, spec):
     from adaptive_think.kernels.probe_step import triton_kernel
 
     # the partials must all be rewritten by the launch that reads them (skip partials only at step 0)
@@ -52,49 +65,54 @@ def _triton_step(hidden, tok, state, spec):
     if ws is not None:
         ws.spart.fill_(float("nan"))
         ws.zpart.fill_(float("nan"))
-    triton_kernel.probe_step_triton(hidden, tok, state, spec)
+    triton_kernel.probe_step_triton(hidden, tok, state, params, spec)
     ws = getattr(state, triton_kernel._WORKSPACE_ATTR, None)
     if ws is not None:  # every launch leaves its tickets at 0 for the next one
         assert int(ws.count) == 0 and not ws.gcount.any()
 
 
 # ----------------------------------------------------------------------------------------------------
-# kernel == reference, one step from random mid-run states
+# kernel == reference, one step from random mid-run states with random per-row params
 
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("B, D, H", SHAPES, ids=[f"B{b}-D{d}-H{h}" for b, d, h in SHAPES])
-@pytest.mark.parametrize("step", [0, 5], ids=["step0", "step5"])
+@pytest.mark.parametrize("step", [0, 5, None], ids=["step0", "step5", "mixed-steps"])
 def test_one_step_matches_reference(step, B, D, H, dtype, atol, rtol):
-    gen = torch.Generator().manual_seed(B * 1000 + D + H + step)
+    gen = torch.Generator().manual_seed(B * 1000 + D + H + (step if step is not None else 7))
     probe = random_probe(D, H, gen, relu=H > 1)
-    spec = random_spec(gen, 50, POLICY_PROBE, probe)
-    spec.skip_threshold = 0.5  # some rows skip at step 0
-    spec.patience, spec.min_think, spec.boundary_only = 1, 2, True  # stops happen, and only at boundaries
-    state = random_state(B, gen, step, spec)
+    spec = random_spec(gen, 50, probe)
+    params = random_params(gen, B, 50, spec)
+    params.floats[1].fill_(0.5)  # skip threshold: some probe rows skip at their step 0
+    params.ints[3].fill_(1)  # patience 1: stops happen
+    state = random_state(B, gen, spec, params, step)
     hidden = random_hidden(B, D, dtype, gen)
     tok = torch.randint(0, 50, (B,), generator=gen)
     want = state.clone()
-    probe_step_reference(hidden, tok, want, spec)
-    _triton_step(hidden, tok, state, spec)
+    probe_step_reference(hidden, tok, want, params, spec)
+    _triton_step(hidden, tok, state, params, spec)
     assert_states_equal(state, want, atol, rtol, where=f"B{B}-D{D}-H{H}-{dtype}")
-    if B > 2:  # the NaN row scores NaN, the inf row does not crash
+    probe_rows = params.ints[0] == POLICY_PROBE
+    assert torch.isnan(state.score[~probe_rows]).all()  # only probe rows score
+    if B > 2 and probe_rows[1]:  # the NaN row scores NaN, the inf rows do not crash
         assert torch.isnan(state.score[1])
 
 
 @pytest.mark.kernels
-@pytest.mark.parametrize("policy", [POLICY_FULL, POLICY_NONE, POLICY_BUDGET, POLICY_PROBE], ids=["full", "none", "budget", "probe"])
+@pytest.mark.parametrize("policy", [POLICY_FULL, POLICY_NONE, POLICY_BUDGET, POLICY_PROBE, None],
+                         ids=["full", "none", "budget", "probe", "mixed"])
 def test_no_probe_reads(policy):
     """Without a probe (or without hidden) the kernel runs the state machine alone; scores are NaN."""
-    gen = torch.Generator().manual_seed(policy)
-    spec = random_spec(gen, 40, policy, None)
-    for step in (0, 3):
-        state = random_state(37, gen, step, spec)
+    gen = torch.Generator().manual_seed(policy if policy is not None else 9)
+    spec = random_spec(gen, 40, None)
+    params = random_params(gen, 37, 40, spec, policy)
+    for step in (0, 3, None):
+        state = random_state(37, gen, spec, params, step)
         tok = torch.randint(0, 40, (37,), generator=gen, dtype=torch.int32)  # int32 tokens are accepted too
         want = state.clone()
-        probe_step_reference(None, tok, want, spec)
-        _triton_step(None, tok, state, spec)
+        probe_step_reference(None, tok, want, params, spec)
+        _triton_step(None, tok, state, params, spec)
         assert_states_equal(state, want, 0.0, 0.0, where=f"policy{policy}-step{step}")
         assert torch.isnan(state.score).all()
 
@@ -103,11 +121,11 @@ def test_no_probe_reads(policy):
 # kernel == reference over whole runs: scripted token streams with markers, eos and forced tokens
 
 
-CASES = [  # (B, D, H, policy, seed)
+CASES = [  # (B, D, H, policy (None: mixed per row), seed)
     (1, 48, 16, POLICY_PROBE, 0),
-    (3, 100, 16, POLICY_PROBE, 1),
+    (3, 100, 16, None, 1),
     (8, 64, 1, POLICY_PROBE, 2),
-    (16, 40, 24, POLICY_PROBE, 3),
+    (17, 40, 24, None, 3),
     (7, 32, 8, POLICY_BUDGET, 4),
     (5, 32, 8, POLICY_NONE, 5),
     (6, 32, 8, POLICY_FULL, 6),
@@ -120,20 +138,24 @@ def test_state_machine_matches_reference(B, D, H, policy, seed):
     gen = torch.Generator().manual_seed(100 + seed)
     vocab = 60
     probe = random_probe(D, H, gen, relu=H > 1)
-    for trial in range(3):  # fresh random spec (markers, limits, thresholds) per trial
-        spec = random_spec(gen, vocab, policy, probe)
+    for trial in range(2):  # fresh random markers, limits, thresholds and texts per trial
+        spec = random_spec(gen, vocab, probe)
+        params = random_params(gen, B, vocab, spec, policy)
         streams = TokenStreams(B, vocab, spec, gen)
         want = ControllerState.allocate(B, "cpu")
         want.phase.copy_((torch.rand(B, generator=gen) < 0.5).int())  # PROMPT or already THINKING
         got = want.clone()
         garble(got)
         tok = torch.zeros(B, dtype=torch.int64)
-        for step in range(40):
+        for step in range(30):
             hidden = random_hidden(B, D, torch.float32, gen, bad_rows=False)
             if B > 1:
                 hidden[0] = float("nan")  # row 0 never has a valid score
-            probe_step_reference(hidden, tok, want, spec)
-            _triton_step(hidden, tok, got, spec)
+            if step == 12 and B > 2:  # restart row 2 mid-run: its own step 0 again while the others go on
+                for s in (want, got):
+                    s.ints[:, 2] = ControllerState.allocate(1, "cpu").ints[:, 0]
+            probe_step_reference(hidden, tok, want, params, spec)
+            _triton_step(hidden, tok, got, params, spec)
             assert_states_equal(got, want, 1e-5, 1e-5, where=f"trial {trial} step {step}")
             got.ema.copy_(want.ema)  # keep last-ulp differences from compounding into a threshold flip
             garble(got)
@@ -147,7 +169,7 @@ def test_state_machine_matches_reference(B, D, H, policy, seed):
 # hand-worked cases, for the reference and the kernel alike
 
 IMPLS = ["torch", pytest.param("triton", marks=pytest.mark.kernels)]
-OPEN, CLOSE_A, CLOSE_B, EXIT1, EXIT2, EOS = 20, 21, 22, 23, 24, 25
+OPEN, CLOSE_A, CLOSE_B, EXIT1, EXIT2, EOS, STOP1, STOP2 = 20, 21, 22, 23, 24, 25, 26, 27
 
 
 def _constant_probe(ready_logit: float, skip_logit: float, d: int = 8) -> ProbeTensors:
@@ -158,82 +180,149 @@ def _constant_probe(ready_logit: float, skip_logit: float, d: int = 8) -> ProbeT
                         skip_b2=torch.tensor([skip_logit]), relu=False)
 
 
-def _spec(policy, close=(CLOSE_A,), max_think=NO_LIMIT, min_think=0, patience=1, boundary_only=False, probe=None,
-          threshold=0.5, skip_threshold=2.0) -> ControllerSpec:
-    close = torch.tensor(close)
+def _case(policy, close=(CLOSE_A,), max_think=NO_LIMIT, min_think=0, patience=1, boundary_only=False, probe=None,
+          threshold=0.5, skip_threshold=2.0, stop=(), open_=(OPEN,)) -> tuple[ControllerSpec, RowParams]:
+    """A one-row (spec, params): exit text EXIT1 EXIT2, no empty-block text, token 7 a boundary."""
     is_boundary = torch.zeros(32, dtype=torch.bool)
     is_boundary[7] = True
-    return ControllerSpec(policy=policy, open_ids=torch.tensor([OPEN]), close_ids=close,
-                          force_seq=torch.cat([torch.tensor([OPEN]), close, torch.tensor([EXIT1, EXIT2])]),
-                          eos_ids=torch.tensor([EOS]), is_boundary=is_boundary, min_think=min_think, max_think=max_think,
-                          threshold=threshold, skip_threshold=skip_threshold, alpha=1.0, patience=patience,
-                          boundary_only=boundary_only, probe=probe)
+    spec = ControllerSpec.build(open_, close, (EOS,), is_boundary=is_boundary, probe=probe)
+    row = RowSettings(policy=policy, min_think=min_think, max_think=max_think, threshold=threshold,
+                      skip_threshold=skip_threshold, alpha=1.0, patience=patience, boundary_only=boundary_only,
+                      trace=False, exit_ids=(EXIT1, EXIT2), stop_ids=tuple(stop))
+    return spec, RowParams.pack([row], open_, (), close, 16, "cpu")
 
 
-def _run(impl, spec, tokens, phase=THINKING, hidden=None):
+def _run(impl, case, tokens, phase=THINKING, hidden=None):
     """Feed tokens[t] as the token written before step t (tokens[0] is ignored); returns forced tokens per step."""
+    spec, params = case
     state = ControllerState.allocate(1, "cpu")
     state.phase.fill_(phase)
+    state.blocks.fill_(int(phase == THINKING))  # as init_rows starts a row whose prompt opened the block
     forced = []
     for t in tokens:
         h = hidden if hidden is not None else (torch.zeros(1, 8) if spec.probe is not None else None)
-        probe_step(h, torch.tensor([t]), state, spec, impl=impl)
+        probe_step(h, torch.tensor([t]), state, params, spec, impl=impl)
         forced.append(int(state.forced))
     return state, forced
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_budget_cut_forces_the_exit_once(impl):
-    spec = _spec(POLICY_BUDGET, max_think=3)
     # step 0 is the prompt; tokens 1, 2, 3 are thinking; then the forced tokens are written back
-    state, forced = _run(impl, spec, [0, 1, 2, 3, CLOSE_A, EXIT1, EXIT2, 5, 6])
+    state, forced = _run(impl, _case(POLICY_BUDGET, max_think=3), [0, 1, 2, 3, CLOSE_A, EXIT1, EXIT2, 5, 6])
     assert forced == [-1, -1, -1, CLOSE_A, EXIT1, EXIT2, -1, -1, -1]
     assert int(state.phase) == ANSWERING and int(state.ended_by) == ENDED_BUDGET
     assert int(state.think_count) == 3 and int(state.decision_step) == 3
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_budget_stop_text_is_thinking_inside_the_budget(impl):
+    case = _case(POLICY_BUDGET, max_think=5, stop=(STOP1, STOP2))
+    # 3 thinking tokens, then the stop starts early enough for its 2 tokens to end exactly at the budget
+    state, forced = _run(impl, case, [0, 1, 2, 3, STOP1, STOP2, CLOSE_A, EXIT1, EXIT2, 5])
+    assert forced == [-1, -1, -1, STOP1, STOP2, CLOSE_A, EXIT1, EXIT2, -1, -1]
+    assert int(state.think_count) == 5 and int(state.ended_by) == ENDED_BUDGET and int(state.decision_step) == 3
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_probe_stop_writes_the_stop_text(impl):
+    case = _case(POLICY_PROBE, probe=_constant_probe(5.0, -5.0), min_think=2, stop=(STOP1,))
+    state, forced = _run(impl, case, [0, 1, 2, STOP1, CLOSE_A, EXIT1, EXIT2])
+    assert forced == [-1, -1, STOP1, CLOSE_A, EXIT1, EXIT2, -1]
+    assert int(state.think_count) == 3 and int(state.ended_by) == ENDED_PROBE
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_budget_cut_mid_marker_completes_it(impl):
-    spec = _spec(POLICY_BUDGET, close=(CLOSE_A, CLOSE_B), max_think=3)
-    # the third thinking token starts the close marker: it is finished, and leaves the thought count
-    state, forced = _run(impl, spec, [0, 1, 2, CLOSE_A, CLOSE_B, EXIT1, EXIT2, 5])
-    assert forced == [-1, -1, -1, CLOSE_B, EXIT1, EXIT2, -1, -1]
-    assert int(state.think_count) == 2 and int(state.ended_by) == ENDED_BUDGET
+    case = _case(POLICY_BUDGET, close=(CLOSE_A, CLOSE_B), max_think=3, stop=(STOP1,))
+    # the second thinking token starts the close marker as the budget (minus the stop text) is reached: the
+    # marker is finished without stop text, and its first token leaves the thought count
+    state, forced = _run(impl, case, [0, 1, CLOSE_A, CLOSE_B, EXIT1, EXIT2, 5])
+    assert forced == [-1, -1, CLOSE_B, EXIT1, EXIT2, -1, -1]
+    assert int(state.think_count) == 1 and int(state.ended_by) == ENDED_BUDGET
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("policy", [POLICY_NONE, POLICY_PROBE], ids=["none", "probe"])
-def test_skip_from_prompt_forces_open_close_exit(impl, policy):
+def test_skip_from_prompt_forces_open_close_exit_without_stop_text(impl, policy):
     probe = _constant_probe(-5.0, 5.0) if policy == POLICY_PROBE else None
-    spec = _spec(policy, probe=probe, skip_threshold=0.9)
-    state, forced = _run(impl, spec, [0, OPEN, CLOSE_A, EXIT1, EXIT2, 9], phase=PROMPT)
+    case = _case(policy, probe=probe, skip_threshold=0.9, stop=(STOP1,), max_think=4)
+    state, forced = _run(impl, case, [0, OPEN, CLOSE_A, EXIT1, EXIT2, 9], phase=PROMPT)
     assert forced == [OPEN, CLOSE_A, EXIT1, EXIT2, -1, -1]
     assert int(state.phase) == ANSWERING and int(state.ended_by) == ENDED_SKIPPED
-    assert int(state.decision_step) == 0 and int(state.think_count) == 0
+    assert int(state.decision_step) == 0 and int(state.think_count) == 0 and int(state.blocks) == 1
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_skip_inside_open_block_starts_at_close(impl):
-    state, forced = _run(impl, _spec(POLICY_NONE), [0, CLOSE_A, EXIT1, EXIT2], phase=THINKING)
+    state, forced = _run(impl, _case(POLICY_NONE), [0, CLOSE_A, EXIT1, EXIT2], phase=THINKING)
     assert forced == [CLOSE_A, EXIT1, EXIT2, -1]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_natural_close_is_counted_right(impl):
-    spec = _spec(POLICY_FULL, close=(CLOSE_A, CLOSE_B))
+    case = _case(POLICY_FULL, close=(CLOSE_A, CLOSE_B))
     # open marker from the prompt phase, 3 thinking tokens (one a broken marker start), then the close marker
-    state, forced = _run(impl, spec, [0, OPEN, 1, CLOSE_A, 2, CLOSE_A, CLOSE_B, 3], phase=PROMPT)
+    state, forced = _run(impl, case, [0, OPEN, 1, CLOSE_A, 2, CLOSE_A, CLOSE_B, 3], phase=PROMPT)
     assert forced == [-1] * 8
     assert int(state.phase) == ANSWERING and int(state.ended_by) == ENDED_NATURAL
-    assert int(state.think_count) == 3
+    assert int(state.think_count) == 3 and int(state.blocks) == 1
     assert int(state.decision_step) == 5  # the close marker's last token was written at step 5
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_self_overlapping_close_marker_is_found(impl):
+    # close marker A A B after A A A B: a matcher that restarts on a mismatch misses it (issue 12)
+    case = _case(POLICY_FULL, close=(CLOSE_A, CLOSE_A, CLOSE_B))
+    state, _ = _run(impl, case, [0, 1, CLOSE_A, CLOSE_A, CLOSE_A, CLOSE_B, 3])
+    assert int(state.phase) == ANSWERING and int(state.ended_by) == ENDED_NATURAL
+    assert int(state.think_count) == 2  # 1 and the first A; the last A A B is the marker
+    # and an open marker O O B after O O O B
+    case = _case(POLICY_FULL, open_=(OPEN, OPEN, CLOSE_B))
+    state, _ = _run(impl, case, [0, OPEN, OPEN, OPEN, CLOSE_B, 1], phase=PROMPT)
+    assert int(state.phase) == THINKING and int(state.think_count) == 1
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_eos_inside_a_thought_is_not_a_thinking_token(impl):
+    state, _ = _run(impl, _case(POLICY_FULL), [0, OPEN, 1, EOS], phase=PROMPT)
+    assert int(state.phase) == DONE and int(state.think_count) == 1  # [open, t, eos]: one thinking token
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_second_block_shares_the_budget(impl):
+    case = _case(POLICY_BUDGET, max_think=3)
+    # block 1: two tokens, closed by the model; answer; block 2 opened by the model: one token, then the cut
+    tokens = [0, 1, 2, CLOSE_A, 5, OPEN, 3, CLOSE_A, EXIT1, EXIT2, 6]
+    state, forced = _run(impl, case, tokens)
+    assert forced == [-1] * 6 + [CLOSE_A, EXIT1, EXIT2, -1, -1]
+    assert int(state.think_count) == 3 and int(state.blocks) == 2
+    assert int(state.ended_by) == ENDED_BUDGET and int(state.decision_step) == 6
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_second_block_after_the_budget_is_spent_closes_at_once(impl):
+    case = _case(POLICY_BUDGET, max_think=2, stop=(STOP1,))
+    # block 1 cut by the budget (stop text included), answer, block 2: closed at once, no room for stop text
+    tokens = [0, 1, STOP1, CLOSE_A, EXIT1, EXIT2, 5, OPEN, CLOSE_A, EXIT1, EXIT2, 6]
+    state, forced = _run(impl, case, tokens)
+    assert forced == [-1, STOP1, CLOSE_A, EXIT1, EXIT2, -1, -1, CLOSE_A, EXIT1, EXIT2, -1, -1]
+    assert int(state.think_count) == 2 and int(state.blocks) == 2 and int(state.ended_by) == ENDED_BUDGET
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_policy_none_skips_every_later_block(impl):
+    state, forced = _run(impl, _case(POLICY_NONE), [0, OPEN, CLOSE_A, EXIT1, EXIT2, 5, OPEN, CLOSE_A, EXIT1, EXIT2],
+                         phase=PROMPT)
+    assert forced == [OPEN, CLOSE_A, EXIT1, EXIT2, -1, -1, CLOSE_A, EXIT1, EXIT2, -1]
+    assert int(state.blocks) == 2 and int(state.ended_by) == ENDED_SKIPPED and int(state.think_count) == 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_nan_score_never_stops(impl):
-    spec = _spec(POLICY_PROBE, probe=_constant_probe(5.0, 5.0), threshold=0.0, skip_threshold=0.0)
+    case = _case(POLICY_PROBE, probe=_constant_probe(5.0, 5.0), threshold=0.0, skip_threshold=0.0)
     nan = torch.full((1, 8), float("nan"))
-    state, forced = _run(impl, spec, [0] + [1] * 10, phase=THINKING, hidden=nan)
+    state, forced = _run(impl, case, [0] + [1] * 10, phase=THINKING, hidden=nan)
     assert forced == [-1] * 11
     assert int(state.phase) == THINKING and int(state.ended_by) == ENDED_NONE
     assert torch.isnan(state.score).all() and int(state.streak) == 0 and float(state.ema) == 0.0
@@ -241,23 +330,70 @@ def test_nan_score_never_stops(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_probe_stop_waits_for_min_patience_and_boundary(impl):
-    spec = _spec(POLICY_PROBE, probe=_constant_probe(5.0, -5.0), min_think=2, patience=2, boundary_only=True)
+    case = _case(POLICY_PROBE, probe=_constant_probe(5.0, -5.0), min_think=2, patience=2, boundary_only=True)
     # thinking tokens 1, 2 (min reached at step 2), streak 1 at step 2, 2 at step 3, boundary token 7 at step 4
-    state, forced = _run(impl, spec, [0, 1, 2, 3, 7, CLOSE_A, EXIT1, EXIT2], phase=THINKING)
+    state, forced = _run(impl, case, [0, 1, 2, 3, 7, CLOSE_A, EXIT1, EXIT2])
     assert forced == [-1, -1, -1, -1, CLOSE_A, EXIT1, EXIT2, -1]
     assert int(state.ended_by) == ENDED_PROBE and int(state.decision_step) == 4 and int(state.think_count) == 4
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_eos_ends_the_row(impl):
-    state, forced = _run(impl, _spec(POLICY_BUDGET, max_think=2), [0, 1, EOS, 3, 4])
-    assert int(state.phase) == 4 and int(state.ended_by) == ENDED_NONE and forced == [-1] * 5
+    state, forced = _run(impl, _case(POLICY_BUDGET, max_think=2), [0, 1, EOS, 3, 4])
+    assert int(state.phase) == DONE and int(state.ended_by) == ENDED_NONE and forced == [-1] * 5
+
+
+# ----------------------------------------------------------------------------------------------------
+# the marker matcher against a plain Python one, over random (often self-overlapping) markers and streams
+
+
+def _python_matches(marker: list[int], stream: list[int]) -> tuple[list[int], int]:
+    """(matched-prefix length after each token, index of the token that completes the marker or -1)."""
+    out, buf = [], []
+    for i, t in enumerate(stream):
+        buf.append(t)
+        if buf[-len(marker):] == marker:
+            return out + [len(marker)], i
+        out.append(max(j for j in range(len(marker)) if j == 0 or buf[-j:] == marker[:j]))
+    return out, -1
+
+
+def _check_matcher(impl, marker, stream):
+    spec, params = _case(POLICY_FULL, close=tuple(marker))
+    want, hit = _python_matches(marker, stream)
+    state = ControllerState.allocate(1, "cpu")
+    state.phase.fill_(THINKING)
+    probe_step(None, torch.tensor([0]), state, params, spec, impl=impl)  # step 0 observes nothing
+    for i, t in enumerate(stream):
+        probe_step(None, torch.tensor([t]), state, params, spec, impl=impl)
+        if i == hit:
+            assert int(state.phase) == ANSWERING and int(state.think_count) == i + 1 - len(marker)
+            return
+        assert int(state.phase) == THINKING and int(state.close_match) == want[i], (marker, stream[: i + 1])
+    assert hit == -1
+
+
+_MARKERS = st.lists(st.integers(0, 2), min_size=1, max_size=4)
+_STREAMS = st.lists(st.integers(0, 3), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(marker=_MARKERS, stream=_STREAMS)
+def test_matcher_property_reference(marker, stream):
+    _check_matcher("torch", marker, stream)
+
+
+@pytest.mark.kernels
+@settings(max_examples=12, deadline=None)
+@given(marker=_MARKERS, stream=st.lists(st.integers(0, 3), max_size=14))
+def test_matcher_property_triton(marker, stream):
+    _check_matcher("triton", marker, stream)
 
 
 def test_bad_impl_name_raises():
-    spec = _spec(POLICY_FULL)
+    spec, params = _case(POLICY_FULL)
     with pytest.raises(ValueError, match="impl"):
-        probe_step(None, torch.tensor([0]), ControllerState.allocate(1, "cpu"), spec, impl="cuda")
+        probe_step(None, torch.tensor([0]), ControllerState.allocate(1, "cpu"), params, spec, impl="cuda")
 
 
 @pytest.mark.kernels
@@ -265,14 +401,17 @@ def test_triton_rejects_bad_inputs():
     from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 
     gen = torch.Generator().manual_seed(0)
-    spec = random_spec(gen, 40, POLICY_PROBE, random_probe(16, 4, gen))
+    spec = random_spec(gen, 40, random_probe(16, 4, gen))
+    params = random_params(gen, 2, 40, spec)
     state = ControllerState.allocate(2, "cpu")
     with pytest.raises(ValueError, match="hidden must be"):
-        probe_step_triton(torch.zeros(2, 15), torch.zeros(2, dtype=torch.int64), state, spec)
+        probe_step_triton(torch.zeros(2, 15), torch.zeros(2, dtype=torch.int64), state, params, spec)
     with pytest.raises(ValueError, match="bf16/fp16/fp32"):
-        probe_step_triton(torch.zeros(2, 16, dtype=torch.float64), torch.zeros(2, dtype=torch.int64), state, spec)
+        probe_step_triton(torch.zeros(2, 16, dtype=torch.float64), torch.zeros(2, dtype=torch.int64), state, params, spec)
     with pytest.raises(ValueError, match="last_token"):
-        probe_step_triton(torch.zeros(2, 16), torch.zeros(3, dtype=torch.int64), state, spec)
-    state.ema = state.ema.double()
-    with pytest.raises(ValueError, match="state.ema"):
-        probe_step_triton(torch.zeros(2, 16), torch.zeros(2, dtype=torch.int64), state, spec)
+        probe_step_triton(torch.zeros(2, 16), torch.zeros(3, dtype=torch.int64), state, params, spec)
+    with pytest.raises(ValueError, match="params.ints"):
+        probe_step_triton(torch.zeros(2, 16), torch.zeros(2, dtype=torch.int64), state, random_params(gen, 3, 40, spec), spec)
+    state.floats = state.floats.double()
+    with pytest.raises(ValueError, match="state.floats"):
+        probe_step_triton(torch.zeros(2, 16), torch.zeros(2, dtype=torch.int64), state, params, spec)

@@ -1,0 +1,72 @@
+"""Which process am I? Rank, world size and device of a collection launched on several processes.
+
+Launchers say it in the environment: torchrun and `accelerate launch` (multi-GPU, or `--multi_gpu` on a
+CPU machine, which runs torchrun) set RANK / WORLD_SIZE / LOCAL_RANK; MPI launchers (`mpirun`, and
+`accelerate launch --cpu` with an MPI hostfile) set their own. A plain `python` run is rank 0 of 1.
+Slurm's variables are not read (a batch script's SLURM_NTASKS does not mean this process is one of
+them): launch with torchrun or srun + torchrun.
+
+    env = launch_env()       # Launch(rank=1, world=2, local_rank=1, launcher='torchrun')
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+# (rank, world size, local rank, launcher): the first family whose rank and size are both set wins
+_FAMILIES = (
+    ("RANK", "WORLD_SIZE", "LOCAL_RANK", "torchrun"),
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "Open MPI"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPICH / Intel MPI"),
+    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK", "MVAPICH"),
+)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place among the launched ones."""
+
+    rank: int
+    world: int
+    local_rank: int
+    launcher: str  # "torchrun" | "Open MPI" | ... | "none" (a single process)
+
+
+def _int(name: str, env) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise ValueError(f"Environment variable {name}={env[name]!r} is not an integer; the launcher set it wrong.") from None
+
+
+def launch_env(env=None) -> Launch:
+    """Rank, world size and local rank from the launcher's environment variables (rank 0 of 1 without one)."""
+    env = os.environ if env is None else env
+    for rank_var, size_var, local_var, launcher in _FAMILIES:
+        if rank_var in env and size_var in env:
+            rank, world = _int(rank_var, env), _int(size_var, env)
+            local = _int(local_var, env) if local_var in env else _int("LOCAL_RANK", env) if "LOCAL_RANK" in env else 0
+            if world < 1 or not 0 <= rank < world or local < 0:
+                raise ValueError(f"{launcher} environment says rank {rank} of {world} (local rank {local}); "
+                                 "need 0 <= rank < world size.")
+            return Launch(rank, world, local, launcher)
+    return Launch(0, 1, 0, "none")
+
+
+def process_device(launch: Launch, device: str, device_map: str | None) -> str:
+    """The device this process loads its model on: `auto` picks this process's own GPU (by local rank)."""
+    if device_map and launch.world > 1:
+        raise ValueError(f"--device-map {device_map} spreads one model over every GPU, but {launch.world} processes "
+                         "were launched; run a single process for a model that needs several GPUs.")
+    if device != "auto" or device_map:
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    count = torch.cuda.device_count()
+    if launch.local_rank >= count:
+        raise ValueError(f"local rank {launch.local_rank} has no GPU of its own ({count} visible): launch at most "
+                         f"{count} processes per machine, or pass --device cpu.")
+    return f"cuda:{launch.local_rank}"
