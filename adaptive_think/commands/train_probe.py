@@ -21,6 +21,8 @@ def add_arguments(p):
     g.add_argument("--width", type=int, default=64, help="MLP hidden width")
     g.add_argument("--epochs", type=int, default=300)
     g.add_argument("--lr", type=float, default=3e-3)
+    g.add_argument("--ready-at-boundaries", action="store_true",
+                   help="fit the ready head on step-boundary checkpoints only (the only places a calibrated probe stops)")
     g.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
     c = p.add_argument_group("calibration (Learn-then-Test), one run per effort rung")
     c.add_argument("--efforts", nargs="+", default=list(DEFAULT_RUNGS), metavar="NAME:EPSILON[:DELTA]",
@@ -37,7 +39,8 @@ def run(args) -> int:
 
     cfg = TrainConfig(seed=args.seed, width=args.width, epochs=args.epochs, lr=args.lr, epsilon=args.epsilon,
                       efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,
-                      calib_fraction=args.calib_fraction, kinds=tuple(args.kinds))
+                      calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
+                      ready_at_boundaries=args.ready_at_boundaries)
     probe = train_probe(args.data, cfg)
     probe.save_pretrained(args.out)
     print(json.dumps({"out": args.out, "layer": probe.layer, "default_effort": probe.default_effort,

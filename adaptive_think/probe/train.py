@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from adaptive_think.probe.calibrate import calibrate
+from adaptive_think.probe.calibrate import build_path, calibrate, questions_of
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.ladder import DEFAULT_RUNGS, Rung, default_rung, parse_rungs
 from adaptive_think.probe.metrics import auroc, recall_at_no_false_positive
@@ -41,6 +41,7 @@ class TrainConfig:
     delta: float = 0.1  # ... with probability at least 1 - delta (rungs that name no delta)
     epsilon: float | None = None  # one rung named "custom" with this epsilon instead of `efforts`
     kinds: tuple[str, ...] = ("linear", "mlp")
+    ready_at_boundaries: bool = False  # fit the ready head on step-boundary checkpoints only (where it stops)
 
     def rungs(self) -> list[tuple[str, float, float]]:
         """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
@@ -157,6 +158,7 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     is_train = torch.tensor([p == "train" for p in part])
     is_val = torch.tensor([p == "val" for p in part])
     thought, prompt = kind == KIND_THOUGHT, kind == KIND_PROMPT
+    is_boundary = torch.tensor([bool(r.get("boundary")) for r in records])
     if int((thought & is_train).sum()) < 10:
         raise ValueError(f"{data_dir} holds too few thought checkpoints to train on "
                          f"({int((thought & is_train).sum())} in the training split): {_why_too_few(records, settings)}.")
@@ -170,8 +172,8 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
         std = h[is_train & ok].std(0).clamp_min(1e-4)
         x = (h - mean) / std
         for k in cfg.kinds:
-            head, score = fit_head(x[thought & is_train], label[thought & is_train], x[thought & is_val],
-                                   label[thought & is_val], k, cfg)
+            fit = thought & (is_boundary if cfg.ready_at_boundaries else torch.ones_like(thought))
+            head, score = fit_head(x[fit & is_train], label[fit & is_train], x[fit & is_val], label[fit & is_val], k, cfg)
             sweep.append({"layer": layer, "kind": k, "ready_val_auroc": round(score, 4)})
             log(f"layer {layer:3d} {k:6s} ready val AUROC {score:.4f}")
             if best is None or score > best[0]:
@@ -206,9 +208,12 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     # scores of every record under the final probe, for calibration on the held-out questions
     ready_s, skip_s = probe.score(hidden[f"layer{layer}"])
     is_cal = [p == "calib" for p in part]
+    # the order in which threshold pairs are tested comes from the training and validation questions
+    ready_l, skip_l = ready_s.tolist(), skip_s.tolist()
+    path = build_path(questions_of(records, ready_l, skip_l, [not c for c in is_cal]))
     ladder = []
     for name, eps, dlt in rungs:
-        result = calibrate(records, ready_s.tolist(), skip_s.tolist(), is_cal, eps, dlt)
+        result = calibrate(records, ready_l, skip_l, is_cal, eps, dlt, path=path)
         ladder.append(Rung(name, eps, dlt, result["ready_threshold"], result["skip_threshold"], result))
         a = result["achieved"]
         log(f"effort {name}: ready >= {result['ready_threshold']:.3f}, skip >= {result['skip_threshold']:.3f} "
