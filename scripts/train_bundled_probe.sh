@@ -14,6 +14,6 @@ adaptive-think collect --model bundled --n 1200 --seed 12 --out "$WORK/collect" 
 # the effort ladder: each rung loses at most epsilon accuracy against full thinking with probability >= 1 - delta
 # (Learn-then-Test on the 1,200 calibration questions); "high" keeps the 0.5-point promise and is the default
 adaptive-think train-probe --data "$WORK/collect" --out "$WORK/probe" --seed 0 --calib-fraction 0.5 \
-  --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1
+  --efforts high:0.005:0.05 medium:0.02:0.1 low:0.05:0.1
 cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
 adaptive-think eval --model bundled --probe bundled --n 600 --seed 9001 --json "$WORK/eval.json"

@@ -42,6 +42,10 @@ def test_collect_train_eval_from_the_cli(tmp_path, capsys):
 def test_cli_reports_bad_policy_before_loading(capsys):
     assert main(["eval", "--model", "/nowhere", "--policies", "budget"]) == 2
     assert "needs a cap" in capsys.readouterr().err
+    assert main(["eval", "--model", "/nowhere", "--temperature", "0.6"]) == 2
+    assert "only apply with --do-sample" in capsys.readouterr().err
+    assert main(["eval", "--model", "/nowhere", "--do-sample", "--top-p", "1.5"]) == 2
+    assert "--top-p must lie in (0, 1]" in capsys.readouterr().err
 
 
 def test_eval_checks_policies_before_generating(tmp_path, capsys, monkeypatch):

@@ -60,7 +60,7 @@ def test_all_policy_families_run(ev):
 
 def test_policy_specs():
     assert parse_policy("budget:32").value == 32
-    assert parse_policy("effort:high").effort == "high"
+    assert parse_policy("effort:high").effort == "high" and parse_policy("stops:low").kind == "stops"
     assert (parse_policy("consistency:3").value, parse_policy("consistency:3").every) == (3, None)
     assert parse_policy("consistency:3:16").every == 16
     for bad, msg in [("budget", "needs a cap"), ("sometimes", "Unknown policy"), ("probe:1.5", r"\[0, 1\]"),
@@ -70,15 +70,15 @@ def test_policy_specs():
         with pytest.raises(ValueError, match=msg):
             parse_policy(bad)
     assert "probe" in default_policies(100, True) and "probe" not in default_policies(100, False)
-    assert {"effort:high", "effort:low", "router", "oracle"} <= set(default_policies(100, True, ["high", "low"]))
+    assert {"effort:high", "effort:low", "stops:high", "router", "oracle"} <= set(default_policies(100, True, ["high", "low"]))
 
 
 def test_policies_checked_before_running():
-    specs = [parse_policy(t) for t in ("full", "marker", "effort:high", "effort:turbo", "router", "oracle")]
+    specs = [parse_policy(t) for t in ("full", "marker", "effort:high", "effort:turbo", "stops:x", "router", "oracle")]
     why = check_policies(specs, has_probe=True, efforts=["high"], has_pattern=False)
-    assert set(why) == {"marker", "effort:turbo"} and "answer pattern" in why["marker"]
+    assert set(why) == {"marker", "effort:turbo", "stops:x"} and "answer pattern" in why["marker"]
     why = check_policies(specs, has_probe=False, efforts=[], has_pattern=True)
-    assert set(why) == {"effort:high", "effort:turbo", "router"}
+    assert set(why) == {"effort:high", "effort:turbo", "stops:x", "router"}
     assert "no effort ladder" in check_policies(specs[2:3], has_probe=True, efforts=[], has_pattern=True)["effort:high"]
 
 

@@ -79,7 +79,7 @@ def run(args) -> int:
     from adaptive_think.commands.collect import items_from_args
     from adaptive_think.evaluation.heldout import exclude_seen
     from adaptive_think.evaluation.policies import check_policies, default_policies, parse_policy
-    from adaptive_think.evaluation.report import format_table, oracle_shares, pareto_check, plot, vs_full, write_json
+    from adaptive_think.evaluation.report import format_levels, format_table, oracle_shares, pareto_check, plot, vs_full, write_json
     from adaptive_think.evaluation.run import Evaluator, evaluate
     from adaptive_think.loading import load_model_and_tokenizer
 
@@ -131,8 +131,10 @@ def run(args) -> int:
                                     "calibration_achieved": r.calibration.get("achieved")} for r in probe.ladder]
         payload["probe_default_effort"] = probe.default_effort
         payload["vs_full"] = {k: vs_full(results, k) for k in results
-                              if k in ("probe", "router", "oracle") or k.startswith("effort:")}
+                              if k in ("probe", "router", "oracle") or k.startswith(("effort:", "stops:"))}
     print(format_table(results))
+    print(format_levels(results, [k for k in results if k in ("full", "oracle", "router", "probe")
+                                  or k.startswith(("effort:", "stops:"))]))
     for key in ("pareto", "pareto_rungs_only", "oracle_share", "vs_full"):
         if payload.get(key):
             print(f"{key}: {json.dumps(payload[key])}")

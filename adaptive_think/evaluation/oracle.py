@@ -5,7 +5,8 @@ of its full thought, the same checkpoints `collect` labels, and answer once with
 oracle's point is the earliest checkpoint after which every forced exit is right (the natural close
 included); skipping (point 0) counts only if the no-think answer is right too. A question full thinking
 gets wrong keeps its whole thought (no point is "right and stays right"), so the oracle's accuracy is
-full thinking's. Its mean point is the physical limit of any stop policy.
+full thinking's. Its mean point is the physical limit of any stop policy. Under sampling the thoughts are
+the sampled full thoughts; the forced-exit answers are still decoded greedily.
 
     points = oracle_points(evaluator, full_rows)          # one int per question
     oracle_point(True, False, [(5, False), (9, True), (14, True)], 20)  -> 9

@@ -5,6 +5,7 @@
     confidence:X     DEER-style trial-answer confidence   probe         the probe's default calibrated rung
     probe:X          the probe with ready threshold X     effort:NAME   the probe's rung NAME (high/medium/low)
     router           the skip head alone (query-level routing), never stops mid-thought
+    stops:NAME       rung NAME's stops alone, never skipping (router + stops = effort:NAME)
     consistency:M    stop once M consecutive trial answers agree (trials at step boundaries)
     consistency:M:K  ... trials every K thinking tokens
     oracle           per question, the earliest point after which a forced exit is right and stays right
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("full", "none", "budget", "marker", "confidence", "probe", "effort", "router", "consistency", "oracle")
+KINDS = ("full", "none", "budget", "marker", "confidence", "probe", "effort", "stops", "router", "consistency", "oracle")
 NO_VALUE = ("full", "none", "marker", "router", "oracle")
-NEEDS_PROBE = ("probe", "effort", "router")
+NEEDS_PROBE = ("probe", "effort", "stops", "router")
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,9 @@ def parse_policy(text: str) -> PolicySpec:
         raise ValueError(f"Policy 'budget' needs a cap, e.g. budget:64 (got {text!r}).")
     if kind == "confidence" and not value:
         raise ValueError(f"Policy 'confidence' needs a threshold, e.g. confidence:0.95 (got {text!r}).")
-    if kind == "effort":
+    if kind in ("effort", "stops"):
         if not value or ":" in value:
-            raise ValueError(f"Policy 'effort' needs one rung name, e.g. effort:high (got {text!r}).")
+            raise ValueError(f"Policy {kind!r} needs one rung name, e.g. {kind}:high (got {text!r}).")
         return PolicySpec(text, kind, effort=value)
     if kind == "consistency":
         m, _, k = value.partition(":")
@@ -76,7 +77,7 @@ def check_policies(specs: list[PolicySpec], *, has_probe: bool, efforts: list[st
     for s in specs:
         if s.kind in NEEDS_PROBE and not has_probe:
             why[s.name] = "needs a probe (pass --probe)"
-        elif s.kind == "effort" and s.effort not in efforts:
+        elif s.kind in ("effort", "stops") and s.effort not in efforts:
             why[s.name] = (f"the probe has no rung {s.effort!r} (its rungs: {efforts})" if efforts else
                            "the probe has no effort ladder (an older single-point probe): use `probe` or probe:X")
         elif s.kind == "marker" and not has_pattern:
@@ -91,6 +92,6 @@ def default_policies(full_think_mean: float, has_probe: bool, efforts: list[str]
     out += [f"confidence:{t}" for t in (0.8, 0.9, 0.95, 0.99)]
     out += [f"consistency:{m}" for m in (2, 3, 4)]
     if has_probe:
-        out += [f"effort:{e}" for e in efforts] if efforts else ["probe"]
+        out += [f"effort:{e}" for e in efforts] + [f"stops:{e}" for e in efforts] if efforts else ["probe"]
         out += ["router"] + [f"probe:{t}" for t in (0.1, 0.2, 0.3, 0.5, 0.65, 0.8, 0.9, 0.95, 0.97, 0.99)]
     return out + ["oracle"]

@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 BASELINES = ("budget", "marker", "confidence", "consistency", "router")
-PROBE_FAMILY = ("probe", "effort")
+PROBE_FAMILY = ("probe", "effort", "stops")
 
 
 def summarise(rows: list[dict], wall: float) -> dict:
@@ -68,7 +68,7 @@ def oracle_shares(results: dict) -> dict:
         return {}
     room = full["think_tokens_mean"] - oracle["think_tokens_mean"]
     return {k: (full["think_tokens_mean"] - v["think_tokens_mean"]) / room if room > 0 else None
-            for k, v in results.items() if k in ("probe", "router") or _family(k) == "effort"}
+            for k, v in results.items() if k in ("probe", "router") or _family(k) in ("effort", "stops")}
 
 
 def vs_full(results: dict, name: str) -> dict | None:
@@ -88,6 +88,22 @@ def format_table(results: dict) -> str:
     for name, v in results.items():
         lines.append(f"{name:18s} {v['accuracy']:9.3f} {v['think_tokens_mean']:10.1f} {v['forward_tokens_mean']:9.1f} "
                      f"{v['skip_rate']:6.2f} {v['wall_s']:8.2f}")
+    return "\n".join(lines)
+
+
+def format_levels(results: dict, names) -> str:
+    """Accuracy / thinking tokens / skip rate per difficulty level of the named policies."""
+    rows = [n for n in names if n in results]
+    if not rows:
+        return ""
+    levels = sorted({lv for n in rows for lv in results[n]["per_level"]}, key=int)
+    lines = [f"{'per level':18s} " + " ".join(f"{'L' + lv + ' acc/think/skip':>22s}" for lv in levels)]
+    for n in rows:
+        cells = []
+        for lv in levels:
+            v = results[n]["per_level"].get(lv)
+            cells.append(f"{v['accuracy']:7.3f}/{v['think_tokens_mean']:6.1f}/{v['skip_rate']:5.2f}" if v else " " * 20)
+        lines.append(f"{n:18s} " + " ".join(f"{c:>22s}" for c in cells))
     return "\n".join(lines)
 
 

@@ -83,6 +83,8 @@ class Evaluator:
             return ThinkConfig(policy="probe", min_think_tokens=self.max_new_tokens + 1)
         if spec.kind == "effort":
             return ThinkConfig(policy="probe", effort=spec.effort)
+        if spec.kind == "stops":
+            return ThinkConfig(policy="probe", effort=spec.effort, allow_skip=False)
         return ThinkConfig(policy="probe", threshold=spec.value)
 
     def _processor(self, spec: PolicySpec, plen: int, inside: list[bool]):
@@ -97,7 +99,7 @@ class Evaluator:
 
     @torch.no_grad()
     def run(self, spec: PolicySpec) -> dict:
-        if spec.kind in ("probe", "effort", "router") and self.thinker.probe is None:
+        if spec.kind in ("probe", "effort", "stops", "router") and self.thinker.probe is None:
             raise ValueError(f"Policy {spec.name!r} needs a probe: pass --probe.")
         if spec.kind == "marker" and self.pattern is None:
             raise ValueError("Policy 'marker' needs the task's answer pattern (bundled tasks only).")
