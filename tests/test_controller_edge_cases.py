@@ -12,6 +12,7 @@ kernel-vs-reference comparison. Two harnesses:
 """
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -19,7 +20,6 @@ from transformers import LogitsProcessor
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.controller import ThinkController
-from adaptive_think.controller.state import ProbeTensors
 from adaptive_think.markers import ThinkMarkers
 from adaptive_think.probe import Probe
 from adaptive_think.probe.probe import model_fingerprint
@@ -34,16 +34,13 @@ WORD, OTHER = 10, 11  # ordinary thinking tokens (never boundaries)
 IMPLS = ["torch", pytest.param("triton", marks=pytest.mark.kernels)]
 
 
-def reading_probe() -> ProbeTensors:
+def reading_probe() -> Probe:
     """Linear heads reading one hidden coordinate each: ready = sigmoid(h[0]), skip = sigmoid(h[1])."""
-    eye, zeros = torch.eye(D), torch.zeros
-
-    def head(i):
-        return dict(w1=eye[i : i + 1].clone(), b1=zeros(1), w2=torch.ones(1), b2=zeros(1))
-
-    r, s = head(0), head(1)
-    return ProbeTensors(mean=zeros(D), inv_std=torch.ones(D), ready_w1=r["w1"], ready_b1=r["b1"], ready_w2=r["w2"],
-                        ready_b2=r["b2"], skip_w1=s["w1"], skip_b1=s["b1"], skip_w2=s["w2"], skip_b2=s["b2"], relu=False)
+    w = {"mean": torch.zeros(D), "inv_std": torch.ones(D)}
+    for i, head in enumerate(("ready", "skip")):
+        w.update({f"{head}_w1": torch.eye(D)[i : i + 1].clone(), f"{head}_b1": torch.zeros(1),
+                  f"{head}_w2": torch.ones(1), f"{head}_b2": torch.zeros(1)})
+    return Probe(layer=0, kind="linear", weights=w, fingerprint={})
 
 
 def logit(p: float) -> float:
@@ -58,13 +55,14 @@ def hidden(ready: float, skip: float = 0.01) -> torch.Tensor:
 
 
 def controller(config: ThinkConfig, close=(CLOSE,), threshold=0.5, skip_threshold=0.5, impl="torch"):
+    """A one-row controller on the toy ids; a stop or skip writes the close marker then EXIT."""
     markers = ThinkMarkers("<o>", "</o>", (OPEN,), tuple(close), "explicit")
     probe = reading_probe() if config.policy == "probe" else None
+    changes = {"exit_text": "<exit>"}
     if config.policy == "probe":
-        config = ThinkConfig(**{**config.to_dict(), "threshold": threshold, "skip_threshold": skip_threshold})
-    config = ThinkConfig(**{**config.to_dict(), "exit_text": "<exit>"})  # encoded as the one token EXIT
-    return ThinkController(markers, config, encode=lambda text: (EXIT,), eos_ids=(EOS,), probe=probe, vocab_size=V,
-                           device="cpu", impl=impl)
+        changes.update(threshold=threshold, skip_threshold=skip_threshold)
+    return ThinkController(markers, replace(config, **changes), encode={"<exit>": [EXIT]}.__getitem__, eos_ids=(EOS,),
+                           probe=probe, vocab_size=V, device="cpu", impl=impl)
 
 
 def drive(ctl, proposals, scores=None, prompt=(WORD, OPEN)):
@@ -281,6 +279,25 @@ def test_generation_ending_on_the_budget_th_thinking_token_reports_unfinished(bu
     gen = scripted_generate(thinker, ["the answer is"], cfg, [20], max_new_tokens=2 + budget)[0]
     assert gen[-1] == thinker.markers.close_ids[0]
     assert (thinker.last_reports[0].ended_by, thinker.last_reports[0].decision_step) == ("budget", 1 + budget)
+
+
+@pytest.mark.parametrize("engine", ["hf", "graph"])
+def test_both_engines_report_unfinished_when_tokens_run_out_on_the_budget_th_thinking_token(engine):
+    """The same on the model's own tokens, through each engine's own end-of-generation path."""
+    thinker = AdaptiveThinker(MODEL, TOK)
+    batch = TOK(["the answer is <think>\n", "x so <think>\n"], return_tensors="pt", padding=True)  # R1-style
+    budget = 5
+    out = thinker.generate(**batch, think=ThinkConfig(policy="budget", max_think_tokens=budget), engine=engine,
+                           max_new_tokens=budget, do_sample=False)
+    gen = out[:, batch["input_ids"].shape[1] :]
+    m = thinker.markers
+    assert not torch.isin(gen, torch.tensor(m.close_ids + (TOK.eos_token_id,))).any()  # the random model never closes
+    assert [(r.think_tokens, r.ended_by, r.decision_step) for r in thinker.last_reports] == [
+        (budget, "unfinished", -1)] * 2
+    out = thinker.generate(**batch, think=ThinkConfig(policy="budget", max_think_tokens=budget), engine=engine,
+                           max_new_tokens=budget + 1, do_sample=False)
+    assert (out[:, -1] == m.close_ids[0]).all()
+    assert [(r.ended_by, r.decision_step) for r in thinker.last_reports] == [("budget", budget)] * 2
 
 
 def constant_probe(ready: float, skip: float) -> Probe:

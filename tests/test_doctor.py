@@ -55,6 +55,8 @@ def test_doctor_passes_a_model_that_works(scripted, capsys):
     assert row(out, "accuracy, full thinking")[3:5] == ["ok", "4/4"]
     assert row(out, "accuracy, no thinking")[3:5] == ["info", "0/4"]  # an empty thought answers wrong
     assert "the checker read: '0' -> right" in out  # the first question is "what is 0"
+    assert main(["doctor", "--model", "works", "--samples", "0"]) == 2
+    assert "DoctorConfig.samples must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_doctor_fails_a_model_that_never_thinks(scripted, capsys):
@@ -145,3 +147,35 @@ def test_train_probe_says_why_there_are_too_few_checkpoints(tmp_path):
     with pytest.raises(ValueError, match=r"too few thought checkpoints.*no question opened a thought.*more questions "
                                          r"will not help.*adaptive-think doctor"):
         train_probe(tmp_path, TrainConfig(epochs=2), log=lambda *_: None)
+
+
+def right_or_wrong(text, answer):
+    """A user's checker that only says right or wrong."""
+    return f"answer is {answer}." in text
+
+
+def test_no_think_prompt_for_templates_without_the_switch():
+    from adaptive_think.markers import resolve_markers
+    from adaptive_think.probe.thoughts import no_think_prompt
+
+    tok = make_tokenizer()
+    m = resolve_markers(tok)
+    assert no_think_prompt(tok, "what is 3", m) == "user: what is 3\nassistant:\n<think>\n\n</think>\n\n"  # its own
+    tok.chat_template = "Q: {{ messages[0]['content'] }}\nA:"  # no enable_thinking: an empty block is appended
+    assert no_think_prompt(tok, "what is 3", m) == "Q: what is 3\nA:<think>\n\n</think>\n\n"
+    tok.chat_template = "Q: {{ messages[0]['content'] }}\nA: <think>"  # R1-style: the prompt opens the thought
+    assert no_think_prompt(tok, "what is 3", m) == "Q: what is 3\nA: <think>\n</think>\n\n"
+    tok.chat_template = None  # no template: the raw question
+    assert no_think_prompt(tok, "what is 3", m, exit_text="\n") == "what is 3<think>\n\n</think>\n"
+
+
+def test_doctor_on_an_r1_style_template_and_a_users_checker(scripted, capsys, monkeypatch):
+    tok, questions = scripted
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:\n<think>\n"
+    code, out = doctor(capsys, "--model", "works", "--questions", questions, "--checker", "test_doctor:right_or_wrong")
+    assert code == 0, out
+    assert "the prompt opens the thought (ends inside '<think>')" in out
+    assert "the template has no enable_thinking switch; collect appends an empty think block" in out
+    assert row(out, "checker reads answers")[3:5] == ["info", "test_doctor:right_or_wrong:"]
+    assert "(this checker only says right or wrong) -> right" in out
+    assert row(out, "accuracy, full thinking")[3:5] == ["ok", "4/4"]

@@ -62,16 +62,15 @@ def format_examination(ex, model: str) -> str:
 def run(args) -> int:
     from adaptive_think.commands.collect import items_from_args
     from adaptive_think.loading import load_model_and_tokenizer
-    from adaptive_think.probe.doctor import examine
+    from adaptive_think.probe.doctor import DoctorConfig, examine
 
-    if args.samples < 1:
-        raise ValueError(f"--samples must be at least 1, got {args.samples}.")
+    cfg = DoctorConfig(samples=args.samples, max_new_tokens=args.max_new_tokens,
+                       max_answer_tokens=args.max_answer_tokens,
+                       exit_text=args.exit_text.encode().decode("unicode_escape"))
     args.n = args.samples  # bundled questions drawn when there is no --questions
     items, checker = items_from_args(args)
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype)
-    ex = examine(model, tok, items[: args.samples], checker,
-                 think_tokens=tuple(args.think_tokens) if args.think_tokens else None,
-                 max_new_tokens=args.max_new_tokens, max_answer_tokens=args.max_answer_tokens,
-                 exit_text=args.exit_text.encode().decode("unicode_escape"), checker_name=args.checker)
+    ex = examine(model, tok, items, checker, cfg, think_tokens=tuple(args.think_tokens) if args.think_tokens else None,
+                 checker_name=args.checker)
     print(format_examination(ex, args.model))
     return 0 if ex.ready else 1

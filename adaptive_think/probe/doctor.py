@@ -5,8 +5,8 @@ questions with full thinking (through the controller, whose reports say how each
 with thinking skipped (the prompt `collect` uses), and checks what `collect` needs: thoughts that open,
 close on their own, answers the checker can read, and some right with full thinking.
 
-    from adaptive_think.probe.doctor import examine
-    result = examine(model, tokenizer, items[:4], checker)      # result.checks, result.ready
+    from adaptive_think.probe.doctor import DoctorConfig, examine
+    result = examine(model, tokenizer, items, checker, DoctorConfig(samples=4))   # result.checks, result.ready
     adaptive-think doctor --model DIR --questions q.jsonl --checker boxed       # the same, as a table
 """
 
@@ -23,6 +23,22 @@ from adaptive_think.probe.items import Item
 from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
+
+
+@dataclass
+class DoctorConfig:
+    """How the doctor tries the model (the defaults match `collect`'s)."""
+
+    samples: int = 4  # sample questions answered
+    max_new_tokens: int = 512  # thought + answer budget with full thinking
+    max_answer_tokens: int = 16  # answer budget with thinking skipped
+    exit_text: str = "\n\n"  # written after the close marker of a skipped thought
+
+    def __post_init__(self):
+        for name in ("samples", "max_new_tokens", "max_answer_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"DoctorConfig.{name} must be a positive integer, got {value!r}.")
 
 
 @dataclass
@@ -93,14 +109,16 @@ def _template(tokenizer, markers, question: str, exit_text: str, ex: Examination
 
 
 @torch.no_grad()
-def examine(model, tokenizer, items: list[Item], checker, think_tokens: tuple[str, str] | None = None,
-            max_new_tokens: int = 512, max_answer_tokens: int = 16, exit_text: str = "\n\n",
-            checker_name: str | None = None) -> Examination:
-    """Run the checks on `items` (a few questions); see the module docstring."""
+def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | None = None,
+            think_tokens: tuple[str, str] | None = None, checker_name: str | None = None) -> Examination:
+    """Run the checks on the first `cfg.samples` of `items`; see the module docstring."""
     from adaptive_think import AdaptiveThinker, ThinkConfig
 
+    cfg = cfg or DoctorConfig()
+    items = items[: cfg.samples]
     if not items:
         raise ValueError("doctor needs at least one sample question.")
+    max_new_tokens, max_answer_tokens, exit_text = cfg.max_new_tokens, cfg.max_answer_tokens, cfg.exit_text
     ex = Examination()
     try:
         markers = resolve_markers(tokenizer, think_tokens)
@@ -122,8 +140,6 @@ def examine(model, tokenizer, items: list[Item], checker, think_tokens: tuple[st
     gens = [[t for t, m in zip(row, mask) if m] for row, mask in
             zip(out[:, width:].tolist(), (out[:, width:] != tokenizer.pad_token_id).tolist())]
     reports = thinker.last_reports
-    prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-    spans = [thought_span(p, g, markers) for p, g in zip(prompt_ids, gens)]
     full_texts = [tokenizer.decode(g, skip_special_tokens=False) for g in gens]
 
     # thinking skipped: the prompt collect labels the skip head with
@@ -133,8 +149,9 @@ def examine(model, tokenizer, items: list[Item], checker, think_tokens: tuple[st
                       for g in _greedy(model, tokenizer, off, max_answer_tokens, len(items))]
 
     n = len(items)
-    opened = [body is not None for body, _ in spans]
-    closed = [o and r.ended_by == "natural" and close >= 0 for o, r, (_, close) in zip(opened, reports, spans)]
+    # the controller's reports: a row that never opened a block ends `natural` with no block
+    opened = [r.blocks > 0 for r in reports]
+    closed = [o and r.ended_by == "natural" for o, r in zip(opened, reports)]
     lengths = [r.think_tokens for o, r in zip(opened, reports) if o]
     if not any(opened):
         ex.checks.append(Check("opens a thought", f"0/{n}", FAIL,
