@@ -33,6 +33,9 @@ def test_rank_and_world_come_from_the_launcher():
                        "OMPI_COMM_WORLD_LOCAL_RANK": "1"}) == Launch(1, 2, 1, "Open MPI")
     assert launch_env({"PMI_RANK": "2", "PMI_SIZE": "3"}) == Launch(2, 3, 0, "MPICH / Intel MPI")
     assert launch_env({"SLURM_PROCID": "1", "SLURM_NTASKS": "4"}) == Launch(0, 1, 0, "none")
+    # what `accelerate launch --cpu --num_processes 2` gives its one process: said, not silently taken as 2
+    alone = launch_env({"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"})
+    assert (alone.rank, alone.world) == (0, 1) and "started this process alone" in alone.note and "torchrun" in alone.note
     with pytest.raises(ValueError, match="rank 2 of 2"):
         launch_env({"RANK": "2", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="WORLD_SIZE='two' is not an integer"):
