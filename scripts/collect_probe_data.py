@@ -80,4 +80,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (ValueError, FileNotFoundError) as err:  # bad input or unusable data: the message, not a traceback
+        print(f"collect_probe_data.py (rank {launch_env().rank}): error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

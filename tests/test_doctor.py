@@ -66,6 +66,7 @@ def test_doctor_fails_a_model_that_never_thinks(scripted, capsys):
     assert row(out, "opens a thought")[3:5] == ["FAIL", "0/4"]
     assert "- opens a thought: the model never wrote '<think>': pass the markers it really thinks" in out
     assert row(out, "accuracy, full thinking")[3:5] == ["FAIL", "0/4"]
+    assert "- accuracy, full thinking: follows from the failing checks above" in out
 
 
 def test_doctor_names_a_checker_that_reads_the_other_format(scripted, capsys):
@@ -91,6 +92,7 @@ def test_doctor_fails_wrong_reference_answers_and_missing_markers(scripted, caps
     wrong.write_text("".join(json.dumps({"question": it.question, "answer": it.answer}) + "\n" for it in items(4, 5)))
     code, out = doctor(capsys, "--model", "works", "--questions", str(wrong))
     assert code == 1 and row(out, "accuracy, full thinking")[3:5] == ["FAIL", "0/4"]
+    assert "verdict: NOT READY: 1 check(s) fail" in out and "check the reference answers, the checker" in out
     tok = make_tokenizer(think_special=False)
     monkeypatch.setattr(loading, "load_model_and_tokenizer", lambda *a, **k: (make_scripted("works", make_tokenizer()), tok))
     code, out = doctor(capsys, "--model", "works")
@@ -135,7 +137,7 @@ def test_collect_cli_names_the_doctor_command(scripted, capsys, tmp_path):
                  "--batch-size", "4", "--max-new-tokens", "24"])
     err = capsys.readouterr().err
     assert code == 2 and "the checker read no answer" in err
-    assert f"adaptive-think doctor --model other-format --questions {questions}" in err
+    assert f"adaptive-think doctor --model other-format --questions {questions} --max-new-tokens 24" in err
     assert "the end of one raw output: '<think>waitcheckagainok" in err
 
 

@@ -1,13 +1,6 @@
-"""One batch, many policies (issue 9): every row of a mixed-policy batch gets exactly the tokens and report it
-gets when the same batch (same prompts, same padding) runs with that row's config on every row (greedy).
-
-The model is a random "chain" LM (tests/tiny.py `make_chain_model`): its greedy next token is a fixed random
-function of the current token, by its weights alone, so it thinks for a prompt-dependent number of words,
-closes its thought, answers, sometimes opens a second thought, and reacts to every forced token, on any
-engine. The probe reads its real hidden states. ENGINES lists the engines the property runs on.
-"""
-
-import random
+"""One batch, many policies, on both engines: each row of a mixed-policy batch gets exactly the tokens and report
+it gets when the same batch (same padding) runs with that row's config on every row; the graph engine equals
+the hf engine; and one graph runner serves every policy of a sweep (budgets and probe thresholds alike)."""
 
 import pytest
 import torch
@@ -15,128 +8,111 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
+from adaptive_think.engines import graph
 from adaptive_think.probe import Probe
-from tiny import make_chain_model, make_tokenizer
+from tiny import make_model, make_tokenizer
 
-ENGINES = ["hf"]
 TOK = make_tokenizer()
-VOCAB = TOK.get_vocab()
-THINK_WORDS = ["so", "wait", "check", "again", "ok", "yes", "no", "x", "y", "z", ".", ","]
-ANSWER_WORDS = [str(i) for i in range(12)] + ["the", "answer", "is"]
+MODEL = make_model("qwen3", len(TOK), seed=11)
+PROBE = Probe.random_for(MODEL, layer=1, width=16, seed=3)
 MARKERS = {"single": None, "multi": ("<reason>", "</reason>")}
-STOP_TEXTS = ["", "ok", "so ok ."]  # 0, 1 and 5 tokens
-EXIT_TEXTS = ["", "\n\n", " : "]
+# R1-style prompts (the thought is open at the end of the prompt) and one that opens none
+PROMPTS = ["the answer is {open}\n", "check 3 , 4 and 5 again . so {open}\n", "x y", "x {open}\n so"]
+THINKERS = {name: AdaptiveThinker(MODEL, TOK, think_tokens=markers, probe=PROBE) for name, markers in MARKERS.items()}
 
-
-def chain(seed: int, marker: str) -> dict[int, int]:
-    """A random next-token table: thinking words wander and sometimes close, answers end in eos or (single-token
-    markers) sometimes open another thought."""
-    rng = random.Random(seed)
-    ids = {w: VOCAB[w] for w in THINK_WORDS + ANSWER_WORDS}
-    think, answer = [ids[w] for w in THINK_WORDS], [ids[w] for w in ANSWER_WORDS]
-    close_start = VOCAB["</think>"] if marker == "single" else VOCAB["<"]
-    nxt = {}
-    for t in think:
-        nxt[t] = close_start if rng.random() < 0.2 else rng.choice(think)
-    for t in answer:
-        r = rng.random()
-        nxt[t] = TOK.eos_token_id if r < 0.2 else VOCAB["<think>"] if (r < 0.3 and marker == "single") else rng.choice(answer)
-    if marker == "single":
-        nxt[VOCAB["<think>"]] = rng.choice(think)
-        nxt[VOCAB["</think>"]] = rng.choice(answer)
-    else:  # "<" "/" "reason" ">": the model can close a thought, never open one
-        nxt[VOCAB["<"]], nxt[VOCAB["/"]], nxt[VOCAB["reason"]] = VOCAB["/"], VOCAB["reason"], VOCAB[">"]
-        nxt[VOCAB[">"]] = rng.choice(answer)
-    nxt[VOCAB["\n"]] = nxt[VOCAB[":"]] = nxt[VOCAB[" "]] = rng.choice(answer)
-    nxt[VOCAB["think"]] = VOCAB["<think>"]  # a prompt ending in "think": the model opens the thought itself
-    return nxt
-
-
-MODEL = make_chain_model(TOK, {})
-PROBE = Probe.random_for(MODEL, layer=1, width=8, seed=0)
-PROBE.ready_threshold, PROBE.skip_threshold = 0.5, 0.55
-
-
-def set_chain(next_of: dict[int, int]) -> None:
-    with torch.no_grad():
-        MODEL.lm_head.weight.zero_()
-        for t in range(len(TOK)):
-            MODEL.lm_head.weight[next_of.get(t, TOK.eos_token_id), t] = 1.0
-
-
-@st.composite
-def configs(draw):
-    policy = draw(st.sampled_from(["full", "none", "budget", "probe"]))
-    exit_text = draw(st.sampled_from(EXIT_TEXTS))
-    if policy == "full":
-        return ThinkConfig()
-    if policy == "none":
-        return ThinkConfig(policy="none", exit_text=exit_text)
-    stop = draw(st.sampled_from(STOP_TEXTS))
-    n_stop = len(TOK.encode(stop, add_special_tokens=False))
-    budget = draw(st.integers(n_stop, 10))
-    if policy == "budget":
-        return ThinkConfig(policy="budget", max_think_tokens=budget, exit_text=exit_text, stop_text=stop)
-    cap = draw(st.sampled_from([None, budget]))
-    return ThinkConfig(
-        policy="probe", max_think_tokens=cap, exit_text=exit_text, stop_text=stop,
-        threshold=draw(st.sampled_from([None, 0.3, 0.45, 0.5, 0.55])),
-        skip_threshold=draw(st.sampled_from([None, 0.5, 0.9])),
-        min_think_tokens=draw(st.integers(0, 3 if cap is None else min(3, cap))),
-        patience=draw(st.integers(1, 2)), smoothing=draw(st.sampled_from([1.0, 0.5])),
-        stop_at_boundary=draw(st.booleans()), allow_skip=draw(st.booleans()),
-    )
-
-
-def prompt(kind: str, word: str, marker: str) -> str:
-    """inside: ends inside an open thought; opens: the model opens one (single-token markers); direct: it answers."""
-    open_text = "<think>" if marker == "single" else "<reason>"
-    return {"inside": f"the answer is {open_text} {word}", "opens": "check think", "direct": "the answer is 3"}[kind]
-
-
-def strip(row: torch.Tensor) -> list[int]:
-    """A generated row without the pad HF writes after eos (or after a shorter run ends)."""
-    out = row.tolist()
-    while out and out[-1] == TOK.pad_token_id:
-        out.pop()
-    return out
-
-
-@pytest.mark.parametrize("engine", ENGINES)
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(
-    seed=st.integers(0, 10**6),
-    marker=st.sampled_from(["single", "multi"]),
-    rows=st.lists(st.tuples(configs(), st.sampled_from(["inside", "opens", "direct"]), st.sampled_from(THINK_WORDS)),
-                  min_size=1, max_size=4),
+CONFIGS = st.one_of(
+    st.just(ThinkConfig()),
+    st.builds(lambda e: ThinkConfig(policy="none", exit_text=e), st.sampled_from(["", "\n\n"])),
+    # the budget counts the stop text (" ok ." is 4 tokens): shorter budgets go without it
+    st.builds(lambda b, e, s: ThinkConfig(policy="budget", max_think_tokens=b, exit_text=e, stop_text=s if b >= 4 else ""),
+              st.integers(1, 8), st.sampled_from(["", "\n\n", " so : "]), st.sampled_from(["", " ok ."])),
+    st.builds(lambda t, k, m: ThinkConfig(policy="probe", threshold=t, skip_threshold=k, allow_skip=k is not None,
+                                          min_think_tokens=m, stop_at_boundary=False, max_think_tokens=9),
+              st.floats(0.3, 0.7), st.sampled_from([0.4, 0.6, None]), st.integers(0, 3)),
 )
-def test_each_row_behaves_as_if_alone_in_its_policy(engine, seed, marker, rows):
-    set_chain(chain(seed, marker))
-    thinker = AdaptiveThinker(MODEL, TOK, think_tokens=MARKERS[marker], probe=PROBE)
-    batch = TOK([prompt(kind, word, marker) for _, kind, word in rows], return_tensors="pt", padding=True)
-    kw = dict(max_new_tokens=24, do_sample=False, engine=engine)
-    think = [cfg for cfg, _, _ in rows]
-    mixed = thinker.generate(**batch, think=think, **kw)[:, batch["input_ids"].shape[1]:]
-    mixed_reports = [r.to_dict() for r in thinker.last_reports]
-    for i, cfg in enumerate(think):
-        alone = thinker.generate(**batch, think=cfg, **kw)[:, batch["input_ids"].shape[1]:]
-        assert strip(mixed[i]) == strip(alone[i]), f"row {i} ({cfg})"
-        assert mixed_reports[i] == thinker.last_reports[i].to_dict(), f"row {i} ({cfg})"
-        if cfg.max_think_tokens is not None:  # the hard guarantee, stop text and every block included
-            assert mixed_reports[i]["think_tokens"] <= cfg.max_think_tokens
 
 
-def test_stop_text_is_written_before_the_close_and_counted():
-    """Budget 6 with a 5-token stop text: one word of the model's own, then "so ok .", close, exit."""
-    nxt = chain(0, "single")
-    for w in THINK_WORDS:  # a thought that never closes by itself
-        nxt[VOCAB[w]] = VOCAB["wait"]
-    set_chain(nxt)
-    thinker = AdaptiveThinker(MODEL, TOK)
-    batch = TOK(["the answer is <think> so"], return_tensors="pt")
-    cfg = ThinkConfig(policy="budget", max_think_tokens=6, stop_text="so ok .", exit_text="\n\n")
-    out = thinker.generate(**batch, think=cfg, max_new_tokens=14, do_sample=False)[0, batch["input_ids"].shape[1]:]
-    enc = lambda text: TOK.encode(text, add_special_tokens=False)  # noqa: E731
-    want = [VOCAB["wait"]] + enc("so ok .") + [VOCAB["</think>"]] + enc("\n\n")
-    assert out.tolist()[: len(want)] == want
-    assert (thinker.last_reports[0].think_tokens, thinker.last_reports[0].ended_by) == (6, "budget")
+def generate(thinker, batch, think, engine):
+    out = thinker.generate(**batch, think=think, engine=engine, max_new_tokens=14, do_sample=False)
+    return out, [r.to_dict() for r in thinker.last_reports]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs=st.lists(CONFIGS, min_size=1, max_size=4), marker=st.sampled_from(sorted(MARKERS)), data=st.data())
+def test_each_row_of_a_mixed_batch_gets_what_it_gets_alone_on_both_engines(configs, marker, data):
+    thinker = THINKERS[marker]
+    open_text = thinker.markers.open_text
+    prompts = [data.draw(st.sampled_from(PROMPTS)).format(open=open_text) for _ in configs]
+    batch = TOK(prompts, return_tensors="pt", padding=True)
+    mixed = {engine: generate(thinker, batch, configs, engine) for engine in ("hf", "graph")}
+    assert torch.equal(mixed["graph"][0], mixed["hf"][0]) and mixed["graph"][1] == mixed["hf"][1]
+    out, reports = mixed["graph"]
+    for i, config in enumerate(configs):
+        alone, alone_reports = generate(thinker, batch, config, "graph")
+        n = min(out.shape[1], alone.shape[1])  # HF stops at the step every row is done: lengths may differ
+        assert torch.equal(out[i, :n], alone[i, :n]) and reports[i] == alone_reports[i]
+    # one runner per (marker shape, batch size), whatever the policies
+    assert len(graph.cache_info(MODEL)) <= len(MARKERS) * 4
+
+
+def test_a_sweep_over_budgets_and_thresholds_holds_one_runner():
+    graph.clear_graph_cache(MODEL)
+    thinker = THINKERS["single"]
+    batch = TOK([p.format(open="<think>") for p in PROMPTS], return_tensors="pt", padding=True)
+    sweep = [ThinkConfig(policy="budget", max_think_tokens=b, exit_text="\n\n") for b in (1, 2, 4, 8, 16)]
+    sweep += [ThinkConfig(policy="probe", threshold=t, skip_threshold=0.5, stop_at_boundary=False)
+              for t in (0.3, 0.4, 0.5, 0.6, 0.7)]
+    for think in sweep:
+        out, reports = generate(thinker, batch, think, "graph")
+        ref, ref_reports = generate(thinker, batch, think, "hf")
+        assert torch.equal(out, ref) and reports == ref_reports
+    info = graph.cache_info(MODEL)
+    assert len(info) == 1 and info[0]["batch"] == len(PROMPTS)
+    graph.clear_graph_cache(MODEL)
+
+
+def test_mixed_batch_on_the_graph_engine_steers_each_row_its_own_way():
+    """A hand-checked batch: full, none, budget 3 with exit text, probe: four different endings."""
+    thinker = THINKERS["single"]
+    batch = TOK([PROMPTS[0].format(open="<think>")] * 4, return_tensors="pt", padding=True)
+    configs = [ThinkConfig(), ThinkConfig(policy="none"), ThinkConfig(policy="budget", max_think_tokens=3,
+                                                                      exit_text="\n\n"),
+               ThinkConfig(policy="probe", threshold=0.0, skip_threshold=0.0, allow_skip=False, min_think_tokens=2,
+                           stop_at_boundary=False)]
+    out, reports = generate(thinker, batch, configs, "graph")
+    assert [r["ended_by"] for r in reports] == ["unfinished", "skipped", "budget", "probe"]
+    assert [r["think_tokens"] for r in reports[1:]] == [0, 3, 2]
+    gen = out[:, batch["input_ids"].shape[1]:]
+    close = thinker.markers.close_ids[0]
+    assert gen[2, 3] == close and gen[2, 4:6].tolist() == TOK.encode("\n\n", add_special_tokens=False)
+    assert gen[3, 2] == close and gen[1, 0] == close
+
+
+def _strip_wall(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_wall(v) for k, v in obj.items() if k != "wall_s"}
+    if isinstance(obj, list):
+        return [_strip_wall(v) for v in obj]
+    return obj
+
+
+@pytest.mark.slow
+def test_eval_over_the_default_sweep_gives_the_same_results_on_both_engines(tmp_path, capsys):
+    import json
+
+    from adaptive_think.cli import main
+
+    try:
+        from adaptive_think.bundled import probe_path, reasoner_path
+
+        reasoner_path(), probe_path()
+    except FileNotFoundError as err:
+        pytest.skip(f"bundled reasoner or probe not built: {err}")
+    results = {}
+    for engine in ("hf", "graph"):
+        out = tmp_path / f"{engine}.json"
+        assert main(["eval", "--model", "bundled", "--probe", "bundled", "--n", "4", "--seed", "5", "--batch-size", "4",
+                     "--max-new-tokens", "64", "--engine", engine, "--device", "cpu", "--json", str(out)]) == 0
+        results[engine] = json.loads(out.read_text())
+    assert len(results["hf"]["policies"]) >= 5  # full, none, budgets, probe levels, baselines
+    assert _strip_wall(results["graph"]["policies"]) == _strip_wall(results["hf"]["policies"])
