@@ -142,3 +142,15 @@ def test_stop_text_is_written_before_the_close_and_counted():
     want = [VOCAB["wait"]] + enc("so ok .") + [VOCAB["</think>"]] + enc("\n\n")
     assert out.tolist()[: len(want)] == want
     assert (thinker.last_reports[0].think_tokens, thinker.last_reports[0].ended_by) == (6, "budget")
+
+
+def test_configs_follow_their_prompt_under_num_return_sequences():
+    """HF repeats each prompt num_return_sequences times in place: each copy keeps its prompt's config."""
+    set_chain(chain(1, "single"))
+    thinker = AdaptiveThinker(MODEL, TOK)
+    batch = TOK(["the answer is <think> so", "the answer is <think> wait"], return_tensors="pt", padding=True)
+    think = [ThinkConfig(policy="budget", max_think_tokens=1), ThinkConfig(policy="none")]
+    thinker.generate(**batch, think=think, max_new_tokens=8, do_sample=True, top_k=1, num_return_sequences=2)
+    assert [r.ended_by for r in thinker.last_reports] == ["budget", "budget", "skipped", "skipped"]
+    with pytest.raises(ValueError, match="one per row"):
+        thinker.generate(**batch, think=think[:1] * 3, max_new_tokens=2)
