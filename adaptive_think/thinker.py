@@ -91,8 +91,12 @@ class AdaptiveThinker:
         """The eos ids of a generate(**kwargs) call (the tokenizer's when the model names none)."""
         return eos_token_ids(self.model, kwargs, self.tokenizer)
 
-    def controller(self, think: ThinkConfig | Sequence[ThinkConfig], kwargs: dict | None = None) -> ThinkController:
-        """The controller for one call on this model: `think` is one ThinkConfig (every row) or one per row."""
+    def controller(self, think: ThinkConfig | Sequence[ThinkConfig], kwargs: dict | None = None,
+                   with_probe: bool = False) -> ThinkController:
+        """The controller for one call on this model: `think` is one ThinkConfig (every row) or one per row.
+
+        with_probe: carry this thinker's probe even when no row uses it (the graph engine then keys one captured
+        step for every policy: budgets and probe thresholds of a sweep share it)."""
         configs = [think] if isinstance(think, ThinkConfig) else list(think)
         for c in configs:
             if not isinstance(c, ThinkConfig):
@@ -114,7 +118,7 @@ class AdaptiveThinker:
             empty_ids=self.empty_block_ids(),
             eos_ids=self.eos_ids(kwargs or {}),
             is_boundary=self.boundary_tokens() if boundary else None,
-            probe=self.probe if uses_probe else None,
+            probe=self.probe if (uses_probe or with_probe) else None,
             vocab_size=self.vocab_size,
             device=self.model.device,
             impl=self.impl,
@@ -143,7 +147,7 @@ class AdaptiveThinker:
         if input_ids is None and engine == "graph":
             raise ValueError('engine="graph" needs input_ids: it cannot start from inputs_embeds alone. Pass the '
                              'token ids, or use engine="hf" (markers are then matched in generated tokens only).')
-        controller = self.controller(think, kwargs)
+        controller = self.controller(think, kwargs, with_probe=engine == "graph")
         rows = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[0]
         if not isinstance(think, ThinkConfig) and len(think) != rows:
             raise ValueError(f"think has {len(think)} ThinkConfigs for {rows} rows of input; "
@@ -152,7 +156,8 @@ class AdaptiveThinker:
         if engine == "graph":
             from adaptive_think.engines.graph import generate_graph
 
-            out = generate_graph(self.model, controller, input_ids, probe_layer=self._probe_layer(think), **kwargs)
+            layer = self.probe.layer if self.probe is not None else None
+            out = generate_graph(self.model, controller, input_ids, probe_layer=layer, **kwargs)
         else:
             from adaptive_think.engines.hf import generate_hf
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from datetime import timedelta
 
 import torch.distributed as dist
@@ -49,6 +50,8 @@ def main() -> int:
     collect_cmd.add_arguments(parser)
     args = parser.parse_args()
     env = launch_env()
+    if env.note:
+        print(f"note: {env.note}", file=sys.stderr, flush=True)
     items, checker = collect_cmd.items_from_args(args)
     device = process_device(env, args.device, args.device_map)
     model, tok = load_model_and_tokenizer(args.model, device, args.dtype, args.device_map)
@@ -77,4 +80,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (ValueError, FileNotFoundError) as err:  # bad input or unusable data: the message, not a traceback
+        print(f"collect_probe_data.py (rank {launch_env().rank}): error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

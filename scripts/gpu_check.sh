@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The one prepared GPU check (fits in 8 minutes on one H100): GPU tests, kernel benchmark, engine benchmark.
+# The one prepared GPU check (fits in 8 minutes on one H100/H200): GPU tests, kernel benchmark, engine benchmark.
 #
 #   bash scripts/gpu_check.sh              # from the repository root; results under ${OUT:-./gpu_out}
 #
 # Installs nothing. The machine is bare (torch, triton, transformers present; this working tree copied, not
 # installed), so a symlink shim makes `adaptive_think.kernels` resolve to ./kernels the way pyproject maps it.
 # Each step has its own timeout and its exit code is recorded; a failed step does not stop the next one.
-# Writes $OUT/gpu_check.json (steps, codes, seconds); exits 1 if any step failed. Without CUDA it says so,
-# writes {"skipped": true, ...} and exits 0.
+# Writes $OUT/gpu_check.json (versions, steps, codes, seconds); exits 1 if any step failed. Without CUDA it says
+# so, writes {"skipped": true, ...} and exits 0. Everything lands flat in $OUT, 7 files at most: gpu_check.json,
+# pytest_gpu.{log,xml}, bench_kernels.log, kernels.json, bench_engines.log, engines.json.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,12 +18,11 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-470}"  # whole run; the engine step gets what is left
 PY="${PYTHON:-python}"
-STEPS_FILE="$OUT/.steps"
-: > "$STEPS_FILE"
-
 # --- shim: $SHIM/adaptive_think mirrors ./adaptive_think with kernels -> ./kernels (no pip install) ---------
 SHIM="$(mktemp -d)"
 trap 'rm -rf "$SHIM"' EXIT
+STEPS_FILE="$SHIM/steps"  # scratch outside $OUT: only results come back
+: > "$STEPS_FILE"
 mkdir -p "$SHIM/adaptive_think"
 for entry in "$ROOT"/adaptive_think/*; do
     ln -s "$entry" "$SHIM/adaptive_think/$(basename "$entry")"
@@ -62,14 +62,16 @@ run_step() {
     echo "$name $rc $((SECONDS - start))" >> "$STEPS_FILE"
 }
 
-"$PY" -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, \
-'transformers', transformers.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" | tee "$OUT/versions.txt"
+VERSIONS="$("$PY" -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, \
+'transformers', transformers.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')")"
+echo "$VERSIONS"
+export VERSIONS
 
 # 1. GPU tests (all of tests/ marked gpu: kernels, engines)
-run_step pytest_gpu 180 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml"
+run_step pytest_gpu 240 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml"
 
 # 2. kernel benchmark
-run_step bench_kernels 100 "$PY" benchmarks/gpu_kernels.py --out "$OUT/kernels.json"
+run_step bench_kernels 90 "$PY" benchmarks/gpu_kernels.py --out "$OUT/kernels.json"
 
 # ============================== HOOK: engine benchmarks (benchmarks/gpu_engines.py) ==============================
 # Another engineer's benchmark; skipped when missing. It gets the rest of the budget (at least 60 s).
@@ -92,7 +94,8 @@ for line in open(sys.argv[1]):
     steps.append({"step": name, "exit": rc if rc == "skipped" else int(rc), "seconds": int(secs),
                   "timed_out": rc in ("124", "137")})
 failed = [s["step"] for s in steps if s["exit"] not in (0, "skipped")]
-doc = {"skipped": False, "steps": steps, "failed": failed}
+import os
+doc = {"skipped": False, "versions": os.environ.get("VERSIONS"), "steps": steps, "failed": failed}
 open(sys.argv[2], "w").write(json.dumps(doc, indent=2) + "\n")
 print(json.dumps(doc))
 sys.exit(1 if failed else 0)

@@ -2,6 +2,7 @@
 thought, one that thinks but answers in another format, one whose thoughts never close, one that works."""
 
 import json
+import re
 
 import pytest
 
@@ -66,6 +67,7 @@ def test_doctor_fails_a_model_that_never_thinks(scripted, capsys):
     assert row(out, "opens a thought")[3:5] == ["FAIL", "0/4"]
     assert "- opens a thought: the model never wrote '<think>': pass the markers it really thinks" in out
     assert row(out, "accuracy, full thinking")[3:5] == ["FAIL", "0/4"]
+    assert "- accuracy, full thinking: follows from the failing checks above" in out
 
 
 def test_doctor_names_a_checker_that_reads_the_other_format(scripted, capsys):
@@ -91,6 +93,7 @@ def test_doctor_fails_wrong_reference_answers_and_missing_markers(scripted, caps
     wrong.write_text("".join(json.dumps({"question": it.question, "answer": it.answer}) + "\n" for it in items(4, 5)))
     code, out = doctor(capsys, "--model", "works", "--questions", str(wrong))
     assert code == 1 and row(out, "accuracy, full thinking")[3:5] == ["FAIL", "0/4"]
+    assert "verdict: NOT READY: 1 check(s) fail" in out and "check the reference answers, the checker" in out
     tok = make_tokenizer(think_special=False)
     monkeypatch.setattr(loading, "load_model_and_tokenizer", lambda *a, **k: (make_scripted("works", make_tokenizer()), tok))
     code, out = doctor(capsys, "--model", "works")
@@ -135,7 +138,7 @@ def test_collect_cli_names_the_doctor_command(scripted, capsys, tmp_path):
                  "--batch-size", "4", "--max-new-tokens", "24"])
     err = capsys.readouterr().err
     assert code == 2 and "the checker read no answer" in err
-    assert f"adaptive-think doctor --model other-format --questions {questions}" in err
+    assert f"adaptive-think doctor --model other-format --questions {questions} --max-new-tokens 24" in err
     assert "the end of one raw output: '<think>waitcheckagainok" in err
 
 
@@ -179,3 +182,17 @@ def test_doctor_on_an_r1_style_template_and_a_users_checker(scripted, capsys, mo
     assert row(out, "checker reads answers")[3:5] == ["info", "test_doctor:right_or_wrong:"]
     assert "(this checker only says right or wrong) -> right" in out
     assert row(out, "accuracy, full thinking")[3:5] == ["ok", "4/4"]
+
+
+def test_doctor_loads_a_saved_model_folder(tmp_path, capsys):
+    from tiny import make_model
+
+    tok = make_tokenizer()
+    model = make_model("qwen3", len(tok))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    code, out = doctor(capsys, "--model", str(tmp_path / "m"), "--samples", "2", "--max-new-tokens", "6")
+    names = [m.group(1) for m in re.finditer(r"^  (\S.*?) +(?:ok|warn|FAIL|info)  ", out, re.M)]
+    assert names[:4] == ["think markers", "thinking on", "thinking off", "opens a thought"]
+    assert names[-2:] == ["accuracy, full thinking", "accuracy, no thinking"]
+    assert code == (0 if "verdict: ready" in out else 1) and "verdict: " in out

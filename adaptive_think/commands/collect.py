@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 HELP = "collect labelled checkpoints for probe training (resumable)"
+COLLECT_DEFAULTS = {"max_new_tokens": 512, "max_answer_tokens": 16}  # CollectConfig's, and doctor's
 
 
 def add_arguments(p):
@@ -28,8 +29,8 @@ def add_arguments(p):
     out.add_argument("--layers", type=int, nargs="*", default=None, help="candidate layers (default: spread)")
     out.add_argument("--every", type=int, default=8, help="checkpoint every k thought tokens, besides boundaries")
     out.add_argument("--batch-size", type=int, default=32)
-    out.add_argument("--max-new-tokens", type=int, default=512)
-    out.add_argument("--max-answer-tokens", type=int, default=16)
+    out.add_argument("--max-new-tokens", type=int, default=COLLECT_DEFAULTS["max_new_tokens"])
+    out.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"])
     out.add_argument("--exit-text", default="\\n\\n")
     out.add_argument("--shard-questions", type=int, default=64)
     out.add_argument("--think-tokens", nargs=2, default=None, metavar=("OPEN", "CLOSE"))
@@ -68,6 +69,9 @@ def doctor_command(args) -> str:
         parts += ["--questions", args.questions]
     if args.checker:
         parts += ["--checker", args.checker]
+    for flag in ("max_new_tokens", "max_answer_tokens"):  # doctor has the same flags and defaults
+        if getattr(args, flag) != COLLECT_DEFAULTS[flag]:
+            parts += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     return shlex.join(parts)
 
 

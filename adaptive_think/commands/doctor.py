@@ -11,6 +11,8 @@ probe can be trained on.
 
 from __future__ import annotations
 
+from adaptive_think.commands.collect import COLLECT_DEFAULTS
+
 HELP = "check that the probe pipeline works on a model (markers, template, thoughts, checker) in seconds"
 
 
@@ -23,8 +25,10 @@ def add_arguments(p):
                    help="boxed | last-number | exact | choice | answer-is (default) | package.module:function")
     p.add_argument("--samples", type=int, default=4, help="sample questions to answer")
     p.add_argument("--seed", type=int, default=11, help="seed of the bundled questions")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="thought + answer budget, as in collect")
-    p.add_argument("--max-answer-tokens", type=int, default=16, help="answer budget without thinking, as in collect")
+    p.add_argument("--max-new-tokens", type=int, default=COLLECT_DEFAULTS["max_new_tokens"],
+                   help="thought + answer budget, as in collect")
+    p.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"],
+                   help="answer budget without thinking, as in collect")
     p.add_argument("--exit-text", default="\\n\\n")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import torch
 
 from adaptive_think.config import ThinkConfig
-from adaptive_think.controller.state import NO_LIMIT, POLICY_CODES, POLICY_PROBE
+from adaptive_think.controller.state import NO_LIMIT, POLICY_CODES
 
 # Rows of `RowParams.ints` [NP_INT, B] int32.
 P_POLICY = 0  # POLICY_* code
@@ -179,10 +179,6 @@ class RowParams:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.ints, self.floats, self.force
-
-    def uses_probe(self) -> torch.Tensor:
-        """[] bool on the device: does any row use the probe policy (no host sync)."""
-        return (self.ints[P_POLICY] == POLICY_PROBE).any()
 
 
 def needed_capacity(rows: Sequence[RowSettings], open_ids, empty_ids, close_ids) -> int:

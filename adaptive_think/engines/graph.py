@@ -25,8 +25,6 @@ between two done-checks; models it cannot capture (dynamic rotary embeddings, se
 from __future__ import annotations
 
 import inspect
-import weakref
-from collections import OrderedDict
 from dataclasses import fields
 
 import torch
@@ -34,10 +32,17 @@ import torch
 from adaptive_think.controller import ThinkController
 from adaptive_think.controller.state import ControllerSpec, ProbeTensors
 from adaptive_think.engines.args import UNSET, check_arguments, eos_token_ids, refusal, resolve, token_ids
+from adaptive_think.engines.graph_cache import (  # noqa: F401 (public here)
+    _RUNNERS,
+    cache_info,
+    clear_graph_cache,
+    drop_runner,
+    get_runner,
+    set_cache_limit,
+)
 from adaptive_think.engines.runner import COMPILED, WARMUP_STEPS, DecodeRunner, sample  # noqa: F401 (sample: public)
 
 GRAPH_MODES = ("eager", "cudagraph", "compile", "reduce-overhead")
-MAX_CACHED_RUNNERS = 4  # per model: each holds a KV cache of its bucket
 MIN_BUCKET = 64
 DYNAMIC_ROPE = ("dynamic", "longrope")  # rotary embeddings that recompute their frequencies from the length
 
@@ -143,31 +148,6 @@ def _copy_spec(dst: ControllerSpec, src: ControllerSpec) -> None:
                     getattr(d, g.name).copy_(getattr(s, g.name))
 
 
-_RUNNERS: "weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict]" = weakref.WeakKeyDictionary()
-
-
-def clear_graph_cache(model=None) -> None:
-    """Drop the captured steps and static caches of `model` (all models when None); removes their hooks."""
-    for m in [model] if model is not None else list(_RUNNERS):
-        for runner in _RUNNERS.pop(m, OrderedDict()).values():
-            runner.close()
-
-
-def _runner(model, key: tuple, need: int, length: int, make) -> tuple[DecodeRunner, bool]:
-    """The cached runner of `key` with the smallest cache holding `need` slots, else a new one of `length`."""
-    per_model = _RUNNERS.setdefault(model, OrderedDict())
-    fits = [(k[1], k) for k in per_model if k[0] == key and k[1] >= need]
-    if fits:
-        full = min(fits)[1]
-        per_model.move_to_end(full)
-        return per_model[full], False
-    if len(per_model) >= MAX_CACHED_RUNNERS:
-        _, old = per_model.popitem(last=False)
-        old.close()
-    per_model[key, length] = runner = make()
-    return runner, True
-
-
 # -- generate -------------------------------------------------------------------------------------------
 
 
@@ -234,7 +214,9 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
         length = window
     spec_key = (_spec_signature(controller.spec) + (controller.impl, controller.force_capacity)
                 if controller is not None else None)
-    key = (bsz, dev, graph_mode, sampling, pad, eos, spec_key, probe_layer if spec_key else None)
+    dtype = model.get_input_embeddings().weight.dtype
+    # only what changes the captured code; pad and eos ids are buffer contents (their count is a shape)
+    key = (bsz, dev, dtype, graph_mode, sampling, max(len(eos), 1), spec_key, probe_layer if spec_key else None)
 
     def make():
         if controller is not None:
@@ -244,15 +226,15 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
 
     # buffers made under a caller's inference_mode would refuse in-place updates in a later call outside it
     with torch.inference_mode(False), torch.no_grad():
-        runner, fresh = _runner(model, key, seq + max_new_tokens, length, make)
+        runner, fresh = get_runner(model, key, seq + max_new_tokens, length, make)
+        runner.set_ids(pad, eos)
         if fresh or not runner.captured:
             # warm-up steps sample too: keep them off the caller's random stream, so a seed reproduces a run
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
                 try:
                     runner.build(input_ids, attention_mask)
                 except BaseException:
-                    _RUNNERS[model].pop((key, length), None)  # a half-built runner is never reused
-                    runner.close()
+                    drop_runner(model, key, length)  # a half-built runner is never reused
                     raise
         if controller is not None:
             controller.begin(input_ids)

@@ -44,9 +44,10 @@ class ThinkLogitsProcessor(LogitsProcessor):
         forced = self.controller.step(last, hidden)  # [B]
         forced = forced.to(scores.device, non_blocking=True)  # a no-op unless the head sits on another GPU
         steer = (forced >= 0)[:, None]  # [B, 1]
-        only_forced = torch.full_like(scores, float("-inf"))
-        only_forced.scatter_(1, forced.clamp(min=0)[:, None], 0.0)
-        return torch.where(steer, only_forced, scores)
+        at = forced.clamp(min=0)[:, None]  # [B, 1]
+        # one pass over the vocabulary: steered rows -inf, then their forced token 0 (other rows rewrite their own)
+        kept = torch.where(steer, torch.zeros((), dtype=scores.dtype, device=scores.device), scores.gather(1, at))
+        return scores.masked_fill(steer, float("-inf")).scatter_(1, at, kept)
 
 
 def check_supported(model, kwargs: dict) -> None:

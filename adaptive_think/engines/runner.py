@@ -94,7 +94,7 @@ class DecodeRunner:
         # a weak reference: the runner lives in a WeakKeyDictionary keyed on the model, so it must not keep it alive
         self._model = weakref.ref(model)
         self.batch, self.length, self.graph_mode = batch, length, graph_mode
-        self.sampling, self.pad = sampling, pad
+        self.sampling = sampling
         dev = model.device
         self.device = dev
         self.cache = StaticCache(config=model.config, max_cache_len=length)
@@ -114,6 +114,7 @@ class DecodeRunner:
         self.done = torch.zeros(batch, dtype=torch.bool, device=dev)
         self.all_done = torch.zeros((), dtype=torch.bool, device=dev)
         self.tokens = torch.full((batch, length), pad, **long)  # [B, L]
+        self.pad = torch.tensor(pad, **long)  # []: the token finished rows write
         self.eos = torch.tensor(eos or (-1,), **long)  # [Ne]
         self.next_slot, self.used = 0, 0
         self.ctl = _private_controller(controller) if controller is not None else None
@@ -140,6 +141,11 @@ class DecodeRunner:
         """While active, the probe layer's hook fills `hidden` (other forwards of the model leave it alone)."""
         if self.capture is not None:
             self.capture.enabled = on
+
+    def set_ids(self, pad: int, eos: tuple[int, ...]) -> None:
+        """This call's pad and eos ids (buffer contents: any ids of the same count share the captured step)."""
+        self.pad.fill_(pad)
+        self.eos.copy_(torch.tensor(eos or (-1,), dtype=torch.long))
 
     def kv_bytes(self) -> int:
         """Bytes held by this runner's KV cache (0 before the first forward allocates it)."""
@@ -184,7 +190,7 @@ class DecodeRunner:
         if self.ctl is not None:
             forced = self.ctl.step(last, self.hidden)  # [B], -1 = none
             tok = torch.where(forced >= 0, forced, tok)
-        tok = torch.where(self.done, torch.full_like(tok, self.pad), tok)  # HF: finished rows write pad
+        tok = torch.where(self.done, self.pad, tok)  # HF: finished rows write pad
         self.done |= (tok[:, None] == self.eos[None, :]).any(-1)
         self.tokens.index_copy_(1, self.t, tok[:, None])
         self.t.add_(1)
@@ -223,7 +229,7 @@ class DecodeRunner:
         self.done.zero_()
         self.all_done.zero_()
         self.t.zero_()
-        self.tokens.fill_(self.pad)
+        self.tokens.copy_(self.pad.expand_as(self.tokens))
         self.slot.fill_(seq)
         # HF's positions under left padding: count of real tokens before, pads at 1
         pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(~real, 1)  # [B, S]
@@ -320,7 +326,8 @@ class DecodeRunner:
         torch.cuda.synchronize()
 
     def _static_tensors(self):
-        yield from (self.cur, self.pos, self.slot, self.t, self.valid, self.done, self.all_done, self.tokens, self.eos)
+        yield from (self.cur, self.pos, self.slot, self.t, self.valid, self.done, self.all_done, self.tokens, self.eos,
+                    self.pad)
         if self.hidden is not None:
             yield self.hidden
         if self.ctl is not None:
@@ -332,3 +339,4 @@ class DecodeRunner:
             self.capture.remove()
             self.capture = None
         self.graphs = {}
+        self.cache = None  # the KV memory goes with the last reference

@@ -65,10 +65,6 @@ class Examination:
         return not any(c.status == FAIL for c in self.checks)
 
 
-def _tail(text: str, n: int = 70) -> str:
-    return repr(text if len(text) <= n else "..." + text[-n:])
-
-
 def _other_checkers(texts: list[tuple[str, str]], current: str | None) -> str:
     """Which built-in checkers read these outputs, and how many they get right."""
     from adaptive_think.tasks.checkers import CHECKERS
@@ -99,10 +95,10 @@ def _template(tokenizer, markers, question: str, exit_text: str, ex: Examination
     body, _ = thought_span(tokenizer.encode(on, add_special_tokens=False), [], markers)
     where = (f"the prompt opens the thought (ends inside {markers.open_text!r})" if body is not None
              else f"the model must write {markers.open_text!r} itself")
-    ex.checks.append(Check("thinking on", f"ends {_tail(on, 40)}: {where}", INFO))
+    ex.checks.append(Check("thinking on", where, INFO))
     switch = "enable_thinking" in str(template)
     if off == chat_prompt(tokenizer, question, enable_thinking=False):
-        ex.checks.append(Check("thinking off", f"ends {_tail(off, 40)} (enable_thinking=False)", OK))
+        ex.checks.append(Check("thinking off", "the template's enable_thinking=False prompt ends in a closed think block", OK))
     else:
         why = "has no enable_thinking switch" if not switch else "ignores enable_thinking=False"
         ex.checks.append(Check("thinking off", f"the template {why}; collect appends an empty think block", INFO))
@@ -184,9 +180,11 @@ def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | No
                                OK if all(parsed) else WARN, "" if all(parsed) else "unread answers count as wrong"))
     full_ok = [c and bool(checker(t, it.answer)) for t, it, c in zip(full_texts, items, closed)]
     nothink_ok = [bool(checker(t, it.answer)) for t, it in zip(no_think_texts, items)]
+    earlier = any(c.status == FAIL for c in ex.checks)
     ex.checks.append(Check("accuracy, full thinking", f"{sum(full_ok)}/{n}", OK if any(full_ok) else FAIL,
-                           "" if any(full_ok) else "no sample right with full thinking: check the reference answers, "
-                                                   "the checker and --max-new-tokens (the labels would all be wrong)"))
+                           "" if any(full_ok) else "follows from the failing checks above" if earlier else
+                           "no sample right with full thinking: check the reference answers, the checker and "
+                           "--max-new-tokens (every label would be 'wrong')"))
     ex.checks.append(Check("accuracy, no thinking", f"{sum(nothink_ok)}/{n}", INFO))
     read = getattr(checker, "read", None)
     ex.sample = {"question": items[0].question, "answer": items[0].answer, "output": full_texts[0],

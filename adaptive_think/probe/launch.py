@@ -33,6 +33,7 @@ class Launch:
     world: int
     local_rank: int
     launcher: str  # "torchrun" | "Open MPI" | ... | "none" (a single process)
+    note: str = ""  # what the user should know about how this process was launched
 
 
 def _int(name: str, env) -> int:
@@ -53,6 +54,12 @@ def launch_env(env=None) -> Launch:
                 raise ValueError(f"{launcher} environment says rank {rank} of {world} (local rank {local}); "
                                  "need 0 <= rank < world size.")
             return Launch(rank, world, local, launcher)
+    if str(env.get("ACCELERATE_USE_CPU", "")).lower() in ("1", "true", "yes") and "MASTER_ADDR" in env:
+        # `accelerate launch --cpu --num_processes N` (N > 1) without an MPI hostfile starts one process
+        return Launch(0, 1, 0, "none", note=(
+            "accelerate launch --cpu started this process alone (several CPU processes need an MPI hostfile); it "
+            "collects every question. For several processes on CPU: torchrun --nproc_per_node N scripts/"
+            "collect_probe_data.py ... (or accelerate launch --multi_gpu --num_processes N, which runs torchrun)."))
     return Launch(0, 1, 0, "none")
 
 
