@@ -1,6 +1,8 @@
 """Built-in answer checkers on hand-written model outputs: boxed, last-number, exact, choice, answer-is."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adaptive_think.probe.items import Item, check_answers, load_checker
 from adaptive_think.tasks.checkers import get_checker, read_boxed, to_number
@@ -85,3 +87,14 @@ def test_reference_answers_are_checked_before_any_generation():
         check_answers([Item("a", "q", "Paris")], CHOICE)
     check_answers(items, EXACT)
     check_answers(items, lambda text, answer: True)  # a user's function is trusted as is
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-10**9, 10**9), st.integers(0, 99))
+def test_any_integer_reads_back_in_every_spelling(n, cents):
+    spelled = f"{n:,}"
+    assert to_number(spelled) == to_number(str(n)) == to_number(f"{n}.0") == n
+    assert LAST.read(f"</think>First 3, then {spelled}.") == spelled and LAST(f"</think>So {spelled}", str(n))
+    assert BOXED(f"</think>\\boxed{{{spelled}}}", f"{n}.00")
+    decimal = f"{n}.{cents:02d}"
+    assert LAST(f"</think>Total: ${decimal} due", decimal) and not LAST(f"</think>Total: {decimal}", str(n + 1))

@@ -248,7 +248,8 @@ def test_few_shot_prompt_with_a_finished_thought_starts_in_prompt_and_the_budget
     assert o == 0 and c == 1 + 4  # the model opened a new thought and the budget cut it after 4 tokens
     assert gen[c + 1 : c + 3] == ids("\n\n")
     rep = thinker.last_reports[0]
-    assert (rep.think_tokens, rep.ended_by, rep.decision_step) == (4, "budget", 1 + 4)
+    # one block: the prompt's finished thought is not the row's (a row started as closed would count two)
+    assert (rep.think_tokens, rep.ended_by, rep.decision_step, rep.blocks) == (4, "budget", 1 + 4, 1)
 
 
 def test_few_shot_prompt_ending_inside_a_new_thought_counts_from_the_first_token():

@@ -1,0 +1,186 @@
+"""The shared core of both vLLM processor adapters: one controller row per vLLM request slot.
+
+A `SlotController` owns a `ThinkController` of `num_slots` rows (the engine's max_num_seqs) and a few
+per-slot tensors of its own (prompt length, whether the slot is steered). Requests join with `add`
+(their prompt, config and, after a preemption, the output tokens they already have, which are replayed),
+leave with `remove`, move with `move`; every decode step is one `step` over the logits rows:
+
+- row r belongs to slot `slots[r]`; `pos[r]` is the position of the token fed there, so the row's own step
+  is `pos - (prompt_len - 1)` (0 at the prompt's last token);
+- a row advances only when that step equals the state's own step: a chunk that ends before the prompt
+  does (chunked prefill) or a re-prefill that ends before the request's last output token (after a
+  preemption) is not decided;
+- forced rows keep only the forced token finite (the hf engine's rule), so greedy and sampling both take it.
+
+No Python loop over rows and no host sync in `step`: rows are gathered, stepped by `probe_step` and
+scattered back with tensor ops. The adapters (v1.py, mrv2.py) only translate vLLM's batch bookkeeping.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from adaptive_think.config import ThinkConfig
+from adaptive_think.controller import ThinkController
+from adaptive_think.controller.state import ControllerState
+from adaptive_think.kernels.probe_step import probe_step
+
+# A prompt length no position reaches: an unsteered slot's rows are never active.
+NEVER = 2**62
+
+
+class SlotController:
+    """Per-slot controller state of one vLLM engine. context: an `EngineContext` (context.py)."""
+
+    def __init__(self, context, num_slots: int, device, impl: str = "auto"):
+        self.context = context
+        self.device = torch.device(device)
+        self.impl = impl
+        self.ctl = ThinkController(
+            context.markers, ThinkConfig(), encode=context.encode, empty_ids=context.empty_ids,
+            eos_ids=context.eos_ids, is_boundary=context.boundary, probe=context.probe,
+            vocab_size=context.vocab_size, device=self.device, impl=impl, force_capacity=context.force_capacity)
+        self.ctl.allocate(num_slots)
+        self.prompt_len = torch.full((num_slots,), NEVER, dtype=torch.int64, device=self.device)
+        self.steered = torch.zeros(num_slots, dtype=torch.bool, device=self.device)
+        self._arange = torch.arange(num_slots, device=self.device)
+        # host bookkeeping, updated on batch changes only: skip all work while nothing is steered, and hand
+        # hidden states over only while a probe row is in the batch
+        self.steered_slots: set[int] = set()
+        self._probe_slots: set[int] = set()
+
+    @property
+    def num_slots(self) -> int:
+        return self.prompt_len.shape[0]
+
+    def slot_range(self, n: int) -> torch.Tensor:
+        """[n] slots 0..n-1 (V1's logits rows are its persistent-batch slots)."""
+        return self._arange[:n]
+
+    # -- batch bookkeeping (host-driven, once per change) ------------------------------------------------
+
+    def add(self, slots: Sequence[int], prompts: Sequence[Sequence[int]] | torch.Tensor, prompt_lens: Sequence[int],
+            configs: Sequence[ThinkConfig | None], outputs: torch.Tensor | None = None,
+            output_lens: Sequence[int] = ()) -> None:
+        """(Re)start slots from their prompts (K token lists, or [K, S] left-padded) and configs (None: not
+        steered). outputs [K, M] / output_lens: tokens each request already generated (after a preemption),
+        replayed into its state so its next step continues where it left off."""
+        if not slots:
+            return
+        rows = torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
+        steered = [c is not None for c in configs]
+        self.ctl.init_rows(rows, prompts, [c if c is not None else ThinkConfig() for c in configs])
+        self.prompt_len.index_copy_(0, rows, torch.tensor(
+            [n if s else NEVER for n, s in zip(prompt_lens, steered)], dtype=torch.int64, device=self.device))
+        self.steered.index_copy_(0, rows, torch.tensor(steered, dtype=torch.bool, device=self.device))
+        for slot, config in zip(slots, configs):
+            for table, member in ((self.steered_slots, config is not None),
+                                  (self._probe_slots, config is not None and config.policy == "probe")):
+                table.add(int(slot)) if member else table.discard(int(slot))
+        if outputs is not None and max(output_lens, default=0) > 0:
+            self._replay(rows, outputs, torch.as_tensor(list(output_lens), dtype=torch.long, device=self.device))
+
+    def _replay(self, rows: torch.Tensor, outputs: torch.Tensor, lens: torch.Tensor) -> None:
+        """Re-run steps 0 .. len-1 of each row with its own earlier outputs as the observed tokens (no hidden
+        state: a probe row keeps its counts and phase; its smoothed score restarts)."""
+        outputs = outputs.to(self.device)
+        for j in range(int(outputs.shape[1])):  # one step per replayed token: a one-off per preempted request
+            token = outputs[:, j - 1] if j > 0 else torch.zeros_like(lens)
+            self._advance(rows, token, None, active=(j < lens) & self.steered[rows])
+
+    def snapshot(self, slot: int) -> tuple[torch.Tensor, ...]:
+        """A copy of one slot's controller row (state, params, prompt length), to `restore` it elsewhere later."""
+        st, pa = self.ctl.state, self.ctl.params
+        return (st.ints[:, slot].clone(), st.floats[:, slot].clone(), st.forced[slot].clone(), pa.ints[:, slot].clone(),
+                pa.floats[:, slot].clone(), pa.force[slot].clone(), self.prompt_len[slot].clone())
+
+    def restore(self, slot: int, snap: tuple[torch.Tensor, ...], probe: bool) -> None:
+        """Put a `snapshot` back into `slot` (a request that left the batch and came back)."""
+        st, pa = self.ctl.state, self.ctl.params
+        for buf, value in zip((st.ints[:, slot], st.floats[:, slot], st.forced[slot], pa.ints[:, slot],
+                               pa.floats[:, slot], pa.force[slot], self.prompt_len[slot]), snap):
+            buf.copy_(value)
+        self.steered[slot] = True
+        self.steered_slots.add(int(slot))
+        (self._probe_slots.add if probe else self._probe_slots.discard)(int(slot))
+
+    def remove(self, slots: Sequence[int]) -> None:
+        """Free slots: their rows are no longer steered."""
+        if not slots:
+            return
+        rows = torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
+        self.steered.index_fill_(0, rows, False)
+        self.prompt_len.index_fill_(0, rows, NEVER)
+        self._probe_slots.difference_update(int(s) for s in slots)
+        self.steered_slots.difference_update(int(s) for s in slots)
+
+    def move(self, src: Sequence[int], dst: Sequence[int]) -> None:
+        """Slot dst[i] takes slot src[i]'s request (moves, swaps and cycles: every source is read first)."""
+        if not src:
+            return
+        self.ctl.move_rows(src, dst)
+        s = torch.as_tensor(list(src), dtype=torch.long, device=self.device)
+        d = torch.as_tensor(list(dst), dtype=torch.long, device=self.device)
+        for buf in (self.prompt_len, self.steered):
+            buf.index_copy_(0, d, buf.index_select(0, s))
+        for table in (self.steered_slots, self._probe_slots):
+            had = {int(a) for a in src if int(a) in table}
+            table.difference_update(int(b) for b in dst)
+            table.update(int(b) for a, b in zip(src, dst) if int(a) in had)
+
+    # -- one decode step (device only) --------------------------------------------------------------------
+
+    def _advance(self, slots: torch.Tensor, token: torch.Tensor, hidden: torch.Tensor | None,
+                 active: torch.Tensor) -> torch.Tensor:
+        """Step the rows of `slots` [N] whose `active` [N] is set; returns [N] forced token (-1: none)."""
+        st, pa = self.ctl.state, self.ctl.params
+        sub = ControllerState(st.ints.index_select(1, slots), st.floats.index_select(1, slots),
+                              st.forced.index_select(0, slots))
+        before_ints, before_floats = sub.ints.clone(), sub.floats.clone()
+        params = type(pa)(pa.ints.index_select(1, slots), pa.floats.index_select(1, slots), pa.force.index_select(0, slots))
+        probe_step(hidden, token.to(torch.int64).contiguous(), sub, params, self.ctl.spec, impl=self.impl)
+        st.ints.index_copy_(1, slots, torch.where(active[None, :], sub.ints, before_ints))
+        st.floats.index_copy_(1, slots, torch.where(active[None, :], sub.floats, before_floats))
+        forced = torch.where(active, sub.forced, torch.full_like(sub.forced, -1))
+        st.forced.index_copy_(0, slots, forced)
+        return forced
+
+    def step(self, logits: torch.Tensor, slots: torch.Tensor, token: torch.Tensor, pos: torch.Tensor,
+             hidden: torch.Tensor | None) -> torch.Tensor:
+        """Decide every row of logits [N, V] and force tokens in place; returns logits.
+
+        slots [N] int64: row -> slot; token [N]: the token fed at the row's position pos [N]; hidden [N, D]:
+        probe-layer residual stream there (None when no probe is served).
+        """
+        row_step = pos.to(torch.int64) - (self.prompt_len.index_select(0, slots) - 1)  # [N]
+        active = self.steered.index_select(0, slots) & (row_step == self.ctl.state.step.index_select(0, slots))
+        use_hidden = hidden if (self._probe_slots and self.ctl.needs_hidden) else None
+        forced = self._advance(slots, token, use_hidden, active)
+        force_tokens(logits, forced)
+        return logits
+
+
+def compose_moves(moves: Sequence[tuple[int, int, bool]]) -> tuple[list[int], list[int], list[int]]:
+    """Ordered moves `(a, b, swap)` (swap: a <-> b; else b takes a's request and a is left empty, vLLM's
+    V1 batch semantics) as one permutation: (src, dst, slots left empty)."""
+    empty = -1
+    content: dict[int, int] = {}  # slot -> the slot whose request it holds now
+    for a, b, swap in moves:
+        ca, cb = content.get(a, a), content.get(b, b)
+        if swap:
+            content[a], content[b] = cb, ca
+        else:
+            content[b], content[a] = ca, empty
+    moved = [(c, d) for d, c in content.items() if c not in (d, empty)]
+    return [c for c, _ in moved], [d for _, d in moved], [d for d, c in content.items() if c == empty]
+
+
+def force_tokens(logits: torch.Tensor, forced: torch.Tensor) -> None:
+    """In place: rows with forced[r] >= 0 keep only that token finite (logit 0), other rows are untouched."""
+    idx = forced.clamp(min=0)[:, None]  # [N, 1]
+    keep = logits.gather(1, idx)  # [N, 1]: the old value, written back on rows that are not forced
+    rows = (forced >= 0)[:, None]  # [N, 1]
+    logits.masked_fill_(rows, float("-inf"))
+    logits.scatter_(1, idx, torch.where(rows, torch.zeros_like(keep), keep))

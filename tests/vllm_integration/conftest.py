@@ -1,0 +1,50 @@
+"""Shared pieces of the vLLM tests: the bundled reasoner's prompts and the hf-engine reference.
+
+These tests run in the vLLM venv that .ci/run creates (`python -m pytest -m vllm tests/vllm_integration`); elsewhere
+each module skips itself with a reason (`pytest.importorskip("vllm")`).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaptive_think import AdaptiveThinker, ThinkConfig
+from adaptive_think.bundled import probe_path, reasoner_path
+from adaptive_think.tasks import make_questions
+
+
+@pytest.fixture(scope="session")
+def hf_thinker():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(reasoner_path()).eval()
+    tok = AutoTokenizer.from_pretrained(reasoner_path())
+    return AdaptiveThinker(model, tok, probe=probe_path())
+
+
+def chat_prompts(tokenizer, n: int, seed: int = 5) -> list[str]:
+    """n arithmetic questions of the bundled task family as chat prompts (thinking on)."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q.question}], add_generation_prompt=True,
+                                          tokenize=False) for q in make_questions(n, seed=seed)]
+
+
+@torch.no_grad()
+def hf_tokens_from_ids(thinker: AdaptiveThinker, prompt_ids: list[int], config: dict | None, max_new_tokens: int,
+                       min_new_tokens: int = 0) -> list[int]:
+    """Greedy completion of prompt token ids on the hf engine (config None: plain model.generate)."""
+    ids = torch.tensor([prompt_ids], device=thinker.model.device)
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                  min_new_tokens=min_new_tokens or None)
+    if config is None:
+        out = thinker.model.generate(ids, **kwargs)
+    else:
+        out = thinker.generate(ids, think=ThinkConfig(**config), **kwargs)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def hf_tokens(thinker: AdaptiveThinker, prompt: str, config: dict | None, max_new_tokens: int,
+              min_new_tokens: int = 0) -> list[int]:
+    """Greedy completion token ids of one prompt text on the hf engine (config None: plain model.generate)."""
+    ids = thinker.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return hf_tokens_from_ids(thinker, ids, config, max_new_tokens, min_new_tokens)

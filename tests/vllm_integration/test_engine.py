@@ -1,0 +1,100 @@
+"""adaptive_think inside one offline vLLM engine (bundled reasoner + probe, greedy, CPU, V1 runner).
+
+One engine serves every test here: 4 slots for 8+ requests (slots are reused), 16-token scheduler chunks
+(every prompt is prefilled in several chunks) and a KV cache of 640 tokens (long requests get preempted
+and resumed). Each request's tokens must equal `AdaptiveThinker.generate` on the hf engine with the same
+config. Run in the vLLM venv: `python -m pytest -m vllm tests/vllm_integration`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed here; .ci/run runs these tests in its vLLM venv")
+
+from vllm.exceptions import VLLMValidationError  # noqa: E402
+
+from adaptive_think.bundled import probe_path, reasoner_path  # noqa: E402
+from adaptive_think.vllm import llm_kwargs  # noqa: E402
+from tests.vllm_integration.conftest import chat_prompts, hf_tokens  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+MIXED = [
+    {"policy": "full"},
+    {"policy": "none"},
+    {"policy": "budget", "max_think_tokens": 0, "exit_text": "\n\n"},
+    {"policy": "budget", "max_think_tokens": 5, "exit_text": "\n\n"},
+    {"policy": "budget", "max_think_tokens": 20, "exit_text": "\n\n"},
+    {"policy": "probe"},
+    {"policy": "probe", "max_think_tokens": 10},
+    None,  # a request without adaptive_think settings is left alone
+]
+
+
+@pytest.fixture(scope="module")
+def llm():
+    engine = vllm.LLM(model=str(reasoner_path()), dtype="float32", enforce_eager=True, max_model_len=256,
+                      max_num_seqs=4, max_num_batched_tokens=16, kv_cache_memory_bytes=4_200_000,
+                      disable_log_stats=False, seed=0, **llm_kwargs(probe=probe_path()))
+    yield engine
+    del engine
+
+
+def _params(config, max_tokens=150, **kw):
+    extra = {"adaptive_think": config} if config is not None else None
+    return vllm.SamplingParams(max_tokens=max_tokens, temperature=0.0, extra_args=extra, **kw)
+
+
+def _preemptions(llm) -> int:
+    return int(sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions"))
+
+
+def test_mixed_configs_in_one_batch_match_the_hf_engine(llm, hf_thinker):
+    prompts = chat_prompts(llm.get_tokenizer(), len(MIXED))
+    outs = llm.generate(prompts, [_params(c) for c in MIXED], use_tqdm=False)
+    for prompt, config, out in zip(prompts, MIXED, outs):
+        assert list(out.outputs[0].token_ids) == hf_tokens(hf_thinker, prompt, config, 150), config
+
+
+def test_preempted_requests_resume_their_thinking_state(llm, hf_thinker):
+    # min_tokens keeps every request writing 150 tokens: 4 x ~180 tokens do not fit 640, so some are preempted
+    configs = [{"policy": "budget", "max_think_tokens": 30, "exit_text": "\n\n"}, {"policy": "full"},
+               {"policy": "probe"}, {"policy": "budget", "max_think_tokens": 12}, {"policy": "none"}, {"policy": "probe"}]
+    prompts = chat_prompts(llm.get_tokenizer(), len(configs), seed=11)
+    before = _preemptions(llm)
+    outs = llm.generate(prompts, [_params(c, min_tokens=150) for c in configs], use_tqdm=False)
+    assert _preemptions(llm) > before, "the KV cache was meant to be too small for these requests"
+    for prompt, config, out in zip(prompts, configs, outs):
+        assert list(out.outputs[0].token_ids) == hf_tokens(hf_thinker, prompt, config, 150, min_new_tokens=150), config
+
+
+def test_sampled_rows_keep_their_budget(llm):
+    tok = llm.get_tokenizer()
+    close = tok.convert_tokens_to_ids("</think>")
+    prompts = chat_prompts(tok, 6, seed=3)
+    # no per-request seed: vLLM 0.32's CPU runner cannot rewind a request's generator after a discarded
+    # partial-prefill sample ("CPU Generator does not use offset"); the engine's seed makes the run repeatable
+    params = vllm.SamplingParams(max_tokens=120, temperature=1.0,
+                                 extra_args={"adaptive_think": {"policy": "budget", "max_think_tokens": 7}})
+    for out in llm.generate(prompts, params, use_tqdm=False):
+        ids = list(out.outputs[0].token_ids)
+        assert close in ids and ids.index(close) <= 1 + 7  # "<think>", at most 7 thinking tokens, "</think>"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"adaptive_think": {"policy": "sometimes"}}, "not a known policy"),
+    ({"adaptive_think.policy": "budget"}, "needs max_think_tokens"),
+    ({"adaptive_think.policy": "budget", "adaptive_think.max_think_tokens": "many"}, "must be an integer"),
+    ({"adaptive_think.bogus": 1}, "unknown adaptive_think setting"),
+])
+def test_invalid_settings_are_refused_before_the_engine(llm, extra, message):
+    with pytest.raises(VLLMValidationError, match=message):
+        llm.generate(["hi"], vllm.SamplingParams(max_tokens=4, extra_args=extra), use_tqdm=False)
+
+
+def test_both_thinking_budgets_on_one_request_are_refused(llm):
+    params = vllm.SamplingParams(max_tokens=4, thinking_token_budget=5,
+                                 extra_args={"adaptive_think": {"policy": "budget", "max_think_tokens": 5}})
+    with pytest.raises(VLLMValidationError, match="thinking_token_budget"):
+        llm.generate(["hi"], params, use_tqdm=False)
