@@ -24,7 +24,10 @@ class ThinkConfig:
         or probe; never on a skip), e.g. Qwen's "Considering the limited time by the user, I have to give the
         solution based on the thinking directly now."; counted as thinking tokens, and the budget makes room
         for it (a row never exceeds max_think_tokens, stop text included). None: none (or the probe's default).
-    threshold / skip_threshold: probe score thresholds; None takes the probe's calibrated values.
+    threshold / skip_threshold: probe score thresholds; None takes the calibrated values of the effort rung.
+    effort: which calibrated operating point of the probe's effort ladder to use ("high" loses least,
+        "low" saves most; the probe names its rungs); None: the probe's default rung. Explicit
+        threshold / skip_threshold override the rung's.
     smoothing: EMA weight of the newest ready score (1.0 = no smoothing).
     patience: consecutive steps the smoothed score must pass the threshold before stopping (hysteresis).
     stop_at_boundary: stop only right after a token that ends a sentence or paragraph; None: the
@@ -40,6 +43,7 @@ class ThinkConfig:
     stop_text: str | None = None
     threshold: float | None = None
     skip_threshold: float | None = None
+    effort: str | None = None
     smoothing: float = 1.0
     patience: int = 1
     stop_at_boundary: bool | None = None
@@ -72,9 +76,11 @@ class ThinkConfig:
                 'use policy="budget" or policy="probe" for a capped thought.'
             )
         if self.policy != "probe":
-            for name in ("threshold", "skip_threshold"):
+            for name in ("threshold", "skip_threshold", "effort"):
                 if getattr(self, name) is not None:
                     raise ValueError(f'ThinkConfig.{name} only applies to policy="probe" (got policy="{self.policy}").')
+        if self.effort is not None and (not isinstance(self.effort, str) or not self.effort):
+            raise ValueError(f'ThinkConfig.effort must be a rung name such as "high", "medium" or "low", got {self.effort!r}.')
         for name in ("threshold", "skip_threshold"):
             v = getattr(self, name)
             if v is not None and not (0.0 <= float(v) <= 1.0):

@@ -2,6 +2,7 @@
 thought, one that thinks but answers in another format, one whose thoughts never close, one that works."""
 
 import json
+import re
 
 import pytest
 
@@ -181,3 +182,17 @@ def test_doctor_on_an_r1_style_template_and_a_users_checker(scripted, capsys, mo
     assert row(out, "checker reads answers")[3:5] == ["info", "test_doctor:right_or_wrong:"]
     assert "(this checker only says right or wrong) -> right" in out
     assert row(out, "accuracy, full thinking")[3:5] == ["ok", "4/4"]
+
+
+def test_doctor_loads_a_saved_model_folder(tmp_path, capsys):
+    from tiny import make_model
+
+    tok = make_tokenizer()
+    model = make_model("qwen3", len(tok))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    code, out = doctor(capsys, "--model", str(tmp_path / "m"), "--samples", "2", "--max-new-tokens", "6")
+    names = [m.group(1) for m in re.finditer(r"^  (\S.*?) +(?:ok|warn|FAIL|info)  ", out, re.M)]
+    assert names[:4] == ["think markers", "thinking on", "thinking off", "opens a thought"]
+    assert names[-2:] == ["accuracy, full thinking", "accuracy, no thinking"]
+    assert code == (0 if "verdict: ready" in out else 1) and "verdict: " in out

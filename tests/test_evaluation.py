@@ -6,8 +6,9 @@ import re
 import pytest
 import torch
 
-from adaptive_think.evaluation.policies import default_policies, parse_policy
-from adaptive_think.evaluation.run import Evaluator, evaluate, pareto_check, think_tokens_of
+from adaptive_think.evaluation.policies import check_policies, default_policies, parse_policy
+from adaptive_think.evaluation.report import envelope, pareto_check
+from adaptive_think.evaluation.run import Evaluator, evaluate, think_tokens_of
 from adaptive_think.markers import resolve_markers
 from adaptive_think.probe import Probe
 from adaptive_think.probe.items import Item
@@ -34,7 +35,8 @@ def ev():
 
 
 def test_all_policy_families_run(ev):
-    pols = ["full", "none", "budget:4", "marker", "confidence:0.0", "probe", "probe:0.0"]
+    pols = ["full", "none", "budget:4", "marker", "confidence:0.0", "consistency:2", "consistency:2:3", "probe",
+            "probe:0.0", "router", "oracle"]
     res = evaluate(ev, pols, log=lambda *_: None)
     assert list(res) == pols
     for name, v in res.items():
@@ -49,16 +51,57 @@ def test_all_policy_families_run(ev):
     assert conf["forward_tokens_mean"] > 16  # one trial answer (close + exit + up to 12 tokens) on top
     assert res["marker"]["think_tokens_mean"] == 1 and res["marker"]["forward_tokens_mean"] == 16
     json.dumps(res)
-    assert set(pareto_check(res)) == {"probe_dominates_all", "beaten", "not_beaten"}
+    # a random model never closes its thought: no point is "right and stays right", the oracle thinks it all
+    assert res["oracle"]["think_tokens_mean"] == 16 and res["oracle"]["accuracy"] == res["full"]["accuracy"]
+    assert res["router"]["think_tokens_mean"] in (0, 16)  # skipped or full: never stopped mid-thought
+    # consistency checks every boundary (every token here) or every 3rd token: at least 2 trials, then stops
+    assert res["consistency:2"]["think_tokens_mean"] >= 2 and res["consistency:2:3"]["think_tokens_mean"] >= 6
 
 
 def test_policy_specs():
     assert parse_policy("budget:32").value == 32
+    assert parse_policy("effort:high").effort == "high" and parse_policy("stops:low").kind == "stops"
+    assert (parse_policy("consistency:3").value, parse_policy("consistency:3").every) == (3, None)
+    assert parse_policy("consistency:3:16").every == 16
     for bad, msg in [("budget", "needs a cap"), ("sometimes", "Unknown policy"), ("probe:1.5", r"\[0, 1\]"),
-                     ("full:3", "takes no value"), ("budget:x", "not a number")]:
+                     ("full:3", "takes no value"), ("budget:x", "not a number"), ("effort", "rung name"),
+                     ("router:1", "takes no value"), ("oracle:2", "takes no value"), ("consistency", "needs M"),
+                     ("consistency:1", ">= 2"), ("consistency:3:0", "K must")]:
         with pytest.raises(ValueError, match=msg):
             parse_policy(bad)
     assert "probe" in default_policies(100, True) and "probe" not in default_policies(100, False)
+    assert {"effort:high", "effort:low", "stops:high", "router", "oracle"} <= set(default_policies(100, True, ["high", "low"]))
+
+
+def test_policies_checked_before_running():
+    specs = [parse_policy(t) for t in ("full", "marker", "effort:high", "effort:turbo", "stops:x", "router", "oracle")]
+    why = check_policies(specs, has_probe=True, efforts=["high"], has_pattern=False)
+    assert set(why) == {"marker", "effort:turbo", "stops:x"} and "answer pattern" in why["marker"]
+    why = check_policies(specs, has_probe=False, efforts=[], has_pattern=True)
+    assert set(why) == {"effort:high", "effort:turbo", "stops:x", "router"}
+    assert "no effort ladder" in check_policies(specs[2:3], has_probe=True, efforts=[], has_pattern=True)["effort:high"]
+
+
+def _row(f, a):
+    return {"forward_tokens_mean": f, "accuracy": a}
+
+
+def test_pareto_verdicts_on_known_points():
+    # probe points (10, 0.5), (20, 0.9), (40, 1.0): their envelope is 0.7 at 15 and 0.95 at 30
+    res = {"probe:0.2": _row(10, 0.5), "effort:low": _row(20, 0.9), "effort:high": _row(40, 1.0),
+           "budget:8": _row(8, 0.3),  # cheaper than every probe point: not beaten
+           "budget:15": _row(15, 0.69),  # under the segment between two probe points: beaten by mixing them
+           "marker": _row(15, 0.71),  # above that segment: not beaten
+           "confidence:0.9": _row(30, 0.95),  # exactly on the envelope: beaten (tie goes to the probe)
+           "consistency:3": _row(50, 0.99), "router": _row(60, 1.0),  # more tokens, no better: beaten
+           "full": _row(90, 1.0), "oracle": _row(5, 1.0)}  # not baselines: never judged
+    got = pareto_check(res)
+    assert sorted(got["beaten"]) == ["budget:15", "confidence:0.9", "consistency:3", "router"]
+    assert sorted(got["not_beaten"]) == ["budget:8", "marker"] and not got["dominates_all"]
+    # the rungs alone (no probe:0.2) reach nothing below 20 forward tokens
+    assert sorted(pareto_check(res, ("effort",))["not_beaten"]) == ["budget:15", "budget:8", "marker"]
+    assert envelope([(10, 0.5), (20, 0.9)], 15) == pytest.approx(0.7) and envelope([(10, 0.5)], 9) is None
+    assert pareto_check({"full": _row(1, 1)}) == {}
 
 
 def test_think_token_counting():

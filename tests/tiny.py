@@ -194,3 +194,31 @@ def make_scripted(behaviour: str, tok, think_words: int = 6, seed: int = 0) -> S
         "prompt_end": lambda seq: max(i + len(assistant) for i in range(len(seq)) if seq[i : i + len(assistant)] == assistant),
     }
     return model
+
+
+def make_chain_model(tok, next_of: dict[int, int], layers: int = 2) -> Qwen3ForCausalLM:
+    """A tiny Qwen3 whose greedy next token is `next_of[current token]`, by its weights alone (no Python in the
+    forward, so every engine and CUDA-graph capture runs it): one-hot embeddings, attention and MLP outputs
+    zeroed (the residual stream carries the embedding), lm_head row next_of[t] reads coordinate t. Tokens
+    missing from next_of lead to eos. The hidden state of any layer is the current token's one-hot embedding.
+    """
+    vocab = len(tok)
+    width = 16 * ((vocab + 15) // 16)  # one coordinate per token
+    config = Qwen3Config(
+        vocab_size=vocab, hidden_size=width, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=width // 4, max_position_embeddings=512, pad_token_id=0,
+        eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.model.embed_tokens.weight[:, :vocab] = torch.eye(vocab)
+        model.lm_head.weight.zero_()
+        for t in range(vocab):
+            model.lm_head.weight[next_of.get(t, tok.eos_token_id), t] = 1.0
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, tok.eos_token_id
+    return model

@@ -2,6 +2,7 @@
 
     adaptive-think demo              # the shipped probe when there is one, else a thinking budget
     adaptive-think demo --n 12 --seed 7 --engine graph
+    adaptive-think demo --show 3     # question 3's thought with the probe's stop and the settled point marked, + PNG
 """
 
 from __future__ import annotations
@@ -17,17 +18,21 @@ def add_arguments(p):
     p.add_argument("--budget", type=int, default=40, help="thinking budget when no probe ships")
     p.add_argument("--engine", choices=("hf", "graph"), default="hf")
     p.add_argument("--device", default="auto")
+    p.add_argument("--effort", default=None, help="probe effort rung (default: the probe's default rung)")
+    p.add_argument("--show", type=int, default=None, metavar="N",
+                   help="show question N's thought with the probe's decision marked, and plot its score trace")
+    p.add_argument("--png", default=None, help="where --show writes its plot (default: demo_show_N.png)")
 
 
 def _mark(ok: bool) -> str:
     return "ok" if ok else "x"
 
 
-def adaptive_config(has_probe: bool, budget: int):
+def adaptive_config(has_probe: bool, budget: int, effort: str | None = None):
     from adaptive_think import ThinkConfig
 
     if has_probe:
-        return "probe", ThinkConfig(policy="probe")
+        return "probe" + (f" (effort {effort})" if effort else ""), ThinkConfig(policy="probe", effort=effort)
     return f"budget {budget}", ThinkConfig(policy="budget", max_think_tokens=budget, exit_text="\n\n")
 
 
@@ -50,8 +55,17 @@ def run(args) -> int:
     except FileNotFoundError:
         probe = None
     thinker = AdaptiveThinker(model, tok, probe=probe)
-    label, adaptive = adaptive_config(probe is not None, args.budget)
     questions = make_questions(args.n, args.seed)
+    if args.show is not None:
+        from adaptive_think.commands.show import show
+
+        if not 0 <= args.show < args.n:
+            raise ValueError(f"--show {args.show}: pick a question number from 0 to {args.n - 1} (--n {args.n}).")
+        if probe is None:
+            raise ValueError("--show needs the shipped probe; build it with `bash scripts/train_bundled_probe.sh`.")
+        return show(model, tok, probe, questions[args.show], args.show, args.effort,
+                    args.png or f"demo_show_{args.show}.png", args.engine)
+    label, adaptive = adaptive_config(probe is not None, args.budget, args.effort)
     print(f"bundled reasoner, {args.n} questions (seed {args.seed}); adaptive policy: {label}\n")
     print(f"{'#':>2} {'lvl':>3}  {'question':58s} {'truth':>5} | {'full':>9} {'tok':>4} | {'adaptive':>9} {'tok':>4} {'ended by':>9}")
     totals = {"full": [0, 0, 0.0], "adaptive": [0, 0, 0.0]}

@@ -1,7 +1,12 @@
 """Evaluate thinking policies side by side on the same questions.
 
-    adaptive-think eval --model bundled --probe bundled --n 300 --seed 2024 --json runs/eval.json
-    adaptive-think eval --model DIR --probe runs/probe --questions q.jsonl --policies full budget:128 probe
+    adaptive-think eval --model bundled --probe bundled --n 600 --seed 9001 --json runs/eval.json
+    adaptive-think eval --model bundled --probe bundled --n 600 --seed 9001 --do-sample --temperature 0.6 --top-p 0.95
+    adaptive-think eval --model DIR --probe runs/probe --questions q.jsonl --policies full budget:128 effort:high oracle
+
+Every requested policy is checked before anything is generated; with no --policies, the default sweep
+leaves out what cannot run here and says so. Questions the probe was collected on are left out unless
+--include-seen.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ def add_arguments(p):
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--seed", type=int, default=2024, help="question seed (use one not used in collection)")
     p.add_argument("--policies", nargs="*", default=None,
-                   help="e.g. full none budget:32 marker confidence:0.95 probe probe:0.7 (default: a sweep of each)")
+                   help="e.g. full none budget:32 marker confidence:0.95 consistency:3 router effort:high probe:0.7 "
+                        "oracle (default: a sweep of each family that applies)")
+    p.add_argument("--include-seen", action="store_true",
+                   help="keep questions the probe was collected / calibrated on (left out by default)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None, help="PNG of accuracy vs forward tokens (default: next to --json)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -27,6 +35,41 @@ def add_arguments(p):
     p.add_argument("--engine", choices=("hf", "graph"), default="hf")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    s = p.add_argument_group("decoding (every policy, the same settings and seed)")
+    s.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    s.add_argument("--temperature", type=float, default=None, help="e.g. 0.6 (Qwen3's thinking-mode setting)")
+    s.add_argument("--top-p", type=float, default=None, help="e.g. 0.95")
+    s.add_argument("--sampling-seed", type=int, default=0, help="torch seed set before each policy's run")
+
+
+def sampling_from_args(args) -> dict:
+    """generate() kwargs of the decoding flags; ValueError for settings that only apply when sampling."""
+    if not args.do_sample:
+        if args.temperature is not None or args.top_p is not None:
+            raise ValueError("--temperature and --top-p only apply with --do-sample.")
+        return {"do_sample": False}
+    out = {"do_sample": True}
+    if args.temperature is not None:
+        if args.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0, got {args.temperature}.")
+        out["temperature"] = args.temperature
+    if args.top_p is not None:
+        if not 0 < args.top_p <= 1:
+            raise ValueError(f"--top-p must lie in (0, 1], got {args.top_p}.")
+        out["top_p"] = args.top_p
+    return out
+
+
+def _load_probe(spec):
+    if spec is None:
+        return None, None
+    from adaptive_think.probe import Probe
+
+    if spec == "bundled":
+        from adaptive_think.bundled import probe_path
+
+        spec = probe_path()
+    return Probe.from_pretrained(spec), str(spec)
 
 
 def run(args) -> int:
@@ -34,51 +77,66 @@ def run(args) -> int:
     from pathlib import Path
 
     from adaptive_think.commands.collect import items_from_args
-    from adaptive_think.evaluation.policies import default_policies, parse_policy
-    from adaptive_think.evaluation.run import Evaluator, evaluate, format_table, pareto_check, plot, write_json
+    from adaptive_think.evaluation.heldout import exclude_seen
+    from adaptive_think.evaluation.policies import check_policies, default_policies, parse_policy
+    from adaptive_think.evaluation.report import format_levels, format_table, oracle_shares, pareto_check, plot, vs_full, write_json
+    from adaptive_think.evaluation.run import Evaluator, evaluate
     from adaptive_think.loading import load_model_and_tokenizer
 
-    for text in args.policies or []:
-        parse_policy(text)  # fail before loading anything
-    items, checker = items_from_args(args)
-    model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype)
-    probe = args.probe
-    if probe == "bundled":
-        from adaptive_think.bundled import probe_path
-
-        probe = probe_path()
-    pattern = None
+    explicit = [parse_policy(t) for t in args.policies or []]  # fail before loading anything
+    sampling = sampling_from_args(args)
+    probe, probe_name = _load_probe(args.probe)
+    pattern = parse = None
     if not args.questions:
-        from adaptive_think.tasks import ANSWER_STATED
+        from adaptive_think.tasks import ANSWER_STATED, parse_answer
 
-        pattern = ANSWER_STATED
+        pattern, parse = ANSWER_STATED, parse_answer
+    ctx = dict(has_probe=probe is not None, efforts=probe.efforts if probe else [], has_pattern=pattern is not None)
+    if explicit:
+        why = check_policies(explicit, **ctx)
+        if why:
+            raise ValueError("These policies cannot run here: " + "; ".join(f"{k}: {v}" for k, v in why.items()) + ".")
+        left_out = {}
+    else:
+        left_out = check_policies([parse_policy(t) for t in default_policies(1.0, True, ctx["efforts"])], **ctx)
+        if left_out:
+            print("left out of the default sweep: " + "; ".join(f"{k} ({v})" for k, v in left_out.items()))
+    items, checker = items_from_args(args)
+    held_out = {"drawn": len(items), "excluded": 0, "how": "--include-seen: nothing excluded"}
+    if not args.include_seen:
+        items, held_out = exclude_seen(items, probe)
+        print(f"held out: {held_out['excluded']} of {held_out['drawn']} questions excluded as seen by the probe "
+              f"(per level {held_out['excluded_per_level']}); {held_out['how']}")
+    if not items:
+        raise ValueError("Every question was seen by the probe; draw another --seed or pass --include-seen.")
+    model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype)
     ev = Evaluator(model, tok, items, checker, probe=probe, batch_size=args.batch_size,
                    max_new_tokens=args.max_new_tokens, exit_text=args.exit_text.encode().decode("unicode_escape"),
-                   engine=args.engine, pattern=pattern)
-    policies = args.policies
+                   engine=args.engine, pattern=pattern, sampling=sampling, sampling_seed=args.sampling_seed, parse=parse)
     results = {}
-    if not policies:
+    if explicit:
+        results.update(evaluate(ev, [s.name for s in explicit]))
+    else:
         results.update(evaluate(ev, ["full"]))
-        policies = [p for p in default_policies(results["full"]["think_tokens_mean"], probe is not None) if p != "full"]
-        if pattern is None:
-            policies = [p for p in policies if p != "marker"]
-    results.update(evaluate(ev, policies))
-    payload = {"model": args.model, "probe": str(probe) if probe else None, "n": len(items), "seed": args.seed,
-               "policies": results, "pareto": pareto_check(results)}
-    if ev.thinker.probe is not None:
-        payload["probe_calibration"] = ev.thinker.probe.calibration
-        full = results.get("full")
-        cal = results.get("probe")
-        if full and cal:
-            payload["probe_vs_full"] = {
-                "think_tokens_saved": 1 - cal["think_tokens_mean"] / max(full["think_tokens_mean"], 1e-9),
-                "accuracy_points_lost": 100 * (full["accuracy"] - cal["accuracy"]),
-                "skip_rate_easiest": cal["per_level"][min(cal["per_level"], key=int)]["skip_rate"],
-                "skip_rate_hardest": cal["per_level"][max(cal["per_level"], key=int)]["skip_rate"],
-            }
+        sweep = default_policies(results["full"]["think_tokens_mean"], probe is not None, ctx["efforts"])
+        results.update(evaluate(ev, [p for p in sweep if p != "full" and p not in left_out]))
+    payload = {"model": args.model, "probe": probe_name, "n": len(items), "seed": args.seed,
+               "decoding": dict(sampling, sampling_seed=args.sampling_seed), "held_out": held_out,
+               "left_out_of_default_sweep": left_out, "policies": results,
+               "pareto": pareto_check(results), "pareto_rungs_only": pareto_check(results, ("effort",)),
+               "oracle_share": oracle_shares(results)}
+    if probe is not None:
+        payload["probe_ladder"] = [{"name": r.name, "epsilon": r.epsilon, "delta": r.delta,
+                                    "ready_threshold": r.ready_threshold, "skip_threshold": r.skip_threshold,
+                                    "calibration_achieved": r.calibration.get("achieved")} for r in probe.ladder]
+        payload["probe_default_effort"] = probe.default_effort
+        payload["vs_full"] = {k: vs_full(results, k) for k in results
+                              if k in ("probe", "router", "oracle") or k.startswith(("effort:", "stops:"))}
     print(format_table(results))
-    for key in ("pareto", "probe_vs_full"):
-        if key in payload:
+    print(format_levels(results, [k for k in results if k in ("full", "oracle", "router", "probe")
+                                  or k.startswith(("effort:", "stops:"))]))
+    for key in ("pareto", "pareto_rungs_only", "oracle_share", "vs_full"):
+        if payload.get(key):
             print(f"{key}: {json.dumps(payload[key])}")
     if args.json:
         write_json(args.json, payload)

@@ -17,6 +17,8 @@ def add_think_arguments(p: argparse.ArgumentParser, default_policy: str = "full"
                    help="text forced before the close marker when a budget or probe stops a thought (counted as thinking)")
     g.add_argument("--threshold", type=float, default=None, help="probe ready threshold (default: calibrated)")
     g.add_argument("--skip-threshold", type=float, default=None, help="probe skip threshold (default: calibrated)")
+    g.add_argument("--effort", default=None,
+                   help="probe effort rung: high | medium | low (the probe's names; default: its default rung)")
     g.add_argument("--smoothing", type=float, default=1.0, help="EMA weight of the newest probe score")
     g.add_argument("--patience", type=int, default=1, help="steps over threshold before stopping")
     g.add_argument("--stop-at-boundary", action=argparse.BooleanOptionalAction, default=None,
@@ -35,6 +37,6 @@ def think_config_from_args(args: argparse.Namespace) -> ThinkConfig:
     return ThinkConfig(
         policy=args.policy, max_think_tokens=args.max_think_tokens, min_think_tokens=args.min_think_tokens,
         exit_text=_unescape(args.exit_text), stop_text=_unescape(args.stop_text),
-        threshold=args.threshold, skip_threshold=args.skip_threshold, smoothing=args.smoothing,
+        threshold=args.threshold, skip_threshold=args.skip_threshold, effort=args.effort, smoothing=args.smoothing,
         patience=args.patience, stop_at_boundary=args.stop_at_boundary, allow_skip=args.allow_skip,
     )

@@ -1,11 +1,14 @@
 """Train, layer-sweep and calibrate a probe on a collection, and save it.
 
-    adaptive-think train-probe --data runs/collect --out runs/probe --epsilon 0.02 --delta 0.1
+    adaptive-think train-probe --data runs/collect --out runs/probe --efforts high:0.005 medium:0.02 low:0.05
+    adaptive-think train-probe --data runs/collect --out runs/probe --epsilon 0.02 --delta 0.1   # one rung
 """
 
 from __future__ import annotations
 
 import json
+
+from adaptive_think.probe.ladder import DEFAULT_RUNGS
 
 HELP = "train and calibrate a probe from collected data"
 
@@ -18,10 +21,15 @@ def add_arguments(p):
     g.add_argument("--width", type=int, default=64, help="MLP hidden width")
     g.add_argument("--epochs", type=int, default=300)
     g.add_argument("--lr", type=float, default=3e-3)
+    g.add_argument("--ready-at-boundaries", action="store_true",
+                   help="fit the ready head on step-boundary checkpoints only (the only places a calibrated probe stops)")
     g.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
-    c = p.add_argument_group("calibration (Learn-then-Test)")
-    c.add_argument("--epsilon", type=float, default=0.02, help="accuracy lost against full thinking, at most")
-    c.add_argument("--delta", type=float, default=0.1, help="...with probability at least 1 - delta")
+    c = p.add_argument_group("calibration (Learn-then-Test), one run per effort rung")
+    c.add_argument("--efforts", nargs="+", default=list(DEFAULT_RUNGS), metavar="NAME:EPSILON[:DELTA]",
+                   help="effort ladder: each rung loses at most EPSILON accuracy against full thinking with "
+                        f"probability >= 1 - DELTA (default: {' '.join(DEFAULT_RUNGS)})")
+    c.add_argument("--delta", type=float, default=0.1, help="DELTA of rungs that name none")
+    c.add_argument("--epsilon", type=float, default=None, help="one rung named 'custom' instead of --efforts")
     c.add_argument("--val-fraction", type=float, default=0.15)
     c.add_argument("--calib-fraction", type=float, default=0.35)
 
@@ -30,10 +38,13 @@ def run(args) -> int:
     from adaptive_think.probe.train import TrainConfig, train_probe
 
     cfg = TrainConfig(seed=args.seed, width=args.width, epochs=args.epochs, lr=args.lr, epsilon=args.epsilon,
-                      delta=args.delta, val_fraction=args.val_fraction, calib_fraction=args.calib_fraction,
-                      kinds=tuple(args.kinds))
+                      efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,
+                      calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
+                      ready_at_boundaries=args.ready_at_boundaries)
     probe = train_probe(args.data, cfg)
     probe.save_pretrained(args.out)
-    print(json.dumps({"out": args.out, "layer": probe.layer, "ready_threshold": probe.ready_threshold,
-                      "skip_threshold": probe.skip_threshold, "achieved": probe.calibration["achieved"]}))
+    print(json.dumps({"out": args.out, "layer": probe.layer, "default_effort": probe.default_effort,
+                      "ladder": {r.name: {"epsilon": r.epsilon, "delta": r.delta, "ready_threshold": r.ready_threshold,
+                                          "skip_threshold": r.skip_threshold, "achieved": r.calibration["achieved"]}
+                                 for r in probe.ladder}}))
     return 0

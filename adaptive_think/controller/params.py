@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import torch
 
 from adaptive_think.config import ThinkConfig
-from adaptive_think.controller.state import NO_LIMIT, POLICY_CODES, POLICY_PROBE
+from adaptive_think.controller.state import NO_LIMIT, POLICY_CODES
 
 # Rows of `RowParams.ints` [NP_INT, B] int32.
 P_POLICY = 0  # POLICY_* code
@@ -101,8 +101,15 @@ def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequ
             "budget counts the stop text, so raise max_think_tokens or shorten stop_text."
         )
     if is_probe:
-        threshold = config.threshold if config.threshold is not None else getattr(probe, "ready_threshold", None)
-        skip = config.skip_threshold if config.skip_threshold is not None else getattr(probe, "skip_threshold", None)
+        # the effort rung's calibrated pair (the probe's default rung when effort is None)
+        if hasattr(probe, "thresholds"):
+            ready_t, skip_t = probe.thresholds(config.effort)
+        elif config.effort is not None:
+            raise ValueError(f"ThinkConfig.effort={config.effort!r} needs a Probe with an effort ladder, not bare ProbeTensors.")
+        else:
+            ready_t, skip_t = getattr(probe, "ready_threshold", None), getattr(probe, "skip_threshold", None)
+        threshold = config.threshold if config.threshold is not None else ready_t
+        skip = config.skip_threshold if config.skip_threshold is not None else skip_t
         if threshold is None or skip is None:
             raise ValueError("ThinkConfig.threshold / skip_threshold of None take the probe's calibrated values, but "
                              "the probe given carries none (bare ProbeTensors): set both in the ThinkConfig.")
@@ -172,10 +179,6 @@ class RowParams:
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.ints, self.floats, self.force
-
-    def uses_probe(self) -> torch.Tensor:
-        """[] bool on the device: does any row use the probe policy (no host sync)."""
-        return (self.ints[P_POLICY] == POLICY_PROBE).any()
 
 
 def needed_capacity(rows: Sequence[RowSettings], open_ids, empty_ids, close_ids) -> int:

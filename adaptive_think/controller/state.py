@@ -157,12 +157,6 @@ class ControllerState:
         floats = torch.zeros(NS_FLOAT, batch_size, dtype=torch.float32, device=device)
         return cls(ints, floats, torch.full((batch_size,), -1, dtype=torch.int64, device=device))
 
-    @staticmethod
-    def initial_column(device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ints [NS_INT, 1], floats [NS_FLOAT, 1]) of a fresh row."""
-        s = ControllerState.allocate(1, device)
-        return s.ints, s.floats
-
     @property
     def batch_size(self) -> int:
         return self.ints.shape[1]

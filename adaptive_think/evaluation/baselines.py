@@ -3,6 +3,8 @@
 - `marker`: stop at the first step boundary after the thought first states an answer (a text pattern).
 - `confidence` (DEER-style): at each step boundary, force an exit on the side, decode a trial answer,
   and stop when its mean token probability passes a threshold; trial tokens count as forward tokens.
+- `consistency` (Dynasor-CoT's certaindex): at each step boundary (or every k thinking tokens), decode a
+  trial answer the same way and stop once the last m trial answers agree; trial tokens count too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class TextStopProcessor(LogitsProcessor):
     """Tracks each row's thought on the host and forces close marker + exit text when `should_stop` says so."""
 
     def __init__(self, tokenizer, markers: ThinkMarkers, exit_ids, boundary: torch.Tensor, prompt_len: int,
-                 prompt_inside: list[bool]):
+                 prompt_inside: list[bool], every: int | None = None):
         self.tok, self.m = tokenizer, markers
         self.exit_ids = list(exit_ids)
         self.boundary = boundary
@@ -30,6 +32,7 @@ class TextStopProcessor(LogitsProcessor):
         self.queue: list[list[int]] = [[] for _ in prompt_inside]
         self.done = [False] * len(prompt_inside)
         self.trial_tokens = [0] * len(prompt_inside)
+        self.every = every  # check every k thinking tokens instead of at step boundaries
 
     def _body(self, gen: list[int]) -> list[int]:
         o = find_subsequence(gen, self.m.open_ids)
@@ -49,10 +52,14 @@ class TextStopProcessor(LogitsProcessor):
                     self.inside[r] = True
                 else:
                     continue
-            if find_subsequence(self._body(g), self.m.close_ids) >= 0:
+            body = self._body(g)
+            if find_subsequence(body, self.m.close_ids) >= 0:
                 self.done[r] = True  # the model closed on its own
                 continue
-            if g and g[-1] < self.boundary.numel() and bool(self.boundary[g[-1]]):
+            if self.every is not None:
+                if body and len(body) % self.every == 0:
+                    check.append(r)
+            elif g and g[-1] < self.boundary.numel() and bool(self.boundary[g[-1]]):
                 check.append(r)
         if check:
             for r, stop in zip(check, self.should_stop(check, input_ids)):
@@ -85,16 +92,17 @@ class MarkerStop(TextStopProcessor):
         return out
 
 
-class ConfidenceStop(TextStopProcessor):
-    """DEER-style: decode a trial answer after a forced exit; stop when its mean token probability >= threshold."""
+class TrialAnswers(TextStopProcessor):
+    """Stops decided from trial answers: force an exit on the side, decode a short greedy answer, judge it."""
 
-    def __init__(self, *args, model, threshold: float, max_answer_tokens: int = 12, pad_id: int = 0, **kw):
+    def __init__(self, *args, model, max_answer_tokens: int = 12, pad_id: int = 0, **kw):
         super().__init__(*args, **kw)
-        self.model, self.threshold = model, threshold
-        self.max_answer_tokens, self.pad_id = max_answer_tokens, pad_id
+        self.model, self.max_answer_tokens, self.pad_id = model, max_answer_tokens, pad_id
+        self.eos = set(eos_token_ids(model))
 
     @torch.no_grad()
-    def should_stop(self, rows, input_ids):
+    def trials(self, rows, input_ids) -> tuple[list[list[int]], list[torch.Tensor]]:
+        """Per row: the trial answer's tokens (up to eos) and their top-1 probabilities [n]."""
         forced = torch.tensor(list(self.m.close_ids) + self.exit_ids, device=input_ids.device)
         ids = torch.cat([input_ids[rows], forced.expand(len(rows), -1)], 1)
         mask = (ids != self.pad_id).long()
@@ -106,11 +114,48 @@ class ConfidenceStop(TextStopProcessor):
         # greedy picks the top-1 token, whose probability is exp(max_logit - logsumexp): one pass per step
         stats = [logit_stats(s) for s in out.scores]
         chosen = torch.stack([torch.exp(st.max_logit - st.lse) for st in stats], 1)  # [R, T]
-        eos = set(eos_token_ids(self.model))
-        res = []
+        toks, probs = [], []
         for i, r in enumerate(rows):
-            toks = new[i].tolist()
-            n = next((j + 1 for j, t in enumerate(toks) if t in eos), len(toks))
+            row = new[i].tolist()
+            n = next((j + 1 for j, t in enumerate(row) if t in self.eos), len(row))
             self.trial_tokens[r] += len(forced) + n
-            res.append(float(chosen[i, :n].mean()) >= self.threshold)
-        return res
+            toks.append(row[:n])
+            probs.append(chosen[i, :n])
+        return toks, probs
+
+
+class ConfidenceStop(TrialAnswers):
+    """DEER-style: stop when the trial answer's mean token probability >= threshold."""
+
+    def __init__(self, *args, threshold: float, **kw):
+        super().__init__(*args, **kw)
+        self.threshold = threshold
+
+    def should_stop(self, rows, input_ids):
+        _, probs = self.trials(rows, input_ids)
+        return [float(p.mean()) >= self.threshold for p in probs]
+
+
+class ConsistencyStop(TrialAnswers):
+    """Dynasor-CoT style: stop once the last `agree` trial answers of a row are the same answer."""
+
+    def __init__(self, *args, agree: int, parse=None, **kw):
+        super().__init__(*args, **kw)
+        self.agree = agree
+        self.parse = parse  # text -> answer or None; None: the trial's text, whitespace-normalised
+        self.history: dict[int, list] = {}
+
+    def answer_of(self, tokens: list[int]):
+        text = self.tok.decode([t for t in tokens if t not in self.eos], skip_special_tokens=False)
+        got = self.parse(self.m.close_text + text) if self.parse is not None else None
+        return got if got is not None else " ".join(text.split())
+
+    def should_stop(self, rows, input_ids):
+        toks, _ = self.trials(rows, input_ids)
+        out = []
+        for r, t in zip(rows, toks):
+            hist = self.history.setdefault(r, [])
+            hist.append(self.answer_of(t))
+            last = hist[-self.agree :]
+            out.append(len(last) == self.agree and last[0] != "" and all(a == last[0] for a in last))
+        return out

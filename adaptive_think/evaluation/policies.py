@@ -1,47 +1,97 @@
-"""Policy specs for `adaptive-think eval`: "full", "none", "budget:64", "marker", "confidence:0.95",
-"probe" (calibrated thresholds) and "probe:0.7" (another ready threshold)."""
+"""Policy specs for `adaptive-think eval`, by the names the eval JSON uses (other tools read them).
+
+    full             never intervene                      none          empty think block for every row
+    budget:N         hard cap of N thinking tokens        marker        stop after the first stated answer
+    confidence:X     DEER-style trial-answer confidence   probe         the probe's default calibrated rung
+    probe:X          the probe with ready threshold X     effort:NAME   the probe's rung NAME (high/medium/low)
+    router           the skip head alone (query-level routing), never stops mid-thought
+    stops:NAME       rung NAME's stops alone, never skipping (router + stops = effort:NAME)
+    consistency:M    stop once M consecutive trial answers agree (trials at step boundaries)
+    consistency:M:K  ... trials every K thinking tokens
+    oracle           per question, the earliest point after which a forced exit is right and stays right
+                     (computed from the full thoughts, not run)
+
+`check_policies` says, before anything is generated, which requested policies cannot run here and why.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("full", "none", "budget", "marker", "confidence", "probe")
+KINDS = ("full", "none", "budget", "marker", "confidence", "probe", "effort", "stops", "router", "consistency", "oracle")
+NO_VALUE = ("full", "none", "marker", "router", "oracle")
+NEEDS_PROBE = ("probe", "effort", "stops", "router")
 
 
 @dataclass(frozen=True)
 class PolicySpec:
     name: str
     kind: str
-    value: float | None = None  # budget cap, confidence threshold, or probe threshold
+    value: float | None = None  # budget cap, confidence / probe threshold, or consistency's M
+    effort: str | None = None  # effort:NAME
+    every: int | None = None  # consistency:M:K, trial interval in thinking tokens (None: step boundaries)
+
+
+def _number(text: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"Policy {text!r}: {value!r} is not a number.") from None
 
 
 def parse_policy(text: str) -> PolicySpec:
     kind, _, value = text.partition(":")
     if kind not in KINDS:
         raise ValueError(f"Unknown policy {text!r}; use one of {KINDS}, with a value where it takes one (budget:64).")
-    if kind in ("full", "none", "marker") and value:
+    if kind in NO_VALUE and value:
         raise ValueError(f"Policy {kind!r} takes no value (got {text!r}).")
     if kind == "budget" and not value:
         raise ValueError(f"Policy 'budget' needs a cap, e.g. budget:64 (got {text!r}).")
     if kind == "confidence" and not value:
         raise ValueError(f"Policy 'confidence' needs a threshold, e.g. confidence:0.95 (got {text!r}).")
-    num = None
-    if value:
-        try:
-            num = float(value)
-        except ValueError:
-            raise ValueError(f"Policy {text!r}: {value!r} is not a number.") from None
-        if kind == "budget" and (num < 0 or num != int(num)):
-            raise ValueError(f"Policy {text!r}: the budget must be a whole number >= 0.")
-        if kind in ("confidence", "probe") and not 0 <= num <= 1:
-            raise ValueError(f"Policy {text!r}: the threshold must lie in [0, 1].")
+    if kind in ("effort", "stops"):
+        if not value or ":" in value:
+            raise ValueError(f"Policy {kind!r} needs one rung name, e.g. {kind}:high (got {text!r}).")
+        return PolicySpec(text, kind, effort=value)
+    if kind == "consistency":
+        m, _, k = value.partition(":")
+        if not m:
+            raise ValueError(f"Policy 'consistency' needs M agreeing trial answers, e.g. consistency:3 (got {text!r}).")
+        num, every = _number(text, m), _number(text, k) if k else None
+        if num < 2 or num != int(num):
+            raise ValueError(f"Policy {text!r}: M must be a whole number >= 2 (trial answers that must agree).")
+        if every is not None and (every < 1 or every != int(every)):
+            raise ValueError(f"Policy {text!r}: the trial interval K must be a whole number >= 1.")
+        return PolicySpec(text, kind, float(int(num)), every=int(every) if every is not None else None)
+    num = _number(text, value) if value else None
+    if kind == "budget" and (num < 0 or num != int(num)):
+        raise ValueError(f"Policy {text!r}: the budget must be a whole number >= 0.")
+    if kind in ("confidence", "probe") and num is not None and not 0 <= num <= 1:
+        raise ValueError(f"Policy {text!r}: the threshold must lie in [0, 1].")
     return PolicySpec(text, kind, num)
 
 
-def default_policies(full_think_mean: float, has_probe: bool) -> list[str]:
+def check_policies(specs: list[PolicySpec], *, has_probe: bool, efforts: list[str], has_pattern: bool) -> dict[str, str]:
+    """{policy name: why it cannot run here} for every spec that cannot (empty: all can)."""
+    why = {}
+    for s in specs:
+        if s.kind in NEEDS_PROBE and not has_probe:
+            why[s.name] = "needs a probe (pass --probe)"
+        elif s.kind in ("effort", "stops") and s.effort not in efforts:
+            why[s.name] = (f"the probe has no rung {s.effort!r} (its rungs: {efforts})" if efforts else
+                           "the probe has no effort ladder (an older single-point probe): use `probe` or probe:X")
+        elif s.kind == "marker" and not has_pattern:
+            why[s.name] = "needs the task's answer pattern, which only the bundled tasks have"
+    return why
+
+
+def default_policies(full_think_mean: float, has_probe: bool, efforts: list[str] | None = None) -> list[str]:
+    """The default sweep: every family, the probe's rungs and thresholds, the router, the oracle."""
     caps = sorted({max(1, int(round(full_think_mean * f))) for f in (0.2, 0.35, 0.5, 0.65, 0.8)})
     out = ["full", "none"] + [f"budget:{c}" for c in caps] + ["marker"]
     out += [f"confidence:{t}" for t in (0.8, 0.9, 0.95, 0.99)]
+    out += [f"consistency:{m}" for m in (2, 3, 4)]
     if has_probe:
-        out += ["probe"] + [f"probe:{t}" for t in (0.1, 0.2, 0.25, 0.3, 0.35, 0.5, 0.65, 0.8, 0.9, 0.97)]
-    return out
+        out += [f"effort:{e}" for e in efforts] + [f"stops:{e}" for e in efforts] if efforts else ["probe"]
+        out += ["router"] + [f"probe:{t}" for t in (0.1, 0.2, 0.3, 0.5, 0.65, 0.8, 0.9, 0.95, 0.97, 0.99)]
+    return out + ["oracle"]

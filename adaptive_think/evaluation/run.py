@@ -1,8 +1,9 @@
 """eval: run thinking policies side by side on the same questions and compare them.
 
 Per policy: accuracy, mean thinking tokens, mean forward tokens (everything the model decoded,
-trial answers included), wall-clock; per difficulty level too. Prints a table, writes JSON, and draws
-the accuracy-vs-tokens plane when matplotlib is installed.
+trial answers included), skip rate, wall-clock; per difficulty level too. Greedy by default; with
+sampling settings every policy decodes under the same settings and the same seed. The `oracle` row is
+computed from the full thoughts (oracle.py). report.py prints, compares and plots the results.
 
     adaptive-think eval --model bundled --probe bundled --n 300 --seed 2024 --json runs/eval.json
 """
@@ -20,8 +21,9 @@ from tqdm.auto import tqdm
 from adaptive_think.config import ThinkConfig
 from adaptive_think.controller import boundary_mask
 from adaptive_think.engines.args import eos_token_ids
-from adaptive_think.evaluation.baselines import ConfidenceStop, MarkerStop
+from adaptive_think.evaluation.baselines import ConfidenceStop, ConsistencyStop, MarkerStop
 from adaptive_think.evaluation.policies import PolicySpec, parse_policy
+from adaptive_think.evaluation.report import summarise
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import find_subsequence
 from adaptive_think.thinker import AdaptiveThinker
@@ -47,8 +49,13 @@ class Evaluator:
     """Holds the model, tokenizer and questions; `run(spec)` evaluates one policy."""
 
     def __init__(self, model, tokenizer, items, checker, probe=None, batch_size: int = 16, max_new_tokens: int = 400,
-                 exit_text: str = "\n\n", engine: str = "hf", pattern=None, progress: bool = True):
+                 exit_text: str = "\n\n", engine: str = "hf", pattern=None, progress: bool = True,
+                 sampling: dict | None = None, sampling_seed: int = 0, parse=None):
         self.model, self.tok, self.items, self.checker = model, tokenizer, items, checker
+        # e.g. {"do_sample": True, "temperature": 0.6, "top_p": 0.95}; None or {}: greedy
+        self.sampling = dict(sampling) if sampling else {"do_sample": False}
+        self.sampling_seed, self.parse = sampling_seed, parse
+        self.full_rows: list[dict] | None = None  # prompt and generated ids of the last `full` run (oracle)
         self.thinker = AdaptiveThinker(model, tokenizer, probe=probe)
         self.markers = self.thinker.markers
         self.batch_size, self.max_new_tokens, self.exit_text = batch_size, max_new_tokens, exit_text
@@ -71,15 +78,35 @@ class Evaluator:
             return ThinkConfig(policy="none", exit_text=self.exit_text)
         if spec.kind == "budget":
             return ThinkConfig(policy="budget", max_think_tokens=int(spec.value), exit_text=self.exit_text)
+        if spec.kind == "router":
+            # the skip decision alone: a minimum beyond any thought keeps the ready head from ever stopping
+            return ThinkConfig(policy="probe", min_think_tokens=self.max_new_tokens + 1)
+        if spec.kind == "effort":
+            return ThinkConfig(policy="probe", effort=spec.effort)
+        if spec.kind == "stops":
+            return ThinkConfig(policy="probe", effort=spec.effort, allow_skip=False)
         return ThinkConfig(policy="probe", threshold=spec.value)
+
+    def _processor(self, spec: PolicySpec, plen: int, inside: list[bool]):
+        """The host-side stop rule of a baseline policy (marker, confidence, consistency)."""
+        args = (self.tok, self.markers, self.exit_ids, self.boundary, plen, inside)
+        if spec.kind == "marker":
+            return MarkerStop(*args, pattern=self.pattern)
+        trial = dict(model=self.model, pad_id=self.tok.pad_token_id)
+        if spec.kind == "confidence":
+            return ConfidenceStop(*args, threshold=spec.value, **trial)
+        return ConsistencyStop(*args, every=spec.every, agree=int(spec.value), parse=self.parse, **trial)
 
     @torch.no_grad()
     def run(self, spec: PolicySpec) -> dict:
-        if spec.kind == "probe" and self.thinker.probe is None:
+        if spec.kind in ("probe", "effort", "stops", "router") and self.thinker.probe is None:
             raise ValueError(f"Policy {spec.name!r} needs a probe: pass --probe.")
         if spec.kind == "marker" and self.pattern is None:
             raise ValueError("Policy 'marker' needs the task's answer pattern (bundled tasks only).")
+        if spec.kind == "oracle":
+            raise ValueError("Policy 'oracle' is computed from the full thoughts: use evaluate(), which runs `full` first.")
         rows = []
+        torch.manual_seed(self.sampling_seed)  # every policy samples from the same seed
         t0 = time.perf_counter()
         for chunk, batch in tqdm(list(self._batches()), desc=f"eval {spec.name}", disable=not self.progress, leave=False):
             plen = batch["input_ids"].shape[1]
@@ -87,14 +114,9 @@ class Evaluator:
                       for p in batch["input_ids"].tolist()]
             trial = [0] * len(chunk)
             reports = None
-            kw = dict(max_new_tokens=self.max_new_tokens, do_sample=False)
-            if spec.kind in ("marker", "confidence"):
-                args = (self.tok, self.markers, self.exit_ids, self.boundary, plen, inside)
-                if spec.kind == "marker":
-                    proc = MarkerStop(*args, pattern=self.pattern)
-                else:
-                    proc = ConfidenceStop(*args, model=self.model, threshold=spec.value,
-                                          pad_id=self.tok.pad_token_id)
+            kw = dict(max_new_tokens=self.max_new_tokens, **self.sampling)
+            if spec.kind in ("marker", "confidence", "consistency"):
+                proc = self._processor(spec, plen, inside)
                 out = self.model.generate(**batch, logits_processor=[proc], **kw)
                 trial = proc.trial_tokens
             else:
@@ -107,89 +129,37 @@ class Evaluator:
                 think, had_block = think_tokens_of(gen, self.markers, inside[r], self.tok)
                 text = self.tok.decode(gen, skip_special_tokens=False)
                 skipped = reports[r].ended_by == "skipped" if reports is not None else (had_block and think == 0)
-                rows.append(dict(level=it.level, correct=bool(self.checker(text, it.answer)), think=think,
-                                 forward=n + trial[r], skipped=skipped))
+                row = dict(level=it.level, correct=bool(self.checker(text, it.answer)), think=think,
+                           forward=n + trial[r], skipped=skipped)
+                if spec.kind == "full":
+                    mask = batch["attention_mask"][r].bool()
+                    row.update(prompt=batch["input_ids"][r][mask].tolist(), gen=gen, inside=inside[r])
+                rows.append(row)
         wall = time.perf_counter() - t0
+        if spec.kind == "full":
+            self.full_rows = rows
         return summarise(rows, wall)
 
+    def oracle(self) -> dict:
+        """The oracle row from the last `full` run: full's accuracy, the oracle's thinking (oracle.py)."""
+        from adaptive_think.evaluation.oracle import oracle_points
 
-def summarise(rows: list[dict], wall: float) -> dict:
-    def agg(rs):
-        n = len(rs)
-        return {"n": n, "accuracy": sum(r["correct"] for r in rs) / n, "think_tokens_mean": sum(r["think"] for r in rs) / n,
-                "forward_tokens_mean": sum(r["forward"] for r in rs) / n, "skip_rate": sum(r["skipped"] for r in rs) / n}
-
-    out = agg(rows)
-    out["wall_s"] = round(wall, 3)
-    by_level = defaultdict(list)
-    for r in rows:
-        by_level[r["level"]].append(r)
-    out["per_level"] = {str(k): agg(v) for k, v in sorted(by_level.items())}
-    return out
-
-
-def pareto_check(results: dict) -> dict:
-    """Is every budget / confidence / marker point on or under the probe's accuracy-vs-forward-tokens envelope?"""
-    probes = [(v["forward_tokens_mean"], v["accuracy"]) for k, v in results.items() if k.startswith("probe")]
-    if not probes:
-        return {}
-    beaten, not_beaten = [], []
-    for name, v in results.items():
-        if not name.startswith(("budget", "confidence", "marker")):
-            continue
-        best = max((a for f, a in probes if f <= v["forward_tokens_mean"]), default=None)
-        (beaten if best is not None and best >= v["accuracy"] else not_beaten).append(name)
-    return {"probe_dominates_all": not not_beaten, "beaten": beaten, "not_beaten": not_beaten}
-
-
-def format_table(results: dict) -> str:
-    lines = [f"{'policy':18s} {'accuracy':>9s} {'think tok':>10s} {'fwd tok':>9s} {'skip':>6s} {'wall s':>8s}"]
-    for name, v in results.items():
-        lines.append(f"{name:18s} {v['accuracy']:9.3f} {v['think_tokens_mean']:10.1f} {v['forward_tokens_mean']:9.1f} "
-                     f"{v['skip_rate']:6.2f} {v['wall_s']:8.2f}")
-    return "\n".join(lines)
-
-
-def plot(results: dict, path) -> str | None:
-    """Accuracy vs mean forward tokens per policy family, as a PNG; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    fams = defaultdict(list)
-    for name, v in results.items():
-        fams[name.split(":")[0]].append((v["forward_tokens_mean"], v["accuracy"], name))
-    for fam, pts in fams.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=fam)
-    ax.set_xlabel("mean forward tokens per question")
-    ax.set_ylabel("accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+        if self.full_rows is None:
+            raise ValueError("The oracle needs the full-thinking run first: put `full` before `oracle`.")
+        t0 = time.perf_counter()
+        points = oracle_points(self, self.full_rows)
+        # the oracle writes the same answer as full thinking after a shorter thought
+        rows = [dict(level=r["level"], correct=r["correct"], think=p, forward=r["forward"] - (r["think"] - p),
+                     skipped=p == 0) for r, p in zip(self.full_rows, points)]
+        return summarise(rows, time.perf_counter() - t0)
 
 
 def evaluate(evaluator: Evaluator, policies: list[str], log=print) -> dict:
+    """Run each policy in order (`oracle` is computed from the `full` run before it); {name: row}."""
     results = {}
     for text in policies:
         spec = parse_policy(text)
-        results[spec.name] = evaluator.run(spec)
+        results[spec.name] = evaluator.oracle() if spec.kind == "oracle" else evaluator.run(spec)
         v = results[spec.name]
         log(f"{spec.name:18s} acc {v['accuracy']:.3f}  think {v['think_tokens_mean']:.1f}  fwd {v['forward_tokens_mean']:.1f}")
     return results
-
-
-def write_json(path, payload: dict) -> None:
-    from adaptive_think.files import atomic_write
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=2) + "\n"
-    atomic_write(path, lambda p: Path(p).write_text(text))

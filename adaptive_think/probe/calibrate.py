@@ -1,11 +1,14 @@
 """calibrate: thresholds with a risk guarantee (Learn-then-Test, fixed-sequence, binomial tail bound).
 
 Risk = the fraction of questions that full thinking answers correctly and the probe policy does not
-(accuracy lost against full thinking). On held-out calibration questions, candidate thresholds are
-tested from the most conservative down; each rejects "risk > epsilon" when the binomial tail
-P(Binom(n, epsilon) <= losses) is at most delta; the most aggressive threshold reached before the
-first failure is kept. The skip and stop thresholds each get epsilon/2 and delta/2 (union bound), so
-the combined policy loses at most epsilon accuracy with probability at least 1 - delta.
+(accuracy lost against full thinking). The (ready, skip) threshold pairs are ordered into one path from
+the most conservative (never stop, never skip) to the most aggressive, on questions that are NOT
+calibration questions (`build_path`: at each step lower whichever threshold saves thinking tokens at
+the least cost in accuracy there). On the held-out calibration questions the pairs are then tested along
+that path; each rejects "risk > epsilon" when the binomial tail P(Binom(n, epsilon) <= losses) is at
+most delta; the most aggressive pair reached before the first failure is kept. The path is fixed before
+the calibration questions are seen, so the whole policy (skip and stop together) loses at most epsilon
+accuracy with probability at least 1 - delta, with no split of epsilon between the heads.
 (Angelopoulos et al. 2021, "Learn then Test".)
 
 The simulation mirrors the online policy's calibrated settings: stop at the first step boundary whose
@@ -16,12 +19,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import torch
+
 from adaptive_think.probe.metrics import binom_cdf
 
 GRID = [round(1.0 - i / 100, 2) for i in range(0, 100)]  # 1.00, 0.99, ..., 0.01
+# the path's grid: GRID plus log-spaced steps between 0.99 and 0.9999, where a sure probe's scores crowd,
+# and half steps above 0.9
+PATH_GRID = sorted(set(GRID) | {round(1 - 10 ** (-k / 4), 5) for k in range(9, 17)} | {round(0.9 + i / 200, 3) for i in range(20)},
+                   reverse=True)
+NEVER = 2.0  # a threshold no probability reaches
 
 
-def _questions(records, ready, skip, mask):
+def questions_of(records, ready, skip, mask) -> list[dict]:
+    """Per question in `mask`: full / no-think correctness, thought length, skip score, boundary checkpoints."""
     qs = defaultdict(lambda: {"cps": []})
     for r, rs, ss, m in zip(records, ready, skip, mask):
         if not m:
@@ -55,32 +66,100 @@ def simulate(q: dict, ready_threshold: float, skip_threshold: float) -> tuple[bo
     return ok, tokens, False
 
 
-def _fixed_sequence(losses_at, n: int, epsilon: float, delta: float):
-    """Walk GRID from conservative to aggressive; the last threshold whose test rejects, and the path."""
-    chosen, path = 2.0, []
-    for t in GRID:
-        k = losses_at(t)
+def _totals(qs, ready_t: float, skip_t: float) -> tuple[int, int]:
+    """(questions lost against full thinking, thinking tokens) of the whole policy on `qs`."""
+    lost = tokens = 0
+    for q in qs:
+        ok, t, _ = simulate(q, ready_t, skip_t)
+        lost += q["full"] and not ok
+        tokens += t
+    return lost, tokens
+
+
+class _Tables:
+    """Every question's outcome at every grid threshold, so a (ready, skip) pair's totals are one vector op.
+
+    Index 0 of each table is NEVER; index k >= 1 is grid[k - 1].
+    """
+
+    def __init__(self, qs, grid):
+        thresholds = [NEVER] + list(grid)
+        stops = [[simulate_stop(q, t) for t in thresholds] for q in qs]
+        self.stop_ok = torch.tensor([[ok for ok, _ in row] for row in stops], dtype=torch.bool)  # [Q, G+1]
+        self.stop_tok = torch.tensor([[t for _, t in row] for row in stops], dtype=torch.float64)  # [Q, G+1]
+        skip = torch.tensor([q["skip"] for q in qs], dtype=torch.float64)  # [Q], NaN never skips
+        self.skip_on = skip[:, None] >= torch.tensor(thresholds, dtype=torch.float64)[None, :]  # [Q, G+1]
+        self.full = torch.tensor([q["full"] for q in qs], dtype=torch.bool)
+        self.nothink = torch.tensor([q["nothink"] for q in qs], dtype=torch.bool)
+
+    def totals(self, i: int, j: int) -> tuple[int, float]:
+        """(questions lost, thinking tokens) with the ready threshold at index i and the skip one at j."""
+        on = self.skip_on[:, j]
+        ok = torch.where(on, self.nothink, self.stop_ok[:, i])
+        tokens = torch.where(on, torch.zeros_like(self.stop_tok[:, i]), self.stop_tok[:, i])
+        return int((self.full & ~ok).sum()), float(tokens.sum())
+
+
+def build_path(qs, grid=PATH_GRID) -> list[tuple[float, float]]:
+    """(ready, skip) pairs from (NEVER, NEVER) to (grid[-1], grid[-1]), one grid step of one threshold at a
+    time: the threshold whose way down (looking at every further step) saves thinking tokens on `qs` at the
+    least cost in questions lost per token saved; among ways that lose nothing, the one saving most.
+
+    Without questions the two thresholds move in lockstep.
+    """
+    if not qs:
+        return [(NEVER, NEVER)] + [(t, t) for t in grid]
+    tab, last = _Tables(qs, grid), len(grid)
+    at = [0, 0]
+    path = [(NEVER, NEVER)]
+    while at != [last, last]:
+        lost, tokens = tab.totals(*at)
+        best = None
+        for head in (0, 1):
+            for k in range(at[head] + 1, last + 1):
+                idx = list(at)
+                idx[head] = k
+                l2, t2 = tab.totals(*idx)
+                dl, ds = l2 - lost, tokens - t2
+                cost = dl / ds if ds > 0 else (0.0 if dl <= 0 else float("inf"))
+                key = (cost, -ds)
+                if best is None or key < best[0]:
+                    best = (key, head)
+        at[best[1]] += 1  # one step only, so the calibration's walk can stop anywhere on the way
+        path.append(tuple(NEVER if k == 0 else grid[k - 1] for k in at))
+    return path
+
+
+def _fixed_sequence(losses_at, path, n: int, epsilon: float, delta: float):
+    """Walk `path` from conservative to aggressive; the last pair whose test rejects, and the steps taken."""
+    chosen, steps = (NEVER, NEVER), []
+    for ready_t, skip_t in path:
+        k = losses_at(ready_t, skip_t)
         p = binom_cdf(k, n, epsilon)
-        path.append({"threshold": t, "losses": k, "p_value": p})
+        steps.append({"ready": ready_t, "skip": skip_t, "losses": k, "p_value": p})
         if p > delta:
             break
-        chosen = t
-    return chosen, path
+        chosen = (ready_t, skip_t)
+    return chosen, steps
 
 
-def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float) -> dict:
-    """Thresholds for the ready and skip heads from the calibration questions' scores."""
+def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path_from=None, path=None) -> dict:
+    """Thresholds for the ready and skip heads from the calibration questions' scores.
+
+    path_from: a mask of records (never calibration ones) whose questions order the threshold pairs; None
+    (or no such records): lockstep pairs. path: an already built path (build_path), reused across rungs.
+    """
     if not 0 < epsilon < 1 or not 0 < delta < 1:
         raise ValueError(f"epsilon={epsilon} and delta={delta} must both lie in (0, 1).")
-    qs = _questions(records, ready, skip, is_calib)
+    qs = questions_of(records, ready, skip, is_calib)
     n = len(qs)
     if n == 0:
         raise ValueError("No calibration questions: collect more questions or raise the calibration fraction.")
-    eps, dlt = epsilon / 2, delta / 2
-    stop_t, stop_path = _fixed_sequence(
-        lambda t: sum(q["full"] and not simulate_stop(q, t)[0] for q in qs), n, eps, dlt)
-    skip_t, skip_path = _fixed_sequence(
-        lambda t: sum(q["full"] and not q["nothink"] and q["skip"] >= t for q in qs), n, eps, dlt)
+    if path is None:
+        if path_from is not None and any(a and b for a, b in zip(path_from, is_calib)):
+            raise ValueError("The threshold path must come from other questions than the calibration ones.")
+        path = build_path(questions_of(records, ready, skip, path_from) if path_from is not None else [])
+    (stop_t, skip_t), steps = _fixed_sequence(lambda r, s: _totals(qs, r, s)[0], path, n, epsilon, delta)
     full_acc = sum(q["full"] for q in qs) / n
     runs = [simulate(q, stop_t, skip_t) for q in qs]
     acc = sum(r[0] for r in runs) / n
@@ -88,10 +167,11 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float) -> d
     tokens = sum(r[1] for r in runs) / n
     lost = sum(q["full"] and not r[0] for q, r in zip(qs, runs)) / n
     min_n = 0
-    while (1 - eps) ** (min_n + 1) > dlt and min_n < 10**6:
+    while (1 - epsilon) ** (min_n + 1) > delta and min_n < 10**6:
         min_n += 1
     return {
-        "method": "learn-then-test (fixed sequence, binomial tail), epsilon and delta split between skip and stop",
+        "method": "learn-then-test (fixed sequence along a (ready, skip) path ordered on non-calibration questions, "
+                  "binomial tail), one test of the whole policy per pair",
         "epsilon": epsilon,
         "delta": delta,
         "n_questions": n,
@@ -107,6 +187,6 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float) -> d
             "think_tokens_saved": 1 - tokens / full_tokens if full_tokens else 0.0,
             "skip_rate": sum(r[2] for r in runs) / n,
         },
-        "ready_path": stop_path[-3:],
-        "skip_path": skip_path[-3:],
+        "path_steps_taken": len(steps),
+        "path_tail": steps[-3:],
     }

@@ -30,7 +30,7 @@ from adaptive_think.files import exclusive_lock
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import ThinkMarkers, resolve_markers
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
-from adaptive_think.probe.items import Item
+from adaptive_think.probe.items import Item, question_hash
 from adaptive_think.probe.probe import model_fingerprint
 from adaptive_think.probe.shards import clean_orphans, lock_path, rank_records, read_index, write_index, write_shard
 from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
@@ -88,7 +88,7 @@ class _StepRecorder(LogitsProcessor):
 
 
 @torch.no_grad()
-def _greedy(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+def greedy_continuations(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
     """Greedy continuations of token sequences (left-padded batches)."""
     out = []
     pad = tokenizer.pad_token_id
@@ -128,7 +128,7 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
 
     no_think = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, cfg.exit_text), add_special_tokens=False)
                 for it in items]
-    no_think_out = _greedy(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size)
+    no_think_out = greedy_continuations(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size)
 
     records, rows, exits = [], [], []
     for b, it in enumerate(items):
@@ -139,8 +139,8 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
         thought_len = (close - body) if close >= 0 else (len(g) - body if body is not None else 0)
         nothink_text = markers.close_text + _decode(tokenizer, no_think_out[b])
         nothink_ok = bool(checker(nothink_text, it.answer))
-        base = dict(qid=it.id, level=it.level, full_correct=full_ok, nothink_correct=nothink_ok,
-                    thought_len=thought_len, closed=close >= 0, opened=body is not None,
+        base = dict(qid=it.id, qhash=question_hash(it.question), level=it.level, full_correct=full_ok,
+                    nothink_correct=nothink_ok, thought_len=thought_len, closed=close >= 0, opened=body is not None,
                     full_parsed=read_or_none(checker, full_text) if close >= 0 else None,
                     nothink_parsed=read_or_none(checker, nothink_text))
         # the end of the raw output, for diagnosing a checker that reads nothing
@@ -159,7 +159,7 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
             rows.append(steps[b, gi + 1])  # step gi + 1 sees token gi as its last
             exits.append((len(records) - 1, prompts[b] + g[: gi + 1] + list(markers.close_ids) + list(exit_ids)))
     answer_of = {it.id: it.answer for it in items}
-    answers = _greedy(model, tokenizer, [e[1] for e in exits], cfg.max_answer_tokens, cfg.batch_size * 4)
+    answers = greedy_continuations(model, tokenizer, [e[1] for e in exits], cfg.max_answer_tokens, cfg.batch_size * 4)
     for (ri, _), ans in zip(exits, answers):
         text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
         records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))

@@ -7,6 +7,7 @@ the default parses "the answer is N" / a bare answer.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ class Item:
     question: str
     answer: str
     level: int = 0
+
+
+def question_hash(question: str) -> str:
+    """A short content hash of a question's text (16 hex digits): how a probe records what it has seen."""
+    return hashlib.sha256(" ".join(question.split()).encode("utf-8")).hexdigest()[:16]
 
 
 def bundled_items(n: int, seed: int) -> list[Item]:

@@ -2,7 +2,9 @@
 
 A probe folder holds `probe.safetensors` (weights) and `probe.json` (format version, layer, dims,
 feature normalisation, heads, thresholds, calibration, provenance, and the fingerprint of the model it
-was trained on). Never pickles.
+was trained on). Never pickles. Format 2 adds an effort ladder (`ladder`: calibrated operating points,
+see ladder.py) and `default_effort`; the top-level thresholds are the default rung's. Format 1 files
+(one calibrated point, no ladder) still load.
 
     >>> probe = Probe.from_pretrained("my-probe/")
     >>> probe.check_model(model)                       # clear error if it was trained on another model
@@ -21,8 +23,10 @@ from safetensors.torch import load_file, save_file
 
 from adaptive_think.controller.state import ProbeTensors
 from adaptive_think.files import atomic_write
+from adaptive_think.probe.ladder import Rung, select_rung
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_NAME = "probe.safetensors"
 CONFIG_NAME = "probe.json"
 HEADS = ("ready", "skip")
@@ -56,8 +60,13 @@ class Probe:
     provenance: dict = field(default_factory=dict)
     # ThinkConfig settings the thresholds were calibrated under (used where a ThinkConfig leaves None)
     policy_defaults: dict = field(default_factory=lambda: {"exit_text": "\n\n", "stop_at_boundary": True})
+    ladder: list[Rung] = field(default_factory=list)  # effort rungs, most conservative first; [] = one point
+    default_effort: str | None = None  # the rung the top-level thresholds come from
 
     def __post_init__(self):
+        if self.ladder and self.default_effort not in {r.name for r in self.ladder}:
+            raise ValueError(f"Probe.default_effort={self.default_effort!r} is not one of its rungs "
+                             f"{[r.name for r in self.ladder]}.")
         if self.kind not in ("linear", "mlp"):
             raise ValueError(f"Probe.kind must be 'linear' or 'mlp', got {self.kind!r}.")
         missing = [k for k in self.weight_names() if k not in self.weights]
@@ -99,6 +108,25 @@ class Probe:
         from adaptive_think.kernels.probe_step.naive import head_scores
 
         return head_scores(hidden, self.tensors(hidden.device))
+
+    @property
+    def efforts(self) -> list[str]:
+        """Names of the effort rungs, most conservative first ([] for a single-point probe)."""
+        return [r.name for r in self.ladder]
+
+    def thresholds(self, effort: str | None = None) -> tuple[float, float]:
+        """(ready, skip) thresholds of rung `effort` (None: the default); ValueError for an unknown effort."""
+        rung = select_rung(self.ladder, effort, self.default_effort)
+        if rung is None:
+            return self.ready_threshold, self.skip_threshold
+        return rung.ready_threshold, rung.skip_threshold
+
+    def set_ladder(self, rungs: list[Rung], default: str) -> None:
+        """Install calibrated rungs; the top-level thresholds and calibration become the default rung's."""
+        self.ladder, self.default_effort = list(rungs), default
+        rung = select_rung(self.ladder, None, default)
+        self.ready_threshold, self.skip_threshold = rung.ready_threshold, rung.skip_threshold
+        self.calibration = rung.calibration
 
     def check_model(self, model) -> None:
         """Raise a ValueError naming every field where `model` differs from the probe's training model."""
@@ -148,6 +176,8 @@ class Probe:
             "provenance": self.provenance,
             "policy_defaults": self.policy_defaults,
             "model_fingerprint": self.fingerprint,
+            "ladder": [r.to_dict() for r in self.ladder],
+            "default_effort": self.default_effort,
         }
 
     def save_pretrained(self, folder) -> Path:
@@ -175,10 +205,10 @@ class Probe:
             cfg = json.loads(cfg_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{str(cfg_path)!r} is corrupt or truncated (not valid JSON: {err}). Re-save the probe.") from None
-        if not isinstance(cfg, dict) or cfg.get("format_version") != FORMAT_VERSION:
+        if not isinstance(cfg, dict) or cfg.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"{str(cfg_path)!r} has format_version {cfg.get('format_version') if isinstance(cfg, dict) else None!r}; "
-                f"this adaptive-think reads version {FORMAT_VERSION}."
+                f"this adaptive-think reads versions {READABLE_VERSIONS}."
             )
         for key in ("layer", "kind", "model_fingerprint", "thresholds"):
             if key not in cfg:
@@ -192,6 +222,8 @@ class Probe:
             ready_threshold=float(cfg["thresholds"]["ready"]), skip_threshold=float(cfg["thresholds"]["skip"]),
             calibration=cfg.get("calibration", {}), provenance=cfg.get("provenance", {}),
             policy_defaults=cfg.get("policy_defaults", {"exit_text": "\n\n", "stop_at_boundary": True}),
+            ladder=[Rung.from_dict(r, str(cfg_path)) for r in cfg.get("ladder") or []],
+            default_effort=cfg.get("default_effort"),
         )
         if probe.hidden_size != cfg.get("hidden_size", probe.hidden_size):
             raise ValueError(f"{str(folder)!r}: weights are for hidden size {probe.hidden_size}, probe.json says {cfg['hidden_size']}.")

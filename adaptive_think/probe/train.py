@@ -2,22 +2,27 @@
 
 Questions (not checkpoints) are split into train / validation / calibration, so no question leaks.
 For every candidate layer a linear probe and a small MLP are fitted on normalised features; the layer
-and kind with the best validation AUROC of the ready head win; thresholds come from `calibrate.py`.
+and kind with the best validation AUROC of the ready head win; each effort rung's thresholds come from
+its own `calibrate.py` run (ladder.py). The probe records the content hashes of every question it was
+collected on, so `eval` can leave them out.
 
-    adaptive-think train-probe --data runs/collect --out runs/probe --epsilon 0.02 --delta 0.1
+    adaptive-think train-probe --data runs/collect --out runs/probe --efforts high:0.005 medium:0.02 low:0.05
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from adaptive_think.probe.calibrate import calibrate
+from adaptive_think.probe.calibrate import build_path, calibrate, questions_of
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
+from adaptive_think.probe.ladder import DEFAULT_RUNGS, Rung, default_rung, parse_rungs
 from adaptive_think.probe.metrics import auroc, recall_at_no_false_positive
 from adaptive_think.probe.probe import Probe
 from adaptive_think.probe.shards import load_collection
@@ -32,9 +37,29 @@ class TrainConfig:
     weight_decay: float = 1e-3
     val_fraction: float = 0.15
     calib_fraction: float = 0.35
-    epsilon: float = 0.02  # accuracy lost against full thinking, at most
-    delta: float = 0.1  # with probability at least 1 - delta
+    efforts: tuple[str, ...] = DEFAULT_RUNGS  # "name:epsilon[:delta]": accuracy lost vs full, at most epsilon
+    delta: float = 0.1  # ... with probability at least 1 - delta (rungs that name no delta)
+    epsilon: float | None = None  # one rung named "custom" with this epsilon instead of `efforts`
     kinds: tuple[str, ...] = ("linear", "mlp")
+    ready_at_boundaries: bool = False  # fit the ready head on step-boundary checkpoints only (where it stops)
+
+    def rungs(self) -> list[tuple[str, float, float]]:
+        """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
+        specs = (f"custom:{self.epsilon}",) if self.epsilon is not None else self.efforts
+        return parse_rungs(specs, self.delta)
+
+
+def seen_questions(records: list[dict]) -> dict:
+    """What a probe records about the questions it was collected on: content hashes and bundled seeds.
+
+    `complete` is False for collections made before questions were hashed (then nothing can be excluded).
+    """
+    qids = {r["qid"]: r.get("qhash") for r in records}
+    hashes = sorted({h for h in qids.values() if h})
+    seeds = Counter(m.group(1) for q in qids if (m := re.fullmatch(r"s(-?\d+)-\d+", str(q))))
+    return {"n_questions": len(qids), "n_distinct": len(hashes), "complete": all(qids.values()),
+            "hash": "sha256 of the whitespace-normalised question text, first 16 hex digits",
+            "bundled_seeds": dict(sorted(seeds.items())), "sha256_16": hashes}
 
 
 def split_questions(qids: list[str], seed: int, val: float, calib: float) -> dict[str, str]:
@@ -123,14 +148,17 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     cfg = cfg or TrainConfig()
     t0 = time.time()
     hidden, records, settings = load_collection(data_dir)
-    qids = [r["qid"] for r in records]
-    split = split_questions(qids, cfg.seed, cfg.val_fraction, cfg.calib_fraction)
-    part = [split[q] for q in qids]
+    rungs = cfg.rungs()  # validate before training
+    # split by question content where the collection hashed it: a question drawn twice stays on one side
+    groups = [r.get("qhash") or r["qid"] for r in records]
+    split = split_questions(groups, cfg.seed, cfg.val_fraction, cfg.calib_fraction)
+    part = [split[g] for g in groups]
     kind = torch.tensor([r["kind"] for r in records])
     label = torch.tensor([bool(r["label"]) for r in records])
     is_train = torch.tensor([p == "train" for p in part])
     is_val = torch.tensor([p == "val" for p in part])
     thought, prompt = kind == KIND_THOUGHT, kind == KIND_PROMPT
+    is_boundary = torch.tensor([bool(r.get("boundary")) for r in records])
     if int((thought & is_train).sum()) < 10:
         raise ValueError(f"{data_dir} holds too few thought checkpoints to train on "
                          f"({int((thought & is_train).sum())} in the training split): {_why_too_few(records, settings)}.")
@@ -144,8 +172,8 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
         std = h[is_train & ok].std(0).clamp_min(1e-4)
         x = (h - mean) / std
         for k in cfg.kinds:
-            head, score = fit_head(x[thought & is_train], label[thought & is_train], x[thought & is_val],
-                                   label[thought & is_val], k, cfg)
+            fit = thought & (is_boundary if cfg.ready_at_boundaries else torch.ones_like(thought))
+            head, score = fit_head(x[fit & is_train], label[fit & is_train], x[fit & is_val], label[fit & is_val], k, cfg)
             sweep.append({"layer": layer, "kind": k, "ready_val_auroc": round(score, 4)})
             log(f"layer {layer:3d} {k:6s} ready val AUROC {score:.4f}")
             if best is None or score > best[0]:
@@ -175,17 +203,25 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
                   provenance={"data": str(data_dir), "train_config": asdict(cfg), "layer_sweep": sweep,
                               "chosen": {"layer": layer, "ready_kind": k, "skip_kind": skip_kind,
                                          "ready_val_auroc": score, "skip_val_auroc": skip_auc},
-                              "collect_settings": {kk: v for kk, v in settings.items() if kk != "fingerprint"}})
+                              "collect_settings": {kk: v for kk, v in settings.items() if kk != "fingerprint"},
+                              "questions_seen": seen_questions(records)})
     # scores of every record under the final probe, for calibration on the held-out questions
     ready_s, skip_s = probe.score(hidden[f"layer{layer}"])
     is_cal = [p == "calib" for p in part]
-    result = calibrate(records, ready_s.tolist(), skip_s.tolist(), is_cal, cfg.epsilon, cfg.delta)
-    probe.ready_threshold = result["ready_threshold"]
-    probe.skip_threshold = result["skip_threshold"]
-    probe.calibration = result
+    # the order in which threshold pairs are tested comes from the training and validation questions
+    ready_l, skip_l = ready_s.tolist(), skip_s.tolist()
+    path = build_path(questions_of(records, ready_l, skip_l, [not c for c in is_cal]))
+    ladder = []
+    for name, eps, dlt in rungs:
+        result = calibrate(records, ready_l, skip_l, is_cal, eps, dlt, path=path)
+        ladder.append(Rung(name, eps, dlt, result["ready_threshold"], result["skip_threshold"], result))
+        a = result["achieved"]
+        log(f"effort {name}: ready >= {result['ready_threshold']:.3f}, skip >= {result['skip_threshold']:.3f} "
+            f"(epsilon {eps}, delta {dlt}); on calibration questions: accuracy lost {a['accuracy_lost']:.4f}, "
+            f"thinking tokens saved {a['think_tokens_saved']:.1%}, skipped {a['skip_rate']:.1%}")
+    default = default_rung(ladder)
+    probe.set_ladder(ladder, default.name)
     probe.provenance["train_seconds"] = round(time.time() - t0, 1)
-    log(f"calibrated: ready >= {probe.ready_threshold:.3f}, skip >= {probe.skip_threshold:.3f} "
-        f"({result['method']}, epsilon {cfg.epsilon}, delta {cfg.delta}); on calibration questions: "
-        f"accuracy lost {result['achieved']['accuracy_lost']:.4f}, thinking tokens saved "
-        f"{result['achieved']['think_tokens_saved']:.1%}")
+    log(f"default effort: {default.name} (epsilon {default.epsilon}, delta {default.delta}"
+        + ("" if default.meets_promise else "; NO rung meets the 0.5-point promise") + ")")
     return probe

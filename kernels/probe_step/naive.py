@@ -24,8 +24,6 @@ so the same call can be captured in a CUDA graph.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from adaptive_think.controller.params import (
@@ -57,6 +55,7 @@ from adaptive_think.controller.state import (
     PROMPT,
     THINKING,
     ControllerSpec,
+    INT_FIELDS,
     ControllerState,
     ProbeTensors,
 )
@@ -80,6 +79,8 @@ def head_scores(hidden: torch.Tensor, probe: ProbeTensors) -> tuple[torch.Tensor
 def kmp_advance(match: torch.Tensor, token: torch.Tensor, marker: torch.Tensor, fail: torch.Tensor) -> torch.Tensor:
     """[B] marker tokens matched after `token` [B], from `match` [B] (KMP: fall back along `fail`, then advance)."""
     n = marker.numel()
+    if n == 1:  # the common single-token marker: the same result in two ops
+        return (token == marker).to(match.dtype)
     k = match.long().clamp(0, n - 1)  # a stored match is always < n (a full match resets it)
     for _ in range(n - 1):  # each fallback shortens k, so n - 1 of them reach any needed length
         fall = (k > 0) & (marker[k] != token)
@@ -87,53 +88,42 @@ def kmp_advance(match: torch.Tensor, token: torch.Tensor, marker: torch.Tensor, 
     return torch.where(marker[k] == token, k + 1, k).to(match.dtype)
 
 
-class Observed(NamedTuple):
-    """A row's state after observing its last token (step 1 of the reference)."""
-
-    phase: torch.Tensor
-    cursor: torch.Tensor
-    open_match: torch.Tensor
-    close_match: torch.Tensor
-    think_count: torch.Tensor
-    ended_by: torch.Tensor
-    decision_step: torch.Tensor
-    blocks: torch.Tensor
-    streak: torch.Tensor
-    ema: torch.Tensor
-    opened: torch.Tensor  # [B] bool: a think block opened on this token
-
-
 def observe(tok: torch.Tensor, obs: torch.Tensor, state: ControllerState, spec: ControllerSpec,
-            params: RowParams) -> Observed:
-    """Step 1: the rows where obs [B] holds see token tok [B] (int64); returns the updated fields."""
-    p = params.ints
-    phase, step = state.phase, state.step
+            params: RowParams) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Step 1: the rows where obs [B] holds see token tok [B] (int64).
+
+    Returns ({state field name: updated [B] tensor}, opened [B] bool: a think block opened on this token).
+    """
+    s = dict(zip(INT_FIELDS, state.ints.unbind(0)))  # [B] views, one op
+    s["ema"] = state.ema
+    p = params.ints.unbind(0)
+    phase, step = s["phase"], s["step"]
     lo, lc = spec.open_ids.numel(), spec.close_ids.numel()
     is_eos = (tok[:, None] == spec.eos_ids[None, :]).any(-1) & obs
 
     closing = obs & (phase == CLOSING)
     # forced stop-text tokens are thinking tokens; skip-segment tokens are not
-    in_stop_text = closing & (state.cursor >= p[P_SKIP_END]) & (state.cursor < p[P_STOP_CLOSE])
-    cursor = torch.where(closing, state.cursor + 1, state.cursor)
-    end = torch.where(state.ended_by == ENDED_SKIPPED, p[P_SKIP_END], p[P_STOP_END])
+    in_stop_text = closing & (s["cursor"] >= p[P_SKIP_END]) & (s["cursor"] < p[P_STOP_CLOSE])
+    cursor = torch.where(closing, s["cursor"] + 1, s["cursor"])
+    end = torch.where(s["ended_by"] == ENDED_SKIPPED, p[P_SKIP_END], p[P_STOP_END])
     phase_new = torch.where(closing & (cursor >= end), ANSWERING, phase)
 
     watching = obs & ((phase == PROMPT) | (phase == ANSWERING))
-    open_match = torch.where(watching, kmp_advance(state.open_match, tok, spec.open_ids, spec.open_fail), state.open_match)
+    open_match = torch.where(watching, kmp_advance(s["open_match"], tok, spec.open_ids, spec.open_fail), s["open_match"])
     opened = watching & (open_match >= lo)
     phase_new = torch.where(opened, THINKING, phase_new)
     open_match = torch.where(opened, 0, open_match)
-    blocks = torch.where(opened, state.blocks + 1, state.blocks)
+    blocks = torch.where(opened, s["blocks"] + 1, s["blocks"])
     # each block starts like the first: no decision yet, fresh smoothing and patience
-    ended_by = torch.where(opened, ENDED_NONE, state.ended_by)
-    decision_step = torch.where(opened, -1, state.decision_step)
-    streak = torch.where(opened, 0, state.streak)
-    ema = torch.where(opened, torch.zeros_like(state.ema), state.ema)
+    ended_by = torch.where(opened, ENDED_NONE, s["ended_by"])
+    decision_step = torch.where(opened, -1, s["decision_step"])
+    streak = torch.where(opened, 0, s["streak"])
+    ema = torch.where(opened, 0.0, s["ema"])
 
     thinking = obs & (phase == THINKING)
-    think_count = torch.where((thinking & ~is_eos) | in_stop_text, state.think_count + 1, state.think_count)
-    close_match = torch.where(thinking, kmp_advance(state.close_match, tok, spec.close_ids, spec.close_fail),
-                              state.close_match)
+    think_count = torch.where((thinking & ~is_eos) | in_stop_text, s["think_count"] + 1, s["think_count"])
+    close_match = torch.where(thinking, kmp_advance(s["close_match"], tok, spec.close_ids, spec.close_fail),
+                              s["close_match"])
     closed = thinking & (close_match >= lc)
     # the close marker's own tokens were counted above; they are not thinking tokens
     think_count = torch.where(closed, think_count - lc, think_count)
@@ -141,17 +131,16 @@ def observe(tok: torch.Tensor, obs: torch.Tensor, state: ControllerState, spec: 
     close_match = torch.where(closed, 0, close_match)
     ended_by = torch.where(closed, ENDED_NATURAL, ended_by)
     decision_step = torch.where(closed, step - 1, decision_step)
-
     phase_new = torch.where(is_eos, DONE, phase_new)
-    i32 = torch.int32
-    return Observed(phase_new.to(i32), cursor.to(i32), open_match.to(i32), close_match.to(i32), think_count.to(i32),
-                    ended_by.to(i32), decision_step.to(i32), blocks.to(i32), streak.to(i32), ema, opened)
+    return dict(phase=phase_new, think_count=think_count, streak=streak, cursor=cursor, open_match=open_match,
+                close_match=close_match, ended_by=ended_by, decision_step=decision_step, step=step, blocks=blocks,
+                ema=ema), opened
 
 
-def _write_observed(state: ControllerState, o: Observed) -> None:
-    for name in ("phase", "cursor", "open_match", "close_match", "think_count", "ended_by", "decision_step", "blocks",
-                 "streak", "ema"):
-        getattr(state, name).copy_(getattr(o, name))
+def _write(state: ControllerState, o: dict[str, torch.Tensor], score: torch.Tensor | None = None) -> None:
+    """Store the updated fields: one copy per packed buffer."""
+    state.ints.copy_(torch.stack([o[name] for name in INT_FIELDS]))
+    state.floats.copy_(torch.stack([o["ema"], state.score if score is None else score]))
 
 
 def observe_final_reference(last_token: torch.Tensor, state: ControllerState, spec: ControllerSpec,
@@ -160,8 +149,8 @@ def observe_final_reference(last_token: torch.Tensor, state: ControllerState, sp
 
     Leaves `forced`, `score` and `step` as they were. Rows still at their step 0 observe nothing.
     """
-    o = observe(last_token.to(state.phase.device, torch.int64), state.step != 0, state, spec, params)
-    _write_observed(state, o)
+    o, _ = observe(last_token.to(state.ints.device, torch.int64), state.step != 0, state, spec, params)
+    _write(state, o)
 
 
 def probe_step_reference(
@@ -181,11 +170,12 @@ def probe_step_reference(
         >>> probe_step_reference(None, tokens[:, -1], state, params, spec); forced = state.forced
     """
     tok = last_token.to(torch.int64)
-    p, pf = params.ints, params.floats
+    p, pf = params.ints.unbind(0), params.floats.unbind(0)
     step = state.step  # [B]
     first = step == 0
-    o = observe(tok, ~first, state, spec, params)
-    phase_new, cursor, think_count, close_match = o.phase, o.cursor, o.think_count, o.close_match
+    o, opened = observe(tok, ~first, state, spec, params)
+    seen = o["phase"]  # the phase after observing
+    think_count, close_match = o["think_count"], o["close_match"]
 
     # 2. scores (probe rows only)
     is_probe = p[P_POLICY] == POLICY_PROBE
@@ -198,16 +188,16 @@ def probe_step_reference(
     score = torch.where(first, skip, ready)
 
     # 3. decide
-    open_row = (phase_new == PROMPT) | (phase_new == THINKING)
+    open_row = (seen == PROMPT) | (seen == THINKING)
     wants_skip = (is_probe & (skip >= pf[P_SKIP_THRESHOLD])) | (p[P_POLICY] == POLICY_NONE)  # NaN never skips
-    do_skip = (first & open_row & wants_skip) | (o.opened & (p[P_POLICY] == POLICY_NONE))
+    do_skip = (first & open_row & wants_skip) | (opened & (p[P_POLICY] == POLICY_NONE))
 
-    in_thought = (phase_new == THINKING) & ~do_skip
+    in_thought = (seen == THINKING) & ~do_skip
     valid = ~torch.isnan(ready)
     alpha = pf[P_ALPHA]
-    ema = torch.where(in_thought & valid, alpha * ready + (1.0 - alpha) * o.ema, o.ema)
+    ema = torch.where(in_thought & valid, alpha * ready + (1.0 - alpha) * o["ema"], o["ema"])
     over = in_thought & (think_count >= p[P_MIN_THINK]) & valid & (ema >= pf[P_THRESHOLD])  # NaN compares False
-    streak = torch.where(over, o.streak + 1, torch.where(in_thought, 0, o.streak))
+    streak = torch.where(over, o["streak"] + 1, torch.where(in_thought, 0, o["streak"]))
 
     stop_len = p[P_STOP_CLOSE] - p[P_SKIP_END]
     over_budget = in_thought & (think_count >= p[P_MAX_THINK] - stop_len)  # room is kept for the stop text
@@ -216,11 +206,12 @@ def probe_step_reference(
     probe_stop = is_probe & in_thought & ~over_budget & over & (streak >= p[P_PATIENCE])
     probe_stop = probe_stop & ((p[P_BOUNDARY_ONLY] == 0) | at_boundary)
     close_now = over_budget | probe_stop
+    decided = do_skip | close_now
 
-    phase_new = torch.where(do_skip | close_now, CLOSING, phase_new)
+    phase = torch.where(decided, CLOSING, seen)
     # a row skipped from PROMPT opens the block itself (a new block); one already inside starts at the close
-    blocks = torch.where(do_skip & (o.phase == PROMPT), o.blocks + 1, o.blocks)
-    cursor = torch.where(do_skip, torch.where(o.phase == PROMPT, 0, p[P_SKIP_CLOSE]), cursor)
+    blocks = torch.where(do_skip & (seen == PROMPT), o["blocks"] + 1, o["blocks"])
+    cursor = torch.where(do_skip, torch.where(seen == PROMPT, 0, p[P_SKIP_CLOSE]), o["cursor"])
     # a stop writes the stop text when it fits the budget; a close marker the model has begun is completed
     # instead (its tokens leave the thought count), so a row never holds more than max_think thinking tokens
     fits = think_count <= p[P_MAX_THINK] - stop_len
@@ -228,21 +219,18 @@ def probe_step_reference(
                             torch.where(fits, p[P_SKIP_END], p[P_STOP_CLOSE]))
     cursor = torch.where(close_now, stop_from, cursor)
     think_count = torch.where(close_now, think_count - close_match, think_count)
-    ended_by = torch.where(do_skip, ENDED_SKIPPED, o.ended_by)
+    ended_by = torch.where(do_skip, ENDED_SKIPPED, o["ended_by"])
     ended_by = torch.where(over_budget, ENDED_BUDGET, ended_by)
     ended_by = torch.where(probe_stop, ENDED_PROBE, ended_by)
-    decision_step = torch.where(do_skip | close_now, step, o.decision_step)
+    decision_step = torch.where(decided, step, o["decision_step"])
     close_match = torch.where(close_now, 0, close_match)
 
     # 4. the token to force
     width = params.force.shape[1]
     at = cursor.long().clamp(0, width - 1)[:, None]  # [B, 1]
-    forced = torch.where(phase_new == CLOSING, params.force.gather(1, at)[:, 0], -1)
+    forced = torch.where(phase == CLOSING, params.force.gather(1, at)[:, 0], -1)
 
-    i32 = torch.int32
-    _write_observed(state, Observed(phase_new.to(i32), cursor.to(i32), o.open_match, close_match.to(i32),
-                                    think_count.to(i32), ended_by.to(i32), decision_step.to(i32), blocks.to(i32),
-                                    streak.to(i32), ema, o.opened))
-    state.score.copy_(score)
+    o.update(phase=phase, think_count=think_count, streak=streak, cursor=cursor, close_match=close_match,
+             ended_by=ended_by, decision_step=decision_step, step=step + 1, blocks=blocks, ema=ema)
+    _write(state, o, score)
     state.forced.copy_(forced)
-    state.step.add_(1)

@@ -27,10 +27,10 @@ Design (one launch; the probe heads and the state machine are fused):
   there alone); otherwise it just takes its ticket.
 - without a probe (or without hidden) the grid is (1, 1, 1): one program runs the state machine, no tickets.
 
-Why fused rather than a head launch plus a state-machine launch: inside a captured decode step each kernel
-node costs launch latency of its own (a few microseconds on H100 against the 10 us target for the whole
-step), and the state machine is a few hundred integer ops per row; the ticket pattern adds one atomic per
-program. The fused form has not been measured against a split form on a GPU yet (no GPU in this round).
+Why fused rather than a head launch plus a state-machine launch: inside a captured decode step a second,
+dependent kernel node adds its own launch gap to every step (typically 1-3 us between dependent kernels in a
+CUDA graph), a large share of the 10 us target, while the fused form costs one atomic per program and a short
+serial tail. Not measured against a split form on a GPU yet (no GPU in this round of work).
 
 The workspace belongs to the state (an attribute of the state object), so one state must not be stepped on
 two streams at once (a state machine never is).

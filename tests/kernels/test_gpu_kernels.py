@@ -78,7 +78,8 @@ def test_logit_stats_cuda_matches_reference(B, V, dtype, atol, rtol):
 
 @pytest.mark.parametrize("B, D, H", [(1, 256, 16), (8, 1024, 64), (64, 4096, 256)], ids=lambda v: str(v))
 def test_probe_step_graph_replay_matches_reference(B, D, H):
-    """Capture one step in a CUDA graph, replay it over a scripted run, compare with the reference each step."""
+    """Capture one step in a CUDA graph, replay it over a scripted run (mixed per-row policies, one row restarted
+    mid-run), compare with the reference each step."""
     from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 
     gen = torch.Generator().manual_seed(B * D)
@@ -107,6 +108,10 @@ def test_probe_step_graph_replay_matches_reference(B, D, H):
     streams = TokenStreams(B, vocab, spec, gen)
     tok = torch.zeros(B, dtype=torch.int64)
     for step in range(30):
+        if step == 12:  # a row restarts between replays (a new request in its slot): its own step 0 again
+            fresh = ControllerState.allocate(1, "cpu")
+            want.ints[:, B - 1] = fresh.ints[:, 0]
+            state.ints[:, B - 1] = fresh.ints[:, 0].cuda()
         hidden = random_hidden(B, D, torch.bfloat16, gen, bad_rows=step % 7 == 3)
         hidden_buf.copy_(hidden)
         tok_buf.copy_(tok)

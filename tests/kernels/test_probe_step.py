@@ -126,9 +126,7 @@ CASES = [  # (B, D, H, policy (None: mixed per row), seed)
     (3, 100, 16, None, 1),
     (8, 64, 1, POLICY_PROBE, 2),
     (17, 40, 24, None, 3),
-    (7, 32, 8, POLICY_BUDGET, 4),
-    (5, 32, 8, POLICY_NONE, 5),
-    (6, 32, 8, POLICY_FULL, 6),
+    (7, 32, 8, POLICY_BUDGET, 4),  # full and none rows run in the mixed cases (and alone in test_no_probe_reads)
 ]
 
 
@@ -147,11 +145,11 @@ def test_state_machine_matches_reference(B, D, H, policy, seed):
         got = want.clone()
         garble(got)
         tok = torch.zeros(B, dtype=torch.int64)
-        for step in range(30):
+        for step in range(20):
             hidden = random_hidden(B, D, torch.float32, gen, bad_rows=False)
             if B > 1:
                 hidden[0] = float("nan")  # row 0 never has a valid score
-            if step == 12 and B > 2:  # restart row 2 mid-run: its own step 0 again while the others go on
+            if step == 9 and B > 2:  # restart row 2 mid-run: its own step 0 again while the others go on
                 for s in (want, got):
                     s.ints[:, 2] = ControllerState.allocate(1, "cpu").ints[:, 0]
             probe_step_reference(hidden, tok, want, params, spec)

@@ -1,0 +1,149 @@
+"""What `eval` reports: per-policy summaries, the probe against the baselines on the accuracy-vs-forward-
+tokens plane, each rung's share of the oracle's saving, the table, the plot and the JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+BASELINES = ("budget", "marker", "confidence", "consistency", "router")
+PROBE_FAMILY = ("probe", "effort", "stops")
+
+
+def summarise(rows: list[dict], wall: float) -> dict:
+    """accuracy, think_tokens_mean, forward_tokens_mean, skip_rate (overall and per level), wall_s."""
+    def agg(rs):
+        n = len(rs)
+        return {"n": n, "accuracy": sum(r["correct"] for r in rs) / n, "think_tokens_mean": sum(r["think"] for r in rs) / n,
+                "forward_tokens_mean": sum(r["forward"] for r in rs) / n, "skip_rate": sum(r["skipped"] for r in rs) / n}
+
+    out = agg(rows)
+    out["wall_s"] = round(wall, 3)
+    by_level = defaultdict(list)
+    for r in rows:
+        by_level[r["level"]].append(r)
+    out["per_level"] = {str(k): agg(v) for k, v in sorted(by_level.items())}
+    return out
+
+
+def _family(name: str) -> str:
+    return name.split(":")[0]
+
+
+def envelope(points: list[tuple[float, float]], f: float) -> float | None:
+    """Best accuracy reachable at `f` forward tokens by the points or by mixing two of them per question
+    (a random mix of two policies lands on the segment between them); None below every point."""
+    best = None
+    for fa, aa in points:
+        if fa <= f:
+            best = aa if best is None else max(best, aa)
+        for fb, ab in points:
+            if fa < f < fb:
+                mix = aa + (ab - aa) * (f - fa) / (fb - fa)
+                best = mix if best is None else max(best, mix)
+    return best
+
+
+def pareto_check(results: dict, family: tuple[str, ...] = PROBE_FAMILY) -> dict:
+    """Is every baseline point (budget, marker, confidence, consistency, router) on or under the envelope
+    of the `family` points (probe thresholds and effort rungs by default) on accuracy vs forward tokens?"""
+    ours = [(v["forward_tokens_mean"], v["accuracy"]) for k, v in results.items() if _family(k) in family]
+    if not ours:
+        return {}
+    beaten, not_beaten = [], []
+    for name, v in results.items():
+        if _family(name) not in BASELINES:
+            continue
+        best = envelope(ours, v["forward_tokens_mean"])
+        (beaten if best is not None and best >= v["accuracy"] else not_beaten).append(name)
+    return {"dominates_all": not not_beaten, "beaten": beaten, "not_beaten": not_beaten}
+
+
+def oracle_shares(results: dict) -> dict:
+    """Per probe rung: (full - rung) / (full - oracle) in thinking tokens; {} without full and oracle."""
+    full, oracle = results.get("full"), results.get("oracle")
+    if not full or not oracle:
+        return {}
+    room = full["think_tokens_mean"] - oracle["think_tokens_mean"]
+    return {k: (full["think_tokens_mean"] - v["think_tokens_mean"]) / room if room > 0 else None
+            for k, v in results.items() if k in ("probe", "router") or _family(k) in ("effort", "stops")}
+
+
+def vs_full(results: dict, name: str) -> dict | None:
+    """Thinking saved, accuracy points lost, and skip rates at the easiest / hardest level, of one policy."""
+    full, row = results.get("full"), results.get(name)
+    if not full or not row:
+        return None
+    levels = row["per_level"]
+    return {"think_tokens_saved": 1 - row["think_tokens_mean"] / max(full["think_tokens_mean"], 1e-9),
+            "accuracy_points_lost": 100 * (full["accuracy"] - row["accuracy"]),
+            "skip_rate_easiest": levels[min(levels, key=int)]["skip_rate"],
+            "skip_rate_hardest": levels[max(levels, key=int)]["skip_rate"]}
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'policy':18s} {'accuracy':>9s} {'think tok':>10s} {'fwd tok':>9s} {'skip':>6s} {'wall s':>8s}"]
+    for name, v in results.items():
+        lines.append(f"{name:18s} {v['accuracy']:9.3f} {v['think_tokens_mean']:10.1f} {v['forward_tokens_mean']:9.1f} "
+                     f"{v['skip_rate']:6.2f} {v['wall_s']:8.2f}")
+    return "\n".join(lines)
+
+
+def format_levels(results: dict, names) -> str:
+    """Accuracy / thinking tokens / skip rate per difficulty level of the named policies."""
+    rows = [n for n in names if n in results]
+    if not rows:
+        return ""
+    levels = sorted({lv for n in rows for lv in results[n]["per_level"]}, key=int)
+    lines = [f"{'per level':18s} " + " ".join(f"{'L' + lv + ' acc/think/skip':>22s}" for lv in levels)]
+    for n in rows:
+        cells = []
+        for lv in levels:
+            v = results[n]["per_level"].get(lv)
+            cells.append(f"{v['accuracy']:7.3f}/{v['think_tokens_mean']:6.1f}/{v['skip_rate']:5.2f}" if v else " " * 20)
+        lines.append(f"{n:18s} " + " ".join(f"{c:>22s}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot(results: dict, path) -> str | None:
+    """Accuracy vs mean forward tokens per policy family (the oracle as a star), as a PNG; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fams = defaultdict(list)
+    for name, v in results.items():
+        fams[_family(name)].append((v["forward_tokens_mean"], v["accuracy"], name))
+    for fam, pts in fams.items():
+        pts.sort()
+        if fam == "oracle":
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="*", markersize=14, linestyle="", label=fam)
+            continue
+        style = dict(marker="s", markersize=8, linewidth=2) if fam == "effort" else dict(marker="o")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=fam, **style)
+        if fam == "effort":
+            for f, a, name in pts:
+                ax.annotate(name.split(":")[1], (f, a), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ax.set_xlabel("mean forward tokens per question")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def write_json(path, payload: dict) -> None:
+    from adaptive_think.files import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(payload, indent=2) + "\n"
+    atomic_write(path, lambda p: Path(p).write_text(text))
