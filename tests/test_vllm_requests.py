@@ -65,8 +65,6 @@ def test_efforts_without_a_ladder_use_the_budget_map():
         effort_config("extreme", settings, None)
 
 
-@pytest.mark.skipif("effort" not in ThinkConfig.__dataclass_fields__,
-                    reason="ThinkConfig has no effort field yet (the probe effort ladder is not on this branch)")
 def test_efforts_with_a_ladder_pick_rungs():
     rungs = ["high", "medium", "low"]
     assert effort_config("medium", WITH_PROBE, rungs) == ThinkConfig(policy="probe", effort="medium")
