@@ -90,6 +90,10 @@ class SlotController:
             token = outputs[:, j - 1] if j > 0 else torch.zeros_like(lens)
             self._advance(rows, token, None, active=(j < lens) & self.steered[rows])
 
+    def is_probe(self, slot: int) -> bool:
+        """Whether the request in `slot` uses policy "probe" (host bookkeeping)."""
+        return int(slot) in self._probe_slots
+
     def snapshot(self, slot: int) -> tuple[torch.Tensor, ...]:
         """A copy of one slot's controller row (state, params, prompt length), to `restore` it elsewhere later."""
         st, pa = self.ctl.state, self.ctl.params

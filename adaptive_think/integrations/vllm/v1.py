@@ -8,7 +8,8 @@ the model wrapper) to `SlotController.step`. Requests without adaptive_think set
 A request that leaves the persistent batch and comes back with output tokens (preemption, or not being
 scheduled for a step) is the same `SamplingParams` object in this runner: its controller row is kept
 when it leaves and put back when it returns (the smoothed probe score and streak included). Only when
-that copy is gone (more than `STASH` rows left meanwhile) are its output tokens replayed instead.
+that copy is gone (more than `STASH` x max_num_seqs other requests left meanwhile) are its output tokens
+replayed instead.
 
     from vllm import LLM, SamplingParams
     from adaptive_think.vllm import llm_kwargs
@@ -49,7 +50,7 @@ class ThinkLogitsProcessorV1(LogitsProcessor):
         for slot in slots:
             params = self._params.pop(slot, None)
             if params is not None:
-                self._stash[id(params)] = (params, self.core.snapshot(slot), slot in self.core._probe_slots)
+                self._stash[id(params)] = (params, self.core.snapshot(slot), self.core.is_probe(slot))
                 while len(self._stash) > self._stash_size:
                     self._stash.popitem(last=False)
         self.core.remove(list(slots))
