@@ -1,6 +1,8 @@
 """Engine latency benchmark: HF generate() vs the hf engine vs the graph engine, per decode step and per answer.
 
     python benchmarks/gpu_engines.py --out engines.json              # GPU: reasoner + Qwen3-0.6B/4B shapes, ~4 min
+    python benchmarks/gpu_engines.py --device cpu --threads 1 --out benchmarks/results/engines_cpu_smollm2.json
+                                                                     # CPU: SmolLM2-135M's shape, batch 8
     python benchmarks/gpu_engines.py --device cpu --quick            # CPU: bundled-reasoner cases only
 
 Per decode step = (wall(generate 8+N tokens) - wall(generate 8 tokens)) / N, so prefill and set-up cancel out;
@@ -9,10 +11,17 @@ the first call of every case (capture / compile) is left out. Cases, per model a
   hf_static_compile  model.generate(cache_implementation="static"), which compiles the forward (GPU, guarded)
   hf_engine_probe    AdaptiveThinker engine="hf" with a random probe (width 256, layer at 2/3 depth)
   graph_{none,full,probe}[_<mode>]  the graph engine: no controller / policy full / the probe controller
+  graph_context_<n>  the graph engine at n tokens of real context, one cache bucket for every n (attention
+                     tiers on; `_full_bucket`: the shortest context with the tiers off, attending to the bucket)
+  graph_mixed, hf_engine_mixed, graph_probe_uniform  a batch cycling full / none / budget / probe rows vs
+                     all-probe rows
+  interleaved (CPU)  hf_eager, hf_engine_budget, graph_none, graph_budget timed in alternation per repetition,
+                     with ratios to hf_eager (see engine_cases.py)
 End to end: the bundled reasoner on a fixed question set, wall-clock per question under `full` and `probe`.
-Order: every fast case of every model first, then the compiled cases (Qwen3-0.6B, batch 1) while --budget-s
-lasts; each case has its own time limit, and a case that fails or runs out of time is listed under "skipped".
-Prints a table; the last stdout line is the JSON written to --out.
+Order (GPU): the fast cases of each model (the context and mixed cases right after Qwen3-0.6B's), then the
+compiled cases (Qwen3-0.6B, batch 1) while --budget-s lasts; each case has its own time limit, and a case
+that fails or runs out of time is listed under "skipped". Prints a table; the last stdout line is the JSON
+written to --out.
 """
 
 from __future__ import annotations
@@ -30,40 +39,13 @@ from pathlib import Path
 
 import torch
 from bench_env import versions
+from engine_cases import SHAPES, context_cases, interleaved_cases, mixed_cases, random_model
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.engines import graph
 from adaptive_think.engines.graph import generate_graph
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = {  # real Qwen3 sizes, random weights (no download)
-    "qwen3-0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, intermediate_size=3072),
-    "qwen3-4b": dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=9728),
-}
-
-
-# -- set-up ---------------------------------------------------------------------------------------------
-
-
-def random_qwen3(name: str, device: str, dtype: torch.dtype):
-    """A Qwen3ForCausalLM of a real shape with random weights, built directly on `device` in `dtype`."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    cfg = Qwen3Config(vocab_size=151936, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
-                      tie_word_embeddings=True, pad_token_id=0, eos_token_id=None, **SHAPES[name])
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):  # initialise on the GPU: CPU init of 4B parameters takes minutes
-            model = Qwen3ForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(old)
-    model.eval()
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
-    return model
-
-
 def reasoner(device: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,6 +171,21 @@ def _step_cases(name, model, tok, device, batch, args, deadline, results, skippe
             print(f"  {name:11s} B={batch:<3d} {case:18s} {mode:15s} failed: {type(err).__name__}: {str(err)[:120]}", flush=True)
 
     gen_kw = dict(attention_mask=mask, do_sample=False, **no_eos)
+    mode = "cudagraph" if cuda else "eager"
+    if phase == "interleaved":  # plain generate vs hf engine (budget) vs graph engine, timed in alternation
+        steps, reps = (48, args.reps or 7) if cuda else (16, args.reps or 9)
+        guarded("interleaved", "eager", lambda: interleaved_cases(name, model, tok, device, batch, steps, reps, add),
+                args.case_limit_s)
+        return
+    if phase == "context":  # ms per step against the real context length at one bucket
+        guarded("graph_context", mode, lambda: context_cases(name, model, tok, device, batch, args.contexts,
+                                                             fast_steps, fast_reps, add, per_step_ms, mode),
+                args.case_limit_s)
+        return
+    if phase == "mixed":  # rows with different policies in one batch, both engines
+        guarded("mixed", mode, lambda: mixed_cases(name, model, tok, device, batch, fast_steps, fast_reps, add,
+                                                   per_step_ms, mode), args.case_limit_s)
+        return
     if phase == "fast":
         hf = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, **gen_kw)  # noqa: E731
         guarded("hf_eager", "eager", lambda: add("hf_eager", "eager", per_step_ms(hf, device, slow_steps, slow_reps)), 120)
@@ -305,8 +302,14 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="bundled-reasoner cases only")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default 2; 1 on a core shared with a job)")
-    p.add_argument("--models", nargs="+", default=["reasoner", "qwen3-0.6b", "qwen3-4b"])
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--models", nargs="+", default=None,
+                   help=f"of reasoner {' '.join(SHAPES)} (default: GPU reasoner qwen3-0.6b qwen3-4b; CPU smollm2-135m)")
+    p.add_argument("--batches", nargs="+", type=int, default=None, help="default: GPU 1 32; CPU 8")
+    p.add_argument("--contexts", nargs="+", type=int, default=[128, 1024, 4096],
+                   help="real context lengths of the context case (one cache bucket for all)")
+    p.add_argument("--context-model", default="qwen3-0.6b", help="model of the context and mixed-policy cases (GPU)")
+    p.add_argument("--cpu-phases", nargs="+", default=["interleaved", "context", "mixed"],
+                   choices=["interleaved", "context", "mixed"], help="which CPU phases run (default: all)")
     p.add_argument("--graph-modes", nargs="+", default=["cudagraph", "compile"])
     p.add_argument("--compile-models", nargs="*", default=["qwen3-0.6b"], help="models whose compiled cases run")
     p.add_argument("--no-hf-compile", dest="hf_compile", action="store_false", help="skip HF static cache + compile")
@@ -314,6 +317,7 @@ def main(argv=None) -> dict:
     # budgets
     p.add_argument("--budget-s", type=float, default=230.0, help="stop starting cases after this many seconds")
     p.add_argument("--compile-limit-s", type=float, default=100.0, help="time limit of one compiled case")
+    p.add_argument("--case-limit-s", type=float, default=150.0, help="time limit of one context / mixed / interleaved case")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default: 2 slow, 5 fast)")
     p.add_argument("--check-every", type=int, default=8)
     p.add_argument("--questions", type=int, default=12)
@@ -327,19 +331,17 @@ def main(argv=None) -> dict:
     device = args.device
     if device == "cpu":
         torch.set_num_threads(args.threads or min(2, os.cpu_count() or 1))
-    models = ["reasoner"] if args.quick else args.models
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     results, e2e, skipped = [], [], []
     cuda = torch.device(device).type == "cuda"
-    # fast cases of every model first, then the compiled ones (the targets' shape) with what time is left
-    plan = [(name, "fast", args.batches) for name in models]
-    if cuda and not args.quick:
-        plan += [(name, "compile", args.batches if args.compile_b32 else [1]) for name in args.compile_models]
+    plan = make_plan(args, cuda)
     dev_name = torch.cuda.get_device_name() if torch.device(device).type == "cuda" else platform.processor() or "cpu"
     print(f"# engines benchmark on {dev_name}, {dtype}", flush=True)
 
+    env = versions()  # the commit measured: taken once, at the start
+
     def document() -> dict:
-        doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **versions(), "argv": sys.argv[1:],
+        doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **env, "argv": sys.argv[1:],
                "threads": torch.get_num_threads(),
                "wall_s": time.monotonic() - start, "cases": results, "e2e": e2e, "skipped": skipped}
         doc["summary"] = summarise(results, e2e)
@@ -358,7 +360,7 @@ def main(argv=None) -> dict:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        run_plan(plan, models, args, device, dtype, cuda, deadline, results, e2e, skipped, lambda: save(document()))
+        run_plan(plan, args, device, dtype, cuda, deadline, results, e2e, skipped, lambda: save(document()))
     except KeyboardInterrupt as err:
         skipped.append({"why": f"interrupted ({err}); results so far kept"})
     doc = document()
@@ -368,7 +370,29 @@ def main(argv=None) -> dict:
     return doc
 
 
-def run_plan(plan, models, args, device, dtype, cuda, deadline, results, e2e, skipped, checkpoint) -> None:
+def make_plan(args, cuda: bool) -> list[tuple[str, str, list[int]]]:
+    """(model, phase, batches) in run order.
+
+    GPU: the fast cases of each model, with the context (batch 1) and mixed-policy (batch 32) cases right after
+    the context model's, then the compiled cases (the targets' shape) with what time is left. CPU: the
+    interleaved comparison, the context and the mixed-policy cases on each model (SmolLM2-135M's shape)."""
+    if args.quick:
+        return [("reasoner", "fast", args.batches or [1, 32])]
+    if not cuda:
+        batches = args.batches or [8]
+        return [(name, phase, b) for name in args.models or ["smollm2-135m"]
+                for phase, b in (("interleaved", batches), ("context", [1]), ("mixed", batches))
+                if phase in args.cpu_phases]
+    plan = []
+    for name in args.models or ["reasoner", "qwen3-0.6b", "qwen3-4b"]:
+        plan.append((name, "fast", args.batches or [1, 32]))
+        if name == args.context_model:
+            plan += [(name, "context", [1]), (name, "mixed", [32])]
+    plan += [(name, "compile", (args.batches or [1, 32]) if args.compile_b32 else [1]) for name in args.compile_models]
+    return plan
+
+
+def run_plan(plan, args, device, dtype, cuda, deadline, results, e2e, skipped, checkpoint) -> None:
     for name, phase, batches in plan:
         if time.monotonic() > deadline:
             skipped.append({"model": name, "phase": phase, "why": "time budget spent"})
@@ -377,7 +401,7 @@ def run_plan(plan, models, args, device, dtype, cuda, deadline, results, e2e, sk
             if name == "reasoner":
                 model, tok = reasoner(device, dtype)
             else:
-                model, tok = random_qwen3(name, device, dtype), bench_tokenizer()
+                model, tok = random_model(name, device, dtype), bench_tokenizer()
         except FileNotFoundError as err:
             skipped.append({"model": name, "why": str(err)[:200]})
             continue

@@ -68,7 +68,7 @@ echo "$VERSIONS"
 export VERSIONS
 
 # 1. GPU tests (all of tests/ marked gpu: kernels, engines)
-run_step pytest_gpu 240 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml"
+run_step pytest_gpu 270 "$PY" -m pytest tests -m gpu -q -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml"
 
 # 2. kernel benchmark
 run_step bench_kernels 90 "$PY" benchmarks/gpu_kernels.py --out "$OUT/kernels.json"

@@ -36,17 +36,29 @@ def probe_thinker(model, impl="auto"):
 PROBE = ThinkConfig(policy="probe", threshold=0.5, skip_threshold=0.5, min_think_tokens=2, stop_at_boundary=False)
 
 
+class CountedGraph:
+    """A captured graph whose replays are counted."""
+
+    def __init__(self, graph, replays: list):
+        self.graph, self.replays = graph, replays
+
+    def replay(self):
+        self.replays.append(1)
+        self.graph.replay()
+
+
 def only_replays(monkeypatch, model) -> list[int]:
     """From now on the model's runners may not run an eager step: every decode step must be a graph replay.
     Returns the list that counts replays."""
     replays = []
-    for runner in graph._RUNNERS[model].values():
-        def refuse():
-            raise AssertionError("an eager decode step ran where a captured graph should have replayed")
 
-        runner._step = refuse
-        for g in runner.graphs.values():
-            monkeypatch.setattr(g, "replay", lambda g=g, replay=g.replay: (replays.append(1), replay())[1])
+    def refuse():
+        raise AssertionError("an eager decode step ran where a captured graph should have replayed")
+
+    for runner in graph._RUNNERS[model].values():
+        assert runner.graphs, "the runner captured no graph"
+        monkeypatch.setattr(runner, "_step", refuse)
+        monkeypatch.setattr(runner, "graphs", {tier: CountedGraph(g, replays) for tier, g in runner.graphs.items()})
     return replays
 
 
@@ -114,6 +126,32 @@ def test_probe_generate_replays_graphs_without_a_host_sync_and_matches_hf(impl, 
     assert [r.to_dict() for r in thinker.last_reports] == ref_reports
     assert sizes == [4, 4, 4, 1] and len(replays) == 13  # no eos: 13 decode steps after the prefill's token
     assert len(graph._RUNNERS[model]) == 1
+    graph.clear_graph_cache(model)
+
+
+def test_mixed_policy_batch_on_both_engines_matches_each_row_alone(monkeypatch):
+    """fp32: full, none, budget with exit and stop text, probe: the graph engine (replays only, segments under sync
+    errors) gives the hf engine's tokens and reports, and each row what it gets with its config on every row."""
+    model = cuda_model("qwen3", torch.float32)
+    thinker = probe_thinker(model)
+    b = TOK([PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[2]], return_tensors="pt", padding=True).to("cuda")
+    configs = [ThinkConfig(), ThinkConfig(policy="none", exit_text="\n\n"),
+               ThinkConfig(policy="budget", max_think_tokens=5, exit_text="\n\n", stop_text=" ok ."), PROBE]
+    kw = dict(max_new_tokens=16, eos_token_id=None)
+    ref = thinker.generate(**b, think=configs, engine="hf", **kw)
+    ref_reports = [r.to_dict() for r in thinker.last_reports]
+    assert [r["ended_by"] for r in ref_reports][1:3] == ["skipped", "budget"]
+    alone = []
+    for config in configs:  # builds the one runner every later call replays
+        alone.append((thinker.generate(**b, think=config, engine="graph", **kw),
+                      [r.to_dict() for r in thinker.last_reports]))
+    replays = only_replays(monkeypatch, model)
+    strict_segments(monkeypatch)
+    out = thinker.generate(**b, think=configs, engine="graph", **kw)
+    assert torch.equal(out, ref) and [r.to_dict() for r in thinker.last_reports] == ref_reports
+    assert len(replays) == 15 and len(graph.cache_info(model)) == 1
+    for i, (row_out, row_reports) in enumerate(alone):
+        assert torch.equal(out[i], row_out[i]) and ref_reports[i] == row_reports[i]
     graph.clear_graph_cache(model)
 
 

@@ -118,7 +118,7 @@ def test_collect_stacks_layers_from_two_devices(tmp_path):
 
     questions = ["the answer is <think>\n", "x y <think>\n so"]  # the prompts open a thought: checkpoints follow
     items = [Item(id=f"q{i}", question=q, answer="7") for i, q in enumerate(questions)]
-    # fail_fast off: this scripted model never closes its thought; the test is about the layers, not the data
+    # fail_fast off: this random model never closes its thought; the test is about the layers, not the data
     cfg = CollectConfig(layers=[0, 2], every=2, batch_size=2, max_new_tokens=8, max_answer_tokens=2, fail_fast=False)
     for name, model in (("cpu", identity_first_layer()), ("two", split_over_two_devices(identity_first_layer()))):
         collect(model, TOK, items, tmp_path / name, lambda text, answer: "7" in text, cfg=cfg, progress=False)
