@@ -1,4 +1,4 @@
-"""Controller semantics of DESIGN.md section 4 on a scripted reasoner: budget, skip, natural close,
+"""Controller semantics (docs/design.md, "The controller") on a scripted reasoner: budget, skip, natural close,
 prompts that open the block, multi-token markers, exit text, streamer, stopping criteria, reports."""
 
 import pytest

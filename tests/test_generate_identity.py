@@ -1,4 +1,4 @@
-"""With policy `full` the adaptive generate() is token-identical to model.generate (DESIGN.md section 4)."""
+"""With policy `full` the adaptive generate() is token-identical to model.generate (docs/design.md, "The controller")."""
 
 import pytest
 import torch

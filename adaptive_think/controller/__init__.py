@@ -1,4 +1,4 @@
-"""The thinking controller: per-row state machine and policies (DESIGN.md section 4)."""
+"""The thinking controller: per-row state machine and policies (docs/design.md, "The controller")."""
 
 from adaptive_think.controller.controller import ThinkController, ThinkReport, boundary_mask
 

@@ -12,7 +12,7 @@ gpt-fast's loop (`prefill`, `decode_one_token`, `decode_n_tokens`, `generate`) a
   flag into pinned memory; rows that finished write pad until then and the output is trimmed as HF trims.
 
 Captured graphs, static caches and buffers are kept per (model, batch size, length bucket, settings) and
-reused by later calls (capturing takes seconds, compiling about a minute; DESIGN.md section 6); a call
+reused by later calls (capturing takes seconds, compiling about a minute; docs/design.md, "Engines"); a call
 that fits in a larger cached runner's cache uses that runner. Decode attention reads only the cache slots
 the rows can have reached (attention tiers, see `runner.py`). The engine makes no host synchronisation
 between two done-checks; models it cannot capture (dynamic rotary embeddings, several devices) are refused.

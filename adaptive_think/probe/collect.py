@@ -1,4 +1,4 @@
-"""collect: label every checkpoint of each full thought by forcing an exit there (DESIGN.md section 5).
+"""collect: label every checkpoint of each full thought by forcing an exit there (docs/design.md, "The probe").
 
 For each question: generate the full thought (greedy), record the hidden states of the candidate
 layers at the prompt's end and at checkpoints (every k thought tokens and at step boundaries), force
