@@ -8,7 +8,10 @@ config. Run in the vLLM venv: `python -m pytest -m vllm tests/vllm_integration`.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed here; .ci/run runs these tests in its vLLM venv")
 
@@ -34,6 +37,8 @@ MIXED = [
 
 @pytest.fixture(scope="module")
 def llm():
+    # LLM.apply_model ships a test function to the worker (pickled), which vLLM allows only when asked
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     engine = vllm.LLM(model=str(reasoner_path()), dtype="float32", enforce_eager=True, max_model_len=256,
                       max_num_seqs=4, max_num_batched_tokens=16, kv_cache_memory_bytes=4_200_000,
                       disable_log_stats=False, seed=0, **llm_kwargs(probe=probe_path()))
@@ -48,6 +53,31 @@ def _params(config, max_tokens=150, **kw):
 
 def _preemptions(llm) -> int:
     return int(sum(m.value for m in llm.get_metrics() if m.name == "vllm:num_preemptions"))
+
+
+def _tapped_rows(model):
+    """In the worker: the rows the model wrapper published for the last step (token, position, hidden)."""
+    from adaptive_think.integrations.vllm.rows import CHANNEL
+
+    rows = CHANNEL.rows
+    return rows.token.tolist(), rows.pos.tolist(), rows.hidden.float().tolist()  # plain lists cross the RPC
+
+
+def test_wrapper_hands_over_the_probe_layers_residual_stream(llm, hf_thinker):
+    prompt = chat_prompts(llm.get_tokenizer(), 1, seed=99)[0]
+    ids = hf_thinker.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    llm.generate([prompt], _params({"policy": "probe"}, max_tokens=1), use_tqdm=False)  # the last step: prefill
+    token, pos, hidden = llm.apply_model(_tapped_rows)[0]
+    hidden = torch.tensor(hidden)
+    assert token == [ids[-1]] and pos == [len(ids) - 1]
+    from adaptive_think.engines.capture import LayerCapture
+
+    layer = hf_thinker.probe.layer
+    with torch.no_grad(), LayerCapture(hf_thinker.model, [layer - 1, layer]) as capture:
+        hf_thinker.model(torch.tensor([ids]))
+    # the hf engine's hook on layer L: the residual stream after layer L (before the final norm for the last layer)
+    torch.testing.assert_close(hidden[0], capture.states[layer][0], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(hidden[0], capture.states[layer - 1][0], rtol=1e-2, atol=1e-2)
 
 
 def test_mixed_configs_in_one_batch_match_the_hf_engine(llm, hf_thinker):

@@ -150,7 +150,7 @@ def test_both_budgets_and_beam_search_are_refused(server):
 
 
 def test_reasoning_effort_maps_as_documented(server, hf_thinker):
-    efforts = Probe.from_pretrained(probe_path()).efforts() if hasattr(Probe, "efforts") else []
+    efforts = Probe.from_pretrained(probe_path()).efforts  # the bundled probe's ladder: high, medium, low
     # the probe's rung when it has one of that name, else --effort-budgets (low: 8, minimal: 3)
     low = {"policy": "probe", "effort": "low"} if "low" in efforts else {"policy": "budget", "max_think_tokens": 8}
     cases = [("low", low), ("none", {"policy": "none"}), ("max", {"policy": "full"})]

@@ -108,9 +108,7 @@ def served_efforts(settings: ServingSettings) -> list[str] | None:
     if settings.probe not in _EFFORTS_CACHE:
         from adaptive_think.probe import Probe
 
-        probe = Probe.from_pretrained(settings.probe)
-        efforts = getattr(probe, "efforts", None)
-        _EFFORTS_CACHE[settings.probe] = list(efforts() if callable(efforts) else (efforts or []))
+        _EFFORTS_CACHE[settings.probe] = list(Probe.from_pretrained(settings.probe).efforts)
     return _EFFORTS_CACHE[settings.probe]
 
 

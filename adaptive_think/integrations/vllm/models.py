@@ -61,7 +61,6 @@ class _TapMixin:
                                  f"{layers} layers.")
             # aux state index k is taken after k decoder layers: L + 1 is the output of layer L
             self.model._set_aux_hidden_state_layers((self._probe_layer + 1,))
-        CHANNEL.probe_layer = self._probe_layer
         rows = max(int(vllm_config.scheduler_config.max_num_seqs), 1)
         device = next(self.parameters()).device
         dtype = vllm_config.model_config.dtype

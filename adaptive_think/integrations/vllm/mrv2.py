@@ -20,10 +20,10 @@ from adaptive_think.integrations.vllm.rows import CHANNEL
 from adaptive_think.integrations.vllm.slots import SlotController
 
 
-def _ragged(tokens: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, length: torch.Tensor,
+def _ragged(tokens: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, length: torch.Tensor, width: int,
             left_pad: bool) -> torch.Tensor:
-    """[K, max(length)] tokens[rows[k], start[k] : start[k] + length[k]], padded with -1 (left or right)."""
-    width = int(length.max()) if length.numel() else 0
+    """[K, width] tokens[rows[k], start[k] : start[k] + length[k]], padded with -1 (left or right); width =
+    max(length), known on the host (no device read)."""
     j = torch.arange(width, device=tokens.device)[None, :]  # [1, W]
     offset = j - (width - length[:, None]) if left_pad else j  # [K, W]: index into the row's span
     valid = (offset >= 0) & (offset < length[:, None])
@@ -59,9 +59,10 @@ class ThinkLogitsProcessorV2(LogitsProcessor):
         prompt_lens = torch.tensor([latest[s][1] for s in slots], dtype=torch.long, device=device)
         out_lens = [latest[s][2] - latest[s][1] for s in slots]
         tokens = self.req_states.all_token_ids.gpu  # [max_num_reqs, max_model_len], written for these slots
-        prompts = _ragged(tokens, rows, torch.zeros_like(prompt_lens), prompt_lens, left_pad=True)
+        prompts = _ragged(tokens, rows, torch.zeros_like(prompt_lens), prompt_lens,
+                          max(latest[s][1] for s in slots), left_pad=True)
         outputs = _ragged(tokens, rows, prompt_lens, torch.tensor(out_lens, dtype=torch.long, device=device),
-                          left_pad=False)
+                          max(out_lens), left_pad=False)
         self.core.add(slots, prompts, [latest[s][1] for s in slots], configs, outputs, out_lens)
 
     def apply(self, logits: torch.Tensor, ctx) -> torch.Tensor:

@@ -218,6 +218,4 @@ def effort_config(effort: str, settings: ServingSettings, probe_efforts: list[st
 
 
 def _probe_rung(name: str) -> ThinkConfig:
-    if "effort" not in {f.name for f in dataclasses.fields(ThinkConfig)}:  # pragma: no cover - older ThinkConfig
-        return ThinkConfig(policy="probe")
     return ThinkConfig(policy="probe", effort=name)

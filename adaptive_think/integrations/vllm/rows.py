@@ -61,7 +61,6 @@ class _Channel:
 
     def __init__(self):
         self.rows: RowInputs | None = None
-        self.probe_layer: int | None = None  # the layer the wrapper taps (None: no hidden state)
 
     def publish(self, rows: RowInputs) -> None:
         self.rows = rows

@@ -55,32 +55,32 @@ class SlotController:
     def num_slots(self) -> int:
         return self.prompt_len.shape[0]
 
-    def slot_range(self, n: int) -> torch.Tensor:
-        """[n] slots 0..n-1 (V1's logits rows are its persistent-batch slots)."""
-        return self._arange[:n]
-
     # -- batch bookkeeping (host-driven, once per change) ------------------------------------------------
 
     def add(self, slots: Sequence[int], prompts: Sequence[Sequence[int]] | torch.Tensor, prompt_lens: Sequence[int],
             configs: Sequence[ThinkConfig | None], outputs: torch.Tensor | None = None,
             output_lens: Sequence[int] = ()) -> None:
-        """(Re)start slots from their prompts (K token lists, or [K, S] left-padded) and configs (None: not
-        steered). outputs [K, M] / output_lens: tokens each request already generated (after a preemption),
-        replayed into its state so its next step continues where it left off."""
-        if not slots:
+        """(Re)start slots from their prompts (K token lists, or [K, S] left-padded) and configs (None or policy
+        "full": not steered, nothing to set up). outputs [K, M] / output_lens: tokens each request already
+        generated (after a preemption), replayed into its state so its next step continues where it left off."""
+        keep = [i for i, c in enumerate(configs) if needs_steering(c)]
+        self.remove([s for s, c in zip(slots, configs) if not needs_steering(c)])  # a recycled slot forgets its row
+        if not keep:
             return
-        rows = torch.as_tensor(list(slots), dtype=torch.long, device=self.device)
-        steered = [c is not None for c in configs]
-        self.ctl.init_rows(rows, prompts, [c if c is not None else ThinkConfig() for c in configs])
-        self.prompt_len.index_copy_(0, rows, torch.tensor(
-            [n if s else NEVER for n, s in zip(prompt_lens, steered)], dtype=torch.int64, device=self.device))
-        self.steered.index_copy_(0, rows, torch.tensor(steered, dtype=torch.bool, device=self.device))
-        for slot, config in zip(slots, configs):
-            for table, member in ((self.steered_slots, config is not None),
-                                  (self._probe_slots, config is not None and config.policy == "probe")):
-                table.add(int(slot)) if member else table.discard(int(slot))
-        if outputs is not None and max(output_lens, default=0) > 0:
-            self._replay(rows, outputs, torch.as_tensor(list(output_lens), dtype=torch.long, device=self.device))
+        slots = [slots[i] for i in keep]
+        rows = torch.as_tensor(slots, dtype=torch.long, device=self.device)
+        prompts = prompts[keep] if torch.is_tensor(prompts) else [prompts[i] for i in keep]
+        self.ctl.init_rows(rows, prompts, [configs[i] for i in keep])
+        self.prompt_len.index_copy_(0, rows, torch.tensor([prompt_lens[i] for i in keep], dtype=torch.int64,
+                                                          device=self.device))
+        self.steered.index_fill_(0, rows, True)
+        self.steered_slots.update(slots)
+        for slot, i in zip(slots, keep):
+            (self._probe_slots.add if configs[i].policy == "probe" else self._probe_slots.discard)(slot)
+        lens = [output_lens[i] for i in keep] if output_lens else []
+        if outputs is not None and max(lens, default=0) > 0:
+            index = torch.as_tensor(keep, dtype=torch.long, device=outputs.device)
+            self._replay(rows, outputs.index_select(0, index), torch.as_tensor(lens, dtype=torch.long, device=self.device))
 
     def _replay(self, rows: torch.Tensor, outputs: torch.Tensor, lens: torch.Tensor) -> None:
         """Re-run steps 0 .. len-1 of each row with its own earlier outputs as the observed tokens (no hidden
@@ -89,6 +89,10 @@ class SlotController:
         for j in range(int(outputs.shape[1])):  # one step per replayed token: a one-off per preempted request
             token = outputs[:, j - 1] if j > 0 else torch.zeros_like(lens)
             self._advance(rows, token, None, active=(j < lens) & self.steered[rows])
+
+    def is_probe(self, slot: int) -> bool:
+        """Whether the request in `slot` uses policy "probe" (host bookkeeping)."""
+        return int(slot) in self._probe_slots
 
     def snapshot(self, slot: int) -> tuple[torch.Tensor, ...]:
         """A copy of one slot's controller row (state, params, prompt length), to `restore` it elsewhere later."""
@@ -134,32 +138,45 @@ class SlotController:
 
     def _advance(self, slots: torch.Tensor, token: torch.Tensor, hidden: torch.Tensor | None,
                  active: torch.Tensor) -> torch.Tensor:
-        """Step the rows of `slots` [N] whose `active` [N] is set; returns [N] forced token (-1: none)."""
+        """Step the rows of `slots` [N] whose `active` [N] is set; returns [N] forced token (-1: none).
+
+        The rows are gathered into contiguous buffers (the Triton kernel's layout), stepped, and scattered
+        back with inactive rows unchanged."""
         st, pa = self.ctl.state, self.ctl.params
         sub = ControllerState(st.ints.index_select(1, slots), st.floats.index_select(1, slots),
                               st.forced.index_select(0, slots))
-        before_ints, before_floats = sub.ints.clone(), sub.floats.clone()
         params = type(pa)(pa.ints.index_select(1, slots), pa.floats.index_select(1, slots), pa.force.index_select(0, slots))
+        before_ints, before_floats = sub.ints.clone(), sub.floats.clone()
         probe_step(hidden, token.to(torch.int64).contiguous(), sub, params, self.ctl.spec, impl=self.impl)
         st.ints.index_copy_(1, slots, torch.where(active[None, :], sub.ints, before_ints))
         st.floats.index_copy_(1, slots, torch.where(active[None, :], sub.floats, before_floats))
-        forced = torch.where(active, sub.forced, torch.full_like(sub.forced, -1))
+        forced = sub.forced.masked_fill(~active, -1)
         st.forced.index_copy_(0, slots, forced)
         return forced
 
-    def step(self, logits: torch.Tensor, slots: torch.Tensor, token: torch.Tensor, pos: torch.Tensor,
+    def step(self, logits: torch.Tensor, slots: torch.Tensor | None, token: torch.Tensor, pos: torch.Tensor,
              hidden: torch.Tensor | None) -> torch.Tensor:
         """Decide every row of logits [N, V] and force tokens in place; returns logits.
 
-        slots [N] int64: row -> slot; token [N]: the token fed at the row's position pos [N]; hidden [N, D]:
-        probe-layer residual stream there (None when no probe is served).
+        slots [N] int64: row -> slot (None: row r is slot r, V1's persistent batch); token [N]: the token fed
+        at the row's position pos [N]; hidden [N, D]: probe-layer residual stream there (None when no probe
+        is served).
         """
-        row_step = pos.to(torch.int64) - (self.prompt_len.index_select(0, slots) - 1)  # [N]
-        active = self.steered.index_select(0, slots) & (row_step == self.ctl.state.step.index_select(0, slots))
+        if slots is None:
+            slots = self._arange[:logits.shape[0]]
+        prompt_len, steered = self.prompt_len.index_select(0, slots), self.steered.index_select(0, slots)
+        step = self.ctl.state.step.index_select(0, slots)
+        active = steered & (pos.to(torch.int64) - (prompt_len - 1) == step)  # [N]: the row's own step is due
         use_hidden = hidden if (self._probe_slots and self.ctl.needs_hidden) else None
         forced = self._advance(slots, token, use_hidden, active)
         force_tokens(logits, forced)
         return logits
+
+
+def needs_steering(config: ThinkConfig | None) -> bool:
+    """Whether a request's row is stepped: policy "full" never forces a token and vLLM returns no reports,
+    so such a row (like one without settings) needs no step at all."""
+    return config is not None and config.policy != "full"
 
 
 def compose_moves(moves: Sequence[tuple[int, int, bool]]) -> tuple[list[int], list[int], list[int]]:

@@ -8,7 +8,8 @@ the model wrapper) to `SlotController.step`. Requests without adaptive_think set
 A request that leaves the persistent batch and comes back with output tokens (preemption, or not being
 scheduled for a step) is the same `SamplingParams` object in this runner: its controller row is kept
 when it leaves and put back when it returns (the smoothed probe score and streak included). Only when
-that copy is gone (more than `STASH` rows left meanwhile) are its output tokens replayed instead.
+that copy is gone (more than `STASH` x max_num_seqs other requests left meanwhile) are its output tokens
+replayed instead.
 
     from vllm import LLM, SamplingParams
     from adaptive_think.vllm import llm_kwargs
@@ -28,7 +29,7 @@ from adaptive_think.controller.state import S_STEP
 from adaptive_think.integrations.vllm.context import build_context, validate_request
 from adaptive_think.integrations.vllm.requests import current_settings
 from adaptive_think.integrations.vllm.rows import CHANNEL
-from adaptive_think.integrations.vllm.slots import SlotController, compose_moves
+from adaptive_think.integrations.vllm.slots import SlotController, compose_moves, needs_steering
 
 logger = init_logger(__name__)
 STASH = 4  # rows kept per slot for requests that left the batch (oldest dropped first)
@@ -49,7 +50,7 @@ class ThinkLogitsProcessorV1(LogitsProcessor):
         for slot in slots:
             params = self._params.pop(slot, None)
             if params is not None:
-                self._stash[id(params)] = (params, self.core.snapshot(slot), slot in self.core._probe_slots)
+                self._stash[id(params)] = (params, self.core.snapshot(slot), self.core.is_probe(slot))
                 while len(self._stash) > self._stash_size:
                     self._stash.popitem(last=False)
         self.core.remove(list(slots))
@@ -73,7 +74,7 @@ class ThinkLogitsProcessorV1(LogitsProcessor):
             if config is not None and prompt_ids is None:
                 logger.error("adaptive_think: a request without prompt token ids (prompt embeddings) is not steered.")
                 config = None
-            if config is not None:
+            if needs_steering(config):
                 self._params[index] = params
             else:
                 self._params.pop(index, None)
@@ -105,4 +106,4 @@ class ThinkLogitsProcessorV1(LogitsProcessor):
             return logits
         n = logits.shape[0]
         rows = CHANNEL.take(n)
-        return self.core.step(logits, self.core.slot_range(n), rows.token, rows.pos, rows.hidden)
+        return self.core.step(logits, None, rows.token, rows.pos, rows.hidden)  # row i is slot i
