@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 from bench_env import versions
-from engine_cases import SHAPES, context_cases, interleaved_cases, mixed_cases, random_model
+from engine_cases import SHAPES, context_cases, interleaved_cases, mixed_cases, now, random_model, use_clock
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.engines import graph
@@ -112,10 +112,10 @@ def per_step_ms(run, device, steps: int, reps: int, base: int = 8) -> list[float
         times = []
         for n in (base, base + steps):
             sync(device)
-            t0 = time.perf_counter()
+            t0 = now()
             run(n)
             sync(device)
-            times.append(time.perf_counter() - t0)
+            times.append(now() - t0)
         out.append(max(times[1] - times[0], 0.0) * 1e3 / steps)
     return out
 
@@ -308,6 +308,8 @@ def main(argv=None) -> dict:
     p.add_argument("--contexts", nargs="+", type=int, default=[128, 1024, 4096],
                    help="real context lengths of the context case (one cache bucket for all)")
     p.add_argument("--context-model", default="qwen3-0.6b", help="model of the context and mixed-policy cases (GPU)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: the main thread's CPU time (with --threads 1 on a busy machine: other jobs do not count)")
     p.add_argument("--cpu-phases", nargs="+", default=["interleaved", "context", "mixed"],
                    choices=["interleaved", "context", "mixed"], help="which CPU phases run (default: all)")
     p.add_argument("--graph-modes", nargs="+", default=["cudagraph", "compile"])
@@ -326,6 +328,9 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
+    if args.clock == "cpu" and (torch.device(args.device).type != "cpu" or (args.threads or 2) != 1):
+        p.error("--clock cpu measures one thread's CPU time: use it with --device cpu --threads 1")
+    use_clock(args.clock)
     start = time.monotonic()
     deadline = start + args.budget_s
     device = args.device
@@ -341,7 +346,7 @@ def main(argv=None) -> dict:
     env = versions()  # the commit measured: taken once, at the start
 
     def document() -> dict:
-        doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **env, "argv": sys.argv[1:],
+        doc = {"benchmark": "engines", "device": dev_name, "dtype": str(dtype), **env, "argv": sys.argv[1:], "clock": args.clock,
                "threads": torch.get_num_threads(),
                "wall_s": time.monotonic() - start, "cases": results, "e2e": e2e, "skipped": skipped}
         doc["summary"] = summarise(results, e2e)

@@ -234,7 +234,7 @@ def generate_graph(model, controller: ThinkController | None, input_ids: torch.T
                 try:
                     runner.build(input_ids, attention_mask)
                 except BaseException:
-                    drop_runner(model, key, length)  # a half-built runner is never reused
+                    drop_runner(model, key, runner.length)  # a half-built runner is never reused
                     raise
         if controller is not None:
             controller.begin(input_ids)

@@ -6,6 +6,8 @@ only as many cache slots as the sequences can have reached: the runner keeps one
 graph memory pool) and the host, which knows how many steps it launched, replays the smallest tier that
 covers the next segment. A step so costs in proportion to the real length, not to the cache length.
 Compiled modes ("compile", "reduce-overhead") keep a single tier: each tier would compile again.
+With a mask, transformers' sdpa path (5.17) still expands grouped K/V heads (`repeat_kv`) before attention:
+that copy now covers the tier's slots, not the whole cache.
 """
 
 from __future__ import annotations
