@@ -133,7 +133,7 @@ class Evaluator:
                            forward=n + trial[r], skipped=skipped)
                 if spec.kind == "full":
                     mask = batch["attention_mask"][r].bool()
-                    row.update(prompt=batch["input_ids"][r][mask].tolist(), gen=gen, inside=inside[r])
+                    row.update(prompt=batch["input_ids"][r][mask].tolist(), gen=gen)
                 rows.append(row)
         wall = time.perf_counter() - t0
         if spec.kind == "full":

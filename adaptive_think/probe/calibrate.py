@@ -26,8 +26,8 @@ from adaptive_think.probe.metrics import binom_cdf
 GRID = [round(1.0 - i / 100, 2) for i in range(0, 100)]  # 1.00, 0.99, ..., 0.01
 # the path's grid: GRID plus log-spaced steps between 0.99 and 0.9999, where a sure probe's scores crowd,
 # and half steps above 0.9
-PATH_GRID = sorted(set(GRID) | {round(1 - 10 ** (-k / 4), 5) for k in range(9, 17)} | {round(0.9 + i / 200, 3) for i in range(20)},
-                   reverse=True)
+PATH_GRID = sorted(set(GRID) | {round(1 - 10 ** (-k / 4), 5) for k in range(9, 17)}
+                   | {round(0.9 + i / 200, 3) for i in range(20)}, reverse=True)
 NEVER = 2.0  # a threshold no probability reaches
 
 
