@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import torch
 
 from adaptive_think.config import ThinkConfig
-from adaptive_think.controller.state import NO_LIMIT, POLICY_CODES
+from adaptive_think.controller.state import NO_LIMIT, POLICY_CODES, PackedBuffers
 
 # Rows of `RowParams.ints` [NP_INT, B] int32.
 P_POLICY = 0  # POLICY_* code
@@ -133,7 +133,7 @@ def force_row(row: RowSettings, open_ids, empty_ids, close_ids) -> tuple[list[in
     return skip + stop, (skip_close, skip_end, stop_close, skip_end + len(stop))
 
 
-class RowParams:
+class RowParams(PackedBuffers):
     """ints [NP_INT, B] int32, floats [NP_FLOAT, B] fp32, force [B, F] int64 (see the module docstring)."""
 
     def __init__(self, ints: torch.Tensor, floats: torch.Tensor, force: torch.Tensor):
@@ -159,23 +159,8 @@ class RowParams:
                    torch.tensor(force, dtype=torch.int64).reshape(len(rows), capacity).to(device))
 
     @property
-    def batch_size(self) -> int:
-        return self.ints.shape[1]
-
-    @property
     def capacity(self) -> int:
         return self.force.shape[1]
-
-    def clone(self) -> "RowParams":
-        return RowParams(self.ints.clone(), self.floats.clone(), self.force.clone())
-
-    def copy_(self, other: "RowParams") -> None:
-        self.ints.copy_(other.ints)
-        self.floats.copy_(other.floats)
-        self.force.copy_(other.force)
-
-    def to(self, device) -> "RowParams":
-        return RowParams(self.ints.to(device), self.floats.to(device), self.force.to(device))
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.ints, self.floats, self.force

@@ -138,7 +138,32 @@ class ControllerSpec:
         )
 
 
-class ControllerState:
+class PackedBuffers:
+    """Three device buffers (ints, floats, and one more) that are cloned, copied and moved together.
+
+    Subclasses set `__init__(ints, floats, third)`; engines reuse the buffers' static addresses via `tensors()`.
+    """
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three buffers (for engines that mark or copy static addresses)."""
+        raise NotImplementedError
+
+    @property
+    def batch_size(self) -> int:
+        return self.tensors()[0].shape[1]
+
+    def clone(self):
+        return type(self)(*(t.clone() for t in self.tensors()))
+
+    def copy_(self, other) -> None:
+        for mine, theirs in zip(self.tensors(), other.tensors()):
+            mine.copy_(theirs)
+
+    def to(self, device):
+        return type(self)(*(t.to(device) for t in self.tensors()))
+
+
+class ControllerState(PackedBuffers):
     """Per-row mutable state: ints [NS_INT, B] int32, floats [NS_FLOAT, B] fp32, forced [B] int64.
 
     Named fields (`phase`, `think_count`, ..., `step`, `blocks`, `ema`, `score`) are [B] views of those rows;
@@ -157,23 +182,7 @@ class ControllerState:
         floats = torch.zeros(NS_FLOAT, batch_size, dtype=torch.float32, device=device)
         return cls(ints, floats, torch.full((batch_size,), -1, dtype=torch.int64, device=device))
 
-    @property
-    def batch_size(self) -> int:
-        return self.ints.shape[1]
-
-    def clone(self) -> "ControllerState":
-        return ControllerState(self.ints.clone(), self.floats.clone(), self.forced.clone())
-
-    def copy_(self, other: "ControllerState") -> None:
-        self.ints.copy_(other.ints)
-        self.floats.copy_(other.floats)
-        self.forced.copy_(other.forced)
-
-    def to(self, device) -> "ControllerState":
-        return ControllerState(self.ints.to(device), self.floats.to(device), self.forced.to(device))
-
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The three buffers (for engines that mark or copy static addresses)."""
         return self.ints, self.floats, self.forced
 
 
