@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from adaptive_think.commands import collect as collect_cmd
 from adaptive_think.loading import load_model_and_tokenizer
-from adaptive_think.probe.collect import CollectConfig, collect
+from adaptive_think.probe.collect import collect
 from adaptive_think.probe.health import format_summary, summarise
 from adaptive_think.probe.launch import launch_env, process_device
 from adaptive_think.probe.shards import load_records
@@ -54,11 +54,8 @@ def main() -> int:
         print(f"note: {env.note}", file=sys.stderr, flush=True)
     items, checker = collect_cmd.items_from_args(args)
     device = process_device(env, args.device, args.device_map)
+    cfg = collect_cmd.config_from_args(args)
     model, tok = load_model_and_tokenizer(args.model, device, args.dtype, args.device_map)
-    cfg = CollectConfig(layers=args.layers, every=args.every, batch_size=args.batch_size,
-                        max_new_tokens=args.max_new_tokens, max_answer_tokens=args.max_answer_tokens,
-                        exit_text=args.exit_text.encode().decode("unicode_escape"), shard_questions=args.shard_questions,
-                        fail_fast=args.fail_fast)
     # the ranks meet once, at the end, so a long wait for the slowest rank is normal
     meet = env.world > 1 and "MASTER_ADDR" in os.environ
     if meet:

@@ -3,6 +3,10 @@
     adaptive-think collect --model bundled --n 1000 --seed 11 --out runs/collect
     adaptive-think collect --model DIR --questions q.jsonl --checker boxed --out runs/c
     adaptive-think collect --model DIR --questions q.jsonl --checker mypkg.check:is_right --out runs/c
+    adaptive-think collect --model bundled --n 1200 --seed 21 --out runs/c-sampled --do-sample --temperature 0.6 --top-p 0.95
+
+A sampled collection labels checkpoints under the decoding users sample with; `train-probe` calibrates
+each effort rung on every decoding mode it is given, so the rung holds under each.
 
 Re-running the same command resumes an interrupted run. Several GPUs: see scripts/collect_probe_data.py.
 """
@@ -10,6 +14,8 @@ Re-running the same command resumes an interrupted run. Several GPUs: see script
 from __future__ import annotations
 
 import json
+
+from adaptive_think.commands.sampling_flags import add_sampling_arguments, sampling_from_args
 
 HELP = "collect labelled checkpoints for probe training (resumable)"
 COLLECT_DEFAULTS = {"max_new_tokens": 512, "max_answer_tokens": 16}  # CollectConfig's, and doctor's
@@ -24,10 +30,13 @@ def add_arguments(p):
                           "package.module:function(text, answer) -> bool")
     src.add_argument("--n", type=int, default=1000, help="bundled questions to draw")
     src.add_argument("--seed", type=int, default=11, help="seed of the bundled questions")
+    src.add_argument("--levels", type=int, nargs="+", default=None, choices=range(1, 7), metavar="L",
+                     help="bundled questions of these levels only (1-6; default: all, mixed evenly)")
     out = p.add_argument_group("collection")
     out.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     out.add_argument("--layers", type=int, nargs="*", default=None, help="candidate layers (default: spread)")
-    out.add_argument("--every", type=int, default=8, help="checkpoint every k thought tokens, besides boundaries")
+    out.add_argument("--every", type=int, default=8,
+                     help="checkpoint every k thought tokens, besides step boundaries (0: step boundaries only)")
     out.add_argument("--batch-size", type=int, default=32)
     out.add_argument("--max-new-tokens", type=int, default=COLLECT_DEFAULTS["max_new_tokens"])
     out.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"])
@@ -36,6 +45,8 @@ def add_arguments(p):
     out.add_argument("--think-tokens", nargs=2, default=None, metavar=("OPEN", "CLOSE"))
     out.add_argument("--no-fail-fast", dest="fail_fast", action="store_false",
                      help="keep collecting when the first batch shows no thought, no parsed answer or nothing right")
+    add_sampling_arguments(p, "decoding of the thoughts and of every forced-exit answer (default: greedy)",
+                           "seed of the sampled generations (each batch draws from it and its first question)")
     dev = p.add_argument_group("device")
     dev.add_argument("--device", default="auto")
     dev.add_argument("--dtype", default="auto")
@@ -47,6 +58,8 @@ def items_from_args(args):
 
     think_tokens = tuple(args.think_tokens) if getattr(args, "think_tokens", None) else None
     if args.questions:
+        if getattr(args, "levels", None):
+            raise ValueError("--levels picks bundled questions; a --questions file is used as it is.")
         if args.checker is None:
             print("note: no --checker given; answers are compared by the default 'the answer is N' parser "
                   "(built-in: --checker boxed | last-number | exact | choice)")
@@ -55,7 +68,20 @@ def items_from_args(args):
         return items, checker
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}.")
-    return bundled_items(args.n, args.seed), load_checker(None)
+    return bundled_items(args.n, args.seed, getattr(args, "levels", None)), load_checker(None)
+
+
+def config_from_args(args):
+    """The CollectConfig of the collection flags (shared with scripts/collect_probe_data.py)."""
+    from adaptive_think.probe.collect import CollectConfig
+
+    sampling = sampling_from_args(args)
+    return CollectConfig(layers=args.layers, every=args.every, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, max_answer_tokens=args.max_answer_tokens,
+                         exit_text=args.exit_text.encode().decode("unicode_escape"),
+                         shard_questions=args.shard_questions, fail_fast=args.fail_fast,
+                         sampling=sampling if sampling.get("do_sample") else {},
+                         sampling_seed=args.sampling_seed)
 
 
 def doctor_command(args) -> str:
@@ -77,14 +103,11 @@ def doctor_command(args) -> str:
 
 def run(args) -> int:
     from adaptive_think.loading import load_model_and_tokenizer
-    from adaptive_think.probe.collect import CollectConfig, collect
+    from adaptive_think.probe.collect import collect
 
     items, checker = items_from_args(args)
+    cfg = config_from_args(args)  # bad flags fail before the model loads
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.device_map)
-    cfg = CollectConfig(layers=args.layers, every=args.every, batch_size=args.batch_size,
-                        max_new_tokens=args.max_new_tokens, max_answer_tokens=args.max_answer_tokens,
-                        exit_text=args.exit_text.encode().decode("unicode_escape"), shard_questions=args.shard_questions,
-                        fail_fast=args.fail_fast)
     summary = collect(model, tok, items, args.out, checker, cfg,
                       think_tokens=tuple(args.think_tokens) if args.think_tokens else None, doctor=doctor_command(args))
     print(json.dumps(summary))

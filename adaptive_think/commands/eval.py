@@ -11,6 +11,8 @@ leaves out what cannot run here and says so. Questions the probe was collected o
 
 from __future__ import annotations
 
+from adaptive_think.commands.sampling_flags import add_sampling_arguments, sampling_from_args
+
 HELP = "compare thinking policies: accuracy, thinking and forward tokens, wall-clock"
 
 
@@ -35,29 +37,8 @@ def add_arguments(p):
     p.add_argument("--engine", choices=("hf", "graph"), default="hf")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
-    s = p.add_argument_group("decoding (every policy, the same settings and seed)")
-    s.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    s.add_argument("--temperature", type=float, default=None, help="e.g. 0.6 (Qwen3's thinking-mode setting)")
-    s.add_argument("--top-p", type=float, default=None, help="e.g. 0.95")
-    s.add_argument("--sampling-seed", type=int, default=0, help="torch seed set before each policy's run")
-
-
-def sampling_from_args(args) -> dict:
-    """generate() kwargs of the decoding flags; ValueError for settings that only apply when sampling."""
-    if not args.do_sample:
-        if args.temperature is not None or args.top_p is not None:
-            raise ValueError("--temperature and --top-p only apply with --do-sample.")
-        return {"do_sample": False}
-    out = {"do_sample": True}
-    if args.temperature is not None:
-        if args.temperature <= 0:
-            raise ValueError(f"--temperature must be > 0, got {args.temperature}.")
-        out["temperature"] = args.temperature
-    if args.top_p is not None:
-        if not 0 < args.top_p <= 1:
-            raise ValueError(f"--top-p must lie in (0, 1], got {args.top_p}.")
-        out["top_p"] = args.top_p
-    return out
+    add_sampling_arguments(p, "decoding (every policy, the same settings and seed)",
+                           "torch seed set before each policy's run")
 
 
 def _load_probe(spec):

@@ -2,6 +2,7 @@
 
     adaptive-think train-probe --data runs/collect --out runs/probe --efforts high:0.005 medium:0.02 low:0.05
     adaptive-think train-probe --data runs/collect --out runs/probe --epsilon 0.02 --delta 0.1   # one rung
+    adaptive-think train-probe --data runs/collect runs/collect-sampled --out runs/probe      # greedy + sampled
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ HELP = "train and calibrate a probe from collected data"
 
 
 def add_arguments(p):
-    p.add_argument("--data", required=True, help="folder written by `adaptive-think collect`")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="folder(s) written by `adaptive-think collect` for this model; add a sampled collection "
+                        "(collect --do-sample ...) to calibrate every rung under sampling too")
     p.add_argument("--out", required=True, help="probe folder to write (probe.safetensors + probe.json)")
     g = p.add_argument_group("training")
     g.add_argument("--seed", type=int, default=0)
@@ -45,6 +48,7 @@ def run(args) -> int:
     probe.save_pretrained(args.out)
     print(json.dumps({"out": args.out, "layer": probe.layer, "default_effort": probe.default_effort,
                       "ladder": {r.name: {"epsilon": r.epsilon, "delta": r.delta, "ready_threshold": r.ready_threshold,
-                                          "skip_threshold": r.skip_threshold, "achieved": r.calibration["achieved"]}
+                                          "skip_threshold": r.skip_threshold, "achieved": r.calibration["achieved"],
+                                          "limited_by": r.calibration.get("limited_by")}
                                  for r in probe.ladder}}))
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from adaptive_think.probe.collect import greedy_continuations
+from adaptive_think.probe.collect import continuations
 from adaptive_think.probe.thoughts import no_think_prompt, thought_span
 
 
@@ -38,7 +38,7 @@ def oracle_point(full_correct: bool, nothink_correct: bool, checkpoints: list[tu
 @torch.no_grad()
 def _answers(ev, sequences: list[list[int]], max_answer_tokens: int) -> list[str]:
     """Greedy short answers after each token sequence (left-padded batches), decoded up to eos."""
-    outs = greedy_continuations(ev.model, ev.tok, sequences, max_answer_tokens, ev.batch_size * 4)
+    outs = continuations(ev.model, ev.tok, sequences, max_answer_tokens, ev.batch_size * 4)
     return [ev.tok.decode(o[: next((i for i, t in enumerate(o) if t in ev.eos), len(o))], skip_special_tokens=False)
             for o in outs]
 

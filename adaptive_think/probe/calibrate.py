@@ -11,6 +11,11 @@ the calibration questions are seen, so the whole policy (skip and stop together)
 accuracy with probability at least 1 - delta, with no split of epsilon between the heads.
 (Angelopoulos et al. 2021, "Learn then Test".)
 
+Several decoding modes (greedy and sampled collections, `decoding` on each record): each mode's
+calibration questions walk the same path with their own test, and the rung stops at the first pair
+where any mode's walk stops. Every pair before it is rejected by each mode's fixed-sequence test, so the
+rung holds under each decoding separately (each with probability at least 1 - delta).
+
 The simulation mirrors the online policy's calibrated settings: stop at the first step boundary whose
 ready score passes the threshold (patience 1, no smoothing); skip when the prompt's skip score passes.
 """
@@ -37,7 +42,7 @@ def questions_of(records, ready, skip, mask) -> list[dict]:
     for r, rs, ss, m in zip(records, ready, skip, mask):
         if not m:
             continue
-        q = qs[r["qid"]]
+        q = qs[(r.get("decoding", "greedy"), r["qid"])]  # one question per draw and decoding
         q.update(full=bool(r["full_correct"]), nothink=bool(r["nothink_correct"]), length=int(r["thought_len"]),
                  level=r.get("level", 0))
         if r["kind"] == 0:
@@ -130,17 +135,42 @@ def build_path(qs, grid=PATH_GRID) -> list[tuple[float, float]]:
     return path
 
 
-def _fixed_sequence(losses_at, path, n: int, epsilon: float, delta: float):
-    """Walk `path` from conservative to aggressive; the last pair whose test rejects, and the steps taken."""
-    chosen, steps = (NEVER, NEVER), []
-    for ready_t, skip_t in path:
+def _walk(losses_at, path, n: int, epsilon: float, delta: float) -> tuple[int, list[dict]]:
+    """Walk `path` from conservative to aggressive: (index of the last pair whose test rejects, or -1; steps)."""
+    reached, steps = -1, []
+    for i, (ready_t, skip_t) in enumerate(path):
         k = losses_at(ready_t, skip_t)
         p = binom_cdf(k, n, epsilon)
         steps.append({"ready": ready_t, "skip": skip_t, "losses": k, "p_value": p})
         if p > delta:
             break
-        chosen = (ready_t, skip_t)
-    return chosen, steps
+        reached = i
+    return reached, steps
+
+
+def _achieved(qs, ready_t: float, skip_t: float) -> dict:
+    """Accuracy, loss, thinking and skips of the whole policy on `qs`."""
+    n = len(qs)
+    runs = [simulate(q, ready_t, skip_t) for q in qs]
+    full_tokens = sum(q["length"] for q in qs) / n
+    tokens = sum(r[1] for r in runs) / n
+    return {
+        "full_accuracy": sum(q["full"] for q in qs) / n,
+        "policy_accuracy": sum(r[0] for r in runs) / n,
+        "accuracy_lost": sum(q["full"] and not r[0] for q, r in zip(qs, runs)) / n,
+        "full_think_tokens_mean": full_tokens,
+        "policy_think_tokens_mean": tokens,
+        "think_tokens_saved": 1 - tokens / full_tokens if full_tokens else 0.0,
+        "skip_rate": sum(r[2] for r in runs) / n,
+    }
+
+
+def min_questions(epsilon: float, delta: float) -> int:
+    """The fewest calibration questions with which even a loss-free pair can pass the test."""
+    n = 1
+    while (1 - epsilon) ** n > delta and n < 10**7:
+        n += 1
+    return n
 
 
 def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path_from=None, path=None) -> dict:
@@ -148,45 +178,42 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
 
     path_from: a mask of records (never calibration ones) whose questions order the threshold pairs; None
     (or no such records): lockstep pairs. path: an already built path (build_path), reused across rungs.
+    Records carrying `decoding` are tested per decoding mode (see the module docstring).
     """
     if not 0 < epsilon < 1 or not 0 < delta < 1:
         raise ValueError(f"epsilon={epsilon} and delta={delta} must both lie in (0, 1).")
-    qs = questions_of(records, ready, skip, is_calib)
-    n = len(qs)
-    if n == 0:
+    modes = sorted({r.get("decoding", "greedy") for r, c in zip(records, is_calib) if c})
+    if not modes:
         raise ValueError("No calibration questions: collect more questions or raise the calibration fraction.")
     if path is None:
         if path_from is not None and any(a and b for a, b in zip(path_from, is_calib)):
             raise ValueError("The threshold path must come from other questions than the calibration ones.")
         path = build_path(questions_of(records, ready, skip, path_from) if path_from is not None else [])
-    (stop_t, skip_t), steps = _fixed_sequence(lambda r, s: _totals(qs, r, s)[0], path, n, epsilon, delta)
-    full_acc = sum(q["full"] for q in qs) / n
-    runs = [simulate(q, stop_t, skip_t) for q in qs]
-    acc = sum(r[0] for r in runs) / n
-    full_tokens = sum(q["length"] for q in qs) / n
-    tokens = sum(r[1] for r in runs) / n
-    lost = sum(q["full"] and not r[0] for q, r in zip(qs, runs)) / n
-    min_n = 0
-    while (1 - epsilon) ** (min_n + 1) > delta and min_n < 10**6:
-        min_n += 1
+    walks = {}
+    for mode in modes:
+        qs = questions_of(records, ready, skip,
+                          [c and r.get("decoding", "greedy") == mode for r, c in zip(records, is_calib)])
+        reached, steps = _walk(lambda r, s: _totals(qs, r, s)[0], path, len(qs), epsilon, delta)
+        walks[mode] = (qs, reached, steps)
+    limited_by = min(modes, key=lambda m: walks[m][1])
+    reached = walks[limited_by][1]
+    ready_t, skip_t = path[reached] if reached >= 0 else (NEVER, NEVER)
+    by_decoding = {m: {"n_questions": len(qs), "achieved": _achieved(qs, ready_t, skip_t),
+                       "path_steps_passed": r + 1, "path_tail": steps[-3:]} for m, (qs, r, steps) in walks.items()}
+    main = "greedy" if "greedy" in walks else modes[0]
     return {
         "method": "learn-then-test (fixed sequence along a (ready, skip) path ordered on non-calibration questions, "
-                  "binomial tail), one test of the whole policy per pair",
+                  "binomial tail), one test of the whole policy per pair and decoding mode",
         "epsilon": epsilon,
         "delta": delta,
-        "n_questions": n,
-        "min_questions_for_any_threshold": min_n + 1,
-        "ready_threshold": stop_t,
+        "n_questions": sum(len(w[0]) for w in walks.values()),
+        "min_questions_for_any_threshold": min_questions(epsilon, delta),
+        "ready_threshold": ready_t,
         "skip_threshold": skip_t,
-        "achieved": {
-            "full_accuracy": full_acc,
-            "policy_accuracy": acc,
-            "accuracy_lost": lost,
-            "full_think_tokens_mean": full_tokens,
-            "policy_think_tokens_mean": tokens,
-            "think_tokens_saved": 1 - tokens / full_tokens if full_tokens else 0.0,
-            "skip_rate": sum(r[2] for r in runs) / n,
-        },
-        "path_steps_taken": len(steps),
-        "path_tail": steps[-3:],
+        "achieved": by_decoding[main]["achieved"],  # the greedy mode's when there is one
+        "decodings": modes,
+        "limited_by": limited_by,
+        "by_decoding": by_decoding,
+        "path_steps_taken": reached + 1,
+        "path_tail": walks[limited_by][2][-3:],
     }

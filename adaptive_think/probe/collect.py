@@ -1,6 +1,6 @@
 """collect: label every checkpoint of each full thought by forcing an exit there (docs/design.md, "The probe").
 
-For each question: generate the full thought (greedy), record the hidden states of the candidate
+For each question: generate the full thought (greedy, or sampled with `sampling`), record the hidden states of the candidate
 layers at the prompt's end and at checkpoints (every k thought tokens and at step boundaries), force
 the exit (close marker + exit text) at each checkpoint and decode the answer to label it, and answer
 once with thinking skipped for the skip head. Output: append-only shards (see shards.py); an
@@ -15,6 +15,7 @@ thinking got nothing right, instead of spending the rest of the run.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from adaptive_think.markers import ThinkMarkers, resolve_markers
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.items import Item, question_hash
 from adaptive_think.probe.probe import model_fingerprint
-from adaptive_think.probe.shards import clean_orphans, lock_path, rank_records, read_index, write_index, write_shard
+from adaptive_think.probe.shards import clean_orphans, decoding_of, lock_path, rank_records, read_index, write_index, write_shard
 from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
 
 OUTPUT_TAIL_CHARS = 400
@@ -51,14 +52,32 @@ class CollectConfig:
     """Settings of one collection run (recorded in the index; a resumed run must match)."""
 
     layers: list[int] | None = None  # candidate layers; None: up to 6 spread over the upper two thirds
-    every: int = 8  # a checkpoint every k thought tokens, besides step boundaries
+    every: int = 8  # a checkpoint every k thought tokens, besides step boundaries; 0: step boundaries only
     batch_size: int = 32
     max_new_tokens: int = 512  # thought + answer budget of the full generation
     max_answer_tokens: int = 16  # tokens decoded after a forced exit
     exit_text: str = "\n\n"
     shard_questions: int = 64  # questions per shard
+    # generate() kwargs of every generation, e.g. {"do_sample": True, "temperature": 0.6, "top_p": 0.95}; {}: greedy
+    sampling: dict = field(default_factory=dict)
+    sampling_seed: int = 0
     fail_fast: bool = True  # stop after the first batch when the data cannot train a probe (not a setting of the data)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.every < 0:
+            raise ValueError(f"every={self.every}: give a checkpoint interval >= 1, or 0 for step boundaries only.")
+        unknown = set(self.sampling) - {"do_sample", "temperature", "top_p", "top_k", "min_p"}
+        if unknown:
+            raise ValueError(f"sampling={self.sampling}: {sorted(unknown)} are not sampling settings "
+                             "(do_sample, temperature, top_p, top_k, min_p).")
+        if self.sampling and not self.sampling.get("do_sample"):
+            raise ValueError(f"sampling={self.sampling} sets sampling parameters without do_sample=True.")
+
+    @property
+    def decoding(self) -> str:
+        """"sampled" or "greedy": which calibration this collection's labels can serve."""
+        return decoding_of(self.sampling)
 
     def resolved_layers(self, n_layers: int) -> list[int]:
         if self.layers:
@@ -69,6 +88,13 @@ class CollectConfig:
         lo = n_layers // 3
         count = min(6, n_layers - lo)
         return sorted({lo + round(i * (n_layers - 1 - lo) / max(count - 1, 1)) for i in range(count)})
+
+
+def _seed_batch(cfg: CollectConfig, first_id: str) -> None:
+    """Seed torch's generator for one batch from the run's seed and the batch's first question (resumable)."""
+    if cfg.sampling:
+        digest = hashlib.sha256(f"{cfg.sampling_seed}:{first_id}".encode()).digest()
+        torch.manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 class _StepRecorder(LogitsProcessor):
@@ -88,8 +114,10 @@ class _StepRecorder(LogitsProcessor):
 
 
 @torch.no_grad()
-def greedy_continuations(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
-    """Greedy continuations of token sequences (left-padded batches)."""
+def continuations(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int,
+                  sampling: dict | None = None) -> list[list[int]]:
+    """Continuations of token sequences (left-padded batches): greedy, or under `sampling` (generate() kwargs)."""
+    decode = dict(sampling) if sampling else {"do_sample": False}
     out = []
     pad = tokenizer.pad_token_id
     for i in range(0, len(sequences), batch_size):
@@ -97,8 +125,8 @@ def greedy_continuations(model, tokenizer, sequences: list[list[int]], max_new_t
         width = max(len(s) for s in chunk)
         ids = torch.tensor([[pad] * (width - len(s)) + s for s in chunk], device=model.device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=model.device)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                             **decode)
         out.extend(gen[:, width:].tolist())
     return out
 
@@ -117,10 +145,12 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
     mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    decode = dict(cfg.sampling) if cfg.sampling else {"do_sample": False}
+    _seed_batch(cfg, items[0].id)
     recorder = _StepRecorder(model, layers)
     try:
         gen = model.generate(input_ids=ids, attention_mask=mask.to(model.device), max_new_tokens=cfg.max_new_tokens,
-                             do_sample=False, logits_processor=[recorder], pad_token_id=pad)
+                             logits_processor=[recorder], pad_token_id=pad, **decode)
     finally:
         recorder.remove()
     steps = torch.stack(recorder.steps, 1)  # [B, T, L, D]
@@ -128,7 +158,7 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
 
     no_think = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, cfg.exit_text), add_special_tokens=False)
                 for it in items]
-    no_think_out = greedy_continuations(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size)
+    no_think_out = continuations(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size, cfg.sampling)
 
     records, rows, exits = [], [], []
     for b, it in enumerate(items):
@@ -153,13 +183,15 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
         for j in range(min(thought_len, steps.shape[1] - 1 - body)):
             gi = body + j  # generated index of the j-th thought token
             is_b = bool(boundary[g[gi]]) if g[gi] < boundary.numel() else False
-            if not ((j + 1) % cfg.every == 0 or is_b or j == thought_len - 1):  # the last one: exit = natural close
+            periodic = cfg.every > 0 and (j + 1) % cfg.every == 0
+            if not (periodic or is_b or j == thought_len - 1):  # the last one: exit = natural close
                 continue
             records.append(dict(base, kind=KIND_THOUGHT, pos=j + 1, label=None, boundary=is_b))
             rows.append(steps[b, gi + 1])  # step gi + 1 sees token gi as its last
             exits.append((len(records) - 1, prompts[b] + g[: gi + 1] + list(markers.close_ids) + list(exit_ids)))
     answer_of = {it.id: it.answer for it in items}
-    answers = greedy_continuations(model, tokenizer, [e[1] for e in exits], cfg.max_answer_tokens, cfg.batch_size * 4)
+    answers = continuations(model, tokenizer, [e[1] for e in exits], cfg.max_answer_tokens, cfg.batch_size * 4,
+                            cfg.sampling)
     for (ri, _), ans in zip(exits, answers):
         text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
         records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))
@@ -208,6 +240,8 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
                     markers=[markers.open_text, markers.close_text], world=world)
     del settings["fail_fast"]  # how to react to bad data, not a property of the data
     index = read_index(out, rank)
+    if index is not None:  # collections recorded before these settings existed were greedy
+        index["settings"] = {"sampling": {}, "sampling_seed": 0, **index["settings"]}
     if index is None:
         index = {"version": 1, "settings": settings, "shards": [], "done": []}
     elif index["settings"] != settings:

@@ -18,7 +18,7 @@ import torch
 
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import resolve_markers
-from adaptive_think.probe.collect import greedy_continuations
+from adaptive_think.probe.collect import continuations
 from adaptive_think.probe.items import Item
 from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
 
@@ -142,7 +142,7 @@ def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | No
     off = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, exit_text), add_special_tokens=False)
            for it in items]
     no_think_texts = [markers.close_text + tokenizer.decode(g, skip_special_tokens=False)
-                      for g in greedy_continuations(model, tokenizer, off, max_answer_tokens, len(items))]
+                      for g in continuations(model, tokenizer, off, max_answer_tokens, len(items))]
 
     n = len(items)
     # the controller's reports: a row that never opened a block ends `natural` with no block

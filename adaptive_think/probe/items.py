@@ -30,11 +30,17 @@ def question_hash(question: str) -> str:
     return hashlib.sha256(" ".join(question.split()).encode("utf-8")).hexdigest()[:16]
 
 
-def bundled_items(n: int, seed: int) -> list[Item]:
-    """`n` questions of the bundled task family drawn with `seed` (levels mixed evenly)."""
+def bundled_items(n: int, seed: int, levels=None) -> list[Item]:
+    """`n` questions of the bundled task family drawn with `seed` (levels mixed evenly; `levels`: only these).
+
+    Ids name the seed (and the levels when not all six), so collections of different draws never collide.
+    """
     from adaptive_think.tasks import make_questions
 
-    return [Item(f"s{seed}-{i}", q.question, q.answer, q.level) for i, q in enumerate(make_questions(n, seed))]
+    levels = sorted(set(levels)) if levels else list(range(1, 7))
+    tag = "" if levels == list(range(1, 7)) else "L" + "".join(map(str, levels))
+    return [Item(f"s{seed}{tag}-{i}", q.question, q.answer, q.level)
+            for i, q in enumerate(make_questions(n, seed, levels))]
 
 
 def load_jsonl(path) -> list[Item]:

@@ -99,6 +99,56 @@ def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
     return {k: torch.cat(v) for k, v in hidden.items()}, records, indexes[0][1]["settings"]
 
 
+def decoding_of(sampling: dict | None) -> str:
+    """"sampled" or "greedy": the decoding mode of generate() kwargs, or of a collection's `sampling` setting."""
+    return "sampled" if sampling and sampling.get("do_sample") else "greedy"
+
+
+# settings that must agree for collections to train one probe: the same model, markers and hidden states
+_SHARED_SETTINGS = ("layers", "fingerprint", "markers", "exit_text")
+
+
+def load_collections(folders) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
+    """Several collections of one model as one: ({"layer{l}": [N, D]}, records [N], settings).
+
+    Every record gains `decoding` ("greedy" | "sampled", from its collection's settings) and `source` (the
+    folder's position); settings are the first folder's, plus `collections` (one summary per folder).
+    Collections must share layers, model, markers and exit text; a question id collected twice under
+    the same decoding is refused (each draw of a question must be one question of the calibration).
+    """
+    folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
+    if not folders:
+        raise ValueError("No collection folders given.")
+    hidden: dict[str, list[torch.Tensor]] = {}
+    records: list[dict] = []
+    first, summaries, seen = None, [], {}
+    for i, folder in enumerate(folders):
+        h, recs, settings = load_collection(folder)
+        settings = {"sampling": {}, **settings}  # collections made before sampling existed were greedy
+        mode = decoding_of(settings["sampling"])
+        if first is None:
+            first = settings
+        else:
+            bad = [k for k in _SHARED_SETTINGS if settings.get(k) != first.get(k)]
+            if bad:
+                raise ValueError(f"{folder} differs from {folders[0]} in {bad}: collections trained into one probe "
+                                 "must come from the same model, layers, markers and exit text.")
+        for r in recs:
+            key = (mode, r["qid"])
+            if r["kind"] == 0 and key in seen:
+                raise ValueError(f"Question {r['qid']!r} is in both {seen[key]} and {folder} ({mode}): give each "
+                                 "collection its own question seed (or --levels).")
+            if r["kind"] == 0:
+                seen[key] = folder
+            r["decoding"], r["source"] = mode, i
+        records.extend(recs)
+        for k, v in h.items():
+            hidden.setdefault(k, []).append(v)
+        summaries.append({"data": str(folder), "decoding": mode, "sampling": settings["sampling"],
+                          "questions": sum(r["kind"] == 0 for r in recs), "records": len(recs)})
+    return {k: torch.cat(v) for k, v in hidden.items()}, records, dict(first, collections=summaries)
+
+
 def rank_records(folder: Path, index: dict) -> list[dict]:
     """The records of every shard an index names (no hidden states)."""
     return [r for name in index["shards"] for r in json.loads((folder / f"{name}.json").read_text())]

@@ -7,6 +7,10 @@ its own `calibrate.py` run (ladder.py). The probe records the content hashes of 
 collected on, so `eval` can leave them out.
 
     adaptive-think train-probe --data runs/collect --out runs/probe --efforts high:0.005 medium:0.02 low:0.05
+    adaptive-think train-probe --data runs/collect runs/collect-sampled --out runs/probe   # greedy + sampled
+
+Several collections of one model train one probe; a sampled collection makes every rung hold under
+sampling as well as greedy decoding (calibrate.py tests each decoding mode).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagn
 from adaptive_think.probe.ladder import DEFAULT_RUNGS, Rung, default_rung, parse_rungs
 from adaptive_think.probe.metrics import auroc, recall_at_no_false_positive
 from adaptive_think.probe.probe import Probe
-from adaptive_think.probe.shards import load_collection
+from adaptive_think.probe.shards import load_collections
 
 
 @dataclass
@@ -56,7 +60,7 @@ def seen_questions(records: list[dict]) -> dict:
     """
     qids = {r["qid"]: r.get("qhash") for r in records}
     hashes = sorted({h for h in qids.values() if h})
-    seeds = Counter(m.group(1) for q in qids if (m := re.fullmatch(r"s(-?\d+)-\d+", str(q))))
+    seeds = Counter(m.group(1) for q in qids if (m := re.fullmatch(r"s(-?\d+(?:L\d+)?)-\d+", str(q))))
     return {"n_questions": len(qids), "n_distinct": len(hashes), "complete": all(qids.values()),
             "hash": "sha256 of the whitespace-normalised question text, first 16 hex digits",
             "bundled_seeds": dict(sorted(seeds.items())), "sha256_16": hashes}
@@ -144,10 +148,12 @@ def _why_too_few(records: list[dict], settings: dict) -> str:
 
 
 def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
-    """Train, sweep layers, calibrate; returns the probe (not yet saved)."""
+    """Train, sweep layers, calibrate on one collection folder or several; returns the probe (not yet saved)."""
     cfg = cfg or TrainConfig()
     t0 = time.time()
-    hidden, records, settings = load_collection(data_dir)
+    hidden, records, settings = load_collections(data_dir)
+    for c in settings["collections"]:
+        log(f"data: {c['data']} ({c['decoding']}): {c['questions']} questions, {c['records']} records")
     rungs = cfg.rungs()  # validate before training
     # split by question content where the collection hashed it: a question drawn twice stays on one side
     groups = [r.get("qhash") or r["qid"] for r in records]
@@ -160,7 +166,8 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     thought, prompt = kind == KIND_THOUGHT, kind == KIND_PROMPT
     is_boundary = torch.tensor([bool(r.get("boundary")) for r in records])
     if int((thought & is_train).sum()) < 10:
-        raise ValueError(f"{data_dir} holds too few thought checkpoints to train on "
+        where = ", ".join(c["data"] for c in settings["collections"])
+        raise ValueError(f"{where} holds too few thought checkpoints to train on "
                          f"({int((thought & is_train).sum())} in the training split): {_why_too_few(records, settings)}.")
 
     sweep = []
@@ -200,10 +207,12 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
         for part_name, t in head_weights(head, width).items():
             weights[f"{name}_{part_name}"] = t
     probe = Probe(layer=layer, kind="mlp", weights=weights, fingerprint=settings["fingerprint"],
-                  provenance={"data": str(data_dir), "train_config": asdict(cfg), "layer_sweep": sweep,
+                  provenance={"data": [c["data"] for c in settings["collections"]],
+                              "collections": settings["collections"], "train_config": asdict(cfg), "layer_sweep": sweep,
                               "chosen": {"layer": layer, "ready_kind": k, "skip_kind": skip_kind,
                                          "ready_val_auroc": score, "skip_val_auroc": skip_auc},
-                              "collect_settings": {kk: v for kk, v in settings.items() if kk != "fingerprint"},
+                              "collect_settings": {kk: v for kk, v in settings.items()
+                                                   if kk not in ("fingerprint", "collections")},
                               "questions_seen": seen_questions(records)})
     # scores of every record under the final probe, for calibration on the held-out questions
     ready_s, skip_s = probe.score(hidden[f"layer{layer}"])
@@ -215,10 +224,12 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     for name, eps, dlt in rungs:
         result = calibrate(records, ready_l, skip_l, is_cal, eps, dlt, path=path)
         ladder.append(Rung(name, eps, dlt, result["ready_threshold"], result["skip_threshold"], result))
-        a = result["achieved"]
         log(f"effort {name}: ready >= {result['ready_threshold']:.3f}, skip >= {result['skip_threshold']:.3f} "
-            f"(epsilon {eps}, delta {dlt}); on calibration questions: accuracy lost {a['accuracy_lost']:.4f}, "
-            f"thinking tokens saved {a['think_tokens_saved']:.1%}, skipped {a['skip_rate']:.1%}")
+            f"(epsilon {eps}, delta {dlt}; set by the {result['limited_by']} questions)")
+        for mode, got in result["by_decoding"].items():
+            a = got["achieved"]
+            log(f"  on {got['n_questions']} {mode} calibration questions: accuracy lost {a['accuracy_lost']:.4f}, "
+                f"thinking tokens saved {a['think_tokens_saved']:.1%}, skipped {a['skip_rate']:.1%}")
     default = default_rung(ladder)
     probe.set_ladder(ladder, default.name)
     probe.provenance["train_seconds"] = round(time.time() - t0, 1)
