@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 POLICIES = ("full", "none", "budget", "probe")
+DECODINGS = ("greedy", "sampled")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class ThinkConfig:
     effort: which calibrated operating point of the probe's effort ladder to use ("high" loses least,
         "low" saves most; the probe names its rungs); None: the probe's default rung. Explicit
         threshold / skip_threshold override the rung's.
+    decoding: which calibration of the rung to use, "greedy" or "sampled" (a probe trained with a sampled
+        collection holds both: answers after an early stop are less sure when sampled, so its sampled
+        thresholds stop later); None: the generate() call's own decoding (do_sample), or the request's
+        temperature under vLLM.
     smoothing: EMA weight of the newest ready score (1.0 = no smoothing).
     patience: consecutive steps the smoothed score must pass the threshold before stopping (hysteresis).
     stop_at_boundary: stop only right after a token that ends a sentence or paragraph; None: the
@@ -44,6 +49,7 @@ class ThinkConfig:
     threshold: float | None = None
     skip_threshold: float | None = None
     effort: str | None = None
+    decoding: str | None = None
     smoothing: float = 1.0
     patience: int = 1
     stop_at_boundary: bool | None = None
@@ -76,11 +82,14 @@ class ThinkConfig:
                 'use policy="budget" or policy="probe" for a capped thought.'
             )
         if self.policy != "probe":
-            for name in ("threshold", "skip_threshold", "effort"):
+            for name in ("threshold", "skip_threshold", "effort", "decoding"):
                 if getattr(self, name) is not None:
                     raise ValueError(f'ThinkConfig.{name} only applies to policy="probe" (got policy="{self.policy}").')
         if self.effort is not None and (not isinstance(self.effort, str) or not self.effort):
             raise ValueError(f'ThinkConfig.effort must be a rung name such as "high", "medium" or "low", got {self.effort!r}.')
+        if self.decoding is not None and self.decoding not in DECODINGS:
+            raise ValueError(f"ThinkConfig.decoding={self.decoding!r} must be one of {DECODINGS} (or None: follow "
+                             "the generate() call's do_sample).")
         for name in ("threshold", "skip_threshold"):
             v = getattr(self, name)
             if v is not None and not (0.0 <= float(v) <= 1.0):

@@ -15,7 +15,7 @@ import torch
 
 from adaptive_think.config import ThinkConfig
 from adaptive_think.controller import ThinkController, ThinkReport, boundary_mask
-from adaptive_think.engines.args import eos_token_ids
+from adaptive_think.engines.args import eos_token_ids, resolve
 from adaptive_think.markers import resolve_markers
 
 ENGINES = ("hf", "graph")
@@ -122,7 +122,14 @@ class AdaptiveThinker:
             vocab_size=self.vocab_size,
             device=self.model.device,
             impl=self.impl,
+            decoding=self.decoding(kwargs or {}),
         )
+
+    def decoding(self, kwargs: dict) -> str:
+        """"sampled" when a generate(**kwargs) call samples (its do_sample, else its or the model's
+        generation_config), else "greedy": which calibration of the probe's thresholds its rows take."""
+        sample = resolve("do_sample", kwargs.get("do_sample"), kwargs.get("generation_config"), self.model)
+        return "sampled" if sample else "greedy"
 
     def _encode(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer.encode(text, add_special_tokens=False))

@@ -125,3 +125,46 @@ def test_per_row_efforts(model_tok):
     assert ended[0] == "probe" and ended[1] != "probe"
     with pytest.raises(ValueError, match="is not a rung of this probe"):
         _ended_by(model, tok, probe, [rows[0], ThinkConfig(policy="probe", effort="turbo")])
+
+
+# "split": greedy stops at once (ready >= 0), sampled never stops (its calibration found no safe stop)
+SPLIT = [Rung("split", 0.005, 0.1, 0.0, 2.0, {"achieved": {}}, by_decoding={"greedy": (0.0, 2.0), "sampled": (2.0, 2.0)})]
+
+
+def test_each_decoding_takes_its_own_thresholds(model_tok, tmp_path):
+    model, tok = model_tok
+    probe = Probe.random_for(model, width=4)
+    probe.set_ladder(SPLIT, "split")
+    probe.save_pretrained(tmp_path / "p")
+    loaded = Probe.from_pretrained(tmp_path / "p")
+    assert loaded.ladder[0].by_decoding == {"greedy": (0.0, 2.0), "sampled": (2.0, 2.0)}
+    assert loaded.thresholds("split", "sampled") == (2.0, 2.0) and loaded.thresholds("split") == (0.0, 2.0)
+    thinker = AdaptiveThinker(model, tok, probe=loaded)
+    batch = tok([tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                         tokenize=False)] * 2, return_tensors="pt", add_special_tokens=False)
+    think = ThinkConfig(policy="probe", stop_at_boundary=False)
+
+    def ended(**kw):
+        thinker.generate(**batch, max_new_tokens=6, think=think, **kw)
+        return [r.ended_by for r in thinker.last_reports]
+
+    assert ended(do_sample=False) == ["probe", "probe"]
+    assert "probe" not in ended(do_sample=True, temperature=0.6)  # the call samples: the sampled pair
+    # a row's config may name the calibration; one batch may mix them
+    rows = [ThinkConfig(policy="probe", stop_at_boundary=False, decoding=d) for d in ("sampled", "greedy")]
+    thinker.generate(**batch, max_new_tokens=6, do_sample=False, think=rows)
+    assert [r.ended_by for r in thinker.last_reports][1] == "probe" != thinker.last_reports[0].ended_by
+    with pytest.raises(ValueError, match="decoding='beam' must be one of"):
+        ThinkConfig(policy="probe", decoding="beam")
+    with pytest.raises(ValueError, match='only applies to policy="probe"'):
+        ThinkConfig(policy="budget", max_think_tokens=4, decoding="greedy")
+
+
+def test_a_greedy_only_rung_warns_under_sampling(model_tok):
+    model, _ = model_tok
+    probe = _probe(model)
+    with pytest.warns(UserWarning, match="calibrated on greedy decoding only"):
+        assert probe.thresholds("eager", "sampled") == (0.0, 2.0)
+    bad = {**Rung("x", 0.1, 0.1, 0.5, 0.5).to_dict(), "thresholds_by_decoding": {"beam": {"ready": 1, "skip": 1}}}
+    with pytest.raises(ValueError, match="ladder rung is malformed.*beam"):
+        Rung.from_dict(bad)

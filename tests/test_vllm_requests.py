@@ -148,3 +148,29 @@ def test_wrapper_selection_and_the_probe_fingerprint_check(tmp_path):
                                                    "hidden_size": 96}))
     with pytest.raises(ValueError, match="different model"):
         serving_settings(probe_path(), model=other)
+
+
+def test_a_probe_request_takes_the_thresholds_of_its_decoding(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from adaptive_think.integrations.vllm.context import validate_request
+    from adaptive_think.integrations.vllm.requests import ENV_VAR
+    from adaptive_think.probe import Probe
+    from adaptive_think.probe.ladder import Rung
+    from tiny import make_model
+
+    probe = Probe.random_for(make_model("qwen3", 50), width=4)
+    probe.set_ladder([Rung("high", 0.005, 0.1, 0.9, 0.9, by_decoding={"greedy": (0.9, 0.9), "sampled": (1.0, 2.0)})],
+                     "high")
+    probe.save_pretrained(tmp_path / "p")
+    monkeypatch.setenv(ENV_VAR, ServingSettings(probe=str(tmp_path / "p")).to_json())
+
+    def config(temperature, **fields):
+        args = {"adaptive_think": {"policy": "probe", **fields}}
+        return validate_request(SimpleNamespace(extra_args=args, temperature=temperature))
+
+    assert config(0.0).decoding == "greedy" and config(0.6).decoding == "sampled"
+    assert config(0.6, decoding="greedy").decoding == "greedy"  # named by the request: kept
+    # other policies carry no decoding (nothing of theirs is calibrated)
+    plain = validate_request(SimpleNamespace(extra_args={"adaptive_think": {"policy": "none"}}, temperature=0.6))
+    assert plain == ThinkConfig(policy="none")

@@ -49,6 +49,6 @@ def run(args) -> int:
     print(json.dumps({"out": args.out, "layer": probe.layer, "default_effort": probe.default_effort,
                       "ladder": {r.name: {"epsilon": r.epsilon, "delta": r.delta, "ready_threshold": r.ready_threshold,
                                           "skip_threshold": r.skip_threshold, "achieved": r.calibration["achieved"],
-                                          "limited_by": r.calibration.get("limited_by")}
+                                          "by_decoding": r.calibration.get("by_decoding")}
                                  for r in probe.ladder}}))
     return 0

@@ -125,13 +125,15 @@ class ThinkController:
     thresholds and policy defaults) when any row may use policy "probe" (bare `ProbeTensors` work when the
     probe rows set their thresholds); is_boundary: [V] bool mask
     (needed by rows that stop only at a boundary); force_capacity: width of the per-row forced-token
-    buffer (default: what the rows need, at least 64).
+    buffer (default: what the rows need, at least 64); decoding: "greedy" or "sampled", the calibration of
+    the probe's thresholds that rows whose config leaves `decoding` None take.
     """
 
     def __init__(self, markers: ThinkMarkers, think: ThinkConfig | Sequence[ThinkConfig], *,
                  encode: Callable[[str], Sequence[int]] | None = None, empty_ids: tuple[int, ...] = (),
                  eos_ids: tuple[int, ...] = (), is_boundary: torch.Tensor | None = None, probe=None,
-                 vocab_size: int, device, impl: str = "auto", force_capacity: int | None = None):
+                 vocab_size: int, device, impl: str = "auto", force_capacity: int | None = None,
+                 decoding: str = "greedy"):
         self.configs = [think] if isinstance(think, ThinkConfig) else list(think)
         if not self.configs:
             raise ValueError("think must be a ThinkConfig or a non-empty list of them (one per row).")
@@ -141,6 +143,7 @@ class ThinkController:
         self.encode = encode
         self.empty_ids = tuple(empty_ids)
         self.probe = probe
+        self.decoding = decoding
         self.has_boundary = is_boundary is not None
         settings = [self._resolve(c) for c in self.configs]
         need = needed_capacity(settings, markers.open_ids, self.empty_ids, markers.close_ids)
@@ -156,7 +159,7 @@ class ThinkController:
     # -- rows ---------------------------------------------------------------------------------------
 
     def _resolve(self, config: ThinkConfig):
-        s = resolve_config(config, self.probe, self.encode)
+        s = resolve_config(config, self.probe, self.encode, self.decoding)
         if s.boundary_only and not self.has_boundary:
             raise ValueError("a row stops only at sentence boundaries (stop_at_boundary) but the ThinkController "
                              "has no is_boundary mask; pass is_boundary=boundary_mask(tokenizer, vocab_size).")

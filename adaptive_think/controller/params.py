@@ -72,10 +72,13 @@ class RowSettings:
     stop_ids: tuple[int, ...]
 
 
-def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequence[int]] | None = None) -> RowSettings:
+def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequence[int]] | None = None,
+                   decoding: str = "greedy") -> RowSettings:
     """ThinkConfig -> RowSettings. probe: a `Probe` (calibrated thresholds and policy defaults), bare
     `ProbeTensors` (then probe rows must set their thresholds), or None;
-    encode: text -> token ids (no special tokens), needed when the row has an exit or stop text."""
+    encode: text -> token ids (no special tokens), needed when the row has an exit or stop text;
+    decoding: the call's decoding ("greedy" / "sampled"), whose calibrated thresholds a probe row takes
+    unless its config names another."""
     if not isinstance(config, ThinkConfig):
         raise ValueError(f"think must be a ThinkConfig (or a list of them, one per row), got {type(config).__name__}.")
     is_probe = config.policy == "probe"
@@ -103,7 +106,7 @@ def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequ
     if is_probe:
         # the effort rung's calibrated pair (the probe's default rung when effort is None)
         if hasattr(probe, "thresholds"):
-            ready_t, skip_t = probe.thresholds(config.effort)
+            ready_t, skip_t = probe.thresholds(config.effort, config.decoding or decoding)
         elif config.effort is not None:
             raise ValueError(f"ThinkConfig.effort={config.effort!r} needs a Probe with an effort ladder, not bare ProbeTensors.")
         else:

@@ -12,9 +12,9 @@ accuracy with probability at least 1 - delta, with no split of epsilon between t
 (Angelopoulos et al. 2021, "Learn then Test".)
 
 Several decoding modes (greedy and sampled collections, `decoding` on each record): each mode's
-calibration questions walk the same path with their own test, and the rung stops at the first pair
-where any mode's walk stops. Every pair before it is rejected by each mode's fixed-sequence test, so the
-rung holds under each decoding separately (each with probability at least 1 - delta).
+calibration questions walk the same path with their own test and get their own thresholds, so a rung
+holds under greedy decoding with its greedy pair and under sampling with its sampled pair (each with
+probability at least 1 - delta); the generate() call picks the pair of its decoding.
 
 The simulation mirrors the online policy's calibrated settings: stop at the first step boundary whose
 ready score passes the threshold (patience 1, no smoothing); skip when the prompt's skip score passes.
@@ -189,31 +189,29 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
         if path_from is not None and any(a and b for a, b in zip(path_from, is_calib)):
             raise ValueError("The threshold path must come from other questions than the calibration ones.")
         path = build_path(questions_of(records, ready, skip, path_from) if path_from is not None else [])
-    walks = {}
+    by_decoding = {}
     for mode in modes:
         qs = questions_of(records, ready, skip,
                           [c and r.get("decoding", "greedy") == mode for r, c in zip(records, is_calib)])
         reached, steps = _walk(lambda r, s: _totals(qs, r, s)[0], path, len(qs), epsilon, delta)
-        walks[mode] = (qs, reached, steps)
-    limited_by = min(modes, key=lambda m: walks[m][1])
-    reached = walks[limited_by][1]
-    ready_t, skip_t = path[reached] if reached >= 0 else (NEVER, NEVER)
-    by_decoding = {m: {"n_questions": len(qs), "achieved": _achieved(qs, ready_t, skip_t),
-                       "path_steps_passed": r + 1, "path_tail": steps[-3:]} for m, (qs, r, steps) in walks.items()}
-    main = "greedy" if "greedy" in walks else modes[0]
+        ready_t, skip_t = path[reached] if reached >= 0 else (NEVER, NEVER)
+        by_decoding[mode] = {"n_questions": len(qs), "ready_threshold": ready_t, "skip_threshold": skip_t,
+                             "achieved": _achieved(qs, ready_t, skip_t), "path_steps_taken": reached + 1,
+                             "path_tail": steps[-3:]}
+    main = by_decoding["greedy" if "greedy" in by_decoding else modes[0]]
     return {
         "method": "learn-then-test (fixed sequence along a (ready, skip) path ordered on non-calibration questions, "
-                  "binomial tail), one test of the whole policy per pair and decoding mode",
+                  "binomial tail), one test of the whole policy per pair; thresholds per decoding mode",
         "epsilon": epsilon,
         "delta": delta,
-        "n_questions": sum(len(w[0]) for w in walks.values()),
+        "n_questions": main["n_questions"],
         "min_questions_for_any_threshold": min_questions(epsilon, delta),
-        "ready_threshold": ready_t,
-        "skip_threshold": skip_t,
-        "achieved": by_decoding[main]["achieved"],  # the greedy mode's when there is one
+        # the greedy mode's (the first mode's without greedy calibration questions); by_decoding has each mode's
+        "ready_threshold": main["ready_threshold"],
+        "skip_threshold": main["skip_threshold"],
+        "achieved": main["achieved"],
+        "path_steps_taken": main["path_steps_taken"],
+        "path_tail": main["path_tail"],
         "decodings": modes,
-        "limited_by": limited_by,
         "by_decoding": by_decoding,
-        "path_steps_taken": reached + 1,
-        "path_tail": walks[limited_by][2][-3:],
     }

@@ -12,8 +12,10 @@ PROMISE accuracy lost); a ladder where none does falls back to its most conserva
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
+DECODINGS = ("greedy", "sampled")
 # The promise of effort "high" (and of a probe's default rung): at most half an accuracy point lost.
 PROMISE = 0.005
 DEFAULT_RUNGS = ("high:0.005:0.1", "medium:0.02:0.1", "low:0.05:0.1")
@@ -29,25 +31,49 @@ class Rung:
     ready_threshold: float
     skip_threshold: float
     calibration: dict = field(default_factory=dict, compare=False)
+    # (ready, skip) calibrated under each decoding mode ("greedy", "sampled"); {}: the one pair above, greedy
+    by_decoding: dict = field(default_factory=dict, compare=False)
 
     @property
     def meets_promise(self) -> bool:
         return self.epsilon <= PROMISE
 
+    def pair(self, decoding: str = "greedy") -> tuple[float, float]:
+        """(ready, skip) calibrated for `decoding`; a rung calibrated on greedy labels only warns under sampling."""
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding={decoding!r} is not one of {DECODINGS}.")
+        if decoding in self.by_decoding:
+            return self.by_decoding[decoding]
+        if decoding == "sampled":
+            warnings.warn(f"effort {self.name!r} was calibrated on greedy decoding only; under sampling its "
+                          f"{self.epsilon:g} accuracy-loss promise is not calibrated (answers after an early stop are "
+                          "less sure when sampled). Retrain the probe with a sampled collection "
+                          "(`adaptive-think collect --do-sample ...`, then `train-probe --data GREEDY SAMPLED`).",
+                          stacklevel=4)
+        return self.ready_threshold, self.skip_threshold
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "epsilon": self.epsilon, "delta": self.delta,
-                "thresholds": {"ready": self.ready_threshold, "skip": self.skip_threshold},
-                "calibration": self.calibration}
+        out = {"name": self.name, "epsilon": self.epsilon, "delta": self.delta,
+               "thresholds": {"ready": self.ready_threshold, "skip": self.skip_threshold},
+               "calibration": self.calibration}
+        if self.by_decoding:
+            out["thresholds_by_decoding"] = {m: {"ready": r, "skip": s} for m, (r, s) in self.by_decoding.items()}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "probe.json") -> "Rung":
         try:
+            by = {str(m): (float(t["ready"]), float(t["skip"])) for m, t in (d.get("thresholds_by_decoding") or {}).items()}
+            unknown = sorted(set(by) - set(DECODINGS))
+            if unknown:
+                raise ValueError(f"unknown decoding mode(s) {unknown}")
             return cls(name=str(d["name"]), epsilon=float(d["epsilon"]), delta=float(d["delta"]),
                        ready_threshold=float(d["thresholds"]["ready"]), skip_threshold=float(d["thresholds"]["skip"]),
-                       calibration=d.get("calibration", {}))
-        except (KeyError, TypeError, ValueError) as err:
+                       calibration=d.get("calibration", {}), by_decoding=by)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{where}: a ladder rung is malformed ({err!r}); each needs name, epsilon, delta and "
-                             "thresholds {ready, skip}. Re-save the probe.") from None
+                             "thresholds {ready, skip} (and optionally thresholds_by_decoding {greedy|sampled: "
+                             "{ready, skip}}). Re-save the probe.") from None
 
 
 def parse_rungs(specs, default_delta: float) -> list[tuple[str, float, float]]:

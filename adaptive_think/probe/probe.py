@@ -114,12 +114,13 @@ class Probe:
         """Names of the effort rungs, most conservative first ([] for a single-point probe)."""
         return [r.name for r in self.ladder]
 
-    def thresholds(self, effort: str | None = None) -> tuple[float, float]:
-        """(ready, skip) thresholds of rung `effort` (None: the default); ValueError for an unknown effort."""
+    def thresholds(self, effort: str | None = None, decoding: str = "greedy") -> tuple[float, float]:
+        """(ready, skip) thresholds of rung `effort` (None: the default) calibrated for `decoding` ("greedy" or
+        "sampled"); ValueError for an unknown effort."""
         rung = select_rung(self.ladder, effort, self.default_effort)
         if rung is None:
             return self.ready_threshold, self.skip_threshold
-        return rung.ready_threshold, rung.skip_threshold
+        return rung.pair(decoding)
 
     def set_ladder(self, rungs: list[Rung], default: str) -> None:
         """Install calibrated rungs; the top-level thresholds and calibration become the default rung's."""

@@ -223,13 +223,14 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     ladder = []
     for name, eps, dlt in rungs:
         result = calibrate(records, ready_l, skip_l, is_cal, eps, dlt, path=path)
-        ladder.append(Rung(name, eps, dlt, result["ready_threshold"], result["skip_threshold"], result))
-        log(f"effort {name}: ready >= {result['ready_threshold']:.3f}, skip >= {result['skip_threshold']:.3f} "
-            f"(epsilon {eps}, delta {dlt}; set by the {result['limited_by']} questions)")
+        pairs = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in result["by_decoding"].items()}
+        ladder.append(Rung(name, eps, dlt, result["ready_threshold"], result["skip_threshold"], result,
+                           by_decoding=pairs if len(pairs) > 1 or "greedy" not in pairs else {}))
         for mode, got in result["by_decoding"].items():
             a = got["achieved"]
-            log(f"  on {got['n_questions']} {mode} calibration questions: accuracy lost {a['accuracy_lost']:.4f}, "
-                f"thinking tokens saved {a['think_tokens_saved']:.1%}, skipped {a['skip_rate']:.1%}")
+            log(f"effort {name} ({mode}; epsilon {eps}, delta {dlt}): ready >= {got['ready_threshold']:.3f}, "
+                f"skip >= {got['skip_threshold']:.3f}; on {got['n_questions']} calibration questions: accuracy lost "
+                f"{a['accuracy_lost']:.4f}, thinking tokens saved {a['think_tokens_saved']:.1%}, skipped {a['skip_rate']:.1%}")
     default = default_rung(ladder)
     probe.set_ladder(ladder, default.name)
     probe.provenance["train_seconds"] = round(time.time() - t0, 1)

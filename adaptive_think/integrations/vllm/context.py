@@ -9,6 +9,7 @@ here, at engine start-up.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -121,6 +122,10 @@ def validate_request(sampling_params) -> ThinkConfig | None:
         return None
     if config.trace:
         raise ValueError("adaptive_think.trace is not supported under vLLM: per-step scores are not returned.")
+    if config.policy == "probe" and config.decoding is None:
+        # the probe's thresholds calibrated for how this request decodes (vLLM samples above temperature 1e-5)
+        sampled = float(getattr(sampling_params, "temperature", 0.0) or 0.0) > 1e-5
+        config = dataclasses.replace(config, decoding="sampled" if sampled else "greedy")
     texts = (config.exit_text or "") + (getattr(config, "stop_text", None) or "")
     if len(texts) > MAX_TEXT_CHARS:
         raise ValueError(f"adaptive_think exit_text and stop_text hold {len(texts)} characters together; at most "
