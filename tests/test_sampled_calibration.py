@@ -14,28 +14,18 @@ from adaptive_think.probe.collect import CollectConfig, collect
 from adaptive_think.probe.items import Item, bundled_items, load_checker
 from adaptive_think.probe.shards import load_collection, load_collections
 from adaptive_think.probe.train import TrainConfig, train_probe
-from tiny import make_model, make_scripted, make_tokenizer
+from test_probe_pipeline import checker
+from test_probe_pipeline import setup as pipeline_setup  # noqa: F401 - the shared tiny model fixture
+from tiny import make_scripted, make_tokenizer
 
-R1_TEMPLATE = (
-    "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}{% if enable_thinking is defined and not enable_thinking %}"
-    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}"
-)
 SAMPLED = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
 CFG = dict(every=3, batch_size=4, max_new_tokens=12, max_answer_tokens=4, shard_questions=4, fail_fast=False)
 
 
-def checker(text, answer):
-    return ("answer" in text) or ("so" in text)
-
-
 @pytest.fixture(scope="module")
-def setup():
-    tok = make_tokenizer()
-    tok.chat_template = R1_TEMPLATE
-    model = make_model("qwen3", len(tok), layers=3)
-    items = [Item(f"q{i}", f"the answer is {i % 20}", str(i % 7)) for i in range(16)]
-    return tok, model, items
+def setup(pipeline_setup):
+    tok, model, items = pipeline_setup
+    return tok, model, items[:16]
 
 
 def _outputs(folder):

@@ -11,6 +11,8 @@ leaves out what cannot run here and says so. Questions the probe was collected o
 
 from __future__ import annotations
 
+import warnings
+
 from adaptive_think.commands.sampling_flags import add_sampling_arguments, sampling_from_args
 
 HELP = "compare thinking policies: accuracy, thinking and forward tokens, wall-clock"
@@ -107,9 +109,20 @@ def run(args) -> int:
                "pareto": pareto_check(results), "pareto_rungs_only": pareto_check(results, ("effort",)),
                "oracle_share": oracle_shares(results)}
     if probe is not None:
+        mode = "sampled" if sampling.get("do_sample") else "greedy"
+        with warnings.catch_warnings():  # a greedy-only rung warns once per generate() call already
+            warnings.simplefilter("ignore")
+            used = {r.name: r.pair(mode) for r in probe.ladder}
         payload["probe_ladder"] = [{"name": r.name, "epsilon": r.epsilon, "delta": r.delta,
                                     "ready_threshold": r.ready_threshold, "skip_threshold": r.skip_threshold,
-                                    "calibration_achieved": r.calibration.get("achieved")} for r in probe.ladder]
+                                    "thresholds_by_decoding": {m: list(t) for m, t in r.by_decoding.items()},
+                                    "thresholds_used": {"decoding": mode, "ready": used[r.name][0],
+                                                        "skip": used[r.name][1],
+                                                        "calibrated_for_it": mode in r.by_decoding or mode == "greedy"},
+                                    "calibration_achieved": r.calibration.get("achieved"),
+                                    "calibration_by_decoding": {m: g["achieved"] for m, g in
+                                                                r.calibration.get("by_decoding", {}).items()}}
+                                   for r in probe.ladder]
         payload["probe_default_effort"] = probe.default_effort
         payload["vs_full"] = {k: vs_full(results, k) for k in results
                               if k in ("probe", "router", "oracle") or k.startswith(("effort:", "stops:"))}
