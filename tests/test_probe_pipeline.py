@@ -42,23 +42,27 @@ def setup():
 CFG = CollectConfig(every=3, batch_size=6, max_new_tokens=12, max_answer_tokens=4, shard_questions=6, fail_fast=False)
 
 
+def interrupted_collect(monkeypatch, *args, on_batch: int = 3, **kwargs) -> None:
+    """collect(*args, **kwargs), killed (KeyboardInterrupt) as its `on_batch`-th batch starts."""
+    real, calls = collect_mod.collect_batch, {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == on_batch:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(collect_mod, "collect_batch", flaky)
+        with pytest.raises(KeyboardInterrupt):
+            collect(*args, **kwargs)
+
+
 def test_collect_resumes_after_interruption(setup, tmp_path, monkeypatch):
     tok, model, items = setup
-    real = collect_mod.collect_batch
-    calls = {"n": 0}
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(collect_mod, "collect_batch", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        collect(model, tok, items, tmp_path, checker, CFG, progress=False)
+    interrupted_collect(monkeypatch, model, tok, items, tmp_path, checker, CFG, progress=False)
     index = json.loads((tmp_path / "index-r0.json").read_text())
     assert len(index["done"]) == 12 and len(index["shards"]) == 2
-    monkeypatch.setattr(collect_mod, "collect_batch", real)
     summary = collect(model, tok, items, tmp_path, checker, CFG, progress=False)
     assert summary["questions"] == 24
     hidden, records, settings = load_collection(tmp_path)

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from adaptive_think.cli import main
-from adaptive_think.probe import collect as collect_mod
 from adaptive_think.probe.calibrate import NEVER, calibrate
 from adaptive_think.probe.collect import CollectConfig, collect
 from adaptive_think.probe.items import Item, bundled_items, load_checker
 from adaptive_think.probe.shards import load_collection, load_collections
 from adaptive_think.probe.train import TrainConfig, train_probe
-from test_probe_pipeline import checker
+from test_probe_pipeline import checker, interrupted_collect
 from test_probe_pipeline import setup as pipeline_setup  # noqa: F401 - the shared tiny model fixture
 from tiny import make_scripted, make_tokenizer
 
@@ -48,18 +47,7 @@ def test_sampled_collection_is_seeded_resumable_and_differs_from_greedy(setup, t
     cfg = CollectConfig(sampling=SAMPLED, sampling_seed=5, **CFG)
     collect(model, tok, items, tmp_path / "a", checker, cfg, progress=False)
     # an interrupted run, resumed, draws exactly what the uninterrupted one drew
-    real, calls = collect_mod.collect_batch, {"n": 0}
-
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(collect_mod, "collect_batch", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        collect(model, tok, items, tmp_path / "b", checker, cfg, progress=False)
-    monkeypatch.setattr(collect_mod, "collect_batch", real)
+    interrupted_collect(monkeypatch, model, tok, items, tmp_path / "b", checker, cfg, progress=False)
     torch.manual_seed(123)  # the global generator's state before the run must not matter
     collect(model, tok, items, tmp_path / "b", checker, cfg, progress=False)
     assert _outputs(tmp_path / "a") == _outputs(tmp_path / "b")
