@@ -17,7 +17,7 @@ OUT="${OUT:-$ROOT/gpu_out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-470}"  # whole run; the engine step gets what is left
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"  # the GPU machine has python3 only
 # --- shim: $SHIM/adaptive_think mirrors ./adaptive_think with kernels -> ./kernels (no pip install) ---------
 SHIM="$(mktemp -d)"
 trap 'rm -rf "$SHIM"' EXIT
