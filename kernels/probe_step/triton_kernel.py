@@ -308,9 +308,11 @@ def _probe_step_kernel(
     B, D, H_READY, H_SKIP, N_H_TILES, N_B_TILES, F, N_EOS, V_BND, LO, LC,
     HAS_PROBE: tl.constexpr, RELU: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
-    D_CHUNK: tl.constexpr, N_D_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    D_CHUNK: tl.constexpr, N_D_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, STAGE: tl.constexpr,
 ):
-    if HAS_PROBE:
+    # STAGE 0: heads and state machine in one launch (the last program to finish runs the machine);
+    # 1: heads only (partials to the workspace); 2: the state machine alone, on a stage-1 launch's partials
+    if HAS_PROBE and STAGE != 2:
         pid_h = tl.program_id(0)
         pid_b = tl.program_id(1) % N_B_TILES
         pid_d = tl.program_id(1) // N_B_TILES
@@ -332,17 +334,20 @@ def _probe_step_kernel(
             _head_tile(hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, sw1_ptr, sb1_ptr, sw2_ptr,
                        zpart, gcount, part, B, D, H_SKIP, pid_h, pid_b, pid_d,
                        RELU, BLOCK_B, BLOCK_H, BLOCK_D, D_CHUNK, N_D_SPLITS, DOT_PRECISION)
-        # all threads' partial stores precede the ticket (release); the last ticket acquires them all
-        tl.debug_barrier()
-        n_programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
-        last = tl.atomic_add(count_ptr, 1, sem="acq_rel") == n_programs - 1
+        if STAGE == 0:
+            # all threads' partial stores precede the ticket (release); the last ticket acquires them all
+            tl.debug_barrier()
+            n_programs = tl.num_programs(0) * tl.num_programs(1) * tl.num_programs(2)
+            last = tl.atomic_add(count_ptr, 1, sem="acq_rel") == n_programs - 1
+        else:
+            last = False  # stage 1: the machine runs in its own launch
     else:
         last = True  # one program, no tickets
     if last:
         _state_machine(tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
                        force_ptr, open_ptr, open_fail_ptr, close_ptr, close_fail_ptr, eos_ptr, bnd_ptr,
                        B, F, N_EOS, V_BND, LO, LC, N_H_TILES, HAS_PROBE, BLOCK_R)
-        if HAS_PROBE:
+        if HAS_PROBE and STAGE == 0:
             tl.atomic_xchg(count_ptr, 0)  # ready for the next launch / graph replay
 
 
@@ -428,10 +433,12 @@ def _check(hidden, last_token, state: ControllerState, params: RowParams, spec: 
 
 
 def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, state: ControllerState,
-                      params: RowParams, spec: ControllerSpec) -> None:
+                      params: RowParams, spec: ControllerSpec, split: bool = False) -> None:
     """One controller step in place on `state`, in one Triton launch (same contract as probe_step_reference).
 
     hidden: [B, D] bf16/fp16/fp32, any strides (read when the spec has a probe); last_token: [B] int32/int64.
+    split: two launches instead (the heads, then the state machine alone), the design the fused launch is
+    measured against (benchmarks/gpu_kernels.py); same results.
     """
     use_probe = spec.probe is not None and hidden is not None
     _check(hidden, last_token, state, params, spec, use_probe)
@@ -469,7 +476,7 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
         weights = [dummy] * len(_PROBE_FIELDS)
         hargs = (dummy, 0, 0)
         relu = False
-    _probe_step_kernel[grid](
+    args = (
         *hargs, last_token, last_token.stride(0),
         *weights,
         *state.tensors(),
@@ -478,9 +485,14 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
         *work,
         batch, d, h_ready, h_skip, n_h_tiles, n_b_tiles, params.force.shape[1], spec.eos_ids.numel(),
         spec.is_boundary.numel(), spec.open_ids.numel(), spec.close_ids.numel(),
+    )
+    meta = dict(
         HAS_PROBE=use_probe, RELU=relu,
         BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_R=block_r, D_CHUNK=d_chunk, N_D_SPLITS=n_d_splits,
         # tf32x3 runs on tensor cores at fp32-level accuracy; the interpreter computes in plain fp32
         DOT_PRECISION="ieee" if interp else "tf32x3",
         num_warps=4,
     )
+    stages = ((1, grid), (2, (1, 1, 1))) if (split and use_probe) else ((0, grid),)
+    for stage, stage_grid in stages:
+        _probe_step_kernel[stage_grid](*args, STAGE=stage, **meta)

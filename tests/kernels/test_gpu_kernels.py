@@ -76,10 +76,11 @@ def test_logit_stats_cuda_matches_reference(B, V, dtype, atol, rtol):
             torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name), atol=atol, rtol=rtol, equal_nan=True)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["fused", "two-launches"])
 @pytest.mark.parametrize("B, D, H", [(1, 256, 16), (8, 1024, 64), (64, 4096, 256)], ids=lambda v: str(v))
-def test_probe_step_graph_replay_matches_reference(B, D, H):
+def test_probe_step_graph_replay_matches_reference(B, D, H, split):
     """Capture one step in a CUDA graph, replay it over a scripted run (mixed per-row policies, one row restarted
-    mid-run), compare with the reference each step."""
+    mid-run), compare with the reference each step; the fused launch and the two-launch design alike."""
     from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 
     gen = torch.Generator().manual_seed(B * D)
@@ -98,12 +99,12 @@ def test_probe_step_graph_replay_matches_reference(B, D, H):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        probe_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda)
+        probe_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda, split=split)
     torch.cuda.current_stream().wait_stream(side)
     state.copy_(initial)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        probe_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda)
+        probe_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda, split=split)
 
     streams = TokenStreams(B, vocab, spec, gen)
     tok = torch.zeros(B, dtype=torch.int64)

@@ -57,7 +57,7 @@ DTYPES = [
 SHAPES = [(1, 64, 1), (5, 64, 1), (3, 100, 16), (63, 257, 40), (500, 33, 20)]
 
 
-def _triton_step(hidden, tok, state, params, spec):
+def _triton_step(hidden, tok, state, params, spec, split=False):
     from adaptive_think.kernels.probe_step import triton_kernel
 
     # the partials must all be rewritten by the launch that reads them (skip partials only at step 0)
@@ -65,7 +65,7 @@ def _triton_step(hidden, tok, state, params, spec):
     if ws is not None:
         ws.spart.fill_(float("nan"))
         ws.zpart.fill_(float("nan"))
-    triton_kernel.probe_step_triton(hidden, tok, state, params, spec)
+    triton_kernel.probe_step_triton(hidden, tok, state, params, spec, split=split)
     ws = getattr(state, triton_kernel._WORKSPACE_ATTR, None)
     if ws is not None:  # every launch leaves its tickets at 0 for the next one
         assert int(ws.count) == 0 and not ws.gcount.any()
@@ -97,6 +97,26 @@ def test_one_step_matches_reference(step, B, D, H, dtype, atol, rtol):
     assert torch.isnan(state.score[~probe_rows]).all()  # only probe rows score
     if B > 2 and probe_rows[1]:  # the NaN row scores NaN, the inf rows do not crash
         assert torch.isnan(state.score[1])
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("B, D, H", [(1, 64, 1), (63, 257, 40)], ids=["B1-D64-H1", "B63-D257-H40"])
+@pytest.mark.parametrize("step", [0, None], ids=["step0", "mixed-steps"])
+def test_two_launches_match_the_reference(step, B, D, H):
+    """The split design (heads, then the state machine in a second launch) computes the same step."""
+    gen = torch.Generator().manual_seed(B + D + H + (step or 3))
+    probe = random_probe(D, H, gen, relu=H > 1)
+    spec = random_spec(gen, 50, probe)
+    params = random_params(gen, B, 50, spec)
+    params.floats[1].fill_(0.5)
+    params.ints[3].fill_(1)
+    state = random_state(B, gen, spec, params, step)
+    hidden = random_hidden(B, D, torch.bfloat16, gen)
+    tok = torch.randint(0, 50, (B,), generator=gen)
+    want = state.clone()
+    probe_step_reference(hidden, tok, want, params, spec)
+    _triton_step(hidden, tok, state, params, spec, split=True)
+    assert_states_equal(state, want, 2e-5, 2e-5, where=f"split B{B}-D{D}-H{H}")
 
 
 @pytest.mark.kernels
