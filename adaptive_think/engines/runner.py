@@ -5,7 +5,9 @@ only as many cache slots as the sequences can have reached: the runner keeps one
 *attention tier* (64, 128, 256, ... up to the cache length, all sharing the cache, the buffers and one
 graph memory pool) and the host, which knows how many steps it launched, replays the smallest tier that
 covers the next segment. A step so costs in proportion to the real length, not to the cache length.
-Compiled modes ("compile", "reduce-overhead") keep a single tier: each tier would compile again.
+Compiled modes ("compile", "reduce-overhead") keep a single tier: each tier would compile again. Eager
+mode (the CPU's) captures nothing, so its tiers are every EAGER_TIER_STEP slots: attention there costs what
+the real length costs, within 16 slots.
 With a mask, transformers' sdpa path (5.17) still expands grouped K/V heads (`repeat_kv`) before attention:
 that copy now covers the tier's slots, not the whole cache.
 """
@@ -25,6 +27,7 @@ from adaptive_think.controller.state import ControllerSpec, ProbeTensors
 from adaptive_think.engines.capture import LayerCapture
 
 MIN_TIER = 64
+EAGER_TIER_STEP = 16  # eager steps capture nothing: a tier is free, so they come every 16 slots
 WARMUP_STEPS = 4  # decode steps a runner takes before its first capture (1 eager + 3 on the side stream)
 COMPILED = ("compile", "reduce-overhead")
 
@@ -55,10 +58,13 @@ def sample(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0, top_
 
 
 def attention_tiers(length: int, graph_mode: str, cache: StaticCache) -> list[int]:
-    """Cache lengths a step may attend to: powers of two from MIN_TIER, then `length` itself."""
+    """Cache lengths a step may attend to: powers of two from MIN_TIER (every EAGER_TIER_STEP slots in eager
+    mode), then `length` itself."""
     plain = all(type(layer) is StaticLayer for layer in getattr(cache, "layers", ()))
     if graph_mode in COMPILED or not plain:  # a sliding-window layer returns its own window: no slicing
         return [length]
+    if graph_mode == "eager":
+        return list(range(EAGER_TIER_STEP, length, EAGER_TIER_STEP)) + [length]
     tiers, size = [], MIN_TIER
     while size < length:
         tiers.append(size)
