@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import torch
@@ -122,8 +123,23 @@ class AdaptiveThinker:
             vocab_size=self.vocab_size,
             device=self.model.device,
             impl=self.impl,
-            decoding=self.decoding(kwargs or {}),
+            decoding=self._checked_decoding(kwargs or {}, uses_probe),
         )
+
+    def _checked_decoding(self, kwargs: dict, uses_probe: bool) -> str:
+        """`decoding(kwargs)`, warning when probe rows sample with settings the probe was not calibrated under."""
+        mode = self.decoding(kwargs)
+        calibrated = [c.get("sampling") for c in (self.probe.provenance.get("collections") or [])
+                      if c.get("decoding") == "sampled"] if (uses_probe and self.probe is not None) else []
+        if mode == "sampled" and calibrated:
+            gen_cfg = kwargs.get("generation_config")
+            now = {k: float(resolve(k, kwargs.get(k), gen_cfg, self.model)) for k in ("temperature", "top_p")}
+            if not any(all(float(c.get(k, 1.0)) == v for k, v in now.items()) for c in calibrated):
+                warnings.warn(f"this call samples with {now}, but the probe's sampled thresholds were calibrated "
+                              f"under {calibrated[0]}: its accuracy-loss promise is not calibrated for these settings. "
+                              "Collect a sampled collection with them and retrain, or sample as calibrated.",
+                              stacklevel=4)
+        return mode
 
     def decoding(self, kwargs: dict) -> str:
         """"sampled" when a generate(**kwargs) call samples (its do_sample, else its or the model's

@@ -2,6 +2,7 @@
 `ThinkConfig(effort=...)`, its errors, and the default rung that meets the 0.5-point promise."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -168,3 +169,22 @@ def test_a_greedy_only_rung_warns_under_sampling(model_tok):
     bad = {**Rung("x", 0.1, 0.1, 0.5, 0.5).to_dict(), "thresholds_by_decoding": {"beam": {"ready": 1, "skip": 1}}}
     with pytest.raises(ValueError, match="ladder rung is malformed.*beam"):
         Rung.from_dict(bad)
+
+
+def test_sampling_unlike_the_calibration_warns(model_tok):
+    model, tok = model_tok
+    probe = Probe.random_for(model, width=4)
+    probe.set_ladder(SPLIT, "split")
+    probe.provenance["collections"] = [{"decoding": "greedy", "sampling": {}},
+                                       {"decoding": "sampled", "sampling": {"do_sample": True, "temperature": 0.6,
+                                                                            "top_p": 0.95}}]
+    thinker = AdaptiveThinker(model, tok, probe=probe)
+    batch = tok([tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                         tokenize=False)], return_tensors="pt", add_special_tokens=False)
+    think = ThinkConfig(policy="probe", stop_at_boundary=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as calibrated, or greedy: no warning
+        thinker.generate(**batch, max_new_tokens=3, think=think, do_sample=True, temperature=0.6, top_p=0.95)
+        thinker.generate(**batch, max_new_tokens=3, think=think, do_sample=False)
+    with pytest.warns(UserWarning, match="not calibrated for these settings"):
+        thinker.generate(**batch, max_new_tokens=3, think=think, do_sample=True, temperature=1.0)
