@@ -11,6 +11,11 @@ POLICIES = ("full", "none", "budget", "probe")
 DECODINGS = ("greedy", "sampled")
 
 
+def decoding_of(sampling: dict | None) -> str:
+    """"sampled" or "greedy": the decoding mode of generate() kwargs, or of a collection's `sampling` setting."""
+    return "sampled" if sampling and sampling.get("do_sample") else "greedy"
+
+
 @dataclass(frozen=True)
 class ThinkConfig:
     """Thinking policy of one row (or, given alone, of every row of a generate() call).

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from adaptive_think.config import ThinkConfig
+from adaptive_think.config import ThinkConfig, decoding_of
 from adaptive_think.controller import ThinkController, ThinkReport, boundary_mask
 from adaptive_think.engines.args import eos_token_ids, resolve
 from adaptive_think.markers import resolve_markers
@@ -145,7 +145,7 @@ class AdaptiveThinker:
         """"sampled" when a generate(**kwargs) call samples (its do_sample, else its or the model's
         generation_config), else "greedy": which calibration of the probe's thresholds its rows take."""
         sample = resolve("do_sample", kwargs.get("do_sample"), kwargs.get("generation_config"), self.model)
-        return "sampled" if sample else "greedy"
+        return decoding_of({"do_sample": sample})
 
     def _encode(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer.encode(text, add_special_tokens=False))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 
 from adaptive_think.commands.sampling_flags import add_sampling_arguments, sampling_from_args
+from adaptive_think.config import decoding_of
 
 HELP = "compare thinking policies: accuracy, thinking and forward tokens, wall-clock"
 
@@ -109,7 +110,7 @@ def run(args) -> int:
                "pareto": pareto_check(results), "pareto_rungs_only": pareto_check(results, ("effort",)),
                "oracle_share": oracle_shares(results)}
     if probe is not None:
-        mode = "sampled" if sampling.get("do_sample") else "greedy"
+        mode = decoding_of(sampling)
         with warnings.catch_warnings():  # a greedy-only rung warns once per generate() call already
             warnings.simplefilter("ignore")
             used = {r.name: r.pair(mode) for r in probe.ladder}

@@ -15,7 +15,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-DECODINGS = ("greedy", "sampled")
+from adaptive_think.config import DECODINGS
+
 # The promise of effort "high" (and of a probe's default rung): at most half an accuracy point lost.
 PROMISE = 0.005
 DEFAULT_RUNGS = ("high:0.005:0.1", "medium:0.02:0.1", "low:0.05:0.1")

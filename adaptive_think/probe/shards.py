@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from adaptive_think.config import decoding_of
 from adaptive_think.files import atomic_write
 
 INDEX_VERSION = 1
@@ -97,11 +98,6 @@ def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
     if not records:
         raise ValueError(f"The collection in {folder} holds no records yet.")
     return {k: torch.cat(v) for k, v in hidden.items()}, records, indexes[0][1]["settings"]
-
-
-def decoding_of(sampling: dict | None) -> str:
-    """"sampled" or "greedy": the decoding mode of generate() kwargs, or of a collection's `sampling` setting."""
-    return "sampled" if sampling and sampling.get("do_sample") else "greedy"
 
 
 # settings that must agree for collections to train one probe: the same model, markers and hidden states

@@ -17,7 +17,7 @@ import torch
 
 from adaptive_think.controller import boundary_mask
 from adaptive_think.integrations.vllm.architectures import base_architecture
-from adaptive_think.config import ThinkConfig
+from adaptive_think.config import ThinkConfig, decoding_of
 from adaptive_think.integrations.vllm.requests import ServingSettings, current_settings, request_config
 from adaptive_think.markers import ThinkMarkers, resolve_markers
 
@@ -125,7 +125,7 @@ def validate_request(sampling_params) -> ThinkConfig | None:
     if config.policy == "probe" and config.decoding is None:
         # the probe's thresholds calibrated for how this request decodes (vLLM samples above temperature 1e-5)
         sampled = float(getattr(sampling_params, "temperature", 0.0) or 0.0) > 1e-5
-        config = dataclasses.replace(config, decoding="sampled" if sampled else "greedy")
+        config = dataclasses.replace(config, decoding=decoding_of({"do_sample": sampled}))
     texts = (config.exit_text or "") + (getattr(config, "stop_text", None) or "")
     if len(texts) > MAX_TEXT_CHARS:
         raise ValueError(f"adaptive_think exit_text and stop_text hold {len(texts)} characters together; at most "
