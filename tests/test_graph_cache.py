@@ -36,7 +36,7 @@ def test_cache_info_lists_each_runner_with_its_kv_bytes(model):
     # qwen3 tiny: 3 layers x (K + V) x batch x 2 kv heads x slots x head_dim 8 x 4 bytes
     assert [i["kv_bytes"] for i in info] == [3 * 2 * b * 2 * L * 8 * 4 for b, L in ((3, 64), (3, 128), (2, 64))]
     assert info[0]["kv_bytes"] == kv_bytes_estimate(model, 3, 64)
-    assert info[1]["tiers"] == list(range(16, 128, 16)) + [128]  # eager mode: a tier every 16 slots
+    assert info[1]["tiers"] == []  # eager mode has no tiers: a step attends to exactly the slots written
 
 
 def test_a_larger_runner_serves_smaller_calls_and_ids_do_not_key_runners(model):

@@ -64,7 +64,7 @@ def clear_graph_cache(model=None) -> None:
 
 def cache_info(model) -> list[dict]:
     """One dict per runner `model` holds, least recently used first: batch, bucket (cache length), graph mode,
-    kv_bytes (its KV cache), attention tiers, device, dtype."""
+    kv_bytes (its KV cache), attention tiers ([] in eager mode: exact lengths), device, dtype."""
     return [{"batch": r.batch, "bucket": r.length, "graph_mode": r.graph_mode, "kv_bytes": r.kv_bytes(),
              "tiers": list(r.tiers), "device": str(r.device), "dtype": str(r.dtype)}
             for r in _RUNNERS.get(model, OrderedDict()).values()]

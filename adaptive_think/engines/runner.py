@@ -6,8 +6,8 @@ only as many cache slots as the sequences can have reached: the runner keeps one
 graph memory pool) and the host, which knows how many steps it launched, replays the smallest tier that
 covers the next segment. A step so costs in proportion to the real length, not to the cache length.
 Compiled modes ("compile", "reduce-overhead") keep a single tier: each tier would compile again. Eager
-mode (the CPU's) captures nothing, so its tiers are every EAGER_TIER_STEP slots: attention there costs what
-the real length costs, within 16 slots.
+mode (the CPU's) captures nothing, so it has no tiers: every step attends to exactly the slots written so
+far, as HF's dynamic cache does.
 With a mask, transformers' sdpa path (5.17) still expands grouped K/V heads (`repeat_kv`) before attention:
 that copy now covers the tier's slots, not the whole cache.
 """
@@ -27,7 +27,6 @@ from adaptive_think.controller.state import ControllerSpec, ProbeTensors
 from adaptive_think.engines.capture import LayerCapture
 
 MIN_TIER = 64
-EAGER_TIER_STEP = 16  # eager steps capture nothing: a tier is free, so they come every 16 slots
 WARMUP_STEPS = 4  # decode steps a runner takes before its first capture (1 eager + 3 on the side stream)
 COMPILED = ("compile", "reduce-overhead")
 
@@ -58,13 +57,13 @@ def sample(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0, top_
 
 
 def attention_tiers(length: int, graph_mode: str, cache: StaticCache) -> list[int]:
-    """Cache lengths a step may attend to: powers of two from MIN_TIER (every EAGER_TIER_STEP slots in eager
-    mode), then `length` itself."""
+    """Cache lengths a step may attend to: powers of two from MIN_TIER, then `length` itself; [] in eager mode,
+    where a step attends to exactly the slots written so far (it captures nothing, so any length is free)."""
     plain = all(type(layer) is StaticLayer for layer in getattr(cache, "layers", ()))
     if graph_mode in COMPILED or not plain:  # a sliding-window layer returns its own window: no slicing
         return [length]
     if graph_mode == "eager":
-        return list(range(EAGER_TIER_STEP, length, EAGER_TIER_STEP)) + [length]
+        return []
     tiers, size = [], MIN_TIER
     while size < length:
         tiers.append(size)
@@ -107,7 +106,7 @@ class DecodeRunner:
         self.device = dev
         self.cache = StaticCache(config=model.config, max_cache_len=length)
         self.tiers = attention_tiers(length, graph_mode, self.cache)
-        self.attend = length  # cache slots the next forward attends to (one of self.tiers)
+        self.attend = length  # cache slots the next forward attends to (one of self.tiers, any length if none)
         for layer in getattr(self.cache, "layers", ()):
             layer.update = self._limited(layer.update)
         self.cache_kw = cache_kw
@@ -206,7 +205,9 @@ class DecodeRunner:
         self.all_done.copy_(self.done.all())
 
     def _tier(self, slots: int) -> int:
-        """The smallest attention tier holding `slots` cache slots."""
+        """The smallest attention tier holding `slots` cache slots (`slots` itself without tiers)."""
+        if not self.tiers and slots <= self.length:
+            return slots
         for tier in self.tiers:
             if tier >= slots:
                 return tier
@@ -268,10 +269,12 @@ class DecodeRunner:
         tier = self._tier(self.next_slot + n)
         graph = self.graphs.get(tier)
         self.attend = tier
-        for _ in range(n):
+        for i in range(n):
             if graph is not None:
                 graph.replay()
             else:
+                if not self.tiers:  # eager: attend to exactly the slots written, this step's included
+                    self.attend = self.next_slot + i + 1
                 self._step()
         self.next_slot += n
         self.used = max(self.used, self.next_slot)
