@@ -33,6 +33,9 @@ def add_arguments(p):
                         f"probability >= 1 - DELTA (default: {' '.join(DEFAULT_RUNGS)})")
     c.add_argument("--delta", type=float, default=0.1, help="DELTA of rungs that name none")
     c.add_argument("--epsilon", type=float, default=None, help="one rung named 'custom' instead of --efforts")
+    c.add_argument("--skip-share", type=float, default=0.25,
+                   help="share of each rung's epsilon spent on skipping before early stops (default 0.25): "
+                        "easy questions then skip thinking outright; 0 orders thresholds by tokens saved per loss alone")
     c.add_argument("--val-fraction", type=float, default=0.15)
     c.add_argument("--calib-fraction", type=float, default=0.35)
 
@@ -43,7 +46,7 @@ def run(args) -> int:
     cfg = TrainConfig(seed=args.seed, width=args.width, epochs=args.epochs, lr=args.lr, epsilon=args.epsilon,
                       efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,
                       calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
-                      ready_at_boundaries=args.ready_at_boundaries)
+                      ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share)
     probe = train_probe(args.data, cfg)
     probe.save_pretrained(args.out)
     print(json.dumps({"out": args.out, "layer": probe.layer, "default_effort": probe.default_effort,

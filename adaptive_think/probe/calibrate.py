@@ -3,8 +3,9 @@
 Risk = the fraction of questions that full thinking answers correctly and the probe policy does not
 (accuracy lost against full thinking). The (ready, skip) threshold pairs are ordered into one path from
 the most conservative (never stop, never skip) to the most aggressive, on questions that are NOT
-calibration questions (`build_path`: at each step lower whichever threshold saves thinking tokens at
-the least cost in accuracy there). On the held-out calibration questions the pairs are then tested along
+calibration questions (`build_path`: first the skip threshold alone, while skipping spends at most a
+share of the rung's budget there, then at each step whichever threshold saves thinking tokens at the
+least cost in accuracy there). On the held-out calibration questions the pairs are then tested along
 that path; each rejects "risk > epsilon" when the binomial tail P(Binom(n, epsilon) <= losses) is at
 most delta; the most aggressive pair reached before the first failure is kept. The path is fixed before
 the calibration questions are seen, so the whole policy (skip and stop together) loses at most epsilon
@@ -30,9 +31,11 @@ from adaptive_think.probe.metrics import binom_cdf
 
 GRID = [round(1.0 - i / 100, 2) for i in range(0, 100)]  # 1.00, 0.99, ..., 0.01
 # the path's grid: GRID plus log-spaced steps between 0.99 and 0.9999, where a sure probe's scores crowd,
-# and half steps above 0.9
+# half steps above 0.9
+# and quarter steps above 0.95 (a ready head at a strict rung stops there)
 PATH_GRID = sorted(set(GRID) | {round(1 - 10 ** (-k / 4), 5) for k in range(9, 17)}
-                   | {round(0.9 + i / 200, 3) for i in range(20)}, reverse=True)
+                   | {round(0.9 + i / 200, 3) for i in range(20)} | {round(0.95 + i / 400, 4) for i in range(20)},
+                   reverse=True)
 NEVER = 2.0  # a threshold no probability reaches
 
 
@@ -105,11 +108,14 @@ class _Tables:
         return int((self.full & ~ok).sum()), float(tokens.sum())
 
 
-def build_path(qs, grid=PATH_GRID) -> list[tuple[float, float]]:
+def build_path(qs, grid=PATH_GRID, skip_losses: float = 0.0) -> list[tuple[float, float]]:
     """(ready, skip) pairs from (NEVER, NEVER) to (grid[-1], grid[-1]), one grid step of one threshold at a
     time: the threshold whose way down (looking at every further step) saves thinking tokens on `qs` at the
     least cost in questions lost per token saved; among ways that lose nothing, the one saving most.
 
+    skip_losses (> 0): before that, lower the skip threshold alone while skipping loses at most this many of `qs`.
+    A skip saves a short thought, so by cost per token it comes late; this first leg reserves part of a
+    rung's error budget for it, so that easy questions skip thinking outright (as a hybrid model does).
     Without questions the two thresholds move in lockstep.
     """
     if not qs:
@@ -117,6 +123,9 @@ def build_path(qs, grid=PATH_GRID) -> list[tuple[float, float]]:
     tab, last = _Tables(qs, grid), len(grid)
     at = [0, 0]
     path = [(NEVER, NEVER)]
+    while skip_losses > 0 and at[1] < last and tab.totals(0, at[1] + 1)[0] <= skip_losses:  # ready at NEVER
+        at[1] += 1
+        path.append((NEVER, grid[at[1] - 1]))
     while at != [last, last]:
         lost, tokens = tab.totals(*at)
         best = None
@@ -173,11 +182,13 @@ def min_questions(epsilon: float, delta: float) -> int:
     return n
 
 
-def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path_from=None, path=None) -> dict:
+def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path_from=None, path=None,
+              skip_share: float = 0.0) -> dict:
     """Thresholds for the ready and skip heads from the calibration questions' scores.
 
     path_from: a mask of records (never calibration ones) whose questions order the threshold pairs; None
-    (or no such records): lockstep pairs. path: an already built path (build_path), reused across rungs.
+    (or no such records): lockstep pairs. skip_share: the share of epsilon that path spends on skipping
+    first (build_path's skip_losses). path: an already built path (build_path) instead.
     Records carrying `decoding` are tested per decoding mode (see the module docstring).
     """
     if not 0 < epsilon < 1 or not 0 < delta < 1:
@@ -188,7 +199,8 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
     if path is None:
         if path_from is not None and any(a and b for a, b in zip(path_from, is_calib)):
             raise ValueError("The threshold path must come from other questions than the calibration ones.")
-        path = build_path(questions_of(records, ready, skip, path_from) if path_from is not None else [])
+        qs = questions_of(records, ready, skip, path_from) if path_from is not None else []
+        path = build_path(qs, skip_losses=skip_share * epsilon * len(qs))
     by_decoding = {}
     for mode in modes:
         qs = questions_of(records, ready, skip,

@@ -46,9 +46,14 @@ class TrainConfig:
     epsilon: float | None = None  # one rung named "custom" with this epsilon instead of `efforts`
     kinds: tuple[str, ...] = ("linear", "mlp")
     ready_at_boundaries: bool = False  # fit the ready head on step-boundary checkpoints only (where it stops)
+    # share of each rung's error budget its threshold path spends on skipping first (calibrate.build_path)
+    skip_share: float = 0.25
 
     def rungs(self) -> list[tuple[str, float, float]]:
         """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
+        if not 0 <= self.skip_share <= 1:
+            raise ValueError(f"skip_share={self.skip_share} must lie in [0, 1] (the share of a rung's epsilon "
+                             "spent on skipping first; 0 orders the path by cost per token alone).")
         specs = (f"custom:{self.epsilon}",) if self.epsilon is not None else self.efforts
         return parse_rungs(specs, self.delta)
 
@@ -217,12 +222,15 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     # scores of every record under the final probe, for calibration on the held-out questions
     ready_s, skip_s = probe.score(hidden[f"layer{layer}"])
     is_cal = [p == "calib" for p in part]
-    # the order in which threshold pairs are tested comes from the training and validation questions
+    # the order in which threshold pairs are tested comes from the training and validation questions; each
+    # rung's path first spends skip_share of its budget there on skipping (easy questions skip thinking)
     ready_l, skip_l = ready_s.tolist(), skip_s.tolist()
-    path = build_path(questions_of(records, ready_l, skip_l, [not c for c in is_cal]))
+    path_qs = questions_of(records, ready_l, skip_l, [not c for c in is_cal])
     ladder = []
     for name, eps, dlt in rungs:
+        path = build_path(path_qs, skip_losses=cfg.skip_share * eps * len(path_qs))
         result = calibrate(records, ready_l, skip_l, is_cal, eps, dlt, path=path)
+        result["skip_share"] = cfg.skip_share
         pairs = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in result["by_decoding"].items()}
         ladder.append(Rung(name, eps, dlt, result["ready_threshold"], result["skip_threshold"], result,
                            by_decoding=pairs if len(pairs) > 1 or "greedy" not in pairs else {}))

@@ -1,0 +1,65 @@
+"""The calibration path's skip leg: part of a rung's error budget goes to skipping before early stops."""
+
+import pytest
+
+from adaptive_think.probe.calibrate import NEVER, build_path, calibrate
+from adaptive_think.probe.train import TrainConfig
+
+
+def _question(skip, nothink, length, stop_score, level):
+    # one boundary checkpoint at half the thought, where a forced answer is right
+    return {"full": True, "nothink": nothink, "length": length, "level": level, "skip": skip,
+            "cps": [(length // 2, stop_score, True)]}
+
+
+def _questions():
+    easy = [_question(0.95, True, 10, 0.99, 1) for _ in range(10)]  # the no-think answer is right
+    hard = [_question(s, False, 100, 0.97, 6) for s in (0.85, 0.80, 0.5, 0.4)]  # skipping them loses them
+    return easy + hard
+
+
+def _leg(path):
+    """The pairs before the ready threshold first moves."""
+    return path[: next(i for i, (r, _) in enumerate(path) if r != NEVER)]
+
+
+def test_the_skip_leg_goes_down_while_skipping_loses_at_most_its_share():
+    qs = _questions()
+    leg = _leg(build_path(qs, skip_losses=1))
+    assert leg[0] == (NEVER, NEVER) and all(r == NEVER for r, _ in leg)
+    assert leg[-1][1] == 0.81  # at 0.81 one hard question is skipped (1 loss); at 0.80 a second one would be
+    assert _leg(build_path(qs, skip_losses=2.5))[-1][1] == 0.51  # 0.50 skips a third
+    # without a skip budget the path orders moves by tokens saved per loss alone: the ready head moves first
+    assert _leg(build_path(qs)) == [(NEVER, NEVER)]
+
+
+def test_every_pair_of_the_path_is_one_step_of_one_threshold():
+    path = build_path(_questions(), skip_losses=1)
+    assert path[-1] == (0.01, 0.01)
+    for (r0, s0), (r1, s1) in zip(path, path[1:]):
+        assert (r0 == r1) != (s0 == s1)  # exactly one threshold moves
+        assert r1 <= r0 and s1 <= s0
+
+
+def test_calibrate_spends_the_skip_share_on_its_own_path():
+    records = []
+    for i, q in enumerate(_questions() * 40):  # 560 questions: enough for epsilon 0.05 at delta 0.1
+        qid = f"q{i}"
+        base = {"qid": qid, "full_correct": q["full"], "nothink_correct": q["nothink"], "thought_len": q["length"],
+                "level": q["level"], "label": True, "boundary": True}
+        records.append({**base, "kind": 0, "pos": 0})
+        records.append({**base, "kind": 1, "pos": q["cps"][0][0]})
+    ready = [0.0 if r["kind"] == 0 else (0.99 if r["level"] == 1 else 0.97) for r in records]
+    skip = []
+    for i, r in enumerate(records):
+        skip.append(_questions()[(i // 2) % 14]["skip"])
+    path_from = [int(r["qid"][1:]) % 2 == 0 for r in records]
+    is_calib = [not p for p in path_from]
+    got = calibrate(records, ready, skip, is_calib, 0.05, 0.1, path_from=path_from, skip_share=0.5)
+    assert got["by_decoding"]["greedy"]["achieved"]["accuracy_lost"] <= 0.05
+    assert got["skip_threshold"] <= 0.95  # the easy questions skip
+
+
+def test_skip_share_must_be_a_share():
+    with pytest.raises(ValueError, match="skip_share"):
+        TrainConfig(skip_share=1.5).rungs()
