@@ -173,7 +173,8 @@ def _step_cases(name, model, tok, device, batch, args, deadline, results, skippe
     gen_kw = dict(attention_mask=mask, do_sample=False, **no_eos)
     mode = "cudagraph" if cuda else "eager"
     if phase == "interleaved":  # plain generate vs hf engine (budget) vs graph engine, timed in alternation
-        steps, reps = (48, args.reps or 7) if cuda else (16, args.reps or 9)
+        steps = args.interleaved_steps or (48 if cuda else 16)
+        reps = args.reps or (7 if cuda else 9)
         guarded("interleaved", "eager", lambda: interleaved_cases(name, model, tok, device, batch, steps, reps, add),
                 args.case_limit_s)
         return
@@ -321,6 +322,9 @@ def main(argv=None) -> dict:
     p.add_argument("--compile-limit-s", type=float, default=100.0, help="time limit of one compiled case")
     p.add_argument("--case-limit-s", type=float, default=150.0, help="time limit of one context / mixed / interleaved case")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default: 2 slow, 5 fast)")
+    p.add_argument("--interleaved-steps", type=int, default=None,
+                   help="decode steps timed per repetition of the interleaved cases (default: GPU 48, CPU 16); more "
+                        "steps spread a run's fixed noise thinner")
     p.add_argument("--check-every", type=int, default=8)
     p.add_argument("--questions", type=int, default=12)
     p.add_argument("--e2e-tokens", type=int, default=256)
