@@ -63,3 +63,48 @@ def test_calibrate_spends_the_skip_share_on_its_own_path():
 def test_skip_share_must_be_a_share():
     with pytest.raises(ValueError, match="skip_share"):
         TrainConfig(skip_share=1.5).rungs()
+
+
+def _skip_question(rng):
+    """Skip score u: the no-think answer is right with probability u. One stop checkpoint scored s, wrong
+    with probability 0.1 (1 - s). True risk of (ready t, skip v): (1 - v)^2 / 2 + v * 0.05 (1 - t)^2."""
+    u, s = rng.random(), rng.random()
+    return {"full": True, "nothink": rng.random() < u, "length": 50, "level": 0, "skip": u,
+            "cps": [(10, s, rng.random() >= 0.1 * (1 - s))]}
+
+
+def _risk(ready_t, skip_t):
+    v = min(skip_t, 1.0)
+    return (1 - v) ** 2 / 2 + v * (0.05 * (1 - ready_t) ** 2 if ready_t <= 1 else 0.0)
+
+
+def test_the_whole_policy_keeps_its_promise_with_a_skip_leg():
+    import random
+
+    from adaptive_think.probe.metrics import binom_cdf
+
+    epsilon, delta, n, trials = 0.02, 0.1, 400, 100
+    grid = [round(1 - i / 50, 2) for i in range(51)]  # coarse, to keep the test fast
+    rng = random.Random(1)
+    fails = naive_fails = 0
+    for _ in range(trials):
+        path = build_path([_skip_question(rng) for _ in range(n)], grid=grid, skip_losses=0.5 * epsilon * n)
+        assert path[1][0] == NEVER  # the walk starts on the skip leg
+        calib = [_skip_question(rng) for _ in range(n)]
+        records = []
+        for i, q in enumerate(calib):
+            base = {"qid": i, "full_correct": True, "nothink_correct": q["nothink"], "thought_len": 50,
+                    "label": q["cps"][0][2], "boundary": True}
+            records += [{**base, "kind": 0, "pos": 0}, {**base, "kind": 1, "pos": 10}]
+        ready = [0.0 if r["kind"] == 0 else calib[r["qid"]]["cps"][0][1] for r in records]
+        skip = [calib[r["qid"]]["skip"] for r in records]
+        got = calibrate(records, ready, skip, [True] * len(records), epsilon, delta, path=path)
+        fails += _risk(got["ready_threshold"], got["skip_threshold"]) > epsilon
+        # the naive rule: the most aggressive pair of the same path whose calibration loss is within epsilon
+        naive = [(r, v) for r, v in path if sum(
+            not (q["nothink"] if q["skip"] >= v else (q["cps"][0][2] or q["cps"][0][1] < r)) for q in calib) <= epsilon * n]
+        naive_fails += _risk(*naive[-1]) > epsilon
+    # each run loses more than epsilon with probability <= delta: at most the 99.9% quantile of Binomial(trials, delta)
+    limit = next(k for k in range(trials + 1) if 1 - binom_cdf(k, trials, delta) <= 1e-3)
+    assert fails <= limit
+    assert naive_fails > limit  # the check has teeth: picking the pair by its empirical loss breaks it
