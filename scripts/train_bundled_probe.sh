@@ -33,4 +33,4 @@ adaptive-think train-probe --data "$WORK/greedy" "$WORK/greedy-L2-6" "$WORK/samp
   --out "$WORK/probe" --seed 0 --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 \
   --skip-share 0.25
 cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
-adaptive-think eval --model bundled --probe bundled --n 600 --seed 20261128 --json "$WORK/eval.json"
+adaptive-think eval --model bundled --probe bundled --n 600 --seed 20261129 --json "$WORK/eval.json"
