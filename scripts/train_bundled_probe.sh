@@ -28,9 +28,10 @@ adaptive-think collect --model bundled --n 2400 --seed 16 --levels 2 3 4 5 6 --e
 # The effort ladder: each rung loses at most epsilon accuracy against full thinking with probability >= 1 - delta,
 # under greedy decoding and under sampling (Learn-then-Test on each decoding's calibration questions);
 # "high" keeps the 0.5-point promise and is the default. Each rung spends a quarter of its budget on skipping
-# first (--skip-share), so that easy questions skip thinking outright.
+# first (--skip-share), so that easy questions skip thinking outright. The ready head's loss weighs a wrong
+# checkpoint four times a right one (--neg-weight): it is used at high thresholds.
 adaptive-think train-probe --data "$WORK/greedy" "$WORK/greedy-L2-6" "$WORK/sampled" "$WORK/sampled-L2-6" \
   --out "$WORK/probe" --seed 0 --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 \
-  --skip-share 0.25
+  --skip-share 0.25 --neg-weight 4
 cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
 adaptive-think eval --model bundled --probe bundled --n 600 --seed 20261129 --json "$WORK/eval.json"

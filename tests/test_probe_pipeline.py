@@ -14,7 +14,7 @@ from adaptive_think.probe.collect import CollectConfig, collect
 from adaptive_think.probe.items import Item, load_checker, load_jsonl
 from adaptive_think.probe.metrics import auroc, binom_cdf
 from adaptive_think.probe.shards import load_collection
-from adaptive_think.probe.train import TrainConfig, split_questions, train_probe
+from adaptive_think.probe.train import TrainConfig, fit_head, split_questions, train_probe
 from tiny import make_model, make_tokenizer
 
 R1_TEMPLATE = (
@@ -117,6 +117,23 @@ def test_split_has_no_leaks():
     split = split_questions(qids, seed=1, val=0.2, calib=0.3)
     assert len(split) == 100 and sorted(set(split.values())) == ["calib", "train", "val"]
     assert split == split_questions(qids, seed=1, val=0.2, calib=0.3)
+
+
+@pytest.mark.parametrize("neg_weight", [1.0, 4.0])
+def test_negative_weight_moves_the_optimum(neg_weight):
+    # features carry no information, half the labels are positive: weighted BCE's optimum is p = 1 / (1 + w)
+    x = torch.zeros(400, 3)
+    y = torch.arange(400) % 2 == 0
+    cfg = TrainConfig(epochs=1500, lr=1e-2, weight_decay=0.0)
+    head, _ = fit_head(x, y, x[:100], y[:100], "linear", cfg, neg_weight)
+    with torch.no_grad():
+        p = torch.sigmoid(head(x[:1])).item()
+    assert p == pytest.approx(1 / (1 + neg_weight), abs=0.01)
+
+
+def test_negative_weight_must_be_positive():
+    with pytest.raises(ValueError, match="neg_weight"):
+        TrainConfig(neg_weight=0.0).rungs()
 
 
 def test_calibration_guarantee_logic():

@@ -24,6 +24,9 @@ def add_arguments(p):
     g.add_argument("--width", type=int, default=64, help="MLP hidden width")
     g.add_argument("--epochs", type=int, default=300)
     g.add_argument("--lr", type=float, default=3e-3)
+    g.add_argument("--neg-weight", type=float, default=4.0,
+                   help="ready head: loss weight of a wrong checkpoint against a right one's 1 (default 4); the head "
+                        "is used at high thresholds, where an early false positive loses the question; 1 is plain BCE")
     g.add_argument("--ready-at-boundaries", action="store_true",
                    help="fit the ready head on step-boundary checkpoints only (the only places a calibrated probe stops)")
     g.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
@@ -46,7 +49,8 @@ def run(args) -> int:
     cfg = TrainConfig(seed=args.seed, width=args.width, epochs=args.epochs, lr=args.lr, epsilon=args.epsilon,
                       efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,
                       calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
-                      ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share)
+                      ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share,
+                      neg_weight=args.neg_weight)
     probe = train_probe(args.data, cfg)
     probe.save_pretrained(args.out)
     print(json.dumps({"out": args.out, "layer": probe.layer, "default_effort": probe.default_effort,

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from adaptive_think.probe.calibrate import build_path, calibrate, questions_of
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
@@ -48,9 +49,15 @@ class TrainConfig:
     ready_at_boundaries: bool = False  # fit the ready head on step-boundary checkpoints only (where it stops)
     # share of each rung's error budget its threshold path spends on skipping first (calibrate.build_path)
     skip_share: float = 0.25
+    # ready head's loss weight of a negative (a checkpoint whose forced answer is wrong) against a positive's 1:
+    # the head is used at high thresholds, where one false positive early in a thought loses the question
+    neg_weight: float = 4.0
 
     def rungs(self) -> list[tuple[str, float, float]]:
         """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
+        if not self.neg_weight > 0:
+            raise ValueError(f"neg_weight={self.neg_weight} must be positive (the loss weight of a wrong checkpoint "
+                             "against a right one's 1; 1 is plain binary cross-entropy).")
         if not 0 <= self.skip_share <= 1:
             raise ValueError(f"skip_share={self.skip_share} must lie in [0, 1] (the share of a rung's epsilon "
                              "spent on skipping first; 0 orders the path by cost per token alone).")
@@ -99,20 +106,23 @@ class _Head(nn.Module):
         return self.fc2(torch.relu(z)).squeeze(-1) if self.fc2 is not None else z.squeeze(-1)
 
 
-def fit_head(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, kind: str, cfg: TrainConfig):
-    """Full-batch Adam on BCE; keeps the epoch with the best validation loss. Returns (head, val AUROC)."""
+def fit_head(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, kind: str, cfg: TrainConfig,
+             neg_weight: float = 1.0):
+    """Full-batch Adam on BCE, negatives weighted `neg_weight`; keeps the epoch with the best validation loss.
+    Returns (head, val AUROC)."""
     torch.manual_seed(cfg.seed)
     head = _Head(x.shape[1], cfg.width, kind)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.BCEWithLogitsLoss()
+    w, wv = (torch.where(t.bool(), 1.0, neg_weight) for t in (y, yv))
     best, best_state = float("inf"), None
     for _ in range(cfg.epochs):
         opt.zero_grad()
-        loss = loss_fn(head(x), y.float())
+        loss = F.binary_cross_entropy_with_logits(head(x), y.float(), weight=w)
         loss.backward()
         opt.step()
         with torch.no_grad():
-            vloss = loss_fn(head(xv), yv.float()).item() if len(yv) else loss.item()
+            vloss = (F.binary_cross_entropy_with_logits(head(xv), yv.float(), weight=wv).item() if len(yv)
+                     else loss.item())
         if vloss < best:
             best, best_state = vloss, {k: v.clone() for k, v in head.state_dict().items()}
     head.load_state_dict(best_state)
@@ -185,7 +195,8 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
         x = (h - mean) / std
         for k in cfg.kinds:
             fit = thought & (is_boundary if cfg.ready_at_boundaries else torch.ones_like(thought))
-            head, score = fit_head(x[fit & is_train], label[fit & is_train], x[fit & is_val], label[fit & is_val], k, cfg)
+            head, score = fit_head(x[fit & is_train], label[fit & is_train], x[fit & is_val], label[fit & is_val], k, cfg,
+                                   cfg.neg_weight)
             sweep.append({"layer": layer, "kind": k, "ready_val_auroc": round(score, 4)})
             log(f"layer {layer:3d} {k:6s} ready val AUROC {score:.4f}")
             if best is None or score > best[0]:
