@@ -93,5 +93,5 @@ def default_policies(full_think_mean: float, has_probe: bool, efforts: list[str]
     out += [f"consistency:{m}" for m in (2, 3, 4)]
     if has_probe:
         out += [f"effort:{e}" for e in efforts] + [f"stops:{e}" for e in efforts] if efforts else ["probe"]
-        out += ["router"] + [f"probe:{t}" for t in (0.1, 0.2, 0.3, 0.5, 0.65, 0.8, 0.9, 0.95, 0.97, 0.99)]
+        out += ["router"] + [f"probe:{t}" for t in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.65, 0.8, 0.9, 0.95, 0.97, 0.99)]
     return out + ["oracle"]
