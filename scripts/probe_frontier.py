@@ -65,6 +65,8 @@ def main() -> int:
     ap.add_argument("--val-fraction", type=float, default=0.15)
     ap.add_argument("--calib-fraction", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--neg-weight", type=float, default=TrainConfig.neg_weight,
+                    help="loss weight of a wrong checkpoint, as for train-probe (default %(default)s; 1 is plain BCE)")
     args = ap.parse_args()
     hidden, records, settings = load_collections(args.data)
     split = split_questions([r.get("qhash") or r["qid"] for r in records], args.seed, args.val_fraction,
@@ -81,14 +83,15 @@ def main() -> int:
         h = hidden[f"layer{layer}"]
         feats[f"layer{layer}"] = (h - h[train].mean(0)) / h[train].std(0).clamp_min(1e-4)
     feats["layers " + "+".join(map(str, settings["layers"]))] = torch.cat(list(feats.values()), -1)
-    cfg = TrainConfig(seed=args.seed)
+    cfg = TrainConfig(seed=args.seed, neg_weight=args.neg_weight)
+    cfg.rungs()  # validates neg_weight
     variants = [(name, kind, "here") for name in feats for kind in ("linear", "mlp")]
     variants.append((f"layer{settings['layers'][-1]}", "mlp", "settled"))
     rows = []
     for name, kind, which in variants:
         y = label if which == "here" else settled
         x = feats[name]
-        head, auroc = fit_head(x[train], y[train], x[val], y[val], kind, cfg)
+        head, auroc = fit_head(x[train], y[train], x[val], y[val], kind, cfg, cfg.neg_weight)
         with torch.no_grad():
             scores = torch.sigmoid(head(x)).tolist()
         got = frontier(records, scores, calib, args.min_level)
