@@ -7,7 +7,15 @@ largest share of thinking saved on questions of level >= --min-level while at mo
 (stops only, no skips), next to the oracle's share. A frontier far below the oracle's at the losses a
 rung may spend means the hidden state, not the calibration, limits the saving.
 
+With `--memory-model`, one more variant: a ready head with memory. The shipped heads read only the current
+token's state; this one also reads a running maximum, over every thought token so far, of K learned
+features of the state (score_t = MLP([x_t, max_{s<=t} (G x_s + g)])), fitted end to end on the same labels.
+A collection keeps states only at its checkpoints, so the script regenerates each question's greedy thought
+with the model (greedy collections only; a question whose thought does not come out the same length is left
+out of every variant's frontier, and counted) and reads the layer's state at every thought token.
+
     python scripts/probe_frontier.py --data runs/bundled_probe/greedy --min-level 2
+    python scripts/probe_frontier.py --data runs/greedy-s11-12 --memory-model bundled --seeds 11 12 --n 1200
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import json
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from adaptive_think.evaluation.oracle import oracle_point
 from adaptive_think.probe.calibrate import PATH_GRID, questions_of, simulate_stop
@@ -25,6 +35,7 @@ from adaptive_think.probe.shards import load_collections
 from adaptive_think.probe.train import TrainConfig, fit_head, split_questions
 
 LOSSES = (0, 1, 2, 3, 6, 12)
+NO_MEMORY = -30.0  # the running maximum's start: below any feature a trained head produces
 
 
 def settled_labels(records: list[dict], label: torch.Tensor) -> torch.Tensor:
@@ -58,6 +69,130 @@ def frontier(records, scores: list[float], calib: list[bool], min_level: int) ->
     return {"questions": len(qs), "hard_questions": len(hard), "saved_at_losses": best, "oracle_saved": 1 - oracle / full}
 
 
+class MemoryHead(nn.Module):
+    """Ready logit from the current state and a running maximum of K features of every state so far."""
+
+    def __init__(self, d: int, k: int, width: int):
+        super().__init__()
+        self.features = nn.Linear(d, k)
+        self.fc1 = nn.Linear(d + k, width)
+        self.fc2 = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [Q, T, D] normalised states of Q thoughts (padded on the right, mask [Q, T]) -> logits [Q, T]."""
+        memory = torch.cummax(self.features(x).masked_fill(~mask[..., None], NO_MEMORY), 1).values
+        return self.fc2(torch.relu(self.fc1(torch.cat([x, memory], -1)))).squeeze(-1)
+
+
+@torch.no_grad()
+def thought_states(model_path: str, items, layer: int, batch_size: int, max_new_tokens: int) -> dict[str, torch.Tensor]:
+    """qid -> [n, D] fp32: the layer's output at each of the n tokens of the question's greedy thought."""
+    from adaptive_think.engines.capture import decoder_layers
+    from adaptive_think.loading import chat_prompt, load_model_and_tokenizer
+    from adaptive_think.markers import resolve_markers
+    from adaptive_think.probe.collect import continuations
+    from adaptive_think.probe.thoughts import thought_span
+
+    model, tok = load_model_and_tokenizer(model_path, device="cpu")
+    markers = resolve_markers(tok)
+    grabbed = {}
+    hook = decoder_layers(model)[layer].register_forward_hook(
+        lambda mod, args, out: grabbed.__setitem__("h", out[0] if isinstance(out, (tuple, list)) else out))
+    states, pad = {}, tok.pad_token_id
+    try:
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            prompts = [tok.encode(chat_prompt(tok, it.question), add_special_tokens=False) for it in chunk]
+            gens = continuations(model, tok, prompts, max_new_tokens, batch_size)
+            seqs = [p + g for p, g in zip(prompts, gens)]
+            width = max(map(len, seqs))
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])  # right padding: positions as generated
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+            model(input_ids=ids, attention_mask=mask)
+            for b, it in enumerate(chunk):
+                body, close = thought_span(prompts[b], gens[b], markers)
+                if body is not None and close >= 0:
+                    start = len(prompts[b]) + body  # the state at a token is the one that has just read it
+                    states[it.id] = grabbed["h"][b, start : start + close - body].float().clone()
+            print(f"regenerated {min(i + batch_size, len(items))} of {len(items)} thoughts", flush=True)
+    finally:
+        hook.remove()
+    return states
+
+
+def memory_scores(args, records, part, settings) -> tuple[list[float], set[str], float]:
+    """(ready score per record, questions kept, best validation loss) of a memory head fitted on the train split."""
+    from adaptive_think.probe.items import bundled_items, load_jsonl, question_hash
+
+    if any(r.get("decoding", "greedy") != "greedy" for r in records):
+        raise SystemExit("--memory-model regenerates thoughts greedily: pass greedy collections only.")
+    items = load_jsonl(args.questions) if args.questions else [
+        it for seed in args.seeds for it in bundled_items(args.n, seed, args.levels)]
+    wanted = {r["qid"]: r for r in records if r["kind"] == KIND_THOUGHT}
+    items = [it for it in items if it.id in wanted and question_hash(it.question) == wanted[it.id].get("qhash", question_hash(it.question))]
+    if not items:
+        raise SystemExit("None of the collection's questions are among --seeds/--n/--levels (or --questions): "
+                         "pass the draws the collection was made from.")
+    layer = args.memory_layer if args.memory_layer is not None else settings["layers"][-1]
+    states = thought_states(args.memory_model, items, layer, args.batch_size, settings["max_new_tokens"])
+    kept = {q for q, s in states.items() if len(s) == wanted[q]["thought_len"]}
+    print(f"memory head: {len(kept)} of {len(wanted)} collected thoughts regenerated at the same length; the rest are left "
+          "out of every variant's frontier", flush=True)
+    split_of = {r["qid"]: p for r, p in zip(records, part)}
+    groups = {p: sorted(q for q in kept if split_of[q] == p) for p in ("train", "val", "calib")}
+    stack = torch.cat([states[q] for q in groups["train"]])
+    mean, std = stack.mean(0), stack.std(0).clamp_min(1e-4)  # the train split's, as for the other heads
+    by_q = defaultdict(list)
+    for i, r in enumerate(records):
+        if r["kind"] == KIND_THOUGHT and r["qid"] in kept:
+            by_q[r["qid"]].append(i)
+
+    def batch(qids):
+        n = max(len(states[q]) for q in qids)
+        x = torch.zeros(len(qids), n, stack.shape[1])
+        mask = torch.zeros(len(qids), n, dtype=torch.bool)
+        y, w = torch.zeros(len(qids), n), torch.zeros(len(qids), n)
+        for j, q in enumerate(qids):
+            s = states[q]
+            x[j, : len(s)], mask[j, : len(s)] = (s - mean) / std, True
+            for i in by_q[q]:
+                t = records[i]["pos"] - 1  # pos counts thought tokens read
+                y[j, t] = float(bool(records[i]["label"]))
+                w[j, t] = 1.0 if records[i]["label"] else args.neg_weight
+        return x, mask, y, w
+
+    train, val, every = batch(groups["train"]), batch(groups["val"]), sorted(kept)
+    cfg = TrainConfig(seed=args.seed)
+    torch.manual_seed(cfg.seed)
+    head = MemoryHead(stack.shape[1], args.memory_size, cfg.width)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def loss_of(b):
+        x, mask, y, w = b
+        return (F.binary_cross_entropy_with_logits(head(x, mask), y, reduction="none") * w).sum() / w.sum()
+
+    best, best_state = float("inf"), None
+    for _ in range(cfg.epochs):
+        opt.zero_grad()
+        loss_of(train).backward()
+        opt.step()
+        with torch.no_grad():
+            v = loss_of(val).item()
+        if v < best:
+            best, best_state = v, {k: t.clone() for k, t in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    scores = [float("nan")] * len(records)
+    with torch.no_grad():
+        for lo in range(0, len(every), 256):
+            qids = every[lo : lo + 256]
+            x, mask, _, _ = batch(qids)
+            s = torch.sigmoid(head(x, mask))
+            for j, q in enumerate(qids):
+                for i in by_q[q]:
+                    scores[i] = s[j, records[i]["pos"] - 1].item()
+    return scores, kept, best
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", required=True, help="collection folder(s), as for train-probe")
@@ -67,7 +202,19 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--neg-weight", type=float, default=TrainConfig.neg_weight,
                     help="loss weight of a wrong checkpoint, as for train-probe (default %(default)s; 1 is plain BCE)")
+    mem = ap.add_argument_group("ready head with memory (regenerates greedy thoughts)")
+    mem.add_argument("--memory-model", default=None, help="the collection's model (a folder or `bundled`)")
+    mem.add_argument("--memory-size", type=int, default=8, help="K, the remembered features")
+    mem.add_argument("--memory-layer", type=int, default=None, help="default: the last collected layer")
+    mem.add_argument("--questions", default=None, help="JSONL the collection was made from (else bundled draws)")
+    mem.add_argument("--seeds", type=int, nargs="+", default=[11], help="seeds of the bundled draws collected")
+    mem.add_argument("--n", type=int, default=1000, help="questions per bundled draw, as given to collect")
+    mem.add_argument("--levels", type=int, nargs="+", default=None, help="levels of the bundled draws, as collected")
+    mem.add_argument("--batch-size", type=int, default=64)
+    mem.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args()
+    if args.memory_size < 1:
+        ap.error(f"--memory-size must be at least 1, got {args.memory_size}")
     hidden, records, settings = load_collections(args.data)
     split = split_questions([r.get("qhash") or r["qid"] for r in records], args.seed, args.val_fraction,
                             args.calib_fraction)
@@ -76,6 +223,9 @@ def main() -> int:
     train = thought & torch.tensor([p == "train" for p in part])
     val = thought & torch.tensor([p == "val" for p in part])
     calib = [p == "calib" for p in part]
+    if args.memory_model:
+        memory, kept, _ = memory_scores(args, records, part, settings)
+        calib = [c and r["qid"] in kept for c, r in zip(calib, records)]
     label = torch.tensor([bool(r["label"]) for r in records])
     settled = settled_labels(records, label)
     feats = {}
@@ -99,7 +249,18 @@ def main() -> int:
         at = " ".join(f"L{k}:{v:.3f}" for k, v in got["saved_at_losses"].items())
         print(f"{name:14s} {kind:6s} label {which:7s} AUROC {auroc:.3f} | saved on level >= {args.min_level} at <= L "
               f"lost of {got['questions']}: {at} | oracle {got['oracle_saved']:.3f}", flush=True)
+    if args.memory_model:
+        got = frontier(records, memory, calib, args.min_level)
+        name = f"layer{args.memory_layer if args.memory_layer is not None else settings['layers'][-1]}+memory{args.memory_size}"
+        rows.append({"features": name, "kind": "mlp", "label": "here", **got})
+        at = " ".join(f"L{k}:{v:.3f}" for k, v in got["saved_at_losses"].items())
+        print(f"{name:14s} mlp    label here    (memory)     | saved on level >= {args.min_level} at <= L lost of "
+              f"{got['questions']}: {at} | oracle {got['oracle_saved']:.3f}", flush=True)
     print(json.dumps(rows))
+    if args.json:
+        from adaptive_think.files import atomic_write
+        text = json.dumps(rows, indent=1) + "\n"
+        atomic_write(args.json, lambda p: open(p, "w").write(text))
     return 0
 
 
