@@ -7,14 +7,16 @@ largest share of thinking saved on questions of level >= --min-level while at mo
 (stops only, no skips), next to the oracle's share. A frontier far below the oracle's at the losses a
 rung may spend means the hidden state, not the calibration, limits the saving.
 
-With `--memory-model`, one more variant: a ready head with memory. The shipped heads read only the current
+With `--memory`, one more variant: a ready head with memory. The shipped heads read only the current
 token's state; this one also reads a running maximum, over every thought token so far, of K learned
 features of the state (score_t = MLP([x_t, max_{s<=t} (G x_s + g)])), fitted end to end on the same labels.
-A collection keeps states only at its checkpoints, so the script regenerates each question's greedy thought
-with the model (greedy collections only; a question whose thought does not come out the same length is left
-out of every variant's frontier, and counted) and reads the layer's state at every thought token.
+It needs the layer's state at every thought token: a collection made with `collect --token-states` holds
+them (any decoding); for a greedy one made without, `--memory-model` regenerates each question's thought
+(a question whose thought does not come out the same length is left out of every variant's frontier, and
+counted).
 
     python scripts/probe_frontier.py --data runs/bundled_probe/greedy --min-level 2
+    python scripts/probe_frontier.py --data runs/with-token-states --memory
     python scripts/probe_frontier.py --data runs/greedy-s11-12 --memory-model bundled --seeds 11 12 --n 1200
 """
 
@@ -120,32 +122,49 @@ def thought_states(model_path: str, items, layer: int, batch_size: int, max_new_
     return states
 
 
-def memory_scores(args, records, part, settings) -> tuple[list[float], set[str], float]:
-    """(ready score per record, questions kept, best validation loss) of a memory head fitted on the train split."""
-    from adaptive_think.probe.items import bundled_items, load_jsonl, question_hash
+def memory_scores(args, hidden, records, part, settings) -> tuple[list[float], set, float]:
+    """(ready score per record, questions kept, best validation loss) of a memory head fitted on the train split.
 
-    if any(r.get("decoding", "greedy") != "greedy" for r in records):
-        raise SystemExit("--memory-model regenerates thoughts greedily: pass greedy collections only.")
-    items = load_jsonl(args.questions) if args.questions else [
-        it for seed in args.seeds for it in bundled_items(args.n, seed, args.levels)]
-    wanted = {r["qid"]: r for r in records if r["kind"] == KIND_THOUGHT}
-    items = [it for it in items if it.id in wanted and question_hash(it.question) == wanted[it.id].get("qhash", question_hash(it.question))]
-    if not items:
-        raise SystemExit("None of the collection's questions are among --seeds/--n/--levels (or --questions): "
-                         "pass the draws the collection was made from.")
+    Thought-token states come from the collection (`collect --token-states`) or, for greedy collections made
+    without them, from regenerating the thoughts with `--memory-model`.
+    """
+    from adaptive_think.probe.items import bundled_items, load_jsonl, question_hash
+    from adaptive_think.probe.shards import THOUGHT_PREFIX
+
     layer = args.memory_layer if args.memory_layer is not None else settings["layers"][-1]
-    states = thought_states(args.memory_model, items, layer, args.batch_size, settings["max_new_tokens"])
-    kept = {q for q, s in states.items() if len(s) == wanted[q]["thought_len"]}
-    print(f"memory head: {len(kept)} of {len(wanted)} collected thoughts regenerated at the same length; the rest are left "
+    key = f"{THOUGHT_PREFIX}{layer}"
+    qkey = lambda r: (r.get("decoding", "greedy"), r["qid"])  # noqa: E731 - one question per draw and decoding
+    wanted = {qkey(r): r for r in records if r["kind"] == 0}
+    if key in hidden and all("thought_states" in r for r in wanted.values()):
+        states = {q: hidden[key][r["thought_start"] : r["thought_start"] + r["thought_states"]].float()
+                  for q, r in wanted.items()}
+    elif args.memory_model is None:
+        raise SystemExit(f"--memory needs every question's thought-token states ({key}): collect with --token-states, "
+                         "or give --memory-model to regenerate greedy thoughts.")
+    else:
+        if any(r.get("decoding", "greedy") != "greedy" for r in records):
+            raise SystemExit("--memory-model regenerates thoughts greedily: pass greedy collections only (or collect "
+                             "with --token-states).")
+        items = load_jsonl(args.questions) if args.questions else [
+            it for seed in args.seeds for it in bundled_items(args.n, seed, args.levels)]
+        items = [it for it in items if ("greedy", it.id) in wanted
+                 and question_hash(it.question) == wanted["greedy", it.id].get("qhash", question_hash(it.question))]
+        if not items:
+            raise SystemExit("None of the collection's questions are among --seeds/--n/--levels (or --questions): "
+                             "pass the draws the collection was made from.")
+        regenerated = thought_states(args.memory_model, items, layer, args.batch_size, settings["max_new_tokens"])
+        states = {("greedy", q): s for q, s in regenerated.items()}
+    kept = {q for q, s in states.items() if len(s) == wanted[q]["thought_len"] and wanted[q]["thought_len"] > 0}
+    print(f"memory head: {len(kept)} of {len(wanted)} thoughts have a state for every token; the rest are left "
           "out of every variant's frontier", flush=True)
-    split_of = {r["qid"]: p for r, p in zip(records, part)}
+    split_of = {qkey(r): p for r, p in zip(records, part)}
     groups = {p: sorted(q for q in kept if split_of[q] == p) for p in ("train", "val", "calib")}
     stack = torch.cat([states[q] for q in groups["train"]])
     mean, std = stack.mean(0), stack.std(0).clamp_min(1e-4)  # the train split's, as for the other heads
     by_q = defaultdict(list)
     for i, r in enumerate(records):
-        if r["kind"] == KIND_THOUGHT and r["qid"] in kept:
-            by_q[r["qid"]].append(i)
+        if r["kind"] == KIND_THOUGHT and qkey(r) in kept:
+            by_q[qkey(r)].append(i)
 
     def batch(qids):
         n = max(len(states[q]) for q in qids)
@@ -202,8 +221,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--neg-weight", type=float, default=TrainConfig.neg_weight,
                     help="loss weight of a wrong checkpoint, as for train-probe (default %(default)s; 1 is plain BCE)")
-    mem = ap.add_argument_group("ready head with memory (regenerates greedy thoughts)")
-    mem.add_argument("--memory-model", default=None, help="the collection's model (a folder or `bundled`)")
+    mem = ap.add_argument_group("ready head with memory")
+    mem.add_argument("--memory", action="store_true", help="add the memory variant (needs thought-token states)")
+    mem.add_argument("--memory-model", default=None,
+                     help="regenerate greedy thoughts with this model (a folder or `bundled`) when the collection "
+                          "has no token states")
     mem.add_argument("--memory-size", type=int, default=8, help="K, the remembered features")
     mem.add_argument("--memory-layer", type=int, default=None, help="default: the last collected layer")
     mem.add_argument("--questions", default=None, help="JSONL the collection was made from (else bundled draws)")
@@ -213,6 +235,7 @@ def main() -> int:
     mem.add_argument("--batch-size", type=int, default=64)
     mem.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args()
+    args.memory = args.memory or args.memory_model is not None
     if args.memory_size < 1:
         ap.error(f"--memory-size must be at least 1, got {args.memory_size}")
     hidden, records, settings = load_collections(args.data)
@@ -223,9 +246,9 @@ def main() -> int:
     train = thought & torch.tensor([p == "train" for p in part])
     val = thought & torch.tensor([p == "val" for p in part])
     calib = [p == "calib" for p in part]
-    if args.memory_model:
-        memory, kept, _ = memory_scores(args, records, part, settings)
-        calib = [c and r["qid"] in kept for c, r in zip(calib, records)]
+    if args.memory:
+        memory, kept, _ = memory_scores(args, hidden, records, part, settings)
+        calib = [c and (r.get("decoding", "greedy"), r["qid"]) in kept for c, r in zip(calib, records)]
     label = torch.tensor([bool(r["label"]) for r in records])
     settled = settled_labels(records, label)
     feats = {}
@@ -249,7 +272,7 @@ def main() -> int:
         at = " ".join(f"L{k}:{v:.3f}" for k, v in got["saved_at_losses"].items())
         print(f"{name:14s} {kind:6s} label {which:7s} AUROC {auroc:.3f} | saved on level >= {args.min_level} at <= L "
               f"lost of {got['questions']}: {at} | oracle {got['oracle_saved']:.3f}", flush=True)
-    if args.memory_model:
+    if args.memory:
         got = frontier(records, memory, calib, args.min_level)
         name = f"layer{args.memory_layer if args.memory_layer is not None else settings['layers'][-1]}+memory{args.memory_size}"
         rows.append({"features": name, "kind": "mlp", "label": "here", **got})

@@ -1,6 +1,7 @@
 """The probe pipeline on a tiny model: collect (shards, resume), train (layer sweep), calibrate, the
 probe file (round trip, mismatched model, corrupt files), JSONL questions, the probe policy."""
 
+import dataclasses
 import json
 
 import pytest
@@ -13,7 +14,7 @@ from adaptive_think.probe.calibrate import calibrate
 from adaptive_think.probe.collect import CollectConfig, collect
 from adaptive_think.probe.items import Item, load_checker, load_jsonl
 from adaptive_think.probe.metrics import auroc, binom_cdf
-from adaptive_think.probe.shards import load_collection
+from adaptive_think.probe.shards import load_collection, load_collections
 from adaptive_think.probe.train import TrainConfig, fit_head, split_questions, train_probe
 from tiny import make_model, make_tokenizer
 
@@ -208,3 +209,26 @@ def test_ranks_split_questions_and_merge(setup, tmp_path):
     _, records, _ = load_collection(tmp_path)
     prompts = sorted(r["qid"] for r in records if r["kind"] == 0)
     assert prompts == sorted(it.id for it in items[:8])
+
+
+def test_token_states_are_the_checkpoint_states_of_every_thought_token(setup, tmp_path):
+    tok, model, items = setup
+    cfg = dataclasses.replace(CFG, token_states=True)
+    a, b = tmp_path / "a", tmp_path / "b"
+    collect(model, tok, items[:8], a, checker, cfg, progress=False)  # two shards each
+    collect(model, tok, items[8:16], b, checker, cfg, progress=False)
+    hidden, records, _ = load_collections([a, b])
+    assert hidden["thought_layer1"].shape[0] == sum(r.get("thought_states", 0) for r in records) > 0
+    start = {r["qid"]: (r["thought_start"], r["thought_states"]) for r in records if r["kind"] == 0}
+    checked = 0
+    for i, r in enumerate(records):
+        if r["kind"] != 1:
+            continue
+        first, n = start[r["qid"]]
+        assert r["pos"] <= n  # every checkpoint's token has its state kept
+        for layer in (1, 2):  # the checkpoint row is the thought row of the token it has just read
+            assert torch.equal(hidden[f"thought_layer{layer}"][first + r["pos"] - 1], hidden[f"layer{layer}"][i])
+        checked += 1
+    assert checked > 20
+    with pytest.raises(ValueError, match="token_states"):  # a resumed run must keep the setting
+        collect(model, tok, items[:10], a, checker, CFG, progress=False)

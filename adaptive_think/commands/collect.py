@@ -37,6 +37,8 @@ def add_arguments(p):
     out.add_argument("--layers", type=int, nargs="*", default=None, help="candidate layers (default: spread)")
     out.add_argument("--every", type=int, default=8,
                      help="checkpoint every k thought tokens, besides step boundaries (0: step boundaries only)")
+    out.add_argument("--token-states", action="store_true",
+                     help="also keep every thought token's hidden state (for a head with memory; about 3x the disk)")
     out.add_argument("--batch-size", type=int, default=32)
     out.add_argument("--max-new-tokens", type=int, default=COLLECT_DEFAULTS["max_new_tokens"])
     out.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"])
@@ -81,7 +83,7 @@ def config_from_args(args):
                          exit_text=args.exit_text.encode().decode("unicode_escape"),
                          shard_questions=args.shard_questions, fail_fast=args.fail_fast,
                          sampling=sampling if sampling.get("do_sample") else {},
-                         sampling_seed=args.sampling_seed)
+                         sampling_seed=args.sampling_seed, token_states=args.token_states)
 
 
 def doctor_command(args) -> str:

@@ -34,7 +34,8 @@ from adaptive_think.markers import ThinkMarkers, resolve_markers
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.items import Item, question_hash
 from adaptive_think.probe.probe import model_fingerprint
-from adaptive_think.probe.shards import clean_orphans, lock_path, rank_records, read_index, write_index, write_shard
+from adaptive_think.probe.shards import (THOUGHT_PREFIX, clean_orphans, lock_path, rank_records, read_index, write_index,
+                                         write_shard)
 from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
 
 OUTPUT_TAIL_CHARS = 400
@@ -62,6 +63,9 @@ class CollectConfig:
     # generate() kwargs of every generation, e.g. {"do_sample": True, "temperature": 0.6, "top_p": 0.95}; {}: greedy
     sampling: dict = field(default_factory=dict)
     sampling_seed: int = 0
+    # keep every thought token's state too (tensors `thought_layer{l}`; a question's prompt record counts its rows
+    # in `thought_states`): what a head with memory over the whole thought trains on; about 3x the disk
+    token_states: bool = False
     fail_fast: bool = True  # stop after the first batch when the data cannot train a probe (not a setting of the data)
     extra: dict = field(default_factory=dict)
 
@@ -161,7 +165,7 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
                 for it in items]
     no_think_out = continuations(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size, cfg.sampling)
 
-    records, rows, exits = [], [], []
+    records, rows, exits, thought_rows = [], [], [], []
     for b, it in enumerate(items):
         g = gen[b]
         body, close = thought_span(prompts[b], g, markers)
@@ -180,6 +184,10 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
         rows.append(steps[b, 0])
         if body is None:
             continue
+        if cfg.token_states:  # the state that has just read each thought token, as for the checkpoints below
+            kept = steps[b, body + 1 : body + 1 + max(0, min(thought_len, steps.shape[1] - 1 - body))]
+            records[-1]["thought_states"] = kept.shape[0]
+            thought_rows.append(kept)
         # the last generated token was never fed back, so it has no hidden state
         for j in range(min(thought_len, steps.shape[1] - 1 - body)):
             gi = body + j  # generated index of the j-th thought token
@@ -196,7 +204,9 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
     for (ri, _), ans in zip(exits, answers):
         text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
         records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))
-    return records, torch.stack(rows) if rows else torch.zeros(0, len(layers), steps.shape[-1])
+    empty = torch.zeros(0, len(layers), steps.shape[-1], dtype=steps.dtype)
+    thought = torch.cat(thought_rows) if thought_rows else empty
+    return records, (torch.stack(rows) if rows else empty), (thought if cfg.token_states else None)
 
 
 def collect(model, tokenizer, items: list[Item], out, checker: Callable[[str, str], bool],
@@ -241,8 +251,8 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
                     markers=[markers.open_text, markers.close_text], world=world)
     del settings["fail_fast"]  # how to react to bad data, not a property of the data
     index = read_index(out, rank)
-    if index is not None:  # collections recorded before these settings existed were greedy
-        index["settings"] = {"sampling": {}, "sampling_seed": 0, **index["settings"]}
+    if index is not None:  # collections recorded before these settings existed were greedy, without token states
+        index["settings"] = {"sampling": {}, "sampling_seed": 0, "token_states": False, **index["settings"]}
     if index is None:
         index = {"version": 1, "settings": settings, "shards": [], "done": []}
     elif index["settings"] != settings:
@@ -257,22 +267,25 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
                disable=not progress)
     who = f"collect (rank {rank}/{world})" if world > 1 else "collect"
     t0 = time.time()
-    pending_recs, pending_hidden, pending_ids = [], [], []
+    pending_recs, pending_hidden, pending_thought, pending_ids = [], [], [], []
 
     def flush():
         if not pending_ids:
             return
         hidden = torch.cat(pending_hidden)  # [N, L, D]
-        name = write_shard(out, rank, len(index["shards"]), {f"layer{l}": hidden[:, i] for i, l in enumerate(layers)},
-                           pending_recs)
+        tensors = {f"layer{l}": hidden[:, i] for i, l in enumerate(layers)}
+        if cfg.token_states:
+            thought = torch.cat(pending_thought)  # [sum of thought_states, L, D]
+            tensors.update({f"{THOUGHT_PREFIX}{l}": thought[:, i] for i, l in enumerate(layers)})
+        name = write_shard(out, rank, len(index["shards"]), tensors, pending_recs)
         index["shards"].append(name)
         index["done"].extend(pending_ids)
         write_index(out, rank, index)
-        pending_recs.clear(), pending_hidden.clear(), pending_ids.clear()
+        pending_recs.clear(), pending_hidden.clear(), pending_thought.clear(), pending_ids.clear()
 
     for i in range(0, len(todo), cfg.batch_size):
         batch = todo[i : i + cfg.batch_size]
-        recs, hidden = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary)
+        recs, hidden, thought = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary)
         if i == 0:  # a resumed run judges this batch together with what it collected before
             first = summarise(rank_records(out, index) + recs)
             log(f"{who}, first batch: {format_summary(first)}")
@@ -280,6 +293,8 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
                 _check(first, f"collect stopped after its first {first['questions']} questions", markers, cfg,
                        doctor, next(r["output_tail"] for r in recs if r["kind"] == KIND_PROMPT))
         pending_recs.extend(recs), pending_hidden.append(hidden), pending_ids.extend(it.id for it in batch)
+        if thought is not None:
+            pending_thought.append(thought)
         bar.update(len(batch))
         if len(pending_ids) >= cfg.shard_questions:
             flush()

@@ -21,6 +21,8 @@ from adaptive_think.config import decoding_of
 from adaptive_think.files import atomic_write
 
 INDEX_VERSION = 1
+# tensors of every thought token's state (`collect --token-states`), apart from the checkpoint rows `layer{l}`
+THOUGHT_PREFIX = "thought_layer"
 
 
 def index_path(folder: Path, rank: int) -> Path:
@@ -82,8 +84,24 @@ def load_records(folder) -> list[dict]:
     return [r for _, index in _read_indexes(folder) for r in rank_records(folder, index)]
 
 
+def _number_thought_rows(records: list[dict], rows: int, start: int, where) -> None:
+    """Give each prompt record that counts `thought_states` its first row, `thought_start`, from `start` on."""
+    at = start
+    for r in records:
+        if r.get("thought_states") is not None:
+            r["thought_start"] = at
+            at += r["thought_states"]
+    if at - start != rows:
+        raise ValueError(f"{where}: its records count {at - start} thought-token states but its tensors hold {rows}; "
+                         "the collection is corrupt (delete the folder to start over).")
+
+
 def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
-    """All shards named by every rank's index: ({"layer{l}": [N, D] fp32}, records [N], settings)."""
+    """All shards named by every rank's index: ({"layer{l}": [N, D] fp32}, records [N], settings).
+
+    A collection made with token states also holds {"thought_layer{l}": [M, D]}: the `thought_states` rows of a
+    question's thought tokens start at its prompt record's `thought_start`.
+    """
     folder = Path(folder)
     indexes = _read_indexes(folder)
     hidden: dict[str, list[torch.Tensor]] = {}
@@ -92,6 +110,10 @@ def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
         for name in index["shards"]:
             tensors = load_file(str(folder / f"{name}.safetensors"))
             recs = json.loads((folder / f"{name}.json").read_text())
+            thought = [k for k in tensors if k.startswith(THOUGHT_PREFIX)]
+            if thought or any("thought_states" in r for r in recs):
+                done = sum(len(v) for v in hidden.get(thought[0], [])) if thought else 0
+                _number_thought_rows(recs, tensors[thought[0]].shape[0] if thought else 0, done, folder / name)
             for k, v in tensors.items():
                 hidden.setdefault(k, []).append(v.float())
             records.extend(recs)
@@ -120,6 +142,10 @@ def load_collections(folders) -> tuple[dict[str, torch.Tensor], list[dict], dict
     first, summaries, seen = None, [], {}
     for i, folder in enumerate(folders):
         h, recs, settings = load_collection(folder)
+        before = next((sum(len(v) for v in vs) for k, vs in hidden.items() if k.startswith(THOUGHT_PREFIX)), 0)
+        for r in recs:  # thought rows of earlier folders come first in the merged tensors
+            if "thought_start" in r:
+                r["thought_start"] += before
         settings = {"sampling": {}, **settings}  # collections made before sampling existed were greedy
         mode = decoding_of(settings["sampling"])
         if first is None:
