@@ -27,17 +27,15 @@ import json
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from adaptive_think.evaluation.oracle import oracle_point
 from adaptive_think.probe.calibrate import PATH_GRID, questions_of, simulate_stop
 from adaptive_think.probe.health import KIND_THOUGHT
+from adaptive_think.probe.memory import ThoughtSet, checkpoint_scores, fit_memory_head, question_key
 from adaptive_think.probe.shards import load_collections
 from adaptive_think.probe.train import TrainConfig, fit_head, split_questions
 
 LOSSES = (0, 1, 2, 3, 6, 12)
-NO_MEMORY = -30.0  # the running maximum's start: below any feature a trained head produces
 
 
 def settled_labels(records: list[dict], label: torch.Tensor) -> torch.Tensor:
@@ -69,21 +67,6 @@ def frontier(records, scores: list[float], calib: list[bool], min_level: int) ->
                 best[L] = max(best[L], saved)
     oracle = sum(oracle_point(q["full"], False, [(p, ok) for p, _, ok in q["cps"]], q["length"]) for q in hard)
     return {"questions": len(qs), "hard_questions": len(hard), "saved_at_losses": best, "oracle_saved": 1 - oracle / full}
-
-
-class MemoryHead(nn.Module):
-    """Ready logit from the current state and a running maximum of K features of every state so far."""
-
-    def __init__(self, d: int, k: int, width: int):
-        super().__init__()
-        self.features = nn.Linear(d, k)
-        self.fc1 = nn.Linear(d + k, width)
-        self.fc2 = nn.Linear(width, 1)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x [Q, T, D] normalised states of Q thoughts (padded on the right, mask [Q, T]) -> logits [Q, T]."""
-        memory = torch.cummax(self.features(x).masked_fill(~mask[..., None], NO_MEMORY), 1).values
-        return self.fc2(torch.relu(self.fc1(torch.cat([x, memory], -1)))).squeeze(-1)
 
 
 @torch.no_grad()
@@ -122,8 +105,8 @@ def thought_states(model_path: str, items, layer: int, batch_size: int, max_new_
     return states
 
 
-def memory_scores(args, hidden, records, part, settings) -> tuple[list[float], set, float]:
-    """(ready score per record, questions kept, best validation loss) of a memory head fitted on the train split.
+def memory_scores(args, hidden, records, part, settings) -> tuple[list[float], set]:
+    """(ready score per record, questions kept) of a memory head fitted on the train split (memory.py).
 
     Thought-token states come from the collection (`collect --token-states`) or, for greedy collections made
     without them, from regenerating the thoughts with `--memory-model`.
@@ -132,15 +115,12 @@ def memory_scores(args, hidden, records, part, settings) -> tuple[list[float], s
     from adaptive_think.probe.shards import THOUGHT_PREFIX
 
     layer = args.memory_layer if args.memory_layer is not None else settings["layers"][-1]
-    key = f"{THOUGHT_PREFIX}{layer}"
-    qkey = lambda r: (r.get("decoding", "greedy"), r["qid"])  # noqa: E731 - one question per draw and decoding
-    wanted = {qkey(r): r for r in records if r["kind"] == 0}
-    if key in hidden and all("thought_states" in r for r in wanted.values()):
-        states = {q: hidden[key][r["thought_start"] : r["thought_start"] + r["thought_states"]].float()
-                  for q, r in wanted.items()}
+    wanted = {question_key(r): r for r in records if r["kind"] == 0}
+    if f"{THOUGHT_PREFIX}{layer}" in hidden and all("thought_states" in r for r in wanted.values()):
+        data = ThoughtSet.from_collection(hidden, records, layer)
     elif args.memory_model is None:
-        raise SystemExit(f"--memory needs every question's thought-token states ({key}): collect with --token-states, "
-                         "or give --memory-model to regenerate greedy thoughts.")
+        raise SystemExit(f"--memory needs every question's thought-token states (layer {layer}): collect with "
+                         "--token-states, or give --memory-model to regenerate greedy thoughts.")
     else:
         if any(r.get("decoding", "greedy") != "greedy" for r in records):
             raise SystemExit("--memory-model regenerates thoughts greedily: pass greedy collections only (or collect "
@@ -153,63 +133,16 @@ def memory_scores(args, hidden, records, part, settings) -> tuple[list[float], s
             raise SystemExit("None of the collection's questions are among --seeds/--n/--levels (or --questions): "
                              "pass the draws the collection was made from.")
         regenerated = thought_states(args.memory_model, items, layer, args.batch_size, settings["max_new_tokens"])
-        states = {("greedy", q): s for q, s in regenerated.items()}
-    kept = {q for q, s in states.items() if len(s) == wanted[q]["thought_len"] and wanted[q]["thought_len"] > 0}
-    print(f"memory head: {len(kept)} of {len(wanted)} thoughts have a state for every token; the rest are left "
-          "out of every variant's frontier", flush=True)
-    split_of = {qkey(r): p for r, p in zip(records, part)}
-    groups = {p: sorted(q for q in kept if split_of[q] == p) for p in ("train", "val", "calib")}
-    stack = torch.cat([states[q] for q in groups["train"]])
-    mean, std = stack.mean(0), stack.std(0).clamp_min(1e-4)  # the train split's, as for the other heads
-    by_q = defaultdict(list)
-    for i, r in enumerate(records):
-        if r["kind"] == KIND_THOUGHT and qkey(r) in kept:
-            by_q[qkey(r)].append(i)
-
-    def batch(qids):
-        n = max(len(states[q]) for q in qids)
-        x = torch.zeros(len(qids), n, stack.shape[1])
-        mask = torch.zeros(len(qids), n, dtype=torch.bool)
-        y, w = torch.zeros(len(qids), n), torch.zeros(len(qids), n)
-        for j, q in enumerate(qids):
-            s = states[q]
-            x[j, : len(s)], mask[j, : len(s)] = (s - mean) / std, True
-            for i in by_q[q]:
-                t = records[i]["pos"] - 1  # pos counts thought tokens read
-                y[j, t] = float(bool(records[i]["label"]))
-                w[j, t] = 1.0 if records[i]["label"] else args.neg_weight
-        return x, mask, y, w
-
-    train, val, every = batch(groups["train"]), batch(groups["val"]), sorted(kept)
-    cfg = TrainConfig(seed=args.seed)
-    torch.manual_seed(cfg.seed)
-    head = MemoryHead(stack.shape[1], args.memory_size, cfg.width)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def loss_of(b):
-        x, mask, y, w = b
-        return (F.binary_cross_entropy_with_logits(head(x, mask), y, reduction="none") * w).sum() / w.sum()
-
-    best, best_state = float("inf"), None
-    for _ in range(cfg.epochs):
-        opt.zero_grad()
-        loss_of(train).backward()
-        opt.step()
-        with torch.no_grad():
-            v = loss_of(val).item()
-        if v < best:
-            best, best_state = v, {k: t.clone() for k, t in head.state_dict().items()}
-    head.load_state_dict(best_state)
-    scores = [float("nan")] * len(records)
-    with torch.no_grad():
-        for lo in range(0, len(every), 256):
-            qids = every[lo : lo + 256]
-            x, mask, _, _ = batch(qids)
-            s = torch.sigmoid(head(x, mask))
-            for j, q in enumerate(qids):
-                for i in by_q[q]:
-                    scores[i] = s[j, records[i]["pos"] - 1].item()
-    return scores, kept, best
+        data = ThoughtSet({("greedy", q): s for q, s in regenerated.items()}, records)
+    print(f"memory head: {len(data.states)} of {len(wanted)} thoughts have a state for every token; the rest are "
+          "left out of every variant's frontier", flush=True)
+    h = hidden[f"layer{layer}"]
+    train_rows = torch.tensor([p == "train" for p in part])
+    mean, std = h[train_rows].mean(0), h[train_rows].std(0).clamp_min(1e-4)  # as train-probe normalises
+    part_of = {question_key(r): p for r, p in zip(records, part)}
+    cfg = TrainConfig(seed=args.seed, neg_weight=args.neg_weight)
+    head, _ = fit_memory_head(data, records, part_of, mean, std, args.memory_size, cfg)
+    return checkpoint_scores(head, data, records, mean, std), set(data.states)
 
 
 def main() -> int:
@@ -247,7 +180,7 @@ def main() -> int:
     val = thought & torch.tensor([p == "val" for p in part])
     calib = [p == "calib" for p in part]
     if args.memory:
-        memory, kept, _ = memory_scores(args, hidden, records, part, settings)
+        memory, kept = memory_scores(args, hidden, records, part, settings)
         calib = [c and (r.get("decoding", "greedy"), r["qid"]) in kept for c, r in zip(calib, records)]
     label = torch.tensor([bool(r["label"]) for r in records])
     settled = settled_labels(records, label)

@@ -29,6 +29,9 @@ def add_arguments(p):
                         "is used at high thresholds, where an early false positive loses the question; 1 is plain BCE")
     g.add_argument("--ready-at-boundaries", action="store_true",
                    help="fit the ready head on step-boundary checkpoints only (the only places a calibrated probe stops)")
+    g.add_argument("--memory", type=int, default=0, metavar="K",
+                   help="ready head with memory: it also reads a running maximum of K learned features of every "
+                        "earlier thought token (needs collections made with --token-states; 0: none, the default)")
     g.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
     c = p.add_argument_group("calibration (Learn-then-Test), one run per effort rung")
     c.add_argument("--efforts", nargs="+", default=list(DEFAULT_RUNGS), metavar="NAME:EPSILON[:DELTA]",
@@ -50,7 +53,7 @@ def run(args) -> int:
                       efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,
                       calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
                       ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share,
-                      neg_weight=args.neg_weight)
+                      neg_weight=args.neg_weight, memory=args.memory)
     probe = train_probe(args.data, cfg)
     probe.save_pretrained(args.out)
     print(json.dumps({"out": args.out, "layer": probe.layer, "default_effort": probe.default_effort,

@@ -172,6 +172,11 @@ class ThinkController:
                               self.force_capacity, self.device)
 
     @property
+    def memory_size(self) -> int:
+        """Running maxima each row keeps for the probe's memory (0: none, or no probe)."""
+        return self.spec.probe.memory_size if self.spec.probe is not None else 0
+
+    @property
     def needs_hidden(self) -> bool:
         """Whether `step` needs the probe layer's hidden state (the controller has a probe)."""
         return self.spec.probe is not None
@@ -179,7 +184,7 @@ class ThinkController:
     def allocate(self, batch_size: int) -> ControllerState:
         """State and params for batch_size idle rows (DONE, policy full); `init_rows` starts rows."""
         self.params = self._pack([ThinkConfig()] * batch_size)
-        self.state = ControllerState.allocate(batch_size, self.device)
+        self.state = ControllerState.allocate(batch_size, self.device, self.memory_size)
         self.state.phase.fill_(DONE)
         self._trace = []
         return self.state
@@ -214,7 +219,7 @@ class ThinkController:
         if ids.shape[0] != k or len(configs) != k:
             raise ValueError(f"init_rows: {k} rows need {k} prompts and {k} configs, got {ids.shape[0]} and {len(configs)}.")
         params = self._pack(configs)
-        fresh = ControllerState.allocate(k, self.device)
+        fresh = ControllerState.allocate(k, self.device, self.memory_size)
         last_open = _marker_ends(ids, self.markers.open_ids)
         last_close = _marker_ends(ids, self.markers.close_ids)
         inside = last_open > last_close  # prompt ends inside an open block (R1 / QwQ templates)

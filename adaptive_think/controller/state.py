@@ -53,6 +53,9 @@ NS_FLOAT = 2
 INT_FIELDS = ("phase", "think_count", "streak", "cursor", "open_match", "close_match", "ended_by", "decision_step",
               "step", "blocks")
 FLOAT_FIELDS = ("ema", "score")
+# Rows NS_FLOAT.. of `ControllerState.floats` hold a probe's memory (K running maxima, see ProbeTensors); a fresh
+# row or a new think block starts them here, below any feature a trained probe produces
+NO_MEMORY = -30.0
 _INT_INIT = {"phase": PROMPT, "decision_step": -1}  # the rest start at 0
 
 
@@ -75,6 +78,10 @@ class ProbeTensors:
     skip_w2: torch.Tensor  # [H]
     skip_b2: torch.Tensor  # [1]
     relu: bool  # activation of the hidden layer: ReLU (MLP) or identity (linear)
+    # a probe with memory: m = max over the block's thought tokens so far of (memory_w x + memory_b), and the ready
+    # head reads [x, m] (ready_w1 is [H, D + K]); None for a memoryless probe
+    memory_w: torch.Tensor | None = None  # [K, D]
+    memory_b: torch.Tensor | None = None  # [K]
 
     def to(self, device) -> "ProbeTensors":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -83,6 +90,11 @@ class ProbeTensors:
     @property
     def hidden_size(self) -> int:
         return self.mean.shape[0]
+
+    @property
+    def memory_size(self) -> int:
+        """K, the running maxima a row keeps (0: no memory)."""
+        return 0 if self.memory_w is None else int(self.memory_w.shape[0])
 
 
 def failure_links(marker) -> list[int]:
@@ -164,23 +176,31 @@ class PackedBuffers:
 
 
 class ControllerState(PackedBuffers):
-    """Per-row mutable state: ints [NS_INT, B] int32, floats [NS_FLOAT, B] fp32, forced [B] int64.
+    """Per-row mutable state: ints [NS_INT, B] int32, floats [NS_FLOAT + K, B] fp32, forced [B] int64.
 
     Named fields (`phase`, `think_count`, ..., `step`, `blocks`, `ema`, `score`) are [B] views of those rows;
-    `forced` is the token to force this step per row, -1 for none.
+    `memory` is the [K, B] view of a probe's running maxima (K = 0 without one); `forced` is the token to force
+    this step per row, -1 for none.
     """
 
     def __init__(self, ints: torch.Tensor, floats: torch.Tensor, forced: torch.Tensor):
         self.ints, self.floats, self.forced = ints, floats, forced
 
     @classmethod
-    def allocate(cls, batch_size: int, device) -> "ControllerState":
-        """Fresh state: every row in PROMPT at step 0 (`ThinkController.init_rows` sets rows from prompts)."""
+    def allocate(cls, batch_size: int, device, memory_size: int = 0) -> "ControllerState":
+        """Fresh state: every row in PROMPT at step 0 (`ThinkController.init_rows` sets rows from prompts), with
+        `memory_size` running maxima per row for a probe with memory."""
         ints = torch.zeros(NS_INT, batch_size, dtype=torch.int32, device=device)
         for name, value in _INT_INIT.items():
             ints[INT_FIELDS.index(name)].fill_(value)
-        floats = torch.zeros(NS_FLOAT, batch_size, dtype=torch.float32, device=device)
+        floats = torch.zeros(NS_FLOAT + memory_size, batch_size, dtype=torch.float32, device=device)
+        floats[NS_FLOAT:].fill_(NO_MEMORY)
         return cls(ints, floats, torch.full((batch_size,), -1, dtype=torch.int64, device=device))
+
+    @property
+    def memory(self) -> torch.Tensor:
+        """[K, B] view: each row's running maxima of its probe's memory features (K = 0 without memory)."""
+        return self.floats[NS_FLOAT:]
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.ints, self.floats, self.forced

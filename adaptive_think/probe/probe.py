@@ -3,8 +3,10 @@
 A probe folder holds `probe.safetensors` (weights) and `probe.json` (format version, layer, dims,
 feature normalisation, heads, thresholds, calibration, provenance, and the fingerprint of the model it
 was trained on). Never pickles. Format 2 adds an effort ladder (`ladder`: calibrated operating points,
-see ladder.py) and `default_effort`; the top-level thresholds are the default rung's. Format 1 files
-(one calibrated point, no ladder) still load.
+see ladder.py) and `default_effort`; the top-level thresholds are the default rung's. Format 3 is a probe
+with memory (`memory_size` K; weights `memory_w` [K, D], `memory_b` [K], and a ready head that reads D + K
+features, see memory.py); a memoryless probe is still written as format 2. Format 1 files (one calibrated
+point, no ladder) still load.
 
     >>> probe = Probe.from_pretrained("my-probe/")
     >>> probe.check_model(model)                       # clear error if it was trained on another model
@@ -26,7 +28,8 @@ from adaptive_think.files import atomic_write
 from adaptive_think.probe.ladder import Rung, select_rung
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+MEMORY_FORMAT_VERSION = 3  # written only by probes with memory, which older readers cannot run
+READABLE_VERSIONS = (1, 2, 3)
 WEIGHTS_NAME = "probe.safetensors"
 CONFIG_NAME = "probe.json"
 HEADS = ("ready", "skip")
@@ -52,7 +55,7 @@ class Probe:
 
     layer: int
     kind: str  # "linear" | "mlp"
-    weights: dict[str, torch.Tensor]  # mean, inv_std, {ready,skip}_{w1,b1,w2,b2}
+    weights: dict[str, torch.Tensor]  # mean, inv_std, {ready,skip}_{w1,b1,w2,b2}[, memory_w, memory_b]
     fingerprint: dict
     ready_threshold: float = 0.5
     skip_threshold: float = 2.0  # > 1: never skip until calibrated
@@ -76,9 +79,17 @@ class Probe:
         for name in ("mean", "inv_std"):
             if tuple(self.weights[name].shape) != (d,):
                 raise ValueError(f"Probe weight {name} has shape {tuple(self.weights[name].shape)}, expected ({d},).")
+        if ("memory_w" in self.weights) != ("memory_b" in self.weights):
+            raise ValueError("Probe weights hold one of memory_w / memory_b without the other.")
+        k = self.memory_size
+        if k and (tuple(self.weights["memory_w"].shape) != (k, d) or tuple(self.weights["memory_b"].shape) != (k,)):
+            raise ValueError(f"Probe memory weights have shapes {tuple(self.weights['memory_w'].shape)} and "
+                             f"{tuple(self.weights['memory_b'].shape)}, expected ({k}, {d}) and ({k},).")
+        if k and self.kind != "mlp":
+            raise ValueError("A probe with memory has an MLP ready head (kind='mlp').")
         for head in HEADS:
             h = self.weights[f"{head}_w1"].shape[0]
-            expect = {"w1": (h, d), "b1": (h,), "w2": (h,), "b2": (1,)}
+            expect = {"w1": (h, d + (k if head == "ready" else 0)), "b1": (h,), "w2": (h,), "b2": (1,)}
             for part, shape in expect.items():
                 got = tuple(self.weights[f"{head}_{part}"].shape)
                 if got != shape:
@@ -96,6 +107,11 @@ class Probe:
     def width(self) -> int:
         return int(self.weights["ready_w1"].shape[0])
 
+    @property
+    def memory_size(self) -> int:
+        """K, the running maxima the ready head remembers over a thought (0: a memoryless probe)."""
+        return int(self.weights["memory_w"].shape[0]) if "memory_w" in self.weights else 0
+
     # -- use -------------------------------------------------------------------------------------
 
     def tensors(self, device="cpu") -> ProbeTensors:
@@ -104,10 +120,33 @@ class Probe:
         return ProbeTensors(relu=self.kind == "mlp", **w)
 
     def score(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden [B, D] -> (ready [B], skip [B]) probabilities."""
+        """hidden [B, D] -> (ready [B], skip [B]) probabilities (memoryless probes; see `score_thought`)."""
         from adaptive_think.kernels.probe_step.naive import head_scores
 
+        if self.memory_size:
+            raise ValueError("This probe has memory: its ready score depends on the whole thought so far. Use "
+                             "Probe.score_thought(states) (or Probe.skip_score(hidden) for the skip head).")
         return head_scores(hidden, self.tensors(hidden.device))
+
+    def skip_score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, D] at prompts' ends -> skip probabilities [B] (any probe)."""
+        t = self.tensors(hidden.device)
+        if not self.memory_size:
+            return self.score(hidden)[1]
+        from adaptive_think.kernels.probe_step.naive import head_scores, memory_features, normalised
+
+        return head_scores(hidden, t, memory_features(normalised(hidden, t), t))[1]
+
+    def score_thought(self, states: torch.Tensor) -> torch.Tensor:
+        """states [T, D]: the probe layer's state after each thought token, in order -> ready probabilities [T]
+        (what the controller scores at each of those steps)."""
+        from adaptive_think.kernels.probe_step.naive import head_scores, memory_features, normalised
+
+        t = self.tensors(states.device)
+        memory = None
+        if self.memory_size:
+            memory = torch.cummax(memory_features(normalised(states, t), t), 0).values
+        return head_scores(states, t, memory)[0]
 
     @property
     def efforts(self) -> list[str]:
@@ -164,7 +203,8 @@ class Probe:
 
     def config_dict(self) -> dict:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": MEMORY_FORMAT_VERSION if self.memory_size else FORMAT_VERSION,
+            "memory_size": self.memory_size,
             "layer": self.layer,
             "kind": self.kind,
             "hidden_size": self.hidden_size,
@@ -226,6 +266,9 @@ class Probe:
             ladder=[Rung.from_dict(r, str(cfg_path)) for r in cfg.get("ladder") or []],
             default_effort=cfg.get("default_effort"),
         )
+        if probe.memory_size != cfg.get("memory_size", 0):
+            raise ValueError(f"{str(folder)!r}: weights hold {probe.memory_size} memory features, probe.json says "
+                             f"{cfg.get('memory_size', 0)}. Re-save the probe.")
         if probe.hidden_size != cfg.get("hidden_size", probe.hidden_size):
             raise ValueError(f"{str(folder)!r}: weights are for hidden size {probe.hidden_size}, probe.json says {cfg['hidden_size']}.")
         return probe

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from adaptive_think.probe.calibrate import build_path, calibrate, questions_of
+from adaptive_think.probe.memory import ThoughtSet, checkpoint_scores, fit_memory_head, question_key
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.ladder import DEFAULT_RUNGS, Rung, default_rung, parse_rungs
 from adaptive_think.probe.metrics import auroc, recall_at_no_false_positive
@@ -52,6 +53,9 @@ class TrainConfig:
     # ready head's loss weight of a negative (a checkpoint whose forced answer is wrong) against a positive's 1:
     # the head is used at high thresholds, where one false positive early in a thought loses the question
     neg_weight: float = 4.0
+    # K > 0: the ready head also reads a running maximum of K learned features of every earlier thought token
+    # (memory.py; needs collections made with --token-states); 0: the memoryless head
+    memory: int = 0
 
     def rungs(self) -> list[tuple[str, float, float]]:
         """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
@@ -61,6 +65,9 @@ class TrainConfig:
         if not 0 <= self.skip_share <= 1:
             raise ValueError(f"skip_share={self.skip_share} must lie in [0, 1] (the share of a rung's epsilon "
                              "spent on skipping first; 0 orders the path by cost per token alone).")
+        if not (isinstance(self.memory, int) and self.memory >= 0):
+            raise ValueError(f"memory={self.memory!r} must be a whole number >= 0 (the features a ready head with "
+                             "memory keeps; 0 for none).")
         specs = (f"custom:{self.epsilon}",) if self.epsilon is not None else self.efforts
         return parse_rungs(specs, self.delta)
 
@@ -217,25 +224,38 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
     (_, skip_auc), skip_kind, skip = max(skip_heads, key=lambda t: t[0])
     log(f"chosen: layer {layer} ({k}), ready val AUROC {score:.4f}; skip head {skip_kind} val AUROC {skip_auc:.4f}")
 
-    width = max(cfg.width if "mlp" in (k, skip_kind) else 2, 2)
+    width = max(cfg.width if "mlp" in (k, skip_kind) or cfg.memory else 2, 2)
     weights = {"mean": mean, "inv_std": 1.0 / std}
     for name, head in (("ready", ready), ("skip", skip)):
         for part_name, t in head_weights(head, width).items():
             weights[f"{name}_{part_name}"] = t
+    memory = None
+    if cfg.memory:  # the memory head replaces the memoryless ready head, on the layer the sweep chose
+        thoughts = ThoughtSet.from_collection(hidden, records, layer)
+        part_of = {question_key(r): p for r, p in zip(records, part)}
+        memory, memory_loss = fit_memory_head(thoughts, records, part_of, mean, std, cfg.memory, cfg)
+        weights.update(memory.export(width))
+        log(f"ready head with memory ({cfg.memory} features) on layer {layer}: {len(thoughts.states)} thoughts, "
+            f"best val loss {memory_loss:.4f}")
     probe = Probe(layer=layer, kind="mlp", weights=weights, fingerprint=settings["fingerprint"],
                   provenance={"data": [c["data"] for c in settings["collections"]],
                               "collections": settings["collections"], "train_config": asdict(cfg), "layer_sweep": sweep,
-                              "chosen": {"layer": layer, "ready_kind": k, "skip_kind": skip_kind,
-                                         "ready_val_auroc": score, "skip_val_auroc": skip_auc},
+                              "chosen": {"layer": layer, "ready_kind": "memory" if memory else k, "skip_kind": skip_kind,
+                                         "ready_val_auroc": score, "skip_val_auroc": skip_auc,
+                                         **({"memory_size": cfg.memory, "memory_val_loss": memory_loss} if memory else {})},
                               "collect_settings": {kk: v for kk, v in settings.items()
                                                    if kk not in ("fingerprint", "collections")},
                               "questions_seen": seen_questions(records)})
     # scores of every record under the final probe, for calibration on the held-out questions
-    ready_s, skip_s = probe.score(hidden[f"layer{layer}"])
+    if memory is None:
+        ready_s, skip_s = probe.score(hidden[f"layer{layer}"])
+        ready_l, skip_l = ready_s.tolist(), skip_s.tolist()
+    else:
+        ready_l = checkpoint_scores(memory, thoughts, records, mean, std)
+        skip_l = probe.skip_score(hidden[f"layer{layer}"]).tolist()
     is_cal = [p == "calib" for p in part]
     # the order in which threshold pairs are tested comes from the training and validation questions; each
     # rung's path first spends skip_share of its budget there on skipping (easy questions skip thinking)
-    ready_l, skip_l = ready_s.tolist(), skip_s.tolist()
     path_qs = questions_of(records, ready_l, skip_l, [not c for c in is_cal])
     ladder = []
     for name, eps, dlt in rungs:

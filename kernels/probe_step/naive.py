@@ -56,23 +56,43 @@ from adaptive_think.controller.state import (
     THINKING,
     ControllerSpec,
     INT_FIELDS,
+    NO_MEMORY,
     ControllerState,
     ProbeTensors,
 )
 
 
-def head_scores(hidden: torch.Tensor, probe: ProbeTensors) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probe heads on hidden states [B, D] (any float dtype, any row stride) -> (ready [B], skip [B]) fp32."""
-    x = (hidden.float() - probe.mean) * probe.inv_std  # [B, D]
+def normalised(hidden: torch.Tensor, probe: ProbeTensors) -> torch.Tensor:
+    """The probe's features of hidden states [..., D] (any float dtype): (h - mean) * inv_std, fp32."""
+    return (hidden.float() - probe.mean) * probe.inv_std
 
-    def head(w1, b1, w2, b2):
-        z = x @ w1.t() + b1  # [B, H]
+
+def memory_features(x: torch.Tensor, probe: ProbeTensors) -> torch.Tensor:
+    """What a probe with memory remembers of features x [..., D]: memory_w x + memory_b, [..., K]."""
+    return x @ probe.memory_w.t() + probe.memory_b
+
+
+def head_scores(hidden: torch.Tensor, probe: ProbeTensors, memory: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probe heads on hidden states [B, D] (any float dtype, any row stride) -> (ready [B], skip [B]) fp32.
+
+    memory: [B, K] running maxima, including this state's features (probes with memory only, where the ready
+    head reads [x, memory]).
+    """
+    x = normalised(hidden, probe)  # [B, D]
+    if (memory is None) != (probe.memory_w is None):
+        raise ValueError("head_scores: pass memory [B, K] exactly when the probe has memory "
+                         f"(this one keeps {probe.memory_size} features).")
+
+    def head(inp, w1, b1, w2, b2):
+        z = inp @ w1.t() + b1  # [B, H]
         if probe.relu:
             z = torch.relu(z)
         return torch.sigmoid(z @ w2 + b2)  # [B]
 
-    ready = head(probe.ready_w1, probe.ready_b1, probe.ready_w2, probe.ready_b2)
-    skip = head(probe.skip_w1, probe.skip_b1, probe.skip_w2, probe.skip_b2)
+    ready_in = x if memory is None else torch.cat([x, memory], -1)
+    ready = head(ready_in, probe.ready_w1, probe.ready_b1, probe.ready_w2, probe.ready_b2)
+    skip = head(x, probe.skip_w1, probe.skip_b1, probe.skip_w2, probe.skip_b2)
     return ready, skip
 
 
@@ -137,10 +157,14 @@ def observe(tok: torch.Tensor, obs: torch.Tensor, state: ControllerState, spec: 
                 ema=ema), opened
 
 
-def _write(state: ControllerState, o: dict[str, torch.Tensor], score: torch.Tensor | None = None) -> None:
-    """Store the updated fields: one copy per packed buffer."""
+def _write(state: ControllerState, o: dict[str, torch.Tensor], score: torch.Tensor | None = None,
+           memory: torch.Tensor | None = None) -> None:
+    """Store the updated fields: one copy per packed buffer (memory [K, B]: a probe's new running maxima)."""
     state.ints.copy_(torch.stack([o[name] for name in INT_FIELDS]))
-    state.floats.copy_(torch.stack([o["ema"], state.score if score is None else score]))
+    floats = [o["ema"][None], (state.score if score is None else score)[None]]
+    if memory is not None:
+        floats.append(memory)
+    state.floats[: sum(f.shape[0] for f in floats)].copy_(torch.cat(floats))
 
 
 def observe_final_reference(last_token: torch.Tensor, state: ControllerState, spec: ControllerSpec,
@@ -180,8 +204,16 @@ def probe_step_reference(
     # 2. scores (probe rows only)
     is_probe = p[P_POLICY] == POLICY_PROBE
     nan = torch.full_like(state.ema, float("nan"))
+    memory = None
     if spec.probe is not None and hidden is not None:
-        ready, skip = head_scores(hidden, spec.probe)
+        if spec.probe.memory_w is not None:
+            # the memory spans the block's thought tokens read so far: not the prompt's last token, not the open
+            # marker (a block opening this step starts it afresh), not the skip or stop text after a decision
+            memory = torch.where(opened[None], NO_MEMORY, state.memory)  # [K, B]
+            reads_thought = (seen == THINKING) & ~opened & ~first
+            feats = memory_features(normalised(hidden, spec.probe), spec.probe).t()  # [K, B]
+            memory = torch.where(reads_thought[None], torch.maximum(memory, feats), memory)
+        ready, skip = head_scores(hidden, spec.probe, None if memory is None else memory.t())
         ready, skip = torch.where(is_probe, ready, nan), torch.where(is_probe, skip, nan)
     else:
         ready, skip = nan, nan
@@ -232,5 +264,5 @@ def probe_step_reference(
 
     o.update(phase=phase, think_count=think_count, streak=streak, cursor=cursor, close_match=close_match,
              ended_by=ended_by, decision_step=decision_step, step=step + 1, blocks=blocks, ema=ema)
-    _write(state, o, score)
+    _write(state, o, score, memory)
     state.forced.copy_(forced)

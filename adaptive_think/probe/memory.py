@@ -1,0 +1,139 @@
+"""A ready head with memory: it reads the current state and a running maximum of K features of every earlier
+state of the thought, `sigmoid(MLP([x_t, max_{s<=t}(G x_s + g)]))`.
+
+A memoryless head sees only the token just written; on the bundled reasoner, at the first stated answer that
+state does not say whether a step several lines back slipped, while the state of the slipping line does, and a
+maximum keeps it. The head is fitted end to end on the same forced-exit labels as the memoryless one, over
+every thought token's state (`collect --token-states`). The controller keeps the K maxima per row
+(`ControllerState.memory`) and updates them on every thought token (kernels/probe_step/naive.py).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptive_think.controller.state import NO_MEMORY
+from adaptive_think.probe.health import KIND_THOUGHT
+from adaptive_think.probe.shards import THOUGHT_PREFIX
+
+
+class MemoryHead(nn.Module):
+    """Ready logit from the current state and a running maximum of K features of every state so far."""
+
+    def __init__(self, d: int, k: int, width: int):
+        super().__init__()
+        self.features = nn.Linear(d, k)
+        self.fc1 = nn.Linear(d + k, width)
+        self.fc2 = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [Q, T, D] normalised states of Q thoughts (padded on the right, mask [Q, T]) -> logits [Q, T]."""
+        memory = torch.cummax(self.features(x).masked_fill(~mask[..., None], NO_MEMORY), 1).values
+        return self.fc2(torch.relu(self.fc1(torch.cat([x, memory], -1)))).squeeze(-1)
+
+    def export(self, width: int) -> dict[str, torch.Tensor]:
+        """The probe weights: memory_{w,b} and ready_{w1,b1,w2,b2} (ready_w1 [width, D + K], padded rows)."""
+        with torch.no_grad():
+            pad = width - self.fc1.weight.shape[0]
+            return {
+                "memory_w": self.features.weight.clone(), "memory_b": self.features.bias.clone(),
+                "ready_w1": torch.cat([self.fc1.weight, torch.zeros(pad, self.fc1.weight.shape[1])]),
+                "ready_b1": torch.cat([self.fc1.bias, torch.zeros(pad)]),
+                "ready_w2": torch.cat([self.fc2.weight[0], torch.zeros(pad)]),
+                "ready_b2": self.fc2.bias.reshape(1).clone(),
+            }
+
+
+def question_key(r: dict) -> tuple[str, str]:
+    """One question per draw and decoding (the same question id may be collected greedy and sampled)."""
+    return r.get("decoding", "greedy"), r["qid"]
+
+
+class ThoughtSet:
+    """Per question: its thought-token states (one layer) and the rows of its labelled checkpoints.
+
+    states: question key -> [n, D]; a question whose n differs from its thought length (a thought cut by
+    max_new_tokens lacks its last token's state) is left out.
+    """
+
+    def __init__(self, states: dict, records: list[dict]):
+        length = {question_key(r): r["thought_len"] for r in records if r["kind"] == 0}
+        self.states = {q: s for q, s in states.items() if 0 < len(s) == length.get(q, -1)}
+        self.rows = defaultdict(list)
+        for i, r in enumerate(records):
+            if r["kind"] == KIND_THOUGHT and question_key(r) in self.states:
+                self.rows[question_key(r)].append(i)
+
+    @classmethod
+    def from_collection(cls, hidden: dict[str, torch.Tensor], records: list[dict], layer: int) -> "ThoughtSet":
+        """The states a collection made with --token-states holds for `layer`."""
+        key = f"{THOUGHT_PREFIX}{layer}"
+        prompts = {question_key(r): r for r in records if r["kind"] == 0}
+        lacking = [q for q, r in prompts.items() if "thought_states" not in r]
+        if key not in hidden or lacking:
+            raise ValueError(f"A head with memory trains on every thought token's state, but {len(lacking) or 'all'} of "
+                             f"{len(prompts)} collected questions have none: collect with --token-states.")
+        return cls({q: hidden[key][r["thought_start"] : r["thought_start"] + r["thought_states"]]
+                    for q, r in prompts.items()}, records)
+
+    def batch(self, questions, records, mean, std, neg_weight: float = 1.0):
+        """(x [Q, T, D], mask [Q, T], labels [Q, T], weights [Q, T]) of `questions`; weight 0 off checkpoints."""
+        n = max(len(self.states[q]) for q in questions)
+        x = torch.zeros(len(questions), n, mean.shape[0])
+        mask = torch.zeros(len(questions), n, dtype=torch.bool)
+        y, w = torch.zeros(len(questions), n), torch.zeros(len(questions), n)
+        for j, q in enumerate(questions):
+            s = self.states[q]
+            x[j, : len(s)], mask[j, : len(s)] = (s.float() - mean) / std, True
+            for i in self.rows[q]:
+                t = records[i]["pos"] - 1  # a checkpoint at pos has read pos thought tokens
+                y[j, t] = float(bool(records[i]["label"]))
+                w[j, t] = 1.0 if records[i]["label"] else neg_weight
+        return x, mask, y, w
+
+
+def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cfg) -> tuple[MemoryHead, float]:
+    """Full-batch AdamW on the weighted BCE of every labelled checkpoint (cfg: TrainConfig); keeps the epoch with
+    the best validation loss. part: question key -> "train" | "val" | "calib". Returns (head, val loss)."""
+    groups = {p: sorted(q for q in data.states if part[q] == p) for p in ("train", "val")}
+    if not groups["train"] or not groups["val"]:
+        raise ValueError("Too few questions with thought-token states to fit a head with memory; collect more.")
+    train, val = (data.batch(groups[p], records, mean, std, cfg.neg_weight) for p in ("train", "val"))
+    torch.manual_seed(cfg.seed)
+    head = MemoryHead(mean.shape[0], k, cfg.width)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def loss_of(b):
+        x, mask, y, w = b
+        return (F.binary_cross_entropy_with_logits(head(x, mask), y, reduction="none") * w).sum() / w.sum()
+
+    best, best_state = float("inf"), None
+    for _ in range(cfg.epochs):
+        opt.zero_grad()
+        loss_of(train).backward()
+        opt.step()
+        with torch.no_grad():
+            v = loss_of(val).item()
+        if v < best:
+            best, best_state = v, {name: t.clone() for name, t in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    return head, best
+
+
+@torch.no_grad()
+def checkpoint_scores(head: MemoryHead, data: ThoughtSet, records, mean, std, chunk: int = 256) -> list[float]:
+    """The head's ready probability at every checkpoint record (NaN where its question has no states)."""
+    scores = [float("nan")] * len(records)
+    questions = sorted(data.states)
+    for lo in range(0, len(questions), chunk):
+        qs = questions[lo : lo + chunk]
+        x, mask, _, _ = data.batch(qs, records, mean, std)
+        s = torch.sigmoid(head(x, mask))
+        for j, q in enumerate(qs):
+            for i in data.rows[q]:
+                scores[i] = s[j, records[i]["pos"] - 1].item()
+    return scores

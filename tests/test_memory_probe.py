@@ -1,0 +1,161 @@
+"""Probes with memory (adaptive_think/probe/memory.py): the file format, the controller's running maxima against
+the offline head on a whole thought, the kernel dispatch, and train-probe --memory end to end."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from adaptive_think import AdaptiveThinker, ThinkConfig
+from adaptive_think.controller.state import NO_MEMORY, ControllerState
+from adaptive_think.engines.capture import decoder_layers
+from adaptive_think.kernels.probe_step import probe_step
+from adaptive_think.probe import Probe
+from adaptive_think.probe.memory import MemoryHead, ThoughtSet, checkpoint_scores
+from tiny import ScriptedReasoner, make_model, make_tokenizer
+
+TOK = make_tokenizer()
+MODEL = make_model("qwen3", len(TOK))
+K = 3
+
+
+def memory_probe(seed=0) -> Probe:
+    """A random probe whose ready head remembers K features (large weights, so the maxima matter)."""
+    base = Probe.random_for(MODEL, layer=1, width=8, seed=seed)
+    d, g = base.hidden_size, torch.Generator().manual_seed(seed + 1)
+    w = dict(base.weights)
+    w["memory_w"] = torch.randn(K, d, generator=g)
+    w["memory_b"] = torch.randn(K, generator=g)
+    w["ready_w1"] = torch.cat([w["ready_w1"], 2.0 * torch.randn(8, K, generator=g)], 1)
+    return dataclasses.replace(base, weights=w)
+
+
+def test_memory_head_is_causal_and_remembers_the_running_maximum():
+    torch.manual_seed(0)
+    head = MemoryHead(d=5, k=3, width=4)
+    x = torch.randn(2, 7, 5)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    out = head(x, mask)
+    later = x.clone()
+    later[:, 4:] += 10.0  # changing tokens 4.. leaves the scores of tokens 0..3 alone
+    assert torch.equal(head(later, mask)[:, :4], out[:, :4])
+    memory = head.features(x[0, :4]).max(0).values
+    by_hand = head.fc2(torch.relu(head.fc1(torch.cat([x[0, 3], memory])))).squeeze(-1)
+    torch.testing.assert_close(out[0, 3], by_hand)
+
+
+def test_format_round_trip_and_errors(tmp_path):
+    probe = memory_probe()
+    probe.save_pretrained(tmp_path / "p")
+    cfg = (tmp_path / "p" / "probe.json").read_text()
+    assert '"format_version": 3' in cfg and '"memory_size": 3' in cfg
+    loaded = Probe.from_pretrained(tmp_path / "p")
+    assert loaded.memory_size == K
+    states = torch.randn(6, probe.hidden_size)
+    torch.testing.assert_close(loaded.score_thought(states), probe.score_thought(states))
+    with pytest.raises(ValueError, match="score_thought"):
+        probe.score(states)
+    plain = Probe.random_for(MODEL, layer=1, width=8)
+    plain.save_pretrained(tmp_path / "q")
+    assert '"format_version": 2' in (tmp_path / "q" / "probe.json").read_text()  # readable by older versions
+    bad = dict(probe.weights, ready_w1=probe.weights["ready_w1"][:, :-1])
+    with pytest.raises(ValueError, match="ready_w1"):
+        dataclasses.replace(probe, weights=bad)
+    with pytest.raises(ValueError, match="memory_w"):
+        dataclasses.replace(probe, weights={k: v for k, v in probe.weights.items() if k != "memory_b"})
+
+
+def _states(prompt_ids: list[int], gen: list[int], layer: int) -> torch.Tensor:
+    """The layer's output at every position of prompt + gen, one unpadded sequence."""
+    got = {}
+    hook = decoder_layers(MODEL)[layer].register_forward_hook(lambda m, a, o: got.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+    try:
+        with torch.no_grad():
+            MODEL(input_ids=torch.tensor([prompt_ids + gen]))
+    finally:
+        hook.remove()
+    return got["h"][0]
+
+
+def test_controller_scores_a_thought_as_the_offline_head_does():
+    probe = memory_probe()
+    thinker = AdaptiveThinker(MODEL, TOK, probe=probe)
+    m = thinker.markers
+    prompts = ["the answer is", "so wait the answer is maybe"]
+    batch = TOK(prompts, return_tensors="pt", padding=True)
+    lengths = [9, 5]
+    words = TOK.encode("so wait check again ok x y", add_special_tokens=False)
+    script = ScriptedReasoner(batch["input_ids"].shape[1], lengths, m.open_ids, m.close_ids, TOK.eos_token_id, words,
+                              TOK.encode(" the answer is 7", add_special_tokens=False))
+    never = ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0, min_think_tokens=10_000, trace=True)
+    out = thinker.generate(**batch, max_new_tokens=30, do_sample=False, think=never, logits_processor=[script])
+    width = batch["input_ids"].shape[1]
+    for row, n in enumerate(lengths):
+        prompt = [t for t, a in zip(batch["input_ids"][row].tolist(), batch["attention_mask"][row].tolist()) if a]
+        gen = out[row, width:].tolist()
+        start = gen.index(m.open_ids[0]) + len(m.open_ids)  # the first thought token's index
+        states = _states(prompt, gen, probe.layer)[len(prompt) + start : len(prompt) + start + n]
+        want = probe.score_thought(states)
+        scores = thinker.last_reports[row].scores
+        got = torch.tensor(scores[start + 1 : start + 1 + n])  # step g + 1 reads generated token g
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        # without its memory the head scores otherwise: the test can tell
+        t = probe.tensors()
+        from adaptive_think.kernels.probe_step.naive import head_scores
+        assert not torch.allclose(head_scores(states, t, torch.full((n, K), NO_MEMORY))[0], want, atol=1e-3)
+
+
+def test_memory_restarts_with_each_block_and_the_triton_kernel_refuses_it():
+    from adaptive_think.controller.controller import ThinkController
+
+    thinker = AdaptiveThinker(MODEL, TOK, probe=memory_probe())
+    ctl = thinker.controller(ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0, min_think_tokens=10_000), {}, with_probe=True)
+    assert isinstance(ctl, ThinkController) and ctl.memory_size == K
+    state = ctl.allocate(1)
+    assert state.floats.shape[0] == 2 + K and torch.all(state.memory == NO_MEMORY)
+    with pytest.raises(ValueError, match="memory"):
+        probe_step(torch.zeros(1, MODEL.config.hidden_size), torch.zeros(1, dtype=torch.long), state, ctl.params,
+                   ctl.spec, impl="triton")
+    assert isinstance(state, ControllerState)
+
+
+def test_train_probe_with_memory_end_to_end(tmp_path):
+    from adaptive_think.loading import load_model_and_tokenizer
+    from adaptive_think.probe.collect import CollectConfig, collect
+    from adaptive_think.probe.items import bundled_items, load_checker
+    from adaptive_think.probe.shards import load_collections
+    from adaptive_think.probe.train import TrainConfig, train_probe
+
+    model, tok = load_model_and_tokenizer("bundled", device="cpu")
+    items = bundled_items(48, seed=3)
+    collect(model, tok, items, tmp_path / "c", load_checker(None),
+            CollectConfig(every=4, batch_size=16, shard_questions=16, token_states=True), progress=False)
+    with pytest.raises(ValueError, match="--token-states"):
+        collect(model, tok, items[:16], tmp_path / "plain", load_checker(None), CollectConfig(batch_size=16),
+                progress=False)
+        train_probe(tmp_path / "plain", TrainConfig(memory=2, epochs=3, efforts=("high:0.2",)), log=lambda *a: None)
+    probe = train_probe(tmp_path / "c", TrainConfig(memory=2, epochs=20, efforts=("high:0.2",), calib_fraction=0.3),
+                        log=lambda *a: None)
+    assert probe.memory_size == 2 and probe.provenance["chosen"]["ready_kind"] == "memory"
+    probe.save_pretrained(tmp_path / "p")
+    loaded = Probe.from_pretrained(tmp_path / "p")
+    # the saved weights score each collected thought as the fitted head scored its checkpoints
+    hidden, records, _ = load_collections([tmp_path / "c"])
+    data = ThoughtSet.from_collection(hidden, records, loaded.layer)
+    q = next(iter(data.states))
+    per_token = loaded.score_thought(data.states[q].float())
+    for i in data.rows[q]:
+        assert abs(per_token[records[i]["pos"] - 1].item() - probe_scores(loaded, data, records)[i]) < 1e-5
+
+
+def probe_scores(probe: Probe, data: ThoughtSet, records) -> list[float]:
+    """checkpoint_scores through a MemoryHead rebuilt from the probe's weights (what train-probe calibrated on)."""
+    w = probe.weights
+    d, width = probe.hidden_size, probe.width
+    head = MemoryHead(d, probe.memory_size, width)
+    with torch.no_grad():
+        head.features.weight.copy_(w["memory_w"]), head.features.bias.copy_(w["memory_b"])
+        head.fc1.weight.copy_(w["ready_w1"]), head.fc1.bias.copy_(w["ready_b1"])
+        head.fc2.weight.copy_(w["ready_w2"][None]), head.fc2.bias.copy_(w["ready_b2"])
+    return checkpoint_scores(head, data, records, w["mean"], 1.0 / w["inv_std"])
