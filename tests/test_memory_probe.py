@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
-from adaptive_think.controller.state import NO_MEMORY, ControllerState
+from adaptive_think.controller.state import NO_MEMORY
 from adaptive_think.engines.capture import decoder_layers
 from adaptive_think.kernels.probe_step import probe_step
 from adaptive_think.probe import Probe
@@ -107,17 +107,45 @@ def test_controller_scores_a_thought_as_the_offline_head_does():
 
 
 def test_memory_restarts_with_each_block_and_the_triton_kernel_refuses_it():
-    from adaptive_think.controller.controller import ThinkController
+    from adaptive_think.kernels.probe_step.naive import memory_features, normalised
 
-    thinker = AdaptiveThinker(MODEL, TOK, probe=memory_probe())
-    ctl = thinker.controller(ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0, min_think_tokens=10_000), {}, with_probe=True)
-    assert isinstance(ctl, ThinkController) and ctl.memory_size == K
-    state = ctl.allocate(1)
+    probe = memory_probe()
+    thinker = AdaptiveThinker(MODEL, TOK, probe=probe)
+    m = thinker.markers
+    never = ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0, min_think_tokens=10_000)
+    ctl = thinker.controller(never, {}, with_probe=True)
+    assert ctl.memory_size == K
+    state = ctl.begin(torch.tensor([TOK.encode("the answer is", add_special_tokens=False)]))
     assert state.floats.shape[0] == 2 + K and torch.all(state.memory == NO_MEMORY)
+    word = TOK.encode("so", add_special_tokens=False)[0]
+    t = probe.tensors()
+    g = torch.Generator().manual_seed(3)
+
+    def feed(tokens):
+        """One step per token (the step reads it with a fresh random state); returns those states [n, D]."""
+        hs = torch.randn(len(tokens), MODEL.config.hidden_size, generator=g)
+        for tok, h in zip(tokens, hs):
+            ctl.step(torch.tensor([tok]), h[None])
+        return hs
+
+    def expected(hs):
+        return memory_features(normalised(hs, t), t).max(0).values
+
+    feed([word])  # step 0 reads the prompt's last token: no memory
+    assert torch.all(state.memory == NO_MEMORY)
+    feed(list(m.open_ids))  # opening the block: still none
+    assert torch.all(state.memory == NO_MEMORY)
+    first = feed([word, word, word])
+    torch.testing.assert_close(state.memory[:, 0], expected(first))
+    feed(list(m.close_ids) + [word])  # the close marker and the answer leave the maxima alone
+    torch.testing.assert_close(state.memory[:, 0], expected(first))
+    feed(list(m.open_ids))  # a second block starts afresh
+    assert torch.all(state.memory == NO_MEMORY)
+    second = feed([word, word])
+    torch.testing.assert_close(state.memory[:, 0], expected(second))
     with pytest.raises(ValueError, match="memory"):
         probe_step(torch.zeros(1, MODEL.config.hidden_size), torch.zeros(1, dtype=torch.long), state, ctl.params,
                    ctl.spec, impl="triton")
-    assert isinstance(state, ControllerState)
 
 
 def test_train_probe_with_memory_end_to_end(tmp_path):
@@ -131,9 +159,9 @@ def test_train_probe_with_memory_end_to_end(tmp_path):
     items = bundled_items(48, seed=3)
     collect(model, tok, items, tmp_path / "c", load_checker(None),
             CollectConfig(every=4, batch_size=16, shard_questions=16, token_states=True), progress=False)
+    collect(model, tok, items[:16], tmp_path / "plain", load_checker(None), CollectConfig(batch_size=16),
+            progress=False)
     with pytest.raises(ValueError, match="--token-states"):
-        collect(model, tok, items[:16], tmp_path / "plain", load_checker(None), CollectConfig(batch_size=16),
-                progress=False)
         train_probe(tmp_path / "plain", TrainConfig(memory=2, epochs=3, efforts=("high:0.2",)), log=lambda *a: None)
     probe = train_probe(tmp_path / "c", TrainConfig(memory=2, epochs=20, efforts=("high:0.2",), calib_fraction=0.3),
                         log=lambda *a: None)
@@ -145,8 +173,9 @@ def test_train_probe_with_memory_end_to_end(tmp_path):
     data = ThoughtSet.from_collection(hidden, records, loaded.layer)
     q = next(iter(data.states))
     per_token = loaded.score_thought(data.states[q].float())
+    at_checkpoints = probe_scores(loaded, data, records)
     for i in data.rows[q]:
-        assert abs(per_token[records[i]["pos"] - 1].item() - probe_scores(loaded, data, records)[i]) < 1e-5
+        assert abs(per_token[records[i]["pos"] - 1].item() - at_checkpoints[i]) < 1e-5
 
 
 def probe_scores(probe: Probe, data: ThoughtSet, records) -> list[float]:

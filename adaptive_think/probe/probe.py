@@ -129,13 +129,13 @@ class Probe:
         return head_scores(hidden, self.tensors(hidden.device))
 
     def skip_score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, D] at prompts' ends -> skip probabilities [B] (any probe)."""
-        t = self.tensors(hidden.device)
-        if not self.memory_size:
-            return self.score(hidden)[1]
-        from adaptive_think.kernels.probe_step.naive import head_scores, memory_features, normalised
+        """hidden [B, D] at prompts' ends -> skip probabilities [B] (any probe; the skip head has no memory)."""
+        from adaptive_think.kernels.probe_step.naive import feature_scores, memory_features, normalised
 
-        return head_scores(hidden, t, memory_features(normalised(hidden, t), t))[1]
+        t = self.tensors(hidden.device)
+        x = normalised(hidden, t)
+        # feature_scores computes both heads; a memory probe's ready half (fed x's own features) is discarded
+        return feature_scores(x, t, memory_features(x, t) if self.memory_size else None)[1]
 
     def score_thought(self, states: torch.Tensor) -> torch.Tensor:
         """states [T, D]: the probe layer's state after each thought token, in order -> ready probabilities [T]

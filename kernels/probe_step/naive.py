@@ -79,7 +79,12 @@ def head_scores(hidden: torch.Tensor, probe: ProbeTensors, memory: torch.Tensor 
     memory: [B, K] running maxima, including this state's features (probes with memory only, where the ready
     head reads [x, memory]).
     """
-    x = normalised(hidden, probe)  # [B, D]
+    return feature_scores(normalised(hidden, probe), probe, memory)
+
+
+def feature_scores(x: torch.Tensor, probe: ProbeTensors, memory: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`head_scores` on features already normalised, x [B, D] fp32."""
     if (memory is None) != (probe.memory_w is None):
         raise ValueError("head_scores: pass memory [B, K] exactly when the probe has memory "
                          f"(this one keeps {probe.memory_size} features).")
@@ -206,14 +211,15 @@ def probe_step_reference(
     nan = torch.full_like(state.ema, float("nan"))
     memory = None
     if spec.probe is not None and hidden is not None:
+        x = normalised(hidden, spec.probe)  # [B, D]
         if spec.probe.memory_w is not None:
             # the memory spans the block's thought tokens read so far: not the prompt's last token, not the open
             # marker (a block opening this step starts it afresh), not the skip or stop text after a decision
             memory = torch.where(opened[None], NO_MEMORY, state.memory)  # [K, B]
             reads_thought = (seen == THINKING) & ~opened & ~first
-            feats = memory_features(normalised(hidden, spec.probe), spec.probe).t()  # [K, B]
+            feats = memory_features(x, spec.probe).t()  # [K, B]
             memory = torch.where(reads_thought[None], torch.maximum(memory, feats), memory)
-        ready, skip = head_scores(hidden, spec.probe, None if memory is None else memory.t())
+        ready, skip = feature_scores(x, spec.probe, None if memory is None else memory.t())
         ready, skip = torch.where(is_probe, ready, nan), torch.where(is_probe, skip, nan)
     else:
         ready, skip = nan, nan
