@@ -227,7 +227,7 @@ def test_token_states_are_the_checkpoint_states_of_every_thought_token(setup, tm
         first, n = start[r["qid"]]
         assert r["pos"] <= n  # every checkpoint's token has its state kept
         for layer in (1, 2):  # the checkpoint row is the thought row of the token it has just read
-            assert torch.equal(hidden[f"thought_layer{layer}"][first + r["pos"] - 1], hidden[f"layer{layer}"][i])
+            assert torch.equal(hidden[f"thought_layer{layer}"][first + r["pos"] - 1].float(), hidden[f"layer{layer}"][i])
         checked += 1
     assert checked > 20
     with pytest.raises(ValueError, match="token_states"):  # a resumed run must keep the setting

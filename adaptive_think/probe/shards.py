@@ -99,7 +99,7 @@ def _number_thought_rows(records: list[dict], rows: int, start: int, where) -> N
 def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
     """All shards named by every rank's index: ({"layer{l}": [N, D] fp32}, records [N], settings).
 
-    A collection made with token states also holds {"thought_layer{l}": [M, D]}: the `thought_states` rows of a
+    A collection made with token states also holds {"thought_layer{l}": [M, D] fp16}: the `thought_states` rows of a
     question's thought tokens start at its prompt record's `thought_start`.
     """
     folder = Path(folder)
@@ -114,8 +114,8 @@ def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
             if thought or any("thought_states" in r for r in recs):
                 done = sum(len(v) for v in hidden.get(thought[0], [])) if thought else 0
                 _number_thought_rows(recs, tensors[thought[0]].shape[0] if thought else 0, done, folder / name)
-            for k, v in tensors.items():
-                hidden.setdefault(k, []).append(v.float())
+            for k, v in tensors.items():  # thought-token states stay fp16: there are many of them
+                hidden.setdefault(k, []).append(v if k.startswith(THOUGHT_PREFIX) else v.float())
             records.extend(recs)
     if not records:
         raise ValueError(f"The collection in {folder} holds no records yet.")
