@@ -10,6 +10,9 @@ probe_step: batch 1/8/32/64, hidden 4096 (bf16), probe width 256, probe policy, 
   is off after step 0); targets: triton_graph <= 10 us and >= 3x faster than reference_graph. The same step
   in two launches (heads, then the state machine: `probe_step_triton(..., split=True)`) is timed beside it;
   the summary's two_launches_over_fused_graph > 1 means the fused launch is faster inside a captured step.
+  A probe with memory (K = 8 running maxima, the shipped probe's K) at the same shape is timed at batch 64
+  (--memory-batches), fused launch and reference only: its ready head is finished in the state machine's
+  serial tail, which grows with the batch.
 logit_stats: batch 32, vocab 151,936, bf16; the graph reads a different logits buffer each call (more bytes
   than L2) so the bandwidth is HBM's. A device copy of the same bytes, timed the same way, is the yardstick:
   fraction = (logit bytes / t_kernel) / (2 x logit bytes / t_copy); target >= 0.7.
@@ -37,8 +40,9 @@ TARGETS = {"probe_step_graph_us_max": 10.0, "probe_step_speedup_min": 3.0, "logi
 # ---------------------------------------------------------------------------------------------- cases
 
 
-def make_probe_case(batch: int, d: int, h: int, device, dtype=torch.bfloat16, seed: int = 0):
-    """(hidden [B, D], last_token [B], state, params, spec) for a probe-policy step with every row thinking."""
+def make_probe_case(batch: int, d: int, h: int, device, dtype=torch.bfloat16, seed: int = 0, memory: int = 0):
+    """(hidden [B, D], last_token [B], state, params, spec) for a probe-policy step with every row thinking;
+    memory: K running maxima of a probe with memory (0: a memoryless probe)."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -49,13 +53,16 @@ def make_probe_case(batch: int, d: int, h: int, device, dtype=torch.bfloat16, se
         ready_w1=randn(h, d, scale=d**-0.5), ready_b1=randn(h), ready_w2=randn(h, scale=h**-0.5), ready_b2=randn(1),
         skip_w1=randn(h, d, scale=d**-0.5), skip_b1=randn(h), skip_w2=randn(h, scale=h**-0.5), skip_b2=randn(1), relu=True,
     )
+    if memory:  # the ready head reads [x, m]: ready_w1 is [H, D + K]
+        probe.memory_w, probe.memory_b = randn(memory, d, scale=d**-0.5), randn(memory)
+        probe.ready_w1 = torch.cat([probe.ready_w1, randn(h, memory, scale=memory**-0.5)], 1)
     vocab = 151936
     spec = ControllerSpec.build((151667,), (151668,), (151645, 151643), vocab_size=vocab, probe=probe, device=device)
     row = RowSettings(policy=POLICY_PROBE, min_think=10**6, max_think=NO_LIMIT, threshold=0.99, skip_threshold=2.0,
                       alpha=0.3, patience=3, boundary_only=False, trace=False, exit_ids=(271,), stop_ids=())
     # min_think keeps every row thinking: each step does the same work
     params = RowParams.pack([row] * batch, (151667,), (), (151668,), MIN_FORCE_CAPACITY, device)
-    state = ControllerState.allocate(batch, device)
+    state = ControllerState.allocate(batch, device, memory_size=memory)
     state.phase.fill_(THINKING)
     state.step.fill_(1)  # past the prompt: the ready head only, as in every later decode step
     hidden = randn(batch, d).to(dtype)
@@ -100,17 +107,17 @@ def _row(name, impl, mode, q, per=1, **extra):
             "p80_us": round(p80, 3), **extra}
 
 
-def bench_probe_step(batches, d, h, steps, reps_ms) -> list[dict]:
+def bench_probe_step(batches, d, h, steps, reps_ms, memory: int = 0, two_launches: bool = True) -> list[dict]:
     from adaptive_think.kernels.probe_step import probe_step_reference
     from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 
     rows = []
     for b in batches:
-        hidden, tok, state, params, spec = make_probe_case(b, d, h, "cuda")
-        name = f"probe_step B{b} D{d} H{h} bf16"
-        two_launches = lambda *a: probe_step_triton(*a, split=True)  # noqa: E731 - the design the fused one must beat
-        for impl, fn in (("triton", probe_step_triton), ("triton_two_launches", two_launches),
-                         ("reference", probe_step_reference)):
+        hidden, tok, state, params, spec = make_probe_case(b, d, h, "cuda", memory=memory)
+        name = f"probe_step B{b} D{d} H{h}{f' K{memory}' if memory else ''} bf16"
+        split = lambda *a: probe_step_triton(*a, split=True)  # noqa: E731 - the design the fused one must beat
+        impls = (("triton", probe_step_triton), ("triton_two_launches", split), ("reference", probe_step_reference))
+        for impl, fn in (i for i in impls if two_launches or i[0] != "triton_two_launches"):
             call = lambda i, fn=fn: fn(hidden, tok, state, params, spec)  # noqa: E731
             rows.append(_row(name, impl, "eager", _bench(lambda: call(0), reps_ms)))
             graph = _graph_of(call, steps)
@@ -183,6 +190,9 @@ def main(argv=None) -> int:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 64], help="probe_step batch sizes")
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--width", type=int, default=256, help="probe hidden width H")
+    p.add_argument("--memory", type=int, default=8, help="K of the probe-with-memory case")
+    p.add_argument("--memory-batches", nargs="*", type=int, default=[64],
+                   help="batch sizes of the probe-with-memory case (none: skip it)")
     p.add_argument("--logit-batch", type=int, default=32)
     p.add_argument("--vocab", type=int, default=151936)
     # timing
@@ -201,6 +211,9 @@ def main(argv=None) -> int:
         doc["device"] = torch.cuda.get_device_name()
         torch.backends.cuda.matmul.allow_tf32 = False  # the reference stays fp32
         rows = bench_probe_step(args.batches, args.hidden, args.width, args.graph_steps, reps)
+        # a probe with memory: fused launch and reference only (each variant is one more compile, in a tight budget)
+        rows += bench_probe_step(args.memory_batches, args.hidden, args.width, args.graph_steps, reps,
+                                 memory=args.memory, two_launches=False)
         rows += bench_logit_stats(args.logit_batch, args.vocab, args.graph_steps, reps)
         doc.update(skipped=False, results=rows, summary=summarise(rows))
         print(f"device: {doc['device']}  torch {doc['torch']}  triton {doc['triton']}  commit {doc['git_commit'][:10]}")

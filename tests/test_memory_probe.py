@@ -1,5 +1,6 @@
 """Probes with memory (adaptive_think/probe/memory.py): the file format, the controller's running maxima against
-the offline head on a whole thought, the kernel dispatch, and train-probe --memory end to end."""
+the offline head on a whole thought, the maxima through think blocks on both probe_step kernels, and train-probe
+--memory end to end."""
 
 import dataclasses
 
@@ -9,7 +10,6 @@ import torch
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.controller.state import NO_MEMORY
 from adaptive_think.engines.capture import decoder_layers
-from adaptive_think.kernels.probe_step import probe_step
 from adaptive_think.probe import Probe
 from adaptive_think.probe.memory import MemoryHead, ThoughtSet, checkpoint_scores
 from tiny import ScriptedReasoner, make_model, make_tokenizer
@@ -106,11 +106,12 @@ def test_controller_scores_a_thought_as_the_offline_head_does():
         assert not torch.allclose(head_scores(states, t, torch.full((n, K), NO_MEMORY))[0], want, atol=1e-3)
 
 
-def test_memory_restarts_with_each_block_and_the_triton_kernel_refuses_it():
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.kernels)])
+def test_memory_restarts_with_each_block(impl):
     from adaptive_think.kernels.probe_step.naive import memory_features, normalised
 
     probe = memory_probe()
-    thinker = AdaptiveThinker(MODEL, TOK, probe=probe)
+    thinker = AdaptiveThinker(MODEL, TOK, probe=probe, impl=impl)
     m = thinker.markers
     never = ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0, min_think_tokens=10_000)
     ctl = thinker.controller(never, {}, with_probe=True)
@@ -143,9 +144,6 @@ def test_memory_restarts_with_each_block_and_the_triton_kernel_refuses_it():
     assert torch.all(state.memory == NO_MEMORY)
     second = feed([word, word])
     torch.testing.assert_close(state.memory[:, 0], expected(second))
-    with pytest.raises(ValueError, match="memory"):
-        probe_step(torch.zeros(1, MODEL.config.hidden_size), torch.zeros(1, dtype=torch.long), state, ctl.params,
-                   ctl.spec, impl="triton")
 
 
 def test_train_probe_with_memory_end_to_end(tmp_path):

@@ -7,9 +7,9 @@ state: `ControllerState` (per row, updated in place), params: `RowParams` (per-r
 `ControllerSpec` (shared by the batch); see adaptive_think/controller/.
 
 `impl` ("auto", "triton", "torch") or the environment variable ADAPTIVE_THINK_KERNEL_IMPL overrides the
-choice (the argument wins over the variable). A probe with memory runs on the torch reference: the Triton
-kernel does not implement memory yet ("auto" takes the reference, "triton" is refused). Triton is imported only when the Triton path is taken, so
-`import adaptive_think` never imports triton.
+choice (the argument wins over the variable). Both implementations run every probe, probes with memory
+included. Triton is imported only when the Triton path is taken, so `import adaptive_think` never imports
+triton.
 """
 
 from __future__ import annotations
@@ -26,11 +26,6 @@ def probe_step(hidden, last_token, state, params, spec, impl: str = "auto") -> N
         >>> probe_step(h[:, -1], tokens[:, -1], state, params, spec); forced = state.forced  # [B], -1 = none
     """
     chosen = resolve_impl(impl, state.phase.device)
-    if chosen == "triton" and spec.probe is not None and spec.probe.memory_w is not None:
-        if impl == "triton":
-            raise ValueError("probe_step(impl='triton'): the Triton kernel does not implement probes with memory yet; "
-                             "use impl='torch' (or 'auto', which takes it for such a probe).")
-        chosen = "torch"
     if chosen == "triton":
         from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 

@@ -5,9 +5,9 @@ Run on CPU through Triton's interpreter with `TRITON_INTERPRET=1` set before tri
 
 Arguments are pointers to persistent buffers and per-call shapes, so a launch can be captured in a CUDA
 graph: the hidden state and last tokens; the probe weights; the packed per-row state (`ControllerState`:
-int32 [NS_INT, B], fp32 [NS_FLOAT, B], forced int64 [B]); the packed per-row policy (`RowParams`: int32
-[NP_INT, B], fp32 [NP_FLOAT, B], forced sequences int64 [B, F]); the shared spec (markers with their KMP
-failure links, eos ids, boundary mask); and a workspace.
+int32 [NS_INT, B], fp32 [NS_FLOAT + K, B] (K: a probe's running maxima), forced int64 [B]); the packed
+per-row policy (`RowParams`: int32 [NP_INT, B], fp32 [NP_FLOAT, B], forced sequences int64 [B, F]); the
+shared spec (markers with their KMP failure links, eos ids, boundary mask); and a workspace.
 
 Design (one launch; the probe heads and the state machine are fused):
 
@@ -26,6 +26,17 @@ Design (one launch; the probe heads and the state machine are fused):
 - a skip-head program computes only when a row of its B tile is at its own step 0 (the skip head is read
   there alone); otherwise it just takes its ticket.
 - without a probe (or without hidden) the grid is (1, 1, 1): one program runs the state machine, no tickets.
+
+A probe with memory (`ProbeTensors.memory_w`, MEMORY=True): the memory features `memory_w x + memory_b` and the
+ready head's x-part `ready_w1[:, :D] x` are both linear in x, so the ready tiles run the same tiled, split-D
+product on the stacked [H + K, D] matrix `[ready_w1[:, :D]; memory_w]` (`_ready_tiles`, built once per probe).
+They cannot finish the head: its input [x, m] needs the row's new running maxima m, and whether a row reads a
+thought token this step (so whether m takes this step's features) is known only after the state machine has
+observed the row's last token. So the tiles park the pre-activation (H values of W1_x x and K raw features per
+row) in the workspace, and the state machine, once it has observed, resets m where a block opens, takes the
+maximum with the features where the row reads a thought token (`_update_memory`), writes m back to
+state.floats[NS_FLOAT:], and finishes the ready head on [x, m] in chunks of hidden units
+(`_ready_with_memory`). The skip head never reads memory and is unchanged.
 
 Why fused rather than a head launch plus a state-machine launch: inside a captured decode step a second,
 dependent kernel node adds its own launch gap to every step (typically 1-3 us between dependent kernels in a
@@ -75,6 +86,8 @@ _S_STEP = tl.constexpr(S.S_STEP)
 _S_BLOCKS = tl.constexpr(S.S_BLOCKS)
 _S_EMA = tl.constexpr(S.S_EMA)
 _S_SCORE = tl.constexpr(S.S_SCORE)
+_NS_FLOAT = tl.constexpr(S.NS_FLOAT)  # state.floats rows from here on: a probe's memory [K, B]
+_NO_MEMORY = tl.constexpr(S.NO_MEMORY)
 _P_POLICY = tl.constexpr(P.P_POLICY)
 _P_MIN_THINK = tl.constexpr(P.P_MIN_THINK)
 _P_MAX_THINK = tl.constexpr(P.P_MAX_THINK)
@@ -90,26 +103,34 @@ _P_ALPHA = tl.constexpr(P.P_ALPHA)
 
 
 @triton.jit
-def _tile_score(z, b1_ptr, w2_ptr, hs, hmask, rows, rmask, spart_ptr, RELU: tl.constexpr):
-    """b1, activation and w2 on a finished z tile [BB, BH] -> this tile's share of the head's logit [BB]."""
-    z = z + tl.load(b1_ptr + hs, mask=hmask, other=0.0)[None, :]
-    if RELU:
-        z = tl.where(z < 0.0, 0.0, z)  # keeps NaN, like torch.relu
-    w2 = tl.load(w2_ptr + hs, mask=hmask, other=0.0)
-    # padded hidden units are dropped explicitly: an inf input makes inf * 0 = NaN there
-    part = tl.sum(tl.where(hmask[None, :], z * w2[None, :], 0.0), axis=1)  # [BB]
-    tl.store(spart_ptr + rows, part, mask=rmask)
+def _finish_tile(z, b1_ptr, w2_ptr, hs, hmask, rows, rmask, spart_ptr, zready_ptr, ZR_W,
+                 RELU: tl.constexpr, PARK: tl.constexpr):
+    """A finished z tile [BB, BH] -> b1, activation and w2: this tile's share of the head's logit [BB].
+
+    PARK (the ready head of a probe with memory): store z itself in zready [B, ZR_W] instead; b1 and the
+    activation wait for the rows' new memory, which only the state machine knows.
+    """
+    if PARK:
+        tl.store(zready_ptr + rows[:, None] * ZR_W + hs[None, :], z, mask=rmask[:, None])
+    else:
+        z = z + tl.load(b1_ptr + hs, mask=hmask, other=0.0)[None, :]
+        if RELU:
+            z = tl.where(z < 0.0, 0.0, z)  # keeps NaN, like torch.relu
+        w2 = tl.load(w2_ptr + hs, mask=hmask, other=0.0)
+        # padded hidden units are dropped explicitly: an inf input makes inf * 0 = NaN there
+        part = tl.sum(tl.where(hmask[None, :], z * w2[None, :], 0.0), axis=1)  # [BB]
+        tl.store(spart_ptr + rows, part, mask=rmask)
 
 
 @triton.jit
 def _head_tile(
     hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, w1_ptr, b1_ptr, w2_ptr,
-    zpart_ptr, gcount_ptr, spart_ptr,
-    B, D, H, pid_h, pid_b, pid_d,
-    RELU: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    zpart_ptr, gcount_ptr, spart_ptr, zready_ptr,
+    B, D, H, ZR_W, pid_h, pid_b, pid_d,
+    RELU: tl.constexpr, PARK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     D_CHUNK: tl.constexpr, N_D_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """z = W1[h tile, d chunk] . x[b tile, d chunk]; the last chunk's program of the tile finishes the score."""
+    """z = W1[h tile, d chunk] . x[b tile, d chunk]; the tile's last chunk program finishes it (`_finish_tile`)."""
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)  # [BB]
     rmask = rows < B
     js = tl.arange(0, BLOCK_H)
@@ -127,7 +148,7 @@ def _head_tile(
         w = tl.load(w1_ptr + hs[:, None] * D + ds[None, :], mask=hmask[:, None] & dmask[None, :], other=0.0)  # [BH, BD]
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)  # [BB, BH]
     if N_D_SPLITS == 1:
-        _tile_score(acc, b1_ptr, w2_ptr, hs, hmask, rows, rmask, spart_ptr, RELU)
+        _finish_tile(acc, b1_ptr, w2_ptr, hs, hmask, rows, rmask, spart_ptr, zready_ptr, ZR_W, RELU, PARK)
     else:
         # ReLU needs the whole z: park this chunk's share, and the tile's last program to finish sums them
         offs = rows[:, None] * BLOCK_H + js[None, :]  # [BB, BH] in a [B, BH] slab
@@ -138,7 +159,7 @@ def _head_tile(
             z = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
             for c in range(0, N_D_SPLITS):  # fixed order: deterministic
                 z += tl.load(zpart_ptr + c * B * BLOCK_H + offs, mask=rmask[:, None], other=0.0, cache_modifier=".cg")
-            _tile_score(z, b1_ptr, w2_ptr, hs, hmask, rows, rmask, spart_ptr, RELU)
+            _finish_tile(z, b1_ptr, w2_ptr, hs, hmask, rows, rmask, spart_ptr, zready_ptr, ZR_W, RELU, PARK)
             tl.atomic_xchg(gcount_ptr, 0)  # ready for the next launch
 
 
@@ -148,6 +169,57 @@ def _head_logit(part_ptr, b2_ptr, rows, rmask, B, N_H_TILES):
     for t in range(0, N_H_TILES):
         # .cg reads through L2: the partials were written by other SMs in this launch
         logit += tl.load(part_ptr + t * B + rows, mask=rmask, other=0.0, cache_modifier=".cg")
+    return tl.sigmoid(logit + tl.load(b2_ptr))
+
+
+@triton.jit
+def _update_memory(zready_ptr, mb_ptr, sf_ptr, rows, rmask, opened, reads_thought, B, H, K, ZR_W,
+                   BLOCK_K: tl.constexpr):
+    """The rows' new running maxima [BR, BK] (same rule as the reference), also written to state.floats[NS_FLOAT:].
+
+    A block opening this step starts afresh; only a thought token read this step (not the prompt's last token,
+    the open marker, or the skip / stop text) adds its features, zready[:, H:H + K] + memory_b. Lanes past K
+    or B come back 0, so they add nothing where the ready head reads the memory.
+    """
+    ks = tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    mask = rmask[:, None] & kmask[None, :]  # [BR, BK]
+    at = (ks[None, :] + _NS_FLOAT) * B + rows[:, None]  # state.floats[NS_FLOAT + k, row]
+    memory = tl.load(sf_ptr + at, mask=mask, other=0.0)
+    # .cg reads through L2: the ready tiles wrote zready from other SMs in this launch
+    feats = tl.load(zready_ptr + rows[:, None] * ZR_W + H + ks[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+    feats = feats + tl.load(mb_ptr + ks, mask=kmask, other=0.0)[None, :]
+    memory = tl.where(opened[:, None], _NO_MEMORY, memory)
+    # NaN wins, like torch.maximum (Triton's default keeps the other operand on the GPU)
+    grown = tl.maximum(memory, feats, propagate_nan=tl.PropagateNan.ALL)
+    memory = tl.where(reads_thought[:, None], grown, memory)
+    tl.store(sf_ptr + at, memory, mask=mask)
+    return tl.where(mask, memory, 0.0)
+
+
+@triton.jit
+def _ready_with_memory(zready_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, memory, rows, rmask, D, H, K, ZR_W,
+                       RELU: tl.constexpr, BLOCK_HM: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """The ready head of a probe with memory, sigmoid(w2 . act(W1 [x, m] + b1) + b2) [BR], BLOCK_HM units at a time.
+
+    W1_x x comes parked in zready[:, :H]; W1_m m is w1[:, D:] (ready_w1 is [H, D + K]) against memory [BR, BK].
+    """
+    ks = tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    logit = tl.zeros_like(rows.to(tl.float32))
+    for j0 in range(0, H, BLOCK_HM):
+        js = j0 + tl.arange(0, BLOCK_HM)  # [BHM]
+        jmask = js < H
+        z = tl.load(zready_ptr + rows[:, None] * ZR_W + js[None, :], mask=rmask[:, None] & jmask[None, :], other=0.0,
+                    cache_modifier=".cg")  # [BR, BHM]
+        wm = tl.load(w1_ptr + js[:, None] * (D + K) + D + ks[None, :], mask=jmask[:, None] & kmask[None, :],
+                     other=0.0)  # [BHM, BK]
+        z = tl.dot(memory, tl.trans(wm), z, input_precision=DOT_PRECISION)
+        z = z + tl.load(b1_ptr + js, mask=jmask, other=0.0)[None, :]
+        if RELU:
+            z = tl.where(z < 0.0, 0.0, z)  # keeps NaN, like torch.relu
+        w2 = tl.load(w2_ptr + js, mask=jmask, other=0.0)
+        logit += tl.sum(tl.where(jmask[None, :], z * w2[None, :], 0.0), axis=1)  # padded units dropped (inf * 0)
     return tl.sigmoid(logit + tl.load(b2_ptr))
 
 
@@ -164,12 +236,17 @@ def _kmp_advance(k, tok, marker_ptr, fail_ptr, L, rmask):
 @triton.jit
 def _state_machine(
     tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr,
+    rwm_ptr, rb1_ptr, rw2_ptr, mb_ptr, zready_ptr,  # a probe with memory: the ready head's finish
     st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr, force_ptr,
     open_ptr, open_fail_ptr, close_ptr, close_fail_ptr, eos_ptr, bnd_ptr,
-    B, F, N_EOS, V_BND, LO, LC, N_H_TILES,
-    HAS_PROBE: tl.constexpr, BLOCK_R: tl.constexpr,
+    B, D, H, K, ZR_W, F, N_EOS, V_BND, LO, LC, N_H_TILES,
+    HAS_PROBE: tl.constexpr, MEMORY: tl.constexpr, RELU: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_HM: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Steps 1, 3 and 4 of the reference (and the scores' last sum) for every row, BLOCK_R rows at a time."""
+    """Steps 1, 3 and 4 of the reference (and the scores' last sum) for every row, BLOCK_R rows at a time.
+
+    With MEMORY also step 2's memory and the whole ready head, which need the observed phase.
+    """
     for r0 in range(0, B, BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)  # [BR]
         rmask = rows < B
@@ -238,7 +315,16 @@ def _state_machine(
         is_probe = policy == _POLICY_PROBE
         nan = tl.full([BLOCK_R], float("nan"), tl.float32)
         if HAS_PROBE:
-            ready = tl.where(is_probe, _head_logit(part_ptr, rb2_ptr, rows, rmask, B, N_H_TILES), nan)
+            if MEMORY:
+                # every row keeps its maxima (policy aside); the reference's rule, on the phase just observed
+                reads_thought = (seen == _THINKING) & (opened == 0) & (first == 0)
+                memory = _update_memory(zready_ptr, mb_ptr, sf_ptr, rows, rmask, opened, reads_thought, B, H, K, ZR_W,
+                                        BLOCK_K)
+                ready = _ready_with_memory(zready_ptr, rwm_ptr, rb1_ptr, rw2_ptr, rb2_ptr, memory, rows, rmask, D, H,
+                                           K, ZR_W, RELU, BLOCK_HM, BLOCK_K, DOT_PRECISION)
+            else:
+                ready = _head_logit(part_ptr, rb2_ptr, rows, rmask, B, N_H_TILES)
+            ready = tl.where(is_probe, ready, nan)
             skip = tl.where(is_probe, _head_logit(part_ptr + N_H_TILES * B, sb2_ptr, rows, rmask, B, N_H_TILES), nan)
         else:
             ready = nan
@@ -301,17 +387,21 @@ def _state_machine(
 def _probe_step_kernel(
     hidden_ptr, stride_hb, stride_hd, tok_ptr, stride_tok,
     mean_ptr, inv_std_ptr, rw1_ptr, rb1_ptr, rw2_ptr, rb2_ptr, sw1_ptr, sb1_ptr, sw2_ptr, sb2_ptr,
+    rwm_ptr, mb_ptr,  # a probe with memory: ready_w1 [H, D + K] itself (rw1 is the tiles' [H + K, D]), memory_b [K]
     st_ptr, sf_ptr, forced_ptr,  # ControllerState
     pi_ptr, pf_ptr, force_ptr,  # RowParams
     open_ptr, open_fail_ptr, close_ptr, close_fail_ptr, eos_ptr, bnd_ptr,  # ControllerSpec
-    part_ptr, zpart_ptr, gcount_ptr, count_ptr,  # Workspace
-    B, D, H_READY, H_SKIP, N_H_TILES, N_B_TILES, F, N_EOS, V_BND, LO, LC,
-    HAS_PROBE: tl.constexpr, RELU: tl.constexpr,
+    part_ptr, zpart_ptr, gcount_ptr, count_ptr, zready_ptr,  # Workspace
+    B, D, H_READY, H_SKIP, K, N_H_TILES, N_B_TILES, F, N_EOS, V_BND, LO, LC,
+    HAS_PROBE: tl.constexpr, RELU: tl.constexpr, MEMORY: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_HM: tl.constexpr, BLOCK_K: tl.constexpr,
     D_CHUNK: tl.constexpr, N_D_SPLITS: tl.constexpr, DOT_PRECISION: tl.constexpr, STAGE: tl.constexpr,
 ):
     # STAGE 0: heads and state machine in one launch (the last program to finish runs the machine);
-    # 1: heads only (partials to the workspace); 2: the state machine alone, on a stage-1 launch's partials
+    # 1: heads only (partials to the workspace); 2: the state machine alone, on a stage-1 launch's partials.
+    # H_READY: rows of rw1, the ready head's width H plus, with MEMORY, the K memory features (K = 0 without).
+    ZR_W = N_H_TILES * BLOCK_H  # zready's row: every ready tile's columns
     if HAS_PROBE and STAGE != 2:
         pid_h = tl.program_id(0)
         pid_b = tl.program_id(1) % N_B_TILES
@@ -327,13 +417,14 @@ def _probe_step_kernel(
         tile_steps = tl.load(st_ptr + _S_STEP * B + tile_rows, mask=tile_rows < B, other=1)
         n_first = tl.sum((tile_steps == 0).to(tl.int32), axis=0)
         if head == 0:
+            # with memory the ready tiles park z for the state machine (PARK); the skip head never reads memory
             _head_tile(hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, rw1_ptr, rb1_ptr, rw2_ptr,
-                       zpart, gcount, part, B, D, H_READY, pid_h, pid_b, pid_d,
-                       RELU, BLOCK_B, BLOCK_H, BLOCK_D, D_CHUNK, N_D_SPLITS, DOT_PRECISION)
+                       zpart, gcount, part, zready_ptr, B, D, H_READY, ZR_W, pid_h, pid_b, pid_d,
+                       RELU, MEMORY, BLOCK_B, BLOCK_H, BLOCK_D, D_CHUNK, N_D_SPLITS, DOT_PRECISION)
         elif n_first > 0:  # the skip head is only read at a row's step 0
             _head_tile(hidden_ptr, stride_hb, stride_hd, mean_ptr, inv_std_ptr, sw1_ptr, sb1_ptr, sw2_ptr,
-                       zpart, gcount, part, B, D, H_SKIP, pid_h, pid_b, pid_d,
-                       RELU, BLOCK_B, BLOCK_H, BLOCK_D, D_CHUNK, N_D_SPLITS, DOT_PRECISION)
+                       zpart, gcount, part, zready_ptr, B, D, H_SKIP, ZR_W, pid_h, pid_b, pid_d,
+                       RELU, False, BLOCK_B, BLOCK_H, BLOCK_D, D_CHUNK, N_D_SPLITS, DOT_PRECISION)
         if STAGE == 0:
             # all threads' partial stores precede the ticket (release); the last ticket acquires them all
             tl.debug_barrier()
@@ -344,9 +435,11 @@ def _probe_step_kernel(
     else:
         last = True  # one program, no tickets
     if last:
-        _state_machine(tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
+        _state_machine(tok_ptr, stride_tok, part_ptr, rb2_ptr, sb2_ptr, rwm_ptr, rb1_ptr, rw2_ptr, mb_ptr, zready_ptr,
+                       st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
                        force_ptr, open_ptr, open_fail_ptr, close_ptr, close_fail_ptr, eos_ptr, bnd_ptr,
-                       B, F, N_EOS, V_BND, LO, LC, N_H_TILES, HAS_PROBE, BLOCK_R)
+                       B, D, H_READY - K, K, ZR_W, F, N_EOS, V_BND, LO, LC, N_H_TILES,
+                       HAS_PROBE, MEMORY, RELU, BLOCK_R, BLOCK_HM, BLOCK_K, DOT_PRECISION)
         if HAS_PROBE and STAGE == 0:
             tl.atomic_xchg(count_ptr, 0)  # ready for the next launch / graph replay
 
@@ -358,6 +451,9 @@ class Workspace(NamedTuple):
     zpart: torch.Tensor  # [2, n_h_tiles, n_d_splits, B, BLOCK_H] fp32: z per D chunk (a dummy with one split)
     gcount: torch.Tensor  # [2, n_h_tiles, n_b_tiles] int32: tickets of the D chunks of one tile
     count: torch.Tensor  # [1] int32: tickets of all programs
+    # [B, n_h_tiles * BLOCK_H] fp32: a probe with memory's ready pre-activation, W1_x x then the K raw features
+    # (a dummy without memory)
+    zready: torch.Tensor
 
 
 # the workspace hangs off the state object itself: a dict keyed by a tensor compares keys with `==`, a host
@@ -367,23 +463,61 @@ _WORKSPACE_ATTR = "_probe_step_workspace"
 _PROBE_FIELDS = ("mean", "inv_std", "ready_w1", "ready_b1", "ready_w2", "ready_b2", "skip_w1", "skip_b1", "skip_w2", "skip_b2")
 
 
-def _workspace(state: ControllerState, n_h_tiles: int, n_d_splits: int, n_b_tiles: int, block_h: int) -> Workspace:
+def _workspace(state: ControllerState, n_h_tiles: int, n_d_splits: int, n_b_tiles: int, block_h: int,
+               memory: bool) -> Workspace:
     batch, device = state.batch_size, state.ints.device
     zshape = (2, n_h_tiles, n_d_splits, batch, block_h) if n_d_splits > 1 else (1,)
+    rshape = (batch, n_h_tiles * block_h) if memory else (1,)
     ws = getattr(state, _WORKSPACE_ATTR, None)
     if ws is None or ws.spart.shape != (2, n_h_tiles, batch) or ws.zpart.shape != zshape \
-            or ws.gcount.shape != (2, n_h_tiles, n_b_tiles) or ws.count.device != device:
+            or ws.gcount.shape != (2, n_h_tiles, n_b_tiles) or ws.zready.shape != rshape or ws.count.device != device:
         ws = Workspace(spart=torch.empty(2, n_h_tiles, batch, dtype=torch.float32, device=device),
                        zpart=torch.empty(zshape, dtype=torch.float32, device=device),
                        gcount=torch.zeros(2, n_h_tiles, n_b_tiles, dtype=torch.int32, device=device),
-                       count=torch.zeros(1, dtype=torch.int32, device=device))
+                       count=torch.zeros(1, dtype=torch.int32, device=device),
+                       zready=torch.empty(rshape, dtype=torch.float32, device=device))
         setattr(state, _WORKSPACE_ATTR, ws)
     return ws
+
+
+class _ReadyTiles(NamedTuple):
+    """[ready_w1[:, :D]; memory_w] [H + K, D], and what it was built from (held, so `is` cannot see a reused id)."""
+
+    ready_w1: torch.Tensor
+    memory_w: torch.Tensor
+    versions: tuple[int, int]
+    matrix: torch.Tensor
+
+
+# Kept on the ProbeTensors object rather than the state: every state stepped with a probe shares it, the vLLM
+# adapter steps a fresh state object each call, and a state stepped with another probe finds that probe's own.
+# Building it per call would add a copy of H x D weights to every step (and an allocation inside a captured one).
+_READY_TILES_ATTR = "_probe_step_ready_tiles"
+
+
+def _version(t: torch.Tensor) -> int:
+    # inference tensors keep no version counter (and can change in place only inside inference mode)
+    return -1 if t.is_inference() else t._version
+
+
+def _ready_tiles(probe) -> torch.Tensor:
+    """The ready tiles' matrix of a probe with memory, rebuilt only when ready_w1 or memory_w is replaced or
+    changed in place (torch's version counter); identity and counters are host-side, so no sync."""
+    cached = getattr(probe, _READY_TILES_ATTR, None)
+    versions = (_version(probe.ready_w1), _version(probe.memory_w))
+    if cached is None or cached.ready_w1 is not probe.ready_w1 or cached.memory_w is not probe.memory_w \
+            or cached.versions != versions:
+        d = probe.mean.shape[0]
+        matrix = torch.cat([probe.ready_w1[:, :d], probe.memory_w]).contiguous()
+        cached = _ReadyTiles(probe.ready_w1, probe.memory_w, versions, matrix)
+        setattr(probe, _READY_TILES_ATTR, cached)
+    return cached.matrix
 
 
 def _check(hidden, last_token, state: ControllerState, params: RowParams, spec: ControllerSpec, use_probe: bool) -> None:
     device = state.ints.device
     batch = state.batch_size
+    k = spec.probe.memory_size if spec.probe is not None else 0
 
     def need(ok, msg):
         if not ok:
@@ -395,7 +529,16 @@ def _check(hidden, last_token, state: ControllerState, params: RowParams, spec: 
              f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))} on {getattr(t, 'device', None)}")
 
     buffer("state.ints", state.ints, torch.int32, (S.NS_INT, batch))
-    buffer("state.floats", state.floats, torch.float32, (S.NS_FLOAT, batch))
+    # rows NS_FLOAT.. hold a probe's memory: exactly K of them for a probe with memory (the kernel writes them);
+    # without memory any there are left alone, as the reference leaves them
+    if k:
+        need(state.floats.dim() == 2 and state.floats.shape[0] == S.NS_FLOAT + k,
+             f"state.floats must be [NS_FLOAT + K, B] = [{S.NS_FLOAT} + {k}, {batch}] for this probe with memory "
+             f"(K = {k}), got {tuple(state.floats.shape)}; allocate the state with memory_size={k}")
+        n_floats = S.NS_FLOAT + k
+    else:
+        n_floats = max(S.NS_FLOAT, state.floats.shape[0]) if state.floats.dim() == 2 else S.NS_FLOAT
+    buffer("state.floats", state.floats, torch.float32, (n_floats, batch))
     buffer("state.forced", state.forced, torch.int64, (batch,))
     buffer("params.ints", params.ints, torch.int32, (P.NP_INT, batch))
     buffer("params.floats", params.floats, torch.float32, (P.NP_FLOAT, batch))
@@ -420,16 +563,22 @@ def _check(hidden, last_token, state: ControllerState, params: RowParams, spec: 
     need(hidden.dim() == 2 and hidden.shape == (batch, d), f"hidden must be [{batch}, {d}], got {tuple(hidden.shape)}")
     need(hidden.dtype in (torch.bfloat16, torch.float16, torch.float32), f"hidden must be bf16/fp16/fp32, got {hidden.dtype}")
     need(hidden.device == device, f"hidden is on {hidden.device}, state on {device}")
-    for name in _PROBE_FIELDS:
+    need((p.memory_w is None) == (p.memory_b is None),
+         "a probe with memory needs both memory_w [K, D] and memory_b [K]")
+    for name in _PROBE_FIELDS + (("memory_w", "memory_b") if k else ()):
         t = getattr(p, name)
         need(t.dtype == torch.float32 and t.device == device and t.is_contiguous(),
              f"probe.{name} must be a contiguous fp32 tensor on {device} (use ProbeTensors.to(device))")
     for head in ("ready", "skip"):
-        w1, b1, w2, b2 = (getattr(p, f"{head}_{k}") for k in ("w1", "b1", "w2", "b2"))
+        w1, b1, w2, b2 = (getattr(p, f"{head}_{part}") for part in ("w1", "b1", "w2", "b2"))
         h = w1.shape[0]
-        need(w1.shape == (h, d) and b1.shape == (h,) and w2.shape == (h,) and b2.numel() == 1 and p.inv_std.shape == (d,),
-             f"probe {head} head shapes: w1 [H, {d}], b1 [H], w2 [H], b2 [1]; got {tuple(w1.shape)}, {tuple(b1.shape)}, "
+        d_in = d + k if head == "ready" else d  # a ready head with memory reads [x, memory]
+        need(w1.shape == (h, d_in) and b1.shape == (h,) and w2.shape == (h,) and b2.numel() == 1 and p.inv_std.shape == (d,),
+             f"probe {head} head shapes: w1 [H, {d_in}], b1 [H], w2 [H], b2 [1]; got {tuple(w1.shape)}, {tuple(b1.shape)}, "
              f"{tuple(w2.shape)}, {tuple(b2.shape)}")
+    if k:
+        need(p.memory_w.shape == (k, d) and p.memory_b.shape == (k,), f"probe memory shapes: memory_w [K, {d}], "
+             f"memory_b [K]; got {tuple(p.memory_w.shape)}, {tuple(p.memory_b.shape)}")
 
 
 def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, state: ControllerState,
@@ -437,6 +586,8 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
     """One controller step in place on `state`, in one Triton launch (same contract as probe_step_reference).
 
     hidden: [B, D] bf16/fp16/fp32, any strides (read when the spec has a probe); last_token: [B] int32/int64.
+    A probe with memory (K features) needs state.floats [NS_FLOAT + K, B] (`ControllerState.allocate(...,
+    memory_size=K)`) and updates its rows NS_FLOAT.. like the reference.
     split: two launches instead (the heads, then the state machine alone), the design the fused launch is
     measured against (benchmarks/gpu_kernels.py); same results.
     """
@@ -445,6 +596,9 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
     batch = state.batch_size
     interp = state.ints.device.type != "cuda"
     block_r = min(256, triton.next_power_of_2(batch))
+    k = spec.probe.memory_size if use_probe else 0
+    memory = k > 0
+    block_k = block_hm = 16  # unused without memory
     if use_probe:
         p = spec.probe
         d = p.mean.shape[0]
@@ -459,21 +613,34 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
         block_d = min(block_d, max(16, triton.next_power_of_2(d)))
         d_chunk = max(block_d, min(d_chunk, triton.cdiv(d, block_d) * block_d))
         n_d_splits = triton.cdiv(d, d_chunk)
-        n_h_tiles = triton.cdiv(max(h_ready, h_skip), block_h)
+        rows_ready = h_ready + k  # with memory the ready tiles also compute the K features
+        n_h_tiles = triton.cdiv(max(rows_ready, h_skip), block_h)
         n_b_tiles = triton.cdiv(batch, block_b)
         grid = (n_h_tiles, n_d_splits * n_b_tiles, 2)
-        ws = _workspace(state, n_h_tiles, n_d_splits, n_b_tiles, block_h)
-        work = (ws.spart, ws.zpart, ws.gcount, ws.count)
+        ws = _workspace(state, n_h_tiles, n_d_splits, n_b_tiles, block_h, memory)
+        work = (ws.spart, ws.zpart, ws.gcount, ws.count, ws.zready)
         weights = [getattr(p, f) for f in _PROBE_FIELDS]
+        if memory:
+            weights[_PROBE_FIELDS.index("ready_w1")] = _ready_tiles(p)
+            weights += [p.ready_w1, p.memory_b]
+            # the machine finishes the ready head with tl.dot (every dimension >= 16) on [BLOCK_R, BLOCK_HM] tiles;
+            # sizes from ptxas for sm_90 (compiled without a GPU, not timed yet): up to 128 rows at a time and 16
+            # units (32 for up to 16 rows) spill about as much as the memoryless kernel already does (220-290 bytes
+            # a thread); 256 rows or 64 units spill 2-3x that
+            block_r = min(128, max(16, block_r))
+            block_k = max(16, triton.next_power_of_2(k))
+            block_hm = 32 if block_r <= 16 and h_ready > 16 else 16
+        else:
+            weights += [state.floats] * 2  # never read without memory
         hargs = (hidden, hidden.stride(0), hidden.stride(1))
         relu = bool(p.relu)
     else:
-        d = h_ready = h_skip = n_h_tiles = n_b_tiles = n_d_splits = 1
+        d = h_ready = h_skip = rows_ready = n_h_tiles = n_b_tiles = n_d_splits = 1
         block_b = block_h = block_d = d_chunk = 16
         grid = (1, 1, 1)
         dummy = state.floats
-        work = (dummy, dummy, state.ints, state.ints)  # never touched without a probe
-        weights = [dummy] * len(_PROBE_FIELDS)
+        work = (dummy, dummy, state.ints, state.ints, dummy)  # never touched without a probe
+        weights = [dummy] * (len(_PROBE_FIELDS) + 2)
         hargs = (dummy, 0, 0)
         relu = False
     args = (
@@ -483,12 +650,13 @@ def probe_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, sta
         *params.tensors(),
         spec.open_ids, spec.open_fail, spec.close_ids, spec.close_fail, spec.eos_ids, spec.is_boundary,
         *work,
-        batch, d, h_ready, h_skip, n_h_tiles, n_b_tiles, params.force.shape[1], spec.eos_ids.numel(),
+        batch, d, rows_ready, h_skip, k, n_h_tiles, n_b_tiles, params.force.shape[1], spec.eos_ids.numel(),
         spec.is_boundary.numel(), spec.open_ids.numel(), spec.close_ids.numel(),
     )
     meta = dict(
-        HAS_PROBE=use_probe, RELU=relu,
-        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_R=block_r, D_CHUNK=d_chunk, N_D_SPLITS=n_d_splits,
+        HAS_PROBE=use_probe, RELU=relu, MEMORY=memory,
+        BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_R=block_r, BLOCK_HM=block_hm, BLOCK_K=block_k,
+        D_CHUNK=d_chunk, N_D_SPLITS=n_d_splits,
         # tf32x3 runs on tensor cores at fp32-level accuracy; the interpreter computes in plain fp32
         DOT_PRECISION="ieee" if interp else "tf32x3",
         num_warps=4,

@@ -32,8 +32,10 @@ def randint(gen: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi, (1,), generator=gen))
 
 
-def random_probe(d: int, h: int, gen: torch.Generator, relu: bool = True, device="cpu") -> ProbeTensors:
-    """A probe whose scores spread over (0, 1) for standard-normal hidden states."""
+def random_probe(d: int, h: int, gen: torch.Generator, relu: bool = True, device="cpu",
+                 memory: int = 0) -> ProbeTensors:
+    """A probe whose scores spread over (0, 1) for standard-normal hidden states; with `memory` K > 0 its ready
+    head also reads K running maxima (weights large enough that the maxima move the score)."""
 
     def randn(*shape, scale=1.0):
         return torch.randn(*shape, generator=gen) * scale
@@ -48,6 +50,10 @@ def random_probe(d: int, h: int, gen: torch.Generator, relu: bool = True, device
         ready_w1=rw1, ready_b1=rb1, ready_w2=rw2, ready_b2=rb2,
         skip_w1=sw1, skip_b1=sb1, skip_w2=sw2, skip_b2=sb2, relu=relu,
     )
+    if memory:
+        probe.memory_w = randn(memory, d, scale=d**-0.5)
+        probe.memory_b = randn(memory, scale=0.5)
+        probe.ready_w1 = torch.cat([rw1, randn(h, memory, scale=memory**-0.5)], 1)
     return probe.to(device)
 
 
@@ -178,13 +184,13 @@ class TokenStreams:
 
 
 def assert_states_equal(got: ControllerState, want: ControllerState, atol: float, rtol: float, where: str = "") -> None:
-    """Integer fields exactly, float fields to a tolerance (NaN where NaN)."""
+    """Integer fields exactly, float fields and memory to a tolerance (NaN where NaN)."""
     for name in INT_FIELDS + ("forced",):
         g, w = getattr(got, name).cpu(), getattr(want, name).cpu()
         if not torch.equal(g, w):
             rows = (g != w).nonzero().flatten()[:8].tolist()
             raise AssertionError(f"{where}: state.{name} differs at rows {rows}: got {g[rows].tolist()}, want {w[rows].tolist()}")
-    for name in FLOAT_FIELDS:
+    for name in FLOAT_FIELDS + ("memory",):  # memory: [K, B] running maxima of a probe with memory (K may be 0)
         torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name).cpu(), atol=atol, rtol=rtol,
                                    equal_nan=True, msg=lambda m, n=name: f"{where}: state.{n}: {m}")
 

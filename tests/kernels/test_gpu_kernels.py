@@ -12,7 +12,7 @@ import torch
 
 from dataclasses import replace
 
-from adaptive_think.controller.state import POLICY_BUDGET, POLICY_PROBE, ControllerState
+from adaptive_think.controller.state import NO_MEMORY, POLICY_BUDGET, POLICY_PROBE, ControllerState
 from adaptive_think.kernels.logit_stats import logit_stats_reference
 from adaptive_think.kernels.probe_step import probe_step_reference
 from kernel_cases import TokenStreams, assert_states_equal, random_hidden, random_params, random_probe, random_spec, random_state
@@ -25,6 +25,8 @@ DTYPES = [
     pytest.param(torch.float16, 2e-5, 2e-5, id="fp16"),
 ]
 PROBE_SHAPES = [(1, 4096, 256), (3, 257, 16), (63, 1000, 40), (64, 4096, 256), (256, 2048, 512), (500, 100, 20)]
+# fewer than the memoryless cases: each shape and dtype is one more compile inside scripts/gpu_check.sh's budget
+MEMORY_SHAPES = [(1, 4096, 256, 8), (63, 1000, 40, 8), (300, 2048, 100, 16)]
 LOGIT_SHAPES = [(1, 7), (3, 1000), (63, 257), (32, 151936), (4, 262144), (256, 32000)]
 
 
@@ -59,6 +61,42 @@ def test_probe_step_cuda_matches_reference(step, B, D, H, dtype, atol, rtol):
     assert_states_equal(got, want, 4 * atol, 4 * rtol, where=f"B{B}-D{D}-H{H}-{dtype}")
 
 
+def _finite_hidden(batch, d, dtype, gen, nan_row=True):
+    """random_hidden without its inf rows (row 1 NaN): tf32x3 splits each operand into big + small parts, and
+    inf - inf makes a whole row NaN where the fp32 reference keeps +-inf. Both then score NaN (never a stop), but
+    a memory would hold NaN against +-inf, so the memory cases compare finite rows and the NaN row only."""
+    h = random_hidden(batch, d, dtype, gen, bad_rows=False)
+    if nan_row and batch > 1:
+        h[1, d // 2] = float("nan")
+    return h
+
+
+# bf16 alone: the dtype changes only the hidden state's load, which the memoryless cases cover in all three
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES[1:2])
+@pytest.mark.parametrize("B, D, H, K", MEMORY_SHAPES, ids=[f"B{b}-D{d}-H{h}-K{k}" for b, d, h, k in MEMORY_SHAPES])
+@pytest.mark.parametrize("step", [0, None], ids=["step0", "mixed-steps"])
+def test_memory_probe_step_cuda_matches_reference(step, B, D, H, K, dtype, atol, rtol):
+    """A probe with memory: compiled kernel == reference from random mid-run states holding random maxima."""
+    from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
+
+    gen = torch.Generator().manual_seed(B + D + H + K + (step if step is not None else 7))
+    spec = random_spec(gen, 50, random_probe(D, H, gen, relu=H > 1, memory=K))
+    params = random_params(gen, B, 50, spec)
+    params.floats[1].fill_(0.5)
+    params.ints[3].fill_(1)
+    state = random_state(B, gen, spec, params, step)
+    memory = torch.randn(K, B, generator=gen)
+    memory[:, torch.rand(B, generator=gen) < 0.3] = NO_MEMORY
+    state = ControllerState(state.ints, torch.cat([state.floats, memory]), state.forced)
+    hidden = _finite_hidden(B, D, dtype, gen)
+    tok = torch.randint(0, 50, (B,), generator=gen)
+    want = state.clone()
+    probe_step_reference(hidden, tok, want, params, spec)
+    got = _cuda_state(state)
+    probe_step_triton(hidden.cuda(), tok.cuda(), got, params.to("cuda"), _spec_to(spec, "cuda"))
+    assert_states_equal(got, want, 4 * atol, 4 * rtol, where=f"B{B}-D{D}-H{H}-K{K}-{dtype}")
+
+
 @pytest.mark.parametrize("dtype, atol, rtol", [pytest.param(torch.float32, 2e-5, 1e-5, id="fp32"),
                                                pytest.param(torch.bfloat16, 5e-5, 2e-5, id="bf16"),
                                                pytest.param(torch.float16, 5e-5, 2e-5, id="fp16")])
@@ -76,19 +114,23 @@ def test_logit_stats_cuda_matches_reference(B, V, dtype, atol, rtol):
             torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name), atol=atol, rtol=rtol, equal_nan=True)
 
 
+REPLAY_SHAPES = [(1, 256, 16, 0), (8, 1024, 64, 0), (64, 4096, 256, 0), (8, 1024, 64, 8)]
+
+
 @pytest.mark.parametrize("split", [False, True], ids=["fused", "two-launches"])
-@pytest.mark.parametrize("B, D, H", [(1, 256, 16), (8, 1024, 64), (64, 4096, 256)], ids=lambda v: str(v))
-def test_probe_step_graph_replay_matches_reference(B, D, H, split):
+@pytest.mark.parametrize("B, D, H, K", REPLAY_SHAPES, ids=[f"B{b}-D{d}-H{h}-K{k}" for b, d, h, k in REPLAY_SHAPES])
+def test_probe_step_graph_replay_matches_reference(B, D, H, K, split):
     """Capture one step in a CUDA graph, replay it over a scripted run (mixed per-row policies, one row restarted
-    mid-run), compare with the reference each step; the fused launch and the two-launch design alike."""
+    mid-run), compare with the reference each step; the fused launch and the two-launch design alike, probes
+    with memory (K > 0: the maxima through blocks, resets and stops) and without."""
     from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 
-    gen = torch.Generator().manual_seed(B * D)
+    gen = torch.Generator().manual_seed(B * D + K)
     vocab = 60
-    spec = random_spec(gen, vocab, random_probe(D, H, gen))
+    spec = random_spec(gen, vocab, random_probe(D, H, gen, memory=K))
     params = random_params(gen, B, vocab, spec)
     spec_cuda, params_cuda = _spec_to(spec, "cuda"), params.to("cuda")
-    want = ControllerState.allocate(B, "cpu")
+    want = ControllerState.allocate(B, "cpu", memory_size=K)
     want.phase.copy_((torch.rand(B, generator=gen) < 0.5).int())
     state = _cuda_state(want)
     hidden_buf = torch.zeros(B, D, dtype=torch.bfloat16, device="cuda")  # static inputs the graph reads
@@ -110,10 +152,13 @@ def test_probe_step_graph_replay_matches_reference(B, D, H, split):
     tok = torch.zeros(B, dtype=torch.int64)
     for step in range(30):
         if step == 12:  # a row restarts between replays (a new request in its slot): its own step 0 again
-            fresh = ControllerState.allocate(1, "cpu")
-            want.ints[:, B - 1] = fresh.ints[:, 0]
-            state.ints[:, B - 1] = fresh.ints[:, 0].cuda()
-        hidden = random_hidden(B, D, torch.bfloat16, gen, bad_rows=step % 7 == 3)
+            fresh = ControllerState.allocate(1, "cpu", memory_size=K)
+            want.ints[:, B - 1], want.memory[:, B - 1] = fresh.ints[:, 0], fresh.memory[:, 0]
+            state.ints[:, B - 1], state.memory[:, B - 1] = fresh.ints[:, 0].cuda(), fresh.memory[:, 0].cuda()
+        if K:  # no inf rows with memory (see _finite_hidden)
+            hidden = _finite_hidden(B, D, torch.bfloat16, gen, nan_row=step % 7 == 3)
+        else:
+            hidden = random_hidden(B, D, torch.bfloat16, gen, bad_rows=step % 7 == 3)
         hidden_buf.copy_(hidden)
         tok_buf.copy_(tok)
         graph.replay()
@@ -129,11 +174,12 @@ def test_no_host_sync():
     from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
 
     gen = torch.Generator().manual_seed(0)
-    for policy in (POLICY_PROBE, POLICY_BUDGET):
-        spec_cpu = random_spec(gen, 50, random_probe(512, 32, gen) if policy == POLICY_PROBE else None)
+    for policy, k in ((POLICY_PROBE, 0), (POLICY_PROBE, 8), (POLICY_BUDGET, 0)):  # k: a probe with memory
+        spec_cpu = random_spec(gen, 50, random_probe(512, 32, gen, memory=k) if policy == POLICY_PROBE else None)
         params_cpu = random_params(gen, 16, 50, spec_cpu, policy)
         spec, params = _spec_to(spec_cpu, "cuda"), params_cpu.to("cuda")
-        state = _cuda_state(random_state(16, gen, spec_cpu, params_cpu, 0))
+        state = random_state(16, gen, spec_cpu, params_cpu, 0)
+        state = _cuda_state(ControllerState(state.ints, torch.cat([state.floats, torch.zeros(k, 16)]), state.forced))
         hidden = torch.randn(16, 512, device="cuda", dtype=torch.bfloat16)
         tok = torch.randint(0, 50, (16,), device="cuda")
         logits = torch.randn(16, 32000, device="cuda", dtype=torch.bfloat16)

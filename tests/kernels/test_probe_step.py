@@ -21,6 +21,7 @@ from adaptive_think.controller.state import (
     ENDED_PROBE,
     ENDED_SKIPPED,
     NO_LIMIT,
+    NO_MEMORY,
     POLICY_BUDGET,
     POLICY_FULL,
     POLICY_NONE,
@@ -65,6 +66,7 @@ def _triton_step(hidden, tok, state, params, spec, split=False):
     if ws is not None:
         ws.spart.fill_(float("nan"))
         ws.zpart.fill_(float("nan"))
+        ws.zready.fill_(float("nan"))
     triton_kernel.probe_step_triton(hidden, tok, state, params, spec, split=split)
     ws = getattr(state, triton_kernel._WORKSPACE_ATTR, None)
     if ws is not None:  # every launch leaves its tickets at 0 for the next one
@@ -181,6 +183,115 @@ def test_state_machine_matches_reference(B, D, H, policy, seed):
             tok = streams.next(want.forced)
         if B > 1:
             assert want.ended_by[0] != ENDED_PROBE  # NaN never stops
+
+
+# ----------------------------------------------------------------------------------------------------
+# a probe with memory: kernel == reference over whole runs (the maxima through blocks, resets, stops)
+
+MEMORY_CASES = [  # (B, D, H, K, hidden dtype, atol, rtol, split, seed); D > 64 splits D in the interpreter
+    pytest.param(9, 100, 16, 3, torch.float32, 1e-6, 1e-5, False, 0, id="B9-D100-H16-K3-fp32-splitD"),
+    pytest.param(6, 40, 24, 8, torch.bfloat16, 1e-6, 1e-5, False, 4, id="B6-D40-H24-K8-bf16"),
+    pytest.param(5, 130, 8, 5, torch.float32, 1e-6, 1e-5, True, 2, id="B5-D130-H8-K5-fp32-splitD-two-launches"),
+]
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("B, D, H, K, dtype, atol, rtol", [
+    pytest.param(300, 70, 40, 3, torch.float32, 1e-6, 1e-5, id="B300-D70-H40-K3-fp32"),  # 3 row blocks, 3 unit chunks
+    pytest.param(63, 257, 100, 16, torch.bfloat16, 1e-6, 1e-5, id="B63-D257-H100-K16-bf16"),
+])
+def test_memory_probe_one_step_matches_reference(B, D, H, K, dtype, atol, rtol):
+    """One step from random mid-run states holding random maxima (some rows none yet), NaN / inf hidden rows."""
+    gen = torch.Generator().manual_seed(B + D + H + K)
+    probe = random_probe(D, H, gen, relu=True, memory=K)
+    spec = random_spec(gen, 50, probe)
+    params = random_params(gen, B, 50, spec)
+    params.floats[1].fill_(0.5)  # some probe rows skip at their step 0
+    params.ints[3].fill_(1)
+    state = random_state(B, gen, spec, params, None)
+    memory = torch.randn(K, B, generator=gen)
+    memory[:, torch.rand(B, generator=gen) < 0.3] = NO_MEMORY
+    state = ControllerState(state.ints, torch.cat([state.floats, memory]), state.forced)
+    hidden = random_hidden(B, D, dtype, gen)
+    tok = torch.randint(0, 50, (B,), generator=gen)
+    want = state.clone()
+    probe_step_reference(hidden, tok, want, params, spec)
+    _triton_step(hidden, tok, state, params, spec)
+    assert_states_equal(state, want, atol, rtol, where=f"B{B}-D{D}-H{H}-K{K}-{dtype}")
+    assert (want.memory != memory).any(0).sum() > B // 10  # many rows' maxima moved (or were reset)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("B, D, H, K, dtype, atol, rtol, split, seed", MEMORY_CASES)
+def test_memory_probe_matches_reference(B, D, H, K, dtype, atol, rtol, split, seed):
+    """Scripted streams (markers, eos, forced tokens), mixed policies, every row from its step 0, one row restarted
+    mid-run: the kernel's maxima, scores and decisions equal the reference's at every step. The run must cover a
+    thought read, a block opened over an earlier block's maxima (the reset), a probe stop and a non-probe row."""
+    gen = torch.Generator().manual_seed(200 + seed)
+    vocab = 60
+    probe = random_probe(D, H, gen, relu=H > 1, memory=K)
+    spec = random_spec(gen, vocab, probe, lo=1, lc=1)
+    params = random_params(gen, B, vocab, spec)
+    # probe rows, with none / budget / full rows between them (the maxima are kept whatever the policy)
+    params.ints[0].copy_(torch.tensor([POLICY_PROBE, POLICY_NONE, POLICY_PROBE, POLICY_BUDGET, POLICY_PROBE,
+                                       POLICY_FULL] * B)[:B])
+    params.ints[3].fill_(1)  # patience 1, low thresholds: probe stops come within the run
+    params.floats[0].mul_(0.5)
+    streams = TokenStreams(B, vocab, spec, gen)
+    want = ControllerState.allocate(B, "cpu", memory_size=K)
+    want.phase.copy_((torch.rand(B, generator=gen) < 0.5).int())  # PROMPT or already THINKING
+    got = want.clone()
+    garble(got)
+    tok = torch.zeros(B, dtype=torch.int64)
+    seen = dict(read=0, reset=0, probe_stop=0)
+    for step in range(24):
+        hidden = random_hidden(B, D, dtype, gen, bad_rows=step % 8 == 5)  # NaN / inf rows now and then
+        if step == 10:  # restart row 2 mid-run, as a new request in its slot: its own step 0 again, no memory
+            fresh = ControllerState.allocate(1, "cpu", memory_size=K)
+            for s in (want, got):
+                s.ints[:, 2], s.memory[:, 2] = fresh.ints[:, 0], fresh.memory[:, 0]
+        before, blocks = want.memory.clone(), want.blocks.clone()
+        probe_step_reference(hidden, tok, want, params, spec)
+        _triton_step(hidden, tok, got, params, spec, split=split)
+        assert_states_equal(got, want, atol, rtol, where=f"step {step}")
+        seen["read"] += int((want.memory != before).any(0).sum())
+        remembered = (before != NO_MEMORY).any(0)
+        seen["reset"] += int(((want.blocks > blocks) & remembered & (want.memory == NO_MEMORY).all(0)).sum())
+        seen["probe_stop"] += int(((want.ended_by == ENDED_PROBE) & (want.decision_step == want.step - 1)).sum())
+        got.ema.copy_(want.ema)  # keep last-ulp differences from compounding into a threshold flip
+        garble(got)
+        got.forced.copy_(want.forced)
+        tok = streams.next(want.forced)
+    assert all(seen.values()), f"the run does not cover every case: {seen}"
+
+
+@pytest.mark.kernels
+def test_memory_probe_ready_tiles_follow_the_probe():
+    """The stacked [ready_w1[:, :D]; memory_w] is built once per probe, and never serves another probe (one state
+    stepped with two probes) or weights changed in place."""
+    from adaptive_think.kernels.probe_step.triton_kernel import _ready_tiles
+
+    gen = torch.Generator().manual_seed(5)
+    B, D, H, K = 3, 40, 16, 3
+    first, second = random_probe(D, H, gen, memory=K), random_probe(D, H, gen, memory=K)
+    spec = random_spec(gen, 50, first)
+    params = random_params(gen, B, 50, spec, POLICY_PROBE)
+    want = ControllerState.allocate(B, "cpu", memory_size=K)
+    want.phase.fill_(THINKING)
+    want.step.fill_(3)
+    got = want.clone()
+    for i, probe in enumerate([first, second, first, "in place", first]):
+        if probe == "in place":
+            first.memory_w.mul_(-1.0)
+            first.ready_w1[:, :D].mul_(0.5)
+            probe = first
+        spec.probe = probe
+        hidden = random_hidden(B, D, torch.float32, gen, bad_rows=False)
+        tok = torch.randint(0, 10, (B,), generator=gen)  # ordinary text: every row reads a thought token
+        probe_step_reference(hidden, tok, want, params, spec)
+        _triton_step(hidden, tok, got, params, spec)
+        assert_states_equal(got, want, 1e-6, 1e-5, where=f"call {i}")
+    assert _ready_tiles(first) is _ready_tiles(first)  # cached: not rebuilt per call
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -433,3 +544,19 @@ def test_triton_rejects_bad_inputs():
     state.floats = state.floats.double()
     with pytest.raises(ValueError, match="state.floats"):
         probe_step_triton(torch.zeros(2, 16), torch.zeros(2, dtype=torch.int64), state, params, spec)
+    # a probe with memory: the state keeps its K maxima, and the weights agree on K
+    memory_spec = random_spec(gen, 40, random_probe(16, 4, gen, memory=3))
+    with pytest.raises(ValueError, match=r"state.floats must be \[NS_FLOAT \+ K, B\].*memory_size=3"):
+        probe_step_triton(torch.zeros(2, 16), torch.zeros(2, dtype=torch.int64), ControllerState.allocate(2, "cpu"),
+                          params, memory_spec)
+    state = ControllerState.allocate(2, "cpu", memory_size=3)
+    memory_spec.probe.memory_b = torch.zeros(2)
+    with pytest.raises(ValueError, match="memory shapes"):
+        probe_step_triton(torch.zeros(2, 16), torch.zeros(2, dtype=torch.int64), state, params, memory_spec)
+    memory_spec.probe.memory_b = None
+    with pytest.raises(ValueError, match="both memory_w"):
+        probe_step_triton(torch.zeros(2, 16), torch.zeros(2, dtype=torch.int64), state, params, memory_spec)
+    memory_spec.probe.memory_b = torch.zeros(3)
+    memory_spec.probe.ready_w1 = memory_spec.probe.ready_w1[:, :16].contiguous()
+    with pytest.raises(ValueError, match=r"ready head shapes: w1 \[H, 19\]"):
+        probe_step_triton(torch.zeros(2, 16), torch.zeros(2, dtype=torch.int64), state, params, memory_spec)
