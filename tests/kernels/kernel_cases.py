@@ -15,6 +15,7 @@ from adaptive_think.controller.state import (
     FLOAT_FIELDS,
     INT_FIELDS,
     NO_LIMIT,
+    NO_MEMORY,
     POLICY_CODES,
     PROMPT,
     ControllerSpec,
@@ -122,6 +123,13 @@ def random_state(batch: int, gen: torch.Generator, spec: ControllerSpec, params:
         s.step.fill_(step)
     garble(s)
     return s.to(device)
+
+
+def with_random_memory(state: ControllerState, k: int, gen: torch.Generator) -> ControllerState:
+    """`state` (CPU) plus K random running maxima per row, about 30% of rows holding none yet (NO_MEMORY)."""
+    memory = torch.randn(k, state.batch_size, generator=gen)
+    memory[:, torch.rand(state.batch_size, generator=gen) < 0.3] = NO_MEMORY
+    return ControllerState(state.ints, torch.cat([state.floats, memory]), state.forced)
 
 
 def garble(state: ControllerState) -> None:

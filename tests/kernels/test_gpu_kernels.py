@@ -12,10 +12,11 @@ import torch
 
 from dataclasses import replace
 
-from adaptive_think.controller.state import NO_MEMORY, POLICY_BUDGET, POLICY_PROBE, ControllerState
+from adaptive_think.controller.state import POLICY_BUDGET, POLICY_PROBE, ControllerState
 from adaptive_think.kernels.logit_stats import logit_stats_reference
 from adaptive_think.kernels.probe_step import probe_step_reference
-from kernel_cases import TokenStreams, assert_states_equal, random_hidden, random_params, random_probe, random_spec, random_state
+from kernel_cases import (TokenStreams, assert_states_equal, random_hidden, random_params, random_probe, random_spec,
+                          random_state, with_random_memory)
 
 pytestmark = pytest.mark.gpu
 
@@ -85,9 +86,7 @@ def test_memory_probe_step_cuda_matches_reference(step, B, D, H, K, dtype, atol,
     params.floats[1].fill_(0.5)
     params.ints[3].fill_(1)
     state = random_state(B, gen, spec, params, step)
-    memory = torch.randn(K, B, generator=gen)
-    memory[:, torch.rand(B, generator=gen) < 0.3] = NO_MEMORY
-    state = ControllerState(state.ints, torch.cat([state.floats, memory]), state.forced)
+    state = with_random_memory(state, K, gen)
     hidden = _finite_hidden(B, D, dtype, gen)
     tok = torch.randint(0, 50, (B,), generator=gen)
     want = state.clone()

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from adaptive_think.controller.params import RowParams, RowSettings
 from adaptive_think.controller.state import (
     ANSWERING,
-    CLOSING,
     DONE,
     ENDED_BUDGET,
     ENDED_NATURAL,
@@ -42,6 +41,7 @@ from kernel_cases import (
     random_probe,
     random_spec,
     random_state,
+    with_random_memory,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on NaN/inf rows
@@ -209,16 +209,15 @@ def test_memory_probe_one_step_matches_reference(B, D, H, K, dtype, atol, rtol):
     params.floats[1].fill_(0.5)  # some probe rows skip at their step 0
     params.ints[3].fill_(1)
     state = random_state(B, gen, spec, params, None)
-    memory = torch.randn(K, B, generator=gen)
-    memory[:, torch.rand(B, generator=gen) < 0.3] = NO_MEMORY
-    state = ControllerState(state.ints, torch.cat([state.floats, memory]), state.forced)
+    state = with_random_memory(state, K, gen)
+    before = state.memory.clone()
     hidden = random_hidden(B, D, dtype, gen)
     tok = torch.randint(0, 50, (B,), generator=gen)
     want = state.clone()
     probe_step_reference(hidden, tok, want, params, spec)
     _triton_step(hidden, tok, state, params, spec)
     assert_states_equal(state, want, atol, rtol, where=f"B{B}-D{D}-H{H}-K{K}-{dtype}")
-    assert (want.memory != memory).any(0).sum() > B // 10  # many rows' maxima moved (or were reset)
+    assert (want.memory != before).any(0).sum() > B // 10  # many rows' maxima moved (or were reset)
 
 
 @pytest.mark.kernels
