@@ -44,7 +44,7 @@ def add_arguments(p):
                            "torch seed set before each policy's run")
 
 
-def _load_probe(spec):
+def load_probe(spec):
     if spec is None:
         return None, None
     from adaptive_think.probe import Probe
@@ -69,7 +69,7 @@ def run(args) -> int:
 
     explicit = [parse_policy(t) for t in args.policies or []]  # fail before loading anything
     sampling = sampling_from_args(args)
-    probe, probe_name = _load_probe(args.probe)
+    probe, probe_name = load_probe(args.probe)
     pattern = parse = None
     if not args.questions:
         from adaptive_think.tasks import ANSWER_STATED, parse_answer

@@ -3,6 +3,7 @@
     adaptive-think train-probe --data runs/collect --out runs/probe --efforts high:0.005 medium:0.02 low:0.05
     adaptive-think train-probe --data runs/collect --out runs/probe --epsilon 0.02 --delta 0.1   # one rung
     adaptive-think train-probe --data runs/collect runs/collect-sampled --out runs/probe      # greedy + sampled
+    adaptive-think train-probe --data runs/collect --calib-data runs/more --out runs/probe   # + calibration-only
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def add_arguments(p):
                    help="folder(s) written by `adaptive-think collect` for this model; add a sampled collection "
                         "(collect --do-sample ...) to calibrate every rung under sampling too")
     p.add_argument("--out", required=True, help="probe folder to write (probe.safetensors + probe.json)")
+    add_calib_data_argument(p)
     g = p.add_argument_group("training")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--width", type=int, default=64, help="MLP hidden width")
@@ -33,17 +35,33 @@ def add_arguments(p):
                    help="ready head with memory: it also reads a running maximum of K learned features of every "
                         "earlier thought token (needs collections made with --token-states; 0: none, the default)")
     g.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
-    c = p.add_argument_group("calibration (Learn-then-Test), one run per effort rung")
-    c.add_argument("--efforts", nargs="+", default=list(DEFAULT_RUNGS), metavar="NAME:EPSILON[:DELTA]",
-                   help="effort ladder: each rung loses at most EPSILON accuracy against full thinking with "
-                        f"probability >= 1 - DELTA (default: {' '.join(DEFAULT_RUNGS)})")
-    c.add_argument("--delta", type=float, default=0.1, help="DELTA of rungs that name none")
+    c = add_calibration_arguments(p)
     c.add_argument("--epsilon", type=float, default=None, help="one rung named 'custom' instead of --efforts")
-    c.add_argument("--skip-share", type=float, default=0.25,
-                   help="share of each rung's epsilon spent on skipping before early stops (default 0.25): "
-                        "easy questions then skip thinking outright; 0 orders thresholds by tokens saved per loss alone")
     c.add_argument("--val-fraction", type=float, default=0.15)
     c.add_argument("--calib-fraction", type=float, default=0.35)
+
+
+def add_calib_data_argument(p):
+    p.add_argument("--calib-data", nargs="+", default=[], metavar="DIR",
+                   help="calibration-only collection(s) of the same model: every question is a calibration question "
+                        "(never trained on); more of them tighten each rung's bound")
+
+
+def add_calibration_arguments(p, defaults: bool = True):
+    """The calibration flags train-probe and calibrate share (defaults=False: None keeps the probe's own)."""
+    c = p.add_argument_group("calibration (Learn-then-Test), one run per effort rung")
+    c.add_argument("--efforts", nargs="+", default=list(DEFAULT_RUNGS) if defaults else None, metavar="NAME:EPSILON[:DELTA]",
+                   help="effort ladder: each rung loses at most EPSILON accuracy against full thinking with "
+                        f"probability >= 1 - DELTA (default: {' '.join(DEFAULT_RUNGS)})")
+    c.add_argument("--delta", type=float, default=0.1 if defaults else None, help="DELTA of rungs that name none (default 0.1)")
+    c.add_argument("--skip-share", type=float, default=0.25 if defaults else None,
+                   help="share of each rung's epsilon spent on skipping before early stops (default 0.25): "
+                        "easy questions then skip thinking outright; 0 orders thresholds by tokens saved per loss alone")
+    c.add_argument("--per-rung-delta", dest="family_wise", action="store_false",
+                   help="test each rung under each decoding at its own DELTA (default: family-wise, each of the "
+                        "rungs x decodings tests at DELTA / their number, so that all hold at once with "
+                        "probability >= 1 - DELTA)")
+    return c
 
 
 def run(args) -> int:
@@ -53,12 +71,17 @@ def run(args) -> int:
                       efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,
                       calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
                       ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share,
-                      neg_weight=args.neg_weight, memory=args.memory)
-    probe = train_probe(args.data, cfg)
+                      neg_weight=args.neg_weight, memory=args.memory, family_wise=args.family_wise)
+    probe = train_probe(args.data, cfg, calib_data=args.calib_data)
     probe.save_pretrained(args.out)
-    print(json.dumps({"out": args.out, "layer": probe.layer, "default_effort": probe.default_effort,
-                      "ladder": {r.name: {"epsilon": r.epsilon, "delta": r.delta, "ready_threshold": r.ready_threshold,
-                                          "skip_threshold": r.skip_threshold, "achieved": r.calibration["achieved"],
-                                          "by_decoding": r.calibration.get("by_decoding")}
-                                 for r in probe.ladder}}))
+    print(json.dumps(ladder_summary(probe, args.out)))
     return 0
+
+
+def ladder_summary(probe, out) -> dict:
+    """What train-probe and calibrate print when done: every rung's thresholds and calibration result."""
+    return {"out": str(out), "layer": probe.layer, "default_effort": probe.default_effort,
+            "ladder": {r.name: {"epsilon": r.epsilon, "delta": r.delta, "ready_threshold": r.ready_threshold,
+                                "skip_threshold": r.skip_threshold, "achieved": r.calibration["achieved"],
+                                "family": r.calibration.get("family"), "by_decoding": r.calibration.get("by_decoding")}
+                       for r in probe.ladder}}

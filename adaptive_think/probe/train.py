@@ -20,17 +20,20 @@ import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adaptive_think.probe.calibrate import build_path, calibrate, questions_of
-from adaptive_think.probe.memory import ThoughtSet, checkpoint_scores, fit_memory_head, question_key
+from adaptive_think.probe.calibrate_ladder import (TRAIN, VAL, assign_parts, calibrate_ladder, calibration_only_summary,
+                                                   question_group)
+from adaptive_think.probe.memory import ThoughtSet, fit_memory_head, question_key
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
-from adaptive_think.probe.ladder import DEFAULT_RUNGS, Rung, default_rung, parse_rungs
+from adaptive_think.probe.ladder import DEFAULT_RUNGS, parse_rungs
 from adaptive_think.probe.metrics import auroc, recall_at_no_false_positive
 from adaptive_think.probe.probe import Probe
+from adaptive_think.probe.scoring import collection_scores
 from adaptive_think.probe.shards import load_collections
 
 
@@ -56,6 +59,8 @@ class TrainConfig:
     # K > 0: the ready head also reads a running maximum of K learned features of every earlier thought token
     # (memory.py; needs collections made with --token-states); 0: the memoryless head
     memory: int = 0
+    # every rung under every decoding mode holds at once with probability >= 1 - delta (calibrate_ladder.py)
+    family_wise: bool = True
 
     def rungs(self) -> list[tuple[str, float, float]]:
         """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
@@ -169,26 +174,36 @@ def _why_too_few(records: list[dict], settings: dict) -> str:
     return f"{cause[1]}; more questions will not help ({format_summary(health)}); check the model with {DOCTOR}"
 
 
-def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
-    """Train, sweep layers, calibrate on one collection folder or several; returns the probe (not yet saved)."""
+def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=()) -> Probe:
+    """Train, sweep layers, calibrate on one collection folder or several; returns the probe (not yet saved).
+
+    calib_data: calibration-only collection folders (never trained or validated on; calibrate_ladder.py).
+    """
     cfg = cfg or TrainConfig()
     t0 = time.time()
-    hidden, records, settings = load_collections(data_dir)
-    for c in settings["collections"]:
-        log(f"data: {c['data']} ({c['decoding']}): {c['questions']} questions, {c['records']} records")
+    data = [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
+    calib_data = [calib_data] if isinstance(calib_data, (str, Path)) else list(calib_data)
+    hidden, records, settings = load_collections(data + calib_data)
+    for i, c in enumerate(settings["collections"]):
+        c["role"] = "training" if i < len(data) else "calibration only"
+        log(f"data: {c['data']} ({c['decoding']}, {c['role']}): {c['questions']} questions, {c['records']} records")
     rungs = cfg.rungs()  # validate before training
     # split by question content where the collection hashed it: a question drawn twice stays on one side
-    groups = [r.get("qhash") or r["qid"] for r in records]
-    split = split_questions(groups, cfg.seed, cfg.val_fraction, cfg.calib_fraction)
-    part = [split[g] for g in groups]
+    split = split_questions([question_group(r) for r in records if r["source"] < len(data)], cfg.seed,
+                            cfg.val_fraction, cfg.calib_fraction)
+    part = assign_parts(records, len(data), split)
+    if calib_data:
+        extra = calibration_only_summary(records, part, len(data), calib_data)
+        log(f"calibration-only questions: {extra['questions']}, {extra['dropped_seen_in_training']} dropped "
+            "(also training or validation questions)")
     kind = torch.tensor([r["kind"] for r in records])
     label = torch.tensor([bool(r["label"]) for r in records])
-    is_train = torch.tensor([p == "train" for p in part])
-    is_val = torch.tensor([p == "val" for p in part])
+    is_train = torch.tensor([p == TRAIN for p in part])
+    is_val = torch.tensor([p == VAL for p in part])
     thought, prompt = kind == KIND_THOUGHT, kind == KIND_PROMPT
     is_boundary = torch.tensor([bool(r.get("boundary")) for r in records])
     if int((thought & is_train).sum()) < 10:
-        where = ", ".join(c["data"] for c in settings["collections"])
+        where = ", ".join(str(d) for d in data)
         raise ValueError(f"{where} holds too few thought checkpoints to train on "
                          f"({int((thought & is_train).sum())} in the training split): {_why_too_few(records, settings)}.")
 
@@ -238,7 +253,7 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
         log(f"ready head with memory ({cfg.memory} features) on layer {layer}: {len(thoughts.states)} thoughts, "
             f"best val loss {memory_loss:.4f}")
     probe = Probe(layer=layer, kind="mlp", weights=weights, fingerprint=settings["fingerprint"],
-                  provenance={"data": [c["data"] for c in settings["collections"]],
+                  provenance={"data": [str(d) for d in data],
                               "collections": settings["collections"], "train_config": asdict(cfg), "layer_sweep": sweep,
                               "chosen": {"layer": layer, "ready_kind": "memory" if memory else k, "skip_kind": skip_kind,
                                          "ready_val_auroc": score, "skip_val_auroc": skip_auc,
@@ -246,33 +261,9 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print) -> Probe:
                               "collect_settings": {kk: v for kk, v in settings.items()
                                                    if kk not in ("fingerprint", "collections")},
                               "questions_seen": seen_questions(records)})
-    # scores of every record under the final probe, for calibration on the held-out questions
-    if memory is None:
-        ready_s, skip_s = probe.score(hidden[f"layer{layer}"])
-        ready_l, skip_l = ready_s.tolist(), skip_s.tolist()
-    else:
-        ready_l = checkpoint_scores(memory, thoughts, records, mean, std)
-        skip_l = probe.skip_score(hidden[f"layer{layer}"]).tolist()
-    is_cal = [p == "calib" for p in part]
-    # the order in which threshold pairs are tested comes from the training and validation questions; each
-    # rung's path first spends skip_share of its budget there on skipping (easy questions skip thinking)
-    path_qs = questions_of(records, ready_l, skip_l, [not c for c in is_cal])
-    ladder = []
-    for name, eps, dlt in rungs:
-        path = build_path(path_qs, skip_losses=cfg.skip_share * eps * len(path_qs))
-        result = calibrate(records, ready_l, skip_l, is_cal, eps, dlt, path=path)
-        result["skip_share"] = cfg.skip_share
-        pairs = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in result["by_decoding"].items()}
-        ladder.append(Rung(name, eps, dlt, result["ready_threshold"], result["skip_threshold"], result,
-                           by_decoding=pairs if len(pairs) > 1 or "greedy" not in pairs else {}))
-        for mode, got in result["by_decoding"].items():
-            a = got["achieved"]
-            log(f"effort {name} ({mode}; epsilon {eps}, delta {dlt}): ready >= {got['ready_threshold']:.3f}, "
-                f"skip >= {got['skip_threshold']:.3f}; on {got['n_questions']} calibration questions: accuracy lost "
-                f"{a['accuracy_lost']:.4f}, thinking tokens saved {a['think_tokens_saved']:.1%}, skipped {a['skip_rate']:.1%}")
-    default = default_rung(ladder)
-    probe.set_ladder(ladder, default.name)
+    if calib_data:
+        probe.provenance["calibration_only"] = extra
+    ready_l, skip_l = collection_scores(probe, hidden, records)  # as the controller scores them online
+    calibrate_ladder(probe, records, ready_l, skip_l, part, rungs, cfg.skip_share, cfg.family_wise, log)
     probe.provenance["train_seconds"] = round(time.time() - t0, 1)
-    log(f"default effort: {default.name} (epsilon {default.epsilon}, delta {default.delta}"
-        + ("" if default.meets_promise else "; NO rung meets the 0.5-point promise") + ")")
     return probe

@@ -1,0 +1,153 @@
+"""Calibrate a probe's effort ladder: every rung's Learn-then-Test run, on held-out and calibration-only questions.
+
+The threshold path of each rung is ordered on the questions the heads were fitted and validated on; the tests
+run on calibration questions: the calibration split of the training collections plus every question of the
+calibration-only collections (`--calib-data`: drawn like the others, never seen by the heads; a question also
+in the training or validation split is dropped from them). More calibration questions tighten the binomial
+bound, and questions the heads never saw in any form are exactly as the probe will meet them.
+
+Family-wise (the default): the ladder's R rungs are tested under each of its M decoding modes, R x M tests in
+all; each runs at its rung's delta / (R x M), so that every rung holds under every decoding at once with
+probability at least 1 - delta (Bonferroni). Otherwise each test runs at its rung's own delta.
+
+`recalibrate` re-runs this for a trained probe without touching its heads, e.g. after collecting more
+calibration questions (`adaptive-think calibrate`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from adaptive_think.probe.calibrate import build_path, calibrate, questions_of
+from adaptive_think.probe.ladder import Rung, default_rung
+
+TRAIN, VAL, CALIB, DROPPED = "train", "val", "calib", "dropped"
+
+
+def question_group(r: dict) -> str:
+    """A question's identity across draws: its content hash where the collection made one, else its id."""
+    return r.get("qhash") or r["qid"]
+
+
+def assign_parts(records: list[dict], n_training_sources: int, split: dict[str, str]) -> list[str]:
+    """The part of each record: its question's split for the training collections (sources < n); calibration for
+    the calibration-only collections, unless the question is also a training or validation question (dropped)."""
+    part = []
+    for r in records:
+        g = question_group(r)
+        if r["source"] < n_training_sources:
+            part.append(split[g])
+        else:
+            part.append(DROPPED if split.get(g) in (TRAIN, VAL) else CALIB)
+    return part
+
+
+def calibration_only_summary(records, part, n_training_sources: int, folders) -> dict:
+    """What the probe records about its calibration-only collections: how many questions, how many dropped, and
+    the hashes of those not in the training collections (questions_seen less these = the training questions)."""
+    training = {question_group(r) for r in records if r["source"] < n_training_sources}
+    extra = {r["qid"]: (question_group(r), p) for r, p in zip(records, part) if r["source"] >= n_training_sources}
+    return {"data": [str(f) for f in folders], "questions": len(extra),
+            "dropped_seen_in_training": sum(p == DROPPED for _, p in extra.values()),
+            "sha256_16": sorted({g for g, _ in extra.values()} - training)}
+
+
+def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float, family_wise: bool = True,
+                     log=print) -> Rung:
+    """Calibrate `rungs` [(name, epsilon, delta)] on `part`'s calibration records; install them on `probe` and
+    return the default rung."""
+    is_cal = [p == CALIB for p in part]
+    if not any(is_cal):
+        raise ValueError("No calibration questions: collect more questions, raise --calib-fraction or add "
+                         "--calib-data collections.")
+    # the order in which threshold pairs are tested comes from the training and validation questions; each
+    # rung's path first spends skip_share of its budget there on skipping (easy questions skip thinking)
+    path_qs = questions_of(records, ready, skip, [p in (TRAIN, VAL) for p in part])
+    modes = sorted({r.get("decoding", "greedy") for r, c in zip(records, is_cal) if c})
+    tests = len(rungs) * len(modes) if family_wise else 1
+    ladder = []
+    for name, eps, dlt in rungs:
+        path = build_path(path_qs, skip_losses=skip_share * eps * len(path_qs))
+        result = calibrate(records, ready, skip, is_cal, eps, dlt / tests, path=path)
+        result["skip_share"] = skip_share
+        result["family"] = {"family_wise": family_wise, "tests": tests, "delta": dlt, "delta_per_test": dlt / tests}
+        pairs = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in result["by_decoding"].items()}
+        ladder.append(Rung(name, eps, dlt, result["ready_threshold"], result["skip_threshold"], result,
+                           by_decoding=pairs if len(pairs) > 1 or "greedy" not in pairs else {}))
+        for mode, got in result["by_decoding"].items():
+            a = got["achieved"]
+            log(f"effort {name} ({mode}; epsilon {eps}, delta {dlt}"
+                + (f", {dlt / tests:.4g} per test of {tests}" if tests > 1 else "") + f"): ready >= "
+                f"{got['ready_threshold']:.3f}, skip >= {got['skip_threshold']:.3f}; on {got['n_questions']} calibration "
+                f"questions: accuracy lost {a['accuracy_lost']:.4f}, thinking tokens saved {a['think_tokens_saved']:.1%}, "
+                f"skipped {a['skip_rate']:.1%}")
+    default = default_rung(ladder)
+    probe.set_ladder(ladder, default.name)
+    log(f"default effort: {default.name} (epsilon {default.epsilon}, delta {default.delta}"
+        + ("" if default.meets_promise else "; NO rung meets the 0.5-point promise") + ")")
+    return default
+
+
+def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = None, skip_share: float | None = None,
+                family_wise: bool = True, log=print):
+    """Re-run the ladder's calibration of a trained `probe` (heads unchanged) and return it.
+
+    data: the collection folders the probe was trained on (exactly those: the train / validation / calibration
+    split is reproduced from them); calib_data: calibration-only collections. rungs (["name:epsilon[:delta]"]) /
+    delta / skip_share: None keeps the probe's own.
+    """
+    from adaptive_think.probe.scoring import collection_scores
+    from adaptive_think.probe.shards import load_collections
+    from adaptive_think.probe.train import TrainConfig, seen_questions, split_questions
+
+    data, calib_data = list(data), list(calib_data)
+    prov = probe.provenance or {}
+    tc = prov.get("train_config")
+    seen = prov.get("questions_seen") or {}
+    if not tc or not seen.get("complete"):
+        raise ValueError("This probe does not record how it was trained (train_config) or which questions it was "
+                         "collected on (questions_seen): retrain it with `adaptive-think train-probe` instead.")
+    hidden, records, settings = load_collections(data + calib_data)
+    theirs = settings["fingerprint"]
+    if theirs != probe.fingerprint:
+        raise ValueError(f"The collections come from model {theirs}, the probe from {probe.fingerprint}.")
+    training = {question_group(r) for r in records if r["source"] < len(data)}
+    recorded = set(seen.get("sha256_16", [])) - set((prov.get("calibration_only") or {}).get("sha256_16", []))
+    if training != recorded:
+        raise ValueError(f"--data holds {len(training)} distinct questions, {len(training - recorded)} of them not "
+                         f"among the {len(recorded)} the probe was trained on and {len(recorded - training)} of those "
+                         "missing: give exactly the collections it was trained on (provenance 'data' in its probe.json: "
+                         f"{prov.get('data')}), and new collections as --calib-data.")
+    keys = {f.name for f in TrainConfig.__dataclass_fields__.values()}
+    cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in tc.items() if k in keys})
+    if rungs is not None:
+        cfg.efforts, cfg.epsilon = tuple(rungs), None
+    if delta is not None:
+        cfg.delta = delta
+    if skip_share is not None:
+        cfg.skip_share = skip_share
+    cfg.family_wise = family_wise
+    ladder_spec = cfg.rungs()
+    split = split_questions([question_group(r) for r in records if r["source"] < len(data)], cfg.seed,
+                            cfg.val_fraction, cfg.calib_fraction)
+    part = assign_parts(records, len(data), split)
+    ready, skip = collection_scores(probe, hidden, records)
+    del hidden
+    calibrate_ladder(probe, records, ready, skip, part, ladder_spec, cfg.skip_share, family_wise, log)
+    prov = dict(prov)
+    tc = dict(tc)
+    tc.update(efforts=list(cfg.efforts), epsilon=cfg.epsilon, delta=cfg.delta, skip_share=cfg.skip_share,
+              family_wise=family_wise)
+    prov["train_config"] = tc
+    if calib_data:
+        prov["calibration_only"] = calibration_only_summary(records, part, len(data), calib_data)
+        prov["collections"] = [{**c, "role": "training" if i < len(data) else "calibration only"}
+                               for i, c in enumerate(settings["collections"])]
+    else:
+        prov.pop("calibration_only", None)
+    prov["questions_seen"] = seen_questions(records)
+    prov.setdefault("recalibrations", []).append(
+        {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "data": [str(d) for d in data],
+         "calib_data": [str(d) for d in calib_data]})
+    probe.provenance = prov
+    return probe

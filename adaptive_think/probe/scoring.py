@@ -1,0 +1,41 @@
+"""Every checkpoint of a collection scored by a probe, as the controller would score it online.
+
+The ready score of a thought checkpoint is the probe's score after the token at `pos - 1` (a memory probe reads
+the running maxima over the thought so far, `Probe.score_thought`); the skip score is read at each question's
+prompt record. These are the scores `calibrate.py` simulates the policy with.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from adaptive_think.probe.health import KIND_PROMPT
+from adaptive_think.probe.memory import ThoughtSet
+
+
+@torch.no_grad()
+def collection_scores(probe, hidden: dict[str, torch.Tensor], records: list[dict]) -> tuple[list[float], list[float]]:
+    """(ready, skip) score of every record (NaN where the head does not apply or the thought has no states)."""
+    key = f"layer{probe.layer}"
+    if key not in hidden:
+        raise ValueError(f"The collection holds layers {sorted(hidden)} but the probe reads layer {probe.layer}: "
+                         f"collect with --layers {probe.layer}.")
+    h = hidden[key]
+    if not probe.memory_size:
+        ready, skip = probe.score(h.float())
+        return ready.tolist(), skip.tolist()
+    thoughts = ThoughtSet.from_collection(hidden, records, probe.layer)
+    if not thoughts.states:
+        raise ValueError("This probe has memory, so it scores whole thoughts, but the collection holds no "
+                         "thought-token states: collect it with --token-states.")
+    ready = [float("nan")] * len(records)
+    for q, states in thoughts.states.items():
+        scores = probe.score_thought(states.float())
+        for i in thoughts.rows[q]:
+            ready[i] = scores[records[i]["pos"] - 1].item()
+    skip = [float("nan")] * len(records)
+    prompts = [i for i, r in enumerate(records) if r["kind"] == KIND_PROMPT]
+    if prompts:
+        for i, s in zip(prompts, probe.skip_score(h[prompts].float()).tolist()):
+            skip[i] = s
+    return ready, skip
