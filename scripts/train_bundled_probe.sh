@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the probe shipped for the bundled reasoner: collect (greedy and sampled) -> train + calibrate an
-# effort ladder under both decodings -> install -> evaluate on a fresh question seed. About 75 minutes on two
+# effort ladder under both decodings -> install -> evaluate on a fresh question seed. About two hours on two
 # idle CPU cores (run the greedy and the sampled collections side by side); re-running resumes an interrupted
 # collection.
 #   bash scripts/train_bundled_probe.sh [work_dir]
@@ -30,7 +30,16 @@ adaptive-think collect --model bundled --n 2400 --seed 14 --levels 2 3 4 5 6 --e
 # checkpoint four times a right one (--neg-weight): it is used at high thresholds. --memory 8: the ready head
 # also reads a running maximum of 8 learned features of every earlier thought token (a slip several lines
 # back stays visible at the first stated answer).
+# Calibration only (the heads never see them): seeds 15 and 16, levels 2-6, greedy and sampled. More
+# calibration questions tighten each rung's bound, and these are drawn exactly as new questions are.
+adaptive-think collect --model bundled --n 2400 --seed 15 --levels 2 3 4 5 6 --every 0 --token-states --out "$WORK/calib-greedy-s15"
+adaptive-think collect --model bundled --n 2400 --seed 16 --levels 2 3 4 5 6 --every 0 --token-states --out "$WORK/calib-greedy-s16"
+adaptive-think collect --model bundled --n 2400 --seed 15 --levels 2 3 4 5 6 --every 0 "${SAMPLE[@]}" --token-states --out "$WORK/calib-sampled-s15"
+adaptive-think collect --model bundled --n 2400 --seed 16 --levels 2 3 4 5 6 --every 0 "${SAMPLE[@]}" --token-states --out "$WORK/calib-sampled-s16"
+# Family-wise (the default): the 3 rungs x 2 decodings are tested at delta / 6 each, so that every rung holds
+# under both decodings at once with probability >= 0.9.
 adaptive-think train-probe --data "$WORK/greedy" "$WORK/greedy-L2-6" "$WORK/sampled" "$WORK/sampled-L2-6" \
+  --calib-data "$WORK/calib-greedy-s15" "$WORK/calib-greedy-s16" "$WORK/calib-sampled-s15" "$WORK/calib-sampled-s16" \
   --out "$WORK/probe" --seed 0 --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 \
   --skip-share 0.25 --neg-weight 4 --memory 8
 cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/

@@ -103,6 +103,10 @@ def test_train_probe_with_calibration_only_data_and_recalibrate_reproduces_it(co
     # eval leaves out every question the probe was calibrated on
     seen = set(probe.provenance["questions_seen"]["sha256_16"])
     assert {question_hash(it.question) for it in extra} <= seen
+    # the heads never see calibration-only questions: the same weights as without them
+    plain = train_probe(root / "g", cfg, **QUIET)
+    for k, w in plain.weights.items():
+        assert probe.weights[k].equal(w), k
     probe.save_pretrained(tmp_path / "p")
 
     # re-calibrating the saved probe on the same collections gives the same ladder, heads untouched

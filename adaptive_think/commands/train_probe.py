@@ -49,13 +49,17 @@ def add_calib_data_argument(p):
 
 def add_calibration_arguments(p, defaults: bool = True):
     """The calibration flags train-probe and calibrate share (defaults=False: None keeps the probe's own)."""
+    def default(text):
+        return text if defaults else "the probe's own"
+
     c = p.add_argument_group("calibration (Learn-then-Test), one run per effort rung")
     c.add_argument("--efforts", nargs="+", default=list(DEFAULT_RUNGS) if defaults else None, metavar="NAME:EPSILON[:DELTA]",
                    help="effort ladder: each rung loses at most EPSILON accuracy against full thinking with "
-                        f"probability >= 1 - DELTA (default: {' '.join(DEFAULT_RUNGS)})")
-    c.add_argument("--delta", type=float, default=0.1 if defaults else None, help="DELTA of rungs that name none (default 0.1)")
+                        f"probability >= 1 - DELTA (default: {default(' '.join(DEFAULT_RUNGS))})")
+    c.add_argument("--delta", type=float, default=0.1 if defaults else None,
+                   help=f"DELTA of rungs that name none (default: {default('0.1')})")
     c.add_argument("--skip-share", type=float, default=0.25 if defaults else None,
-                   help="share of each rung's epsilon spent on skipping before early stops (default 0.25): "
+                   help=f"share of each rung's epsilon spent on skipping before early stops (default: {default('0.25')}): "
                         "easy questions then skip thinking outright; 0 orders thresholds by tokens saved per loss alone")
     c.add_argument("--per-rung-delta", dest="family_wise", action="store_false",
                    help="test each rung under each decoding at its own DELTA (default: family-wise, each of the "
