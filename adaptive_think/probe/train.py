@@ -250,8 +250,9 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
         part_of = {question_key(r): p for r, p in zip(records, part)}
         memory, memory_loss = fit_memory_head(thoughts, records, part_of, mean, std, cfg.memory, cfg)
         weights.update(memory.export(width))
-        log(f"ready head with memory ({cfg.memory} features) on layer {layer}: {len(thoughts.states)} thoughts, "
-            f"best val loss {memory_loss:.4f}")
+        fitted = Counter(part_of[q] for q in thoughts.states)
+        log(f"ready head with memory ({cfg.memory} features) on layer {layer}: fitted on {fitted[TRAIN]} thoughts "
+            f"(validation {fitted[VAL]}), best val loss {memory_loss:.4f}")
     probe = Probe(layer=layer, kind="mlp", weights=weights, fingerprint=settings["fingerprint"],
                   provenance={"data": [str(d) for d in data],
                               "collections": settings["collections"], "train_config": asdict(cfg), "layer_sweep": sweep,
