@@ -73,6 +73,21 @@ def _triton_step(hidden, tok, state, params, spec, split=False):
         assert int(ws.count) == 0 and not ws.gcount.any()
 
 
+def _random_step_case(gen, B, D, H, dtype, step, relu, memory=0):
+    """A random probe and mid-run state where stops and step-0 skips happen: (spec, params, state, hidden, tok)."""
+    probe = random_probe(D, H, gen, relu=relu, **({"memory": memory} if memory else {}))
+    spec = random_spec(gen, 50, probe)
+    params = random_params(gen, B, 50, spec)
+    params.floats[1].fill_(0.5)  # skip threshold: some probe rows skip at their step 0
+    params.ints[3].fill_(1)  # patience 1: stops happen
+    state = random_state(B, gen, spec, params, step)
+    if memory:
+        state = with_random_memory(state, memory, gen)
+    hidden = random_hidden(B, D, dtype, gen)
+    tok = torch.randint(0, 50, (B,), generator=gen)
+    return spec, params, state, hidden, tok
+
+
 # ----------------------------------------------------------------------------------------------------
 # kernel == reference, one step from random mid-run states with random per-row params
 
@@ -83,14 +98,7 @@ def _triton_step(hidden, tok, state, params, spec, split=False):
 @pytest.mark.parametrize("step", [0, 5, None], ids=["step0", "step5", "mixed-steps"])
 def test_one_step_matches_reference(step, B, D, H, dtype, atol, rtol):
     gen = torch.Generator().manual_seed(B * 1000 + D + H + (step if step is not None else 7))
-    probe = random_probe(D, H, gen, relu=H > 1)
-    spec = random_spec(gen, 50, probe)
-    params = random_params(gen, B, 50, spec)
-    params.floats[1].fill_(0.5)  # skip threshold: some probe rows skip at their step 0
-    params.ints[3].fill_(1)  # patience 1: stops happen
-    state = random_state(B, gen, spec, params, step)
-    hidden = random_hidden(B, D, dtype, gen)
-    tok = torch.randint(0, 50, (B,), generator=gen)
+    spec, params, state, hidden, tok = _random_step_case(gen, B, D, H, dtype, step, relu=H > 1)
     want = state.clone()
     probe_step_reference(hidden, tok, want, params, spec)
     _triton_step(hidden, tok, state, params, spec)
@@ -107,14 +115,7 @@ def test_one_step_matches_reference(step, B, D, H, dtype, atol, rtol):
 def test_two_launches_match_the_reference(step, B, D, H):
     """The split design (heads, then the state machine in a second launch) computes the same step."""
     gen = torch.Generator().manual_seed(B + D + H + (step or 3))
-    probe = random_probe(D, H, gen, relu=H > 1)
-    spec = random_spec(gen, 50, probe)
-    params = random_params(gen, B, 50, spec)
-    params.floats[1].fill_(0.5)
-    params.ints[3].fill_(1)
-    state = random_state(B, gen, spec, params, step)
-    hidden = random_hidden(B, D, torch.bfloat16, gen)
-    tok = torch.randint(0, 50, (B,), generator=gen)
+    spec, params, state, hidden, tok = _random_step_case(gen, B, D, H, torch.bfloat16, step, relu=H > 1)
     want = state.clone()
     probe_step_reference(hidden, tok, want, params, spec)
     _triton_step(hidden, tok, state, params, spec, split=True)
@@ -203,16 +204,8 @@ MEMORY_CASES = [  # (B, D, H, K, hidden dtype, atol, rtol, split, seed); D > 64 
 def test_memory_probe_one_step_matches_reference(B, D, H, K, dtype, atol, rtol):
     """One step from random mid-run states holding random maxima (some rows none yet), NaN / inf hidden rows."""
     gen = torch.Generator().manual_seed(B + D + H + K)
-    probe = random_probe(D, H, gen, relu=True, memory=K)
-    spec = random_spec(gen, 50, probe)
-    params = random_params(gen, B, 50, spec)
-    params.floats[1].fill_(0.5)  # some probe rows skip at their step 0
-    params.ints[3].fill_(1)
-    state = random_state(B, gen, spec, params, None)
-    state = with_random_memory(state, K, gen)
+    spec, params, state, hidden, tok = _random_step_case(gen, B, D, H, dtype, None, relu=True, memory=K)
     before = state.memory.clone()
-    hidden = random_hidden(B, D, dtype, gen)
-    tok = torch.randint(0, 50, (B,), generator=gen)
     want = state.clone()
     probe_step_reference(hidden, tok, want, params, spec)
     _triton_step(hidden, tok, state, params, spec)
