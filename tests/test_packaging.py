@@ -1,6 +1,9 @@
-"""Every package folder installs: pyproject lists them all, and kernels/ maps to adaptive_think.kernels."""
+"""Every package folder installs, kernels/ maps to adaptive_think.kernels, and nothing in the repository root
+shadows Hugging Face's `kernels` package (which transformers imports)."""
 
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,17 +16,58 @@ else:  # pragma: no cover
     tomllib = pytest.importorskip("tomli")
 
 
+def _setuptools_table():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
 def test_every_package_folder_is_listed():
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = set()
-    for top, name in (("adaptive_think", "adaptive_think"), ("kernels", "adaptive_think.kernels")):
-        for init in (ROOT / top).rglob("__init__.py"):
-            rel = init.parent.relative_to(ROOT / top).parts
-            found.add(".".join((name,) + rel))
+    listed = set(_setuptools_table()["packages"])
+    found = {".".join(("adaptive_think",) + i.parent.relative_to(ROOT / "adaptive_think").parts)
+             for i in (ROOT / "adaptive_think").rglob("__init__.py")}
+    for init in (ROOT / "kernels").rglob("__init__.py"):
+        found.add(".".join(("adaptive_think", "kernels") + init.parent.relative_to(ROOT / "kernels").parts))
     assert found == listed, f"add to / remove from pyproject [tool.setuptools].packages: {found ^ listed}"
+
+
+def test_root_kernels_folder_is_not_a_regular_package():
+    # a kernels/__init__.py would make the folder a regular package that beats the installed `kernels`
+    assert not (ROOT / "kernels" / "__init__.py").exists(), "kernels/ must stay a namespace portion"
+    mapped = _setuptools_table()["package-dir"]
+    for op in (p.parent.name for p in (ROOT / "kernels").glob("*/__init__.py")):
+        assert mapped.get(f"adaptive_think.kernels.{op}") == f"kernels/{op}"
 
 
 def test_kernels_install_under_the_package_namespace():
     import adaptive_think.kernels.probe_step as ps
 
     assert Path(ps.__file__).resolve().parent == ROOT / "kernels" / "probe_step"
+
+
+def test_repository_root_does_not_shadow_hf_kernels():
+    """Started in the repository root (as `python3 -m pytest` is), transformers' hub-kernels integration
+    imports the installed `kernels` package and the bundled reasoner loads."""
+    pytest.importorskip("kernels", reason="Hugging Face's kernels package is not installed (the test extra has it)")
+    code = (
+        "import kernels, pathlib, sys\n"
+        "from transformers.integrations import hub_kernels  # imports names from the installed kernels\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "from adaptive_think import bundled\n"
+        "AutoModelForCausalLM.from_pretrained(bundled.reasoner_path())\n"
+        "print(pathlib.Path(kernels.__file__).resolve())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    where = Path(out.stdout.strip().splitlines()[-1])
+    assert ROOT not in where.parents, f"`kernels` resolved inside the repository: {where}"
+
+
+@pytest.mark.slow
+def test_wheel_lays_kernels_under_the_package(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    assert "adaptive_think/kernels/__init__.py" in names
+    assert "adaptive_think/kernels/probe_step/triton_kernel.py" in names
+    assert "adaptive_think/kernels/logit_stats/naive.py" in names
+    assert not any(n.startswith("kernels/") for n in names), "a top-level kernels package would shadow HF's"

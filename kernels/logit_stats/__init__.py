@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from adaptive_think.kernels.dispatch import resolve_impl
+from adaptive_think.kernels import resolve_impl
 from adaptive_think.kernels.logit_stats.naive import LogitStats, logit_stats_reference
 
 

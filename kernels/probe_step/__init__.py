@@ -14,7 +14,7 @@ triton.
 
 from __future__ import annotations
 
-from adaptive_think.kernels.dispatch import resolve_impl
+from adaptive_think.kernels import resolve_impl
 from adaptive_think.kernels.probe_step.naive import probe_step_reference
 
 

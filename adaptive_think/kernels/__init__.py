@@ -1,4 +1,9 @@
-"""Which implementation a kernel entry point runs: Triton on CUDA, the torch reference elsewhere.
+"""The kernels' import home, and which implementation an entry point runs (Triton on CUDA, torch elsewhere).
+
+The kernels' sources live in the repository's top-level `kernels/` folder, one sub-package per op, mapped
+to `adaptive_think.kernels.<op>` in pyproject.toml. That folder has no `__init__.py` of its own: a Python
+started in the repository root then sees it only as a namespace portion, which Hugging Face's installed
+`kernels` package (imported by transformers) always beats, so the folder can never shadow it.
 
 Used by `adaptive_think.kernels.probe_step` and `.logit_stats`. The `impl` argument wins over the
 environment variable ADAPTIVE_THINK_KERNEL_IMPL, which wins over "auto". Never imports triton eagerly

@@ -1,1 +1,0 @@
-"""Triton kernels of adaptive-think and their torch references."""
