@@ -5,7 +5,7 @@
     torchrun --standalone --nproc_per_node 2 scripts/collect_probe_data.py --model bundled --n 60 --out runs/c --device cpu
     python scripts/collect_probe_data.py --model bundled --n 200 --out runs/c             # one process works too
 
-The rank and world size come from the launcher's environment (probe/launch.py: torchrun / accelerate's
+The rank and world size come from the launcher's environment (training/launch.py: torchrun / accelerate's
 RANK, WORLD_SIZE, LOCAL_RANK, or MPI's); each process uses the GPU of its local rank and writes its own
 shards and index (index-r{rank}.json) in --out, holding a lock so that a second writer of the same rank
 fails at once. On a CPU machine, `accelerate launch --cpu` starts one process unless given an MPI
@@ -27,10 +27,10 @@ import torch.distributed as dist
 
 from adaptive_think.commands import collect as collect_cmd
 from adaptive_think.loading import load_model_and_tokenizer
-from adaptive_think.probe.collect import collect
-from adaptive_think.probe.health import format_summary, summarise
-from adaptive_think.probe.launch import launch_env, process_device
-from adaptive_think.probe.shards import load_records
+from adaptive_think.training.collect import collect
+from adaptive_think.training.health import format_summary, summarise
+from adaptive_think.training.launch import launch_env, process_device
+from adaptive_think.training.shards import load_records
 
 
 def whole_collection(out: str, items, world: int) -> dict:

@@ -29,11 +29,11 @@ from collections import defaultdict
 import torch
 
 from adaptive_think.evaluation.oracle import oracle_point
-from adaptive_think.probe.calibrate import PATH_GRID, questions_of, simulate_stop
-from adaptive_think.probe.health import KIND_THOUGHT
-from adaptive_think.probe.memory import ThoughtSet, checkpoint_scores, fit_memory_head, question_key
-from adaptive_think.probe.shards import load_collections
-from adaptive_think.probe.train import TrainConfig, fit_head, split_questions
+from adaptive_think.training.calibrate import PATH_GRID, questions_of, simulate_stop
+from adaptive_think.training.health import KIND_THOUGHT
+from adaptive_think.training.memory import ThoughtSet, checkpoint_scores, fit_memory_head, thought_key
+from adaptive_think.training.shards import load_collections
+from adaptive_think.training.train import TrainConfig, fit_head, split_questions
 
 LOSSES = (0, 1, 2, 3, 6, 12)
 
@@ -72,11 +72,11 @@ def frontier(records, scores: list[float], calib: list[bool], min_level: int) ->
 @torch.no_grad()
 def thought_states(model_path: str, items, layer: int, batch_size: int, max_new_tokens: int) -> dict[str, torch.Tensor]:
     """qid -> [n, D] fp32: the layer's output at each of the n tokens of the question's greedy thought."""
-    from adaptive_think.engines.capture import decoder_layers
+    from adaptive_think.engines.layer_hook import decoder_layers
     from adaptive_think.loading import chat_prompt, load_model_and_tokenizer
     from adaptive_think.markers import resolve_markers
-    from adaptive_think.probe.collect import continuations
-    from adaptive_think.probe.thoughts import thought_span
+    from adaptive_think.training.collect import continuations
+    from adaptive_think.training.thoughts import thought_span
 
     model, tok = load_model_and_tokenizer(model_path, device="cpu")
     markers = resolve_markers(tok)
@@ -111,11 +111,11 @@ def memory_scores(args, hidden, records, part, settings) -> tuple[list[float], s
     Thought-token states come from the collection (`collect --token-states`) or, for greedy collections made
     without them, from regenerating the thoughts with `--memory-model`.
     """
-    from adaptive_think.probe.items import bundled_items, load_jsonl, question_hash
-    from adaptive_think.probe.shards import THOUGHT_PREFIX
+    from adaptive_think.training.items import bundled_items, load_jsonl, question_hash
+    from adaptive_think.training.shards import THOUGHT_PREFIX
 
     layer = args.memory_layer if args.memory_layer is not None else settings["layers"][-1]
-    wanted = {question_key(r): r for r in records if r["kind"] == 0}
+    wanted = {thought_key(r): r for r in records if r["kind"] == 0}
     if f"{THOUGHT_PREFIX}{layer}" in hidden and all("thought_states" in r for r in wanted.values()):
         data = ThoughtSet.from_collection(hidden, records, layer)
     elif args.memory_model is None:
@@ -139,7 +139,7 @@ def memory_scores(args, hidden, records, part, settings) -> tuple[list[float], s
     h = hidden[f"layer{layer}"]
     train_rows = torch.tensor([p == "train" for p in part])
     mean, std = h[train_rows].mean(0), h[train_rows].std(0).clamp_min(1e-4)  # as train-probe normalises
-    part_of = {question_key(r): p for r, p in zip(records, part)}
+    part_of = {thought_key(r): p for r, p in zip(records, part)}
     cfg = TrainConfig(seed=args.seed, neg_weight=args.neg_weight)
     head, _ = fit_memory_head(data, records, part_of, mean, std, args.memory_size, cfg)
     return checkpoint_scores(head, data, records, mean, std), set(data.states)

@@ -4,8 +4,8 @@ fixed-sequence testing stops at the first threshold that fails, even where a low
 
 import random
 
-from adaptive_think.probe.calibrate import GRID, calibrate
-from adaptive_think.probe.metrics import binom_cdf
+from adaptive_think.training.calibrate import GRID, calibrate
+from adaptive_think.training.metrics import binom_cdf
 
 FULL = dict(full_correct=True, nothink_correct=False, thought_len=50)
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adaptive_think.probe.items import Item, check_answers, load_checker
+from adaptive_think.training.items import Item, check_answers, load_checker
 from adaptive_think.tasks.checkers import get_checker, read_boxed, to_number
 
 BOXED, LAST, EXACT, CHOICE = (get_checker(n) for n in ("boxed", "last-number", "exact", "choice"))

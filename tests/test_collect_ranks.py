@@ -12,10 +12,10 @@ import pytest
 
 from adaptive_think.cli import main
 from adaptive_think.files import LockedError
-from adaptive_think.probe.collect import CollectConfig, collect
-from adaptive_think.probe.items import Item, load_checker
-from adaptive_think.probe.launch import Launch, launch_env
-from adaptive_think.probe.shards import load_records, lock_path
+from adaptive_think.training.collect import CollectConfig, collect
+from adaptive_think.training.items import Item, load_checker
+from adaptive_think.training.launch import Launch, launch_env
+from adaptive_think.training.shards import load_records, lock_path
 from tiny import make_scripted, make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

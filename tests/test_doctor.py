@@ -8,10 +8,10 @@ import pytest
 
 from adaptive_think import loading
 from adaptive_think.cli import main
-from adaptive_think.probe import collect as collect_mod
-from adaptive_think.probe.collect import CollectConfig, CollectionUnusable, collect
-from adaptive_think.probe.items import Item, load_checker
-from adaptive_think.probe.train import TrainConfig, train_probe
+from adaptive_think.training import collect as collect_mod
+from adaptive_think.training.collect import CollectConfig, CollectionUnusable, collect
+from adaptive_think.training.items import Item, load_checker
+from adaptive_think.training.train import TrainConfig, train_probe
 from tiny import make_scripted, make_tokenizer
 
 CFG = CollectConfig(every=2, batch_size=4, max_new_tokens=24, max_answer_tokens=8, shard_questions=4)
@@ -159,7 +159,7 @@ def right_or_wrong(text, answer):
 
 def test_no_think_prompt_for_templates_without_the_switch():
     from adaptive_think.markers import resolve_markers
-    from adaptive_think.probe.thoughts import no_think_prompt
+    from adaptive_think.training.thoughts import no_think_prompt
 
     tok = make_tokenizer()
     m = resolve_markers(tok)

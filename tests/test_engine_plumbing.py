@@ -11,7 +11,7 @@ import adaptive_think
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.engines import graph
 from adaptive_think.engines.args import eos_token_ids
-from adaptive_think.engines.capture import LayerCapture
+from adaptive_think.engines.layer_hook import LayerCapture
 from adaptive_think.engines.graph import generate_graph
 from adaptive_think.engines.runner import DecodeRunner
 from tiny import ScriptedReasoner, make_model, make_tokenizer

@@ -11,7 +11,7 @@ from adaptive_think.evaluation.report import envelope, pareto_check
 from adaptive_think.evaluation.run import Evaluator, evaluate, think_tokens_of
 from adaptive_think.markers import resolve_markers
 from adaptive_think.probe import Probe
-from adaptive_think.probe.items import Item
+from adaptive_think.training.items import Item
 from tiny import make_model, make_tokenizer
 from test_probe_pipeline import R1_TEMPLATE, checker
 

@@ -112,9 +112,9 @@ def test_a_probe_layer_on_another_device_reaches_the_controller():
 
 
 def test_collect_stacks_layers_from_two_devices(tmp_path):
-    from adaptive_think.probe.collect import CollectConfig, collect
-    from adaptive_think.probe.items import Item
-    from adaptive_think.probe.shards import load_collection
+    from adaptive_think.training.collect import CollectConfig, collect
+    from adaptive_think.training.items import Item
+    from adaptive_think.training.shards import load_collection
 
     questions = ["the answer is <think>\n", "x y <think>\n so"]  # the prompts open a thought: checkpoints follow
     items = [Item(id=f"q{i}", question=q, answer="7") for i, q in enumerate(questions)]

@@ -6,7 +6,7 @@ import torch
 
 from adaptive_think.engines import graph
 from adaptive_think.engines.graph import generate_graph
-from adaptive_think.engines.graph_cache import CacheLimit, kv_bytes_estimate
+from adaptive_think.engines.runner_cache import CacheLimit, kv_bytes_estimate
 from tiny import make_model, make_tokenizer
 
 TOK = make_tokenizer()

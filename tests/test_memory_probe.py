@@ -1,4 +1,4 @@
-"""Probes with memory (adaptive_think/probe/memory.py): the file format, the controller's running maxima against
+"""Probes with memory (adaptive_think/training/memory.py): the file format, the controller's running maxima against
 the offline head on a whole thought, the maxima through think blocks on both probe_step kernels, and train-probe
 --memory end to end."""
 
@@ -9,9 +9,9 @@ import torch
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.controller.state import NO_MEMORY
-from adaptive_think.engines.capture import decoder_layers
+from adaptive_think.engines.layer_hook import decoder_layers
 from adaptive_think.probe import Probe
-from adaptive_think.probe.memory import MemoryHead, ThoughtSet, checkpoint_scores
+from adaptive_think.training.memory import MemoryHead, ThoughtSet, checkpoint_scores
 from tiny import ScriptedReasoner, make_model, make_tokenizer
 
 TOK = make_tokenizer()
@@ -148,10 +148,10 @@ def test_memory_restarts_with_each_block(impl):
 
 def test_train_probe_with_memory_end_to_end(tmp_path):
     from adaptive_think.loading import load_model_and_tokenizer
-    from adaptive_think.probe.collect import CollectConfig, collect
-    from adaptive_think.probe.items import bundled_items, load_checker
-    from adaptive_think.probe.shards import load_collections
-    from adaptive_think.probe.train import TrainConfig, train_probe
+    from adaptive_think.training.collect import CollectConfig, collect
+    from adaptive_think.training.items import bundled_items, load_checker
+    from adaptive_think.training.shards import load_collections
+    from adaptive_think.training.train import TrainConfig, train_probe
 
     model, tok = load_model_and_tokenizer("bundled", device="cpu")
     items = bundled_items(48, seed=3)

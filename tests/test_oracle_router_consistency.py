@@ -13,7 +13,7 @@ from adaptive_think.evaluation.policies import parse_policy
 from adaptive_think.evaluation.run import Evaluator
 from adaptive_think.markers import resolve_markers
 from adaptive_think.probe import Probe
-from adaptive_think.probe.items import Item
+from adaptive_think.training.items import Item
 from adaptive_think.tasks import is_correct, parse_answer
 from tiny import ScriptedReasoner, make_model, make_tokenizer
 

@@ -63,8 +63,16 @@ def test_repository_root_does_not_shadow_hf_kernels():
 
 @pytest.mark.slow
 def test_wheel_lays_kernels_under_the_package(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"  # build a copy: setuptools writes its build/ folder beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("adaptive_think", "kernels"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600)
+                          "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
     assert "adaptive_think/kernels/__init__.py" in names

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
-from adaptive_think.engines.capture import decoder_layers
+from adaptive_think.engines.layer_hook import decoder_layers
 from adaptive_think.loading import chat_prompt, load_model_and_tokenizer
-from adaptive_think.probe.items import bundled_items
+from adaptive_think.training.items import bundled_items
 
 _SPEC = importlib.util.spec_from_file_location(
     "probe_frontier", Path(__file__).resolve().parents[1] / "scripts" / "probe_frontier.py")
@@ -26,7 +26,7 @@ def test_thought_states_are_the_states_that_read_each_thought_token():
     gen = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=200, do_sample=False,
                          pad_token_id=tok.pad_token_id)[0, len(prompt):].tolist()
     from adaptive_think.markers import resolve_markers
-    from adaptive_think.probe.thoughts import thought_span
+    from adaptive_think.training.thoughts import thought_span
     body, close = thought_span(prompt, gen, resolve_markers(tok))
     assert states[it.id].shape == (close - body, model.config.hidden_size)
     grabbed = {}

@@ -9,13 +9,13 @@ import torch
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.probe import Probe
-from adaptive_think.probe import collect as collect_mod
-from adaptive_think.probe.calibrate import calibrate
-from adaptive_think.probe.collect import CollectConfig, collect
-from adaptive_think.probe.items import Item, load_checker, load_jsonl
-from adaptive_think.probe.metrics import auroc, binom_cdf
-from adaptive_think.probe.shards import load_collection, load_collections
-from adaptive_think.probe.train import TrainConfig, fit_head, split_questions, train_probe
+from adaptive_think.training import collect as collect_mod
+from adaptive_think.training.calibrate import calibrate
+from adaptive_think.training.collect import CollectConfig, collect
+from adaptive_think.training.items import Item, load_checker, load_jsonl
+from adaptive_think.training.metrics import auroc, binom_cdf
+from adaptive_think.training.shards import load_collection, load_collections
+from adaptive_think.training.train import TrainConfig, fit_head, split_questions, train_probe
 from tiny import make_model, make_tokenizer
 
 R1_TEMPLATE = (

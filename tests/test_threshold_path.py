@@ -2,8 +2,8 @@
 
 import pytest
 
-from adaptive_think.probe.calibrate import NEVER, build_path, calibrate
-from adaptive_think.probe.train import TrainConfig
+from adaptive_think.training.calibrate import NEVER, build_path, calibrate
+from adaptive_think.training.train import TrainConfig
 
 
 def _question(skip, nothink, length, stop_score, level):
@@ -81,7 +81,7 @@ def _risk(ready_t, skip_t):
 def test_the_whole_policy_keeps_its_promise_with_a_skip_leg():
     import random
 
-    from adaptive_think.probe.metrics import binom_cdf
+    from adaptive_think.training.metrics import binom_cdf
 
     epsilon, delta, n, trials = 0.02, 0.1, 400, 100
     grid = [round(1 - i / 50, 2) for i in range(51)]  # coarse, to keep the test fast

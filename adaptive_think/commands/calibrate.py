@@ -31,7 +31,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from adaptive_think.commands.eval import load_probe
-    from adaptive_think.probe.calibrate_ladder import recalibrate
+    from adaptive_think.training.calibrate_ladder import recalibrate
 
     probe, where = load_probe(args.probe)
     if Path(args.out).resolve() == Path(where).resolve():

@@ -56,7 +56,7 @@ def add_arguments(p):
 
 
 def items_from_args(args):
-    from adaptive_think.probe.items import bundled_items, check_answers, load_checker, load_jsonl
+    from adaptive_think.training.items import bundled_items, check_answers, load_checker, load_jsonl
 
     think_tokens = tuple(args.think_tokens) if getattr(args, "think_tokens", None) else None
     if args.questions:
@@ -75,7 +75,7 @@ def items_from_args(args):
 
 def config_from_args(args):
     """The CollectConfig of the collection flags (shared with scripts/collect_probe_data.py)."""
-    from adaptive_think.probe.collect import CollectConfig
+    from adaptive_think.training.collect import CollectConfig
 
     sampling = sampling_from_args(args)
     return CollectConfig(layers=args.layers, every=args.every, batch_size=args.batch_size,
@@ -105,7 +105,7 @@ def doctor_command(args) -> str:
 
 def run(args) -> int:
     from adaptive_think.loading import load_model_and_tokenizer
-    from adaptive_think.probe.collect import collect
+    from adaptive_think.training.collect import collect
 
     items, checker = items_from_args(args)
     cfg = config_from_args(args)  # bad flags fail before the model loads

@@ -66,7 +66,7 @@ def format_examination(ex, model: str) -> str:
 def run(args) -> int:
     from adaptive_think.commands.collect import items_from_args
     from adaptive_think.loading import load_model_and_tokenizer
-    from adaptive_think.probe.doctor import DoctorConfig, examine
+    from adaptive_think.training.doctor import DoctorConfig, examine
 
     cfg = DoctorConfig(samples=args.samples, max_new_tokens=args.max_new_tokens,
                        max_answer_tokens=args.max_answer_tokens,

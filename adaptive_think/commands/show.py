@@ -58,8 +58,8 @@ def show(model, tok, probe_path, question, index: int, effort: str | None, png: 
     from adaptive_think.evaluation.oracle import oracle_points
     from adaptive_think.evaluation.run import Evaluator
     from adaptive_think.loading import chat_prompt
-    from adaptive_think.probe.thoughts import thought_span
-    from adaptive_think.probe.items import Item
+    from adaptive_think.training.thoughts import thought_span
+    from adaptive_think.training.items import Item
     from adaptive_think.tasks import is_correct
 
     thinker = AdaptiveThinker(model, tok, probe=probe_path)

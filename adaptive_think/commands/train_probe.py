@@ -69,7 +69,7 @@ def add_calibration_arguments(p, defaults: bool = True):
 
 
 def run(args) -> int:
-    from adaptive_think.probe.train import TrainConfig, train_probe
+    from adaptive_think.training.train import TrainConfig, train_probe
 
     cfg = TrainConfig(seed=args.seed, width=args.width, epochs=args.epochs, lr=args.lr, epsilon=args.epsilon,
                       efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,

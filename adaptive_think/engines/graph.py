@@ -32,7 +32,7 @@ import torch
 from adaptive_think.controller import ThinkController
 from adaptive_think.controller.state import ControllerSpec, ProbeTensors
 from adaptive_think.engines.args import UNSET, check_arguments, eos_token_ids, refusal, resolve, token_ids
-from adaptive_think.engines.graph_cache import (  # noqa: F401 (public here)
+from adaptive_think.engines.runner_cache import (  # noqa: F401 (public here)
     _RUNNERS,
     cache_info,
     clear_graph_cache,

@@ -14,7 +14,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from adaptive_think.controller import ThinkController
 from adaptive_think.engines.args import check_arguments
-from adaptive_think.engines.capture import LayerCapture, decoder_layers  # noqa: F401  (decoder_layers: public here)
+from adaptive_think.engines.layer_hook import LayerCapture, decoder_layers  # noqa: F401  (decoder_layers: public here)
 
 
 class ThinkLogitsProcessor(LogitsProcessor):

@@ -24,7 +24,7 @@ from transformers.cache_utils import StaticLayer
 
 from adaptive_think.controller import ThinkController
 from adaptive_think.controller.state import ControllerSpec, ProbeTensors
-from adaptive_think.engines.capture import LayerCapture
+from adaptive_think.engines.layer_hook import LayerCapture
 
 MIN_TIER = 64
 WARMUP_STEPS = 4  # decode steps a runner takes before its first capture (1 eager + 3 on the side stream)

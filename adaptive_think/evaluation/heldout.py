@@ -1,7 +1,7 @@
 """Held-out hygiene: leave out of an evaluation the questions a probe was collected and calibrated on.
 
 A probe trained by this version records the content hashes of every collected question
-(`provenance.questions_seen`, see probe/train.py); `exclude_seen` drops matching items and says how
+(`provenance.questions_seen`, see training/train.py); `exclude_seen` drops matching items and says how
 many, per level. Small question families repeat (level 1 of the bundled task has 260 distinct
 questions), so some overlap is expected and is reported rather than hidden.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from adaptive_think.probe.items import Item, question_hash
+from adaptive_think.training.items import Item, question_hash
 
 
 def exclude_seen(items: list[Item], probe) -> tuple[list[Item], dict]:

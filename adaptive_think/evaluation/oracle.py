@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from adaptive_think.probe.collect import continuations
-from adaptive_think.probe.thoughts import no_think_prompt, thought_span
+from adaptive_think.training.collect import continuations
+from adaptive_think.training.thoughts import no_think_prompt, thought_span
 
 
 def oracle_point(full_correct: bool, nothink_correct: bool, checkpoints: list[tuple[int, bool]], thought_len: int) -> int:

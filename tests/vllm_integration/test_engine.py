@@ -70,7 +70,7 @@ def test_wrapper_hands_over_the_probe_layers_residual_stream(llm, hf_thinker):
     token, pos, hidden = llm.apply_model(_tapped_rows)[0]
     hidden = torch.tensor(hidden)
     assert token == [ids[-1]] and pos == [len(ids) - 1]
-    from adaptive_think.engines.capture import LayerCapture
+    from adaptive_think.engines.layer_hook import LayerCapture
 
     layer = hf_thinker.probe.layer
     with torch.no_grad(), LayerCapture(hf_thinker.model, [layer - 1, layer]) as capture:

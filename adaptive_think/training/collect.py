@@ -27,16 +27,16 @@ from transformers import LogitsProcessor
 
 from adaptive_think.config import decoding_of
 from adaptive_think.controller import boundary_mask
-from adaptive_think.engines.capture import LayerCapture
+from adaptive_think.engines.layer_hook import LayerCapture
 from adaptive_think.files import exclusive_lock
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import ThinkMarkers, resolve_markers
-from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
-from adaptive_think.probe.items import Item, question_hash
+from adaptive_think.training.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
+from adaptive_think.training.items import Item, question_hash
 from adaptive_think.probe.probe import model_fingerprint
-from adaptive_think.probe.shards import (THOUGHT_PREFIX, clean_orphans, lock_path, rank_records, read_index, write_index,
+from adaptive_think.training.shards import (THOUGHT_PREFIX, clean_orphans, lock_path, rank_records, read_index, write_index,
                                          write_shard)
-from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
+from adaptive_think.training.thoughts import no_think_prompt, read_or_none, thought_span
 
 OUTPUT_TAIL_CHARS = 400
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from adaptive_think.probe.health import KIND_PROMPT
-from adaptive_think.probe.memory import ThoughtSet
+from adaptive_think.training.health import KIND_PROMPT
+from adaptive_think.training.memory import ThoughtSet
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ questions with full thinking (through the controller, whose reports say how each
 with thinking skipped (the prompt `collect` uses), and checks what `collect` needs: thoughts that open,
 close on their own, answers the checker can read, and some right with full thinking.
 
-    from adaptive_think.probe.doctor import DoctorConfig, examine
+    from adaptive_think.training.doctor import DoctorConfig, examine
     result = examine(model, tokenizer, items, checker, DoctorConfig(samples=4))   # result.checks, result.ready
     adaptive-think doctor --model DIR --questions q.jsonl --checker boxed       # the same, as a table
 """
@@ -18,9 +18,9 @@ import torch
 
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import resolve_markers
-from adaptive_think.probe.collect import continuations
-from adaptive_think.probe.items import Item
-from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
+from adaptive_think.training.collect import continuations
+from adaptive_think.training.items import Item
+from adaptive_think.training.thoughts import no_think_prompt, read_or_none, thought_span
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 

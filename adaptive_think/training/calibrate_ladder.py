@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import time
 
-from adaptive_think.probe.calibrate import build_path, calibrate, questions_of
+from adaptive_think.training.calibrate import build_path, calibrate, questions_of
 from adaptive_think.probe.ladder import Rung, default_rung
 
 TRAIN, VAL, CALIB, DROPPED = "train", "val", "calib", "dropped"
 
 
-def question_group(r: dict) -> str:
+def question_identity(r: dict) -> str:
     """A question's identity across draws: its content hash where the collection made one, else its id."""
     return r.get("qhash") or r["qid"]
 
@@ -34,7 +34,7 @@ def assign_parts(records: list[dict], n_training_sources: int, split: dict[str, 
     the calibration-only collections, unless the question is also a training or validation question (dropped)."""
     part = []
     for r in records:
-        g = question_group(r)
+        g = question_identity(r)
         if r["source"] < n_training_sources:
             part.append(split[g])
         else:
@@ -45,8 +45,8 @@ def assign_parts(records: list[dict], n_training_sources: int, split: dict[str, 
 def calibration_only_summary(records, part, n_training_sources: int, folders) -> dict:
     """What the probe records about its calibration-only collections: how many questions, how many dropped, and
     the hashes of those not in the training collections (questions_seen less these = the training questions)."""
-    training = {question_group(r) for r in records if r["source"] < n_training_sources}
-    extra = {r["qid"]: (question_group(r), p) for r, p in zip(records, part) if r["source"] >= n_training_sources}
+    training = {question_identity(r) for r in records if r["source"] < n_training_sources}
+    extra = {r["qid"]: (question_identity(r), p) for r, p in zip(records, part) if r["source"] >= n_training_sources}
     return {"data": [str(f) for f in folders], "questions": len(extra),
             "dropped_seen_in_training": sum(p == DROPPED for _, p in extra.values()),
             "sha256_16": sorted({g for g, _ in extra.values()} - training)}
@@ -96,9 +96,9 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     split is reproduced from them); calib_data: calibration-only collections. rungs (["name:epsilon[:delta]"]) /
     delta / skip_share: None keeps the probe's own.
     """
-    from adaptive_think.probe.scoring import collection_scores
-    from adaptive_think.probe.shards import load_collections
-    from adaptive_think.probe.train import TrainConfig, seen_questions, split_questions
+    from adaptive_think.training.scoring import collection_scores
+    from adaptive_think.training.shards import load_collections
+    from adaptive_think.training.train import TrainConfig, seen_questions, split_questions
 
     data, calib_data = list(data), list(calib_data)
     prov = probe.provenance or {}
@@ -111,7 +111,7 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     theirs = settings["fingerprint"]
     if theirs != probe.fingerprint:
         raise ValueError(f"The collections come from model {theirs}, the probe from {probe.fingerprint}.")
-    training = {question_group(r) for r in records if r["source"] < len(data)}
+    training = {question_identity(r) for r in records if r["source"] < len(data)}
     recorded = set(seen.get("sha256_16", [])) - set((prov.get("calibration_only") or {}).get("sha256_16", []))
     if training != recorded:
         raise ValueError(f"--data holds {len(training)} distinct questions, {len(training - recorded)} of them not "
@@ -128,7 +128,7 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
         cfg.skip_share = skip_share
     cfg.family_wise = family_wise
     ladder_spec = cfg.rungs()
-    split = split_questions([question_group(r) for r in records if r["source"] < len(data)], cfg.seed,
+    split = split_questions([question_identity(r) for r in records if r["source"] < len(data)], cfg.seed,
                             cfg.val_fraction, cfg.calib_fraction)
     part = assign_parts(records, len(data), split)
     ready, skip = collection_scores(probe, hidden, records)

@@ -26,15 +26,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adaptive_think.probe.calibrate_ladder import (TRAIN, VAL, assign_parts, calibrate_ladder, calibration_only_summary,
-                                                   question_group)
-from adaptive_think.probe.memory import ThoughtSet, fit_memory_head, question_key
-from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
+from adaptive_think.training.calibrate_ladder import (TRAIN, VAL, assign_parts, calibrate_ladder, calibration_only_summary,
+                                                   question_identity)
+from adaptive_think.training.memory import ThoughtSet, fit_memory_head, thought_key
+from adaptive_think.training.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.ladder import DEFAULT_RUNGS, parse_rungs
-from adaptive_think.probe.metrics import auroc, recall_at_no_false_positive
+from adaptive_think.training.metrics import auroc, recall_at_no_false_positive
 from adaptive_think.probe.probe import Probe
-from adaptive_think.probe.scoring import collection_scores
-from adaptive_think.probe.shards import load_collections
+from adaptive_think.training.scoring import collection_scores
+from adaptive_think.training.shards import load_collections
 
 
 @dataclass
@@ -189,7 +189,7 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
         log(f"data: {c['data']} ({c['decoding']}, {c['role']}): {c['questions']} questions, {c['records']} records")
     rungs = cfg.rungs()  # validate before training
     # split by question content where the collection hashed it: a question drawn twice stays on one side
-    split = split_questions([question_group(r) for r in records if r["source"] < len(data)], cfg.seed,
+    split = split_questions([question_identity(r) for r in records if r["source"] < len(data)], cfg.seed,
                             cfg.val_fraction, cfg.calib_fraction)
     part = assign_parts(records, len(data), split)
     if calib_data:
@@ -247,7 +247,7 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
     memory = None
     if cfg.memory:  # the memory head replaces the memoryless ready head, on the layer the sweep chose
         thoughts = ThoughtSet.from_collection(hidden, records, layer)
-        part_of = {question_key(r): p for r, p in zip(records, part)}
+        part_of = {thought_key(r): p for r, p in zip(records, part)}
         memory, memory_loss = fit_memory_head(thoughts, records, part_of, mean, std, cfg.memory, cfg)
         weights.update(memory.export(width))
         fitted = Counter(part_of[q] for q in thoughts.states)

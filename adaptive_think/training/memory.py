@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptive_think.controller.state import NO_MEMORY
-from adaptive_think.probe.health import KIND_THOUGHT
-from adaptive_think.probe.shards import THOUGHT_PREFIX
+from adaptive_think.training.health import KIND_THOUGHT
+from adaptive_think.training.shards import THOUGHT_PREFIX
 
 
 class MemoryHead(nn.Module):
@@ -48,7 +48,7 @@ class MemoryHead(nn.Module):
             }
 
 
-def question_key(r: dict) -> tuple[str, str]:
+def thought_key(r: dict) -> tuple[str, str]:
     """One question per draw and decoding (the same question id may be collected greedy and sampled)."""
     return r.get("decoding", "greedy"), r["qid"]
 
@@ -61,18 +61,18 @@ class ThoughtSet:
     """
 
     def __init__(self, states: dict, records: list[dict]):
-        length = {question_key(r): r["thought_len"] for r in records if r["kind"] == 0}
+        length = {thought_key(r): r["thought_len"] for r in records if r["kind"] == 0}
         self.states = {q: s for q, s in states.items() if 0 < len(s) == length.get(q, -1)}
         self.rows = defaultdict(list)
         for i, r in enumerate(records):
-            if r["kind"] == KIND_THOUGHT and question_key(r) in self.states:
-                self.rows[question_key(r)].append(i)
+            if r["kind"] == KIND_THOUGHT and thought_key(r) in self.states:
+                self.rows[thought_key(r)].append(i)
 
     @classmethod
     def from_collection(cls, hidden: dict[str, torch.Tensor], records: list[dict], layer: int) -> "ThoughtSet":
         """The states a collection made with --token-states holds for `layer`."""
         key = f"{THOUGHT_PREFIX}{layer}"
-        prompts = {question_key(r): r for r in records if r["kind"] == 0}
+        prompts = {thought_key(r): r for r in records if r["kind"] == 0}
         lacking = [q for q, r in prompts.items() if "thought_states" not in r]
         if key not in hidden or lacking:
             raise ValueError(f"A head with memory trains on every thought token's state, but {len(lacking) or 'all'} of "

@@ -27,7 +27,7 @@ from collections import defaultdict
 
 import torch
 
-from adaptive_think.probe.metrics import binom_cdf
+from adaptive_think.training.metrics import binom_cdf
 
 GRID = [round(1.0 - i / 100, 2) for i in range(0, 100)]  # 1.00, 0.99, ..., 0.01
 # the path's grid: GRID plus log-spaced steps between 0.99 and 0.9999, where a sure probe's scores crowd,
