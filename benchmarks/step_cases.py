@@ -50,12 +50,12 @@ def step_phase(name, model, tok, device, batch: int, args, add, guard) -> dict |
     never = ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0)  # runs every step, never stops
     modes = args.step_modes or (["compile"] if cuda else ["eager"])
     steps = args.step_steps
-    cases, modes_of = [], {}
+    cases, reported = [], {}  # reported: case name -> (name in the results, mode)
 
     def build(case, mode, make):
         def go():
             cases.append(make())
-            modes_of[cases[-1].name] = mode
+            reported[case] = (case.removesuffix(f"_{mode}") if mode != modes[0] else case, mode)
         guard(case, mode, go)
 
     for mode in modes:
@@ -78,7 +78,7 @@ def step_phase(name, model, tok, device, batch: int, args, add, guard) -> dict |
         build(hf_name, "compile" if cuda else "eager", hf)
     if not cases:
         return None
-    baseline = "graph_none" if "graph_none" in modes_of else None
+    baseline = "graph_none" if "graph_none" in reported else None
     clock = Clock("cuda" if cuda else args.clock)
     doc = {}
     guard("step_timing", modes[0], lambda: doc.update(measure(cases, clock, steps, args.step_reps, baseline, warmup=2)))
@@ -88,7 +88,7 @@ def step_phase(name, model, tok, device, batch: int, args, add, guard) -> dict |
         extra = {}
         if case_name == hf_name and "graph_probe" in doc["cases"]:
             extra["paired_vs_graph_probe"] = pair(doc, hf_name, "graph_probe")  # > 1: the graph engine is faster
-        mode = modes_of[case_name]
-        add(case_name.removesuffix(f"_{mode}"), mode, c["samples"], timing="step_timing", clock=doc["clock"],
+        result_name, mode = reported[case_name]
+        add(result_name, mode, c["samples"], timing="step_timing", clock=doc["clock"],
             steps=steps, baseline_mode=modes[0], paired_vs_graph_none=doc["paired"].get(case_name), **extra)
     return doc

@@ -140,7 +140,7 @@ stage bench_kernels 50 "$PY" benchmarks/gpu_kernels.py --quick --out "$OUT/kerne
 # 3. the compiled engine step: the JSON is rewritten after each batch, so a cut keeps batch 1
 STEP_ARGS=(--plan step --out "$OUT/engines_step.json")
 if [[ "$DRY" == 1 ]]; then  # CPU walk-through: a small model shape, one batch, few steps
-    STEP_ARGS+=(--device cpu --threads 1 --clock cpu --models smollm2-135m --batches 1 --step-steps 4)
+    STEP_ARGS+=(--device cpu --threads 1 --clock cpu --models qwen3-tiny --batches 1 --step-steps 8)
 fi
 t=$(left)
 (( t < 60 )) && t=60

@@ -124,3 +124,27 @@ def test_runner_cases_replay_the_engine_step_from_a_rewound_state():
     with pytest.raises(ValueError, match="overflow"):
         probe_case.per_step_ms(Clock("cpu"), run_probe.length)
     graph.clear_graph_cache(model)
+
+
+def test_engine_benchmark_step_plan_writes_paired_cases(tmp_path):
+    """gpu_engines.py --plan step on the CPU (a tiny Qwen3 shape): every case timed 15 times, the probe's paired
+    overhead and HF's paired ratio in the summary, the JSON written."""
+    import json
+
+    import gpu_engines
+
+    out = tmp_path / "step.json"
+    doc = gpu_engines.main(["--plan", "step", "--device", "cpu", "--threads", "1", "--clock", "cpu", "--models",
+                            "qwen3-tiny", "--batches", "2", "--step-steps", "4", "--out", str(out)])
+    assert json.loads(out.read_text())["cases"] == doc["cases"]
+    assert not doc["skipped"], doc["skipped"]
+    by_case = {c["case"]: c for c in doc["cases"]}
+    assert set(by_case) == {"graph_none", "graph_probe", "hf_eager"}
+    assert all(c["ms_per_step"]["n"] == 15 and c["clock"] == "cpu" for c in by_case.values())
+    assert by_case["graph_none"]["paired_vs_graph_none"] is None
+    (overhead,) = doc["summary"]["controller_overhead_paired"]
+    assert overhead["batch"] == 2 and overhead["p20"] <= overhead["median"] <= overhead["p80"]
+    (speedup,) = doc["summary"]["speedup_vs_hf_paired"]
+    assert speedup["case"] == "hf_eager" and speedup["graph_probe_speedup"]["n"] == 15
+    with pytest.raises(SystemExit):
+        gpu_engines.main(["--plan", "step", "--device", "cpu", "--step-reps", "5"])  # cannot resolve 1%
