@@ -127,7 +127,8 @@ if doc["complete"]:
                       "outcome": bad[0].tag if bad else "passed",
                       "message": (bad[0].get("message") or "")[:400] if bad else None})
     doc["counts"] = {k: sum(c["outcome"] == k for c in cases) for k in ("passed", "failure", "error", "skipped")}
-    doc["not_passed"] = [c for c in cases if c["outcome"] != "passed"]
+    doc["failed"] = [c for c in cases if c["outcome"] in ("failure", "error")]
+    doc["skipped"] = [c["test"] for c in cases if c["outcome"] == "skipped"][:20]
     doc["slowest"] = sorted(cases, key=lambda c: -c["seconds"])[:8]
 else:
     doc["why"] = "no junit report: the stage timed out or crashed (see gpu_check.log)"
