@@ -25,6 +25,8 @@ SHAPES = {  # real sizes, random weights (no download)
                        num_key_value_heads=8, head_dim=128, intermediate_size=3072),
     "qwen3-4b": dict(arch="qwen3", vocab_size=151936, hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
                      num_key_value_heads=8, head_dim=128, intermediate_size=9728),
+    "qwen3-tiny": dict(arch="qwen3", vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16, intermediate_size=128),  # walk-throughs (gpu_check dry run)
     "smollm2-135m": dict(arch="llama", vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, intermediate_size=1536, rope_theta=100000.0),
 }

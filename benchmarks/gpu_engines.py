@@ -1,16 +1,23 @@
 """Engine latency benchmark: HF generate() vs the hf engine vs the graph engine, per decode step and per answer.
 
     python benchmarks/gpu_engines.py --out engines.json              # GPU: reasoner + Qwen3-0.6B/4B shapes, ~4 min
+    python benchmarks/gpu_engines.py --plan step --out step.json     # GPU: the compiled step cases only (Qwen3-0.6B,
+                                                                     # batch 1 and 32), ~3 min
+    python benchmarks/gpu_engines.py --plan step --device cpu --threads 1 --clock cpu --models smollm2-135m --batches 1
     python benchmarks/gpu_engines.py --device cpu --threads 1 --out benchmarks/results/engines_cpu_smollm2.json
                                                                      # CPU: SmolLM2-135M's shape, batch 8
     python benchmarks/gpu_engines.py --device cpu --quick            # CPU: bundled-reasoner cases only
 
-Per decode step = (wall(generate 8+N tokens) - wall(generate 8 tokens)) / N, so prefill and set-up cancel out;
-the first call of every case (capture / compile) is left out. Cases, per model and batch size:
+Step phase (step_cases.py; the targets' cases): graph_none, graph_probe (a probe with memory, K = 8) in each of
+--step-modes (GPU: "compile") and hf_static_compile (CPU: hf_eager), timed by step_timing.py: replays of the
+captured step between CUDA events (CPU: --clock), the cases alternated over --step-reps repetitions, each
+case's median and p20/p80, and per-repetition ratios against graph_none (the controller's overhead) and of
+HF against graph_probe (the graph engine's speed-up).
+Other phases: per decode step = (wall(generate 8+N tokens) - wall(generate 8 tokens)) / N, so prefill and
+set-up cancel out; the first call of every case (capture) is left out. Cases, per model and batch size:
   hf_eager           model.generate() with its dynamic cache (the baseline every ratio is against)
-  hf_static_compile  model.generate(cache_implementation="static"), which compiles the forward (GPU, guarded)
   hf_engine_probe    AdaptiveThinker engine="hf" with a random probe (width 256, layer at 2/3 depth)
-  graph_{none,full,probe}[_<mode>]  the graph engine: no controller / policy full / the probe controller
+  graph_{none,full,probe}  the graph engine (--graph-modes, uncompiled): no controller / policy full / probe
   graph_context_<n>  the graph engine at n tokens of real context, one cache bucket for every n (attention
                      tiers on; `_full_bucket`: the shortest context with the tiers off, attending to the bucket)
   graph_mixed, hf_engine_mixed, graph_probe_uniform  a batch cycling full / none / budget / probe rows vs
@@ -18,10 +25,10 @@ the first call of every case (capture / compile) is left out. Cases, per model a
   interleaved (CPU)  hf_eager, hf_engine_budget, graph_none, graph_budget timed in alternation per repetition,
                      with ratios to hf_eager (see engine_cases.py)
 End to end: the bundled reasoner on a fixed question set, wall-clock per question under `full` and `probe`.
-Order (GPU): the fast cases of each model (the context and mixed cases right after Qwen3-0.6B's), then the
-compiled cases (Qwen3-0.6B, batch 1) while --budget-s lasts; each case has its own time limit, and a case
-that fails or runs out of time is listed under "skipped". Prints a table; the last stdout line is the JSON
-written to --out.
+Order (GPU): the step phase (Qwen3-0.6B, batch 1 then 32), then the fast cases of each model (the context
+and mixed cases right after Qwen3-0.6B's) while --budget-s lasts; each case has its own time limit, and a
+case that fails or runs out of time is listed under "skipped". The JSON is rewritten after every batch.
+Prints a table; the last stdout line is the JSON written to --out.
 """
 
 from __future__ import annotations
@@ -32,7 +39,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,6 +46,8 @@ from pathlib import Path
 import torch
 from bench_env import versions
 from engine_cases import SHAPES, context_cases, interleaved_cases, mixed_cases, now, random_model, use_clock
+from step_cases import step_phase
+from step_timing import MIN_REPS, spread
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.engines import graph
@@ -94,12 +102,6 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def quantiles(xs: list[float]) -> dict:
-    xs = sorted(xs)
-    q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) > 1 else xs * 9
-    return {"median": statistics.median(xs), "p20": q[1], "p80": q[7], "n": len(xs)}
-
-
 # -- cases ----------------------------------------------------------------------------------------------
 
 
@@ -120,14 +122,12 @@ def per_step_ms(run, device, steps: int, reps: int, base: int = 8) -> list[float
     return out
 
 
-COMPILED = ("compile", "reduce-overhead")
-
-
 def step_cases(name, model, tok, device, batch, args, deadline, results, skipped, phase):
     """Per-step timings on one (model, batch); eos is switched off so every run is full length.
 
-    phase "fast": HF eager, the hf engine, the graph engine uncompiled (seconds each); phase "compile": the
-    compiled graph engine and HF's static cache + compile (about a minute each), run after every fast case.
+    phase "fast": HF eager, the hf engine, the graph engine uncompiled (seconds each); phase "step": the
+    step_timing cases (step_cases.py; compiling takes about a minute a case); "interleaved", "context",
+    "mixed": engine_cases.py.
     """
     eos = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = None
@@ -155,8 +155,8 @@ def _step_cases(name, model, tok, device, batch, args, deadline, results, skippe
     no_eos = dict(eos_token_id=None, pad_token_id=0)
 
     def add(case, mode, ms, **extra):
-        results.append({"model": name, "batch": batch, "case": case, "mode": mode, "ms_per_step": quantiles(ms), **extra})
-        print(f"  {name:11s} B={batch:<3d} {case:18s} {mode:15s} {statistics.median(ms):9.3f} ms/step", flush=True)
+        results.append({"model": name, "batch": batch, "case": case, "mode": mode, "ms_per_step": spread(ms), **extra})
+        print(f"  {name:11s} B={batch:<3d} {case:18s} {mode:15s} {spread(ms)['median']:9.3f} ms/step", flush=True)
 
     def guarded(case, mode, fn, limit):
         left = deadline - time.monotonic()
@@ -178,6 +178,11 @@ def _step_cases(name, model, tok, device, batch, args, deadline, results, skippe
         guarded("interleaved", "eager", lambda: interleaved_cases(name, model, tok, device, batch, steps, reps, add),
                 args.case_limit_s)
         return
+    if phase == "step":  # each case built under the compile limit; the timing itself under the case limit
+        step_phase(name, model, tok, device, batch, args, add,
+                   lambda case, mode, fn: guarded(case, mode, fn,
+                                                  args.case_limit_s if case == "step_timing" else args.compile_limit_s))
+        return
     if phase == "context":  # ms per step against the real context length at one bucket
         guarded("graph_context", mode, lambda: context_cases(name, model, tok, device, batch, args.contexts,
                                                              fast_steps, fast_reps, add, per_step_ms, mode),
@@ -194,15 +199,9 @@ def _step_cases(name, model, tok, device, batch, args, deadline, results, skippe
                                               engine="hf", **gen_kw)
         guarded("hf_engine_probe", "eager", lambda: add("hf_engine_probe", "eager",
                                                         per_step_ms(hf_probe, device, slow_steps, slow_reps)), 120)
-        modes = [m for m in args.graph_modes if m not in COMPILED] if cuda else ["eager"]
-    else:
-        modes = [m for m in args.graph_modes if m in COMPILED] if cuda else []
+        modes = args.graph_modes if cuda else ["eager"]
     for mode in modes:
-        limit = args.compile_limit_s if mode in COMPILED else 120
-        cases = (("graph_none", None), ("graph_full", ThinkConfig()), ("graph_probe", probe_think))
-        if mode in COMPILED:  # a minute of compiling each: the target case first, then the other end of the ratio
-            cases = (cases[2], cases[0])
-        for case, think in cases:
+        for case, think in (("graph_none", None), ("graph_full", ThinkConfig()), ("graph_probe", probe_think)):
 
             def run(n, think=think, mode=mode):
                 ctl = thinker.controller(think, no_eos) if think is not None else None
@@ -210,11 +209,7 @@ def _step_cases(name, model, tok, device, batch, args, deadline, results, skippe
                                       probe_layer=probe.layer if think is probe_think else None, **gen_kw)
 
             guarded(case, mode, lambda run=run, case=case, mode=mode: add(
-                case, mode, per_step_ms(run, device, fast_steps, fast_reps)), limit)
-    if cuda and phase == "compile" and batch == 1 and args.hf_compile:
-        stat = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, cache_implementation="static", **gen_kw)  # noqa: E731
-        guarded("hf_static_compile", "compile", lambda: add("hf_static_compile", "compile",
-                                                           per_step_ms(stat, device, fast_steps, 3)), args.compile_limit_s)
+                case, mode, per_step_ms(run, device, fast_steps, fast_reps)), 120)
 
 
 def end_to_end(model, tok, device, args, deadline, e2e, skipped):
@@ -246,7 +241,7 @@ def end_to_end(model, tok, device, args, deadline, e2e, skipped):
                 sync(device)
                 times.append((time.perf_counter() - t0) * 1e3)
                 tokens.append(out.shape[1] - p["input_ids"].shape[1])
-            row = {"policy": policy, "engine": engine, "ms_per_question": quantiles(times),
+            row = {"policy": policy, "engine": engine, "ms_per_question": spread(times),
                    "mean_new_tokens": sum(tokens) / len(tokens), "probe": probe_src if policy == "probe" else None}
             e2e.append(row)
             print(f"  e2e reasoner {policy:6s} {engine:6s} {row['ms_per_question']['median']:9.2f} ms/question "
@@ -271,9 +266,19 @@ def summarise(results: list[dict], e2e: list[dict]) -> dict:
             if (model, batch, ref, mode) in med:
                 overhead.append({"model": model, "batch": batch, "mode": mode, "vs": ref,
                                  "controller_overhead": ms / med[model, batch, ref, mode] - 1})
+    paired, speedup = [], []
+    for r in results:  # step phase: per-repetition ratios of cases timed back to back
+        where = {"model": r["model"], "batch": r["batch"], "mode": r["mode"]}
+        p = r.get("paired_vs_graph_none")
+        if r["case"] == "graph_probe" and p and r["mode"] == r.get("baseline_mode"):
+            paired.append({**where, "vs": "graph_none", **{k: p[k] - 1 for k in ("median", "p20", "p80")}, "n": p["n"]})
+        p = r.get("paired_vs_graph_probe")
+        if p:
+            speedup.append({**where, "case": r["case"], "graph_probe_speedup": p})
     by = {(r["policy"], r["engine"]): r["ms_per_question"]["median"] for r in e2e}
     e2e_ratios = {f"{p}_{e}_vs_full_hf": by[p, e] / by["full", "hf"] for (p, e) in by if ("full", "hf") in by}
-    return {"controller_overhead": overhead, "e2e_ratios": e2e_ratios}
+    return {"controller_overhead": overhead, "controller_overhead_paired": paired, "speedup_vs_hf_paired": speedup,
+            "e2e_ratios": e2e_ratios}
 
 
 def table(results, doc):
@@ -286,6 +291,13 @@ def table(results, doc):
     for o in doc["summary"]["controller_overhead"]:
         lines.append(f"controller overhead {o['model']} B={o['batch']} {o['mode']} vs {o['vs']}: "
                      f"{100 * o['controller_overhead']:+.1f}%")
+    for o in doc["summary"]["controller_overhead_paired"]:
+        lines.append(f"controller overhead {o['model']} B={o['batch']} {o['mode']} vs {o['vs']}, paired per repetition: "
+                     f"{100 * o['median']:+.2f}% (p20 {100 * o['p20']:+.2f}%, p80 {100 * o['p80']:+.2f}%, n={o['n']})")
+    for o in doc["summary"]["speedup_vs_hf_paired"]:
+        q = o["graph_probe_speedup"]
+        lines.append(f"speed-up of graph_probe over {o['case']} {o['model']} B={o['batch']}, paired: {q['median']:.3f}x "
+                     f"(p20 {q['p20']:.3f}, p80 {q['p80']:.3f})")
     for r in doc["e2e"]:
         lines.append(f"e2e reasoner {r['policy']:5s} {r['engine']:5s}: {r['ms_per_question']['median']:.1f} ms/question "
                      f"(p20 {r['ms_per_question']['p20']:.1f}, p80 {r['ms_per_question']['p80']:.1f}), "
@@ -313,13 +325,20 @@ def main(argv=None) -> dict:
                    help="cpu: the main thread's CPU time (with --threads 1 on a busy machine: other jobs do not count)")
     p.add_argument("--cpu-phases", nargs="+", default=["interleaved", "context", "mixed"],
                    choices=["interleaved", "context", "mixed"], help="which CPU phases run (default: all)")
-    p.add_argument("--graph-modes", nargs="+", default=["cudagraph", "compile"])
-    p.add_argument("--compile-models", nargs="*", default=["qwen3-0.6b"], help="models whose compiled cases run")
+    p.add_argument("--plan", choices=("full", "step"), default="full",
+                   help="step: only the step phase (step_cases.py) of --models (GPU default qwen3-0.6b, CPU "
+                        "smollm2-135m) at --batches (GPU default 1 32, CPU 8)")
+    p.add_argument("--graph-modes", nargs="+", default=["cudagraph"], choices=("cudagraph", "eager"),
+                   help="graph-engine modes of the fast phase (the compiled step is the step phase's)")
+    p.add_argument("--step-modes", nargs="+", default=None, choices=("compile", "cudagraph", "reduce-overhead", "eager"),
+                   help="graph-engine modes of the step phase (default: GPU compile, CPU eager); the first is the baseline's")
+    p.add_argument("--step-models", nargs="*", default=["qwen3-0.6b"], help="models of the step phase in the full GPU plan")
+    p.add_argument("--step-reps", type=int, default=MIN_REPS, help="alternated repetitions of the step phase")
+    p.add_argument("--step-steps", type=int, default=32, help="decode steps per timed segment of the step phase")
     p.add_argument("--no-hf-compile", dest="hf_compile", action="store_false", help="skip HF static cache + compile")
-    p.add_argument("--compile-b32", action="store_true", help="also compile the big shapes at batch 32")
     # budgets
     p.add_argument("--budget-s", type=float, default=230.0, help="stop starting cases after this many seconds")
-    p.add_argument("--compile-limit-s", type=float, default=100.0, help="time limit of one compiled case")
+    p.add_argument("--compile-limit-s", type=float, default=100.0, help="time limit of building one step case")
     p.add_argument("--case-limit-s", type=float, default=150.0, help="time limit of one context / mixed / interleaved case")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per case (default: 2 slow, 5 fast)")
     p.add_argument("--interleaved-steps", type=int, default=None,
@@ -332,6 +351,8 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
+    if args.step_reps < MIN_REPS:
+        p.error(f"--step-reps must be at least {MIN_REPS}: fewer cannot resolve 1%")
     if args.clock == "cpu" and (torch.device(args.device).type != "cpu" or (args.threads or 2) != 1):
         p.error("--clock cpu measures one thread's CPU time: use it with --device cpu --threads 1")
     use_clock(args.clock)
@@ -382,22 +403,25 @@ def main(argv=None) -> dict:
 def make_plan(args, cuda: bool) -> list[tuple[str, str, list[int]]]:
     """(model, phase, batches) in run order.
 
-    GPU: the fast cases of each model, with the context (batch 1) and mixed-policy (batch 32) cases right after
-    the context model's, then the compiled cases (the targets' shape) with what time is left. CPU: the
-    interleaved comparison, the context and the mixed-policy cases on each model (SmolLM2-135M's shape)."""
+    GPU: the step phase of --step-models (the targets' cases), then the fast cases of each model, with the
+    context (batch 1) and mixed-policy (batch 32) cases right after the context model's. --plan step: the step
+    phase only. CPU: the interleaved comparison, the context and the mixed-policy cases on each model
+    (SmolLM2-135M's shape)."""
     if args.quick:
         return [("reasoner", "fast", args.batches or [1, 32])]
+    if args.plan == "step":
+        models = args.models or (["qwen3-0.6b"] if cuda else ["smollm2-135m"])
+        return [(name, "step", args.batches or ([1, 32] if cuda else [8])) for name in models]
     if not cuda:
         batches = args.batches or [8]
         return [(name, phase, b) for name in args.models or ["smollm2-135m"]
                 for phase, b in (("interleaved", batches), ("context", [1]), ("mixed", batches))
                 if phase in args.cpu_phases]
-    plan = []
+    plan = [(name, "step", args.batches or [1, 32]) for name in args.step_models]
     for name in args.models or ["reasoner", "qwen3-0.6b", "qwen3-4b"]:
         plan.append((name, "fast", args.batches or [1, 32]))
         if name == args.context_model:
             plan += [(name, "context", [1]), (name, "mixed", [32])]
-    plan += [(name, "compile", (args.batches or [1, 32]) if args.compile_b32 else [1]) for name in args.compile_models]
     return plan
 
 

@@ -219,3 +219,31 @@ def test_compiled_probe_step_matches_hf_engine(mode):
             assert [r.to_dict() for r in thinker.last_reports] == ref_reports
     assert len(graph._RUNNERS[model]) == 1
     graph.clear_graph_cache(model)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_compile_mode_captures_the_whole_compiled_step_once(impl, monkeypatch):
+    """fp32 greedy, probe policy: "compile" (the whole step through inductor; the Triton kernel between its two
+    halves, the torch controller inside) is captured as one graph per runner, later calls only replay it, and
+    its tokens are the eager step's (near ties aside: inductor may sum fp32 in another order)."""
+    model = cuda_model("qwen3", torch.float32, seed=3)
+    thinker = probe_thinker(model, impl)
+    b = batch()
+    kw = dict(think=PROBE, engine="graph", max_new_tokens=12, eos_token_id=None)
+    ref = thinker.generate(**b, **kw, graph_mode="eager")
+    ref_reports = [r.to_dict() for r in thinker.last_reports]
+    graph.clear_graph_cache(model)  # only the compiled runner below
+    hf = thinker.generate(**b, think=PROBE, engine="hf", max_new_tokens=12, eos_token_id=None,
+                          return_dict_in_generate=True, output_logits=True)
+    assert torch.equal(hf.sequences, ref)  # the eager step is the hf engine's
+    thinker.generate(**b, **kw, graph_mode="compile")  # builds: compiles, captures
+    (runner,) = graph._RUNNERS[model].values()
+    assert list(runner.graphs) == [runner.length]  # one captured step (no attention tiers when compiled)
+    replays = only_replays(monkeypatch, model)
+    sizes = strict_segments(monkeypatch)
+    out = thinker.generate(**b, **kw, graph_mode="compile", check_every=4)
+    assert len(replays) == 11 and sizes == [4, 4, 3]
+    assert_same_or_near_tie(ref, out, hf.logits, b["input_ids"].shape[1], rel_tol=64 * torch.finfo(torch.float32).eps)
+    if torch.equal(out, ref):
+        assert [r.to_dict() for r in thinker.last_reports] == ref_reports
+    graph.clear_graph_cache(model)

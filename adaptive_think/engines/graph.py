@@ -6,7 +6,8 @@ gpt-fast's loop (`prefill`, `decode_one_token`, `decode_n_tokens`, `generate`) a
 - one decode step = the model's forward for one token + the probe layer's hidden state (a forward hook
   copying into a static buffer) + the controller's step + forcing + sampling, reading and writing only
   static buffers, so it is captured once (`graph_mode="cudagraph"`: a `torch.cuda.CUDAGraph` of the eager
-  step; `"compile"`: the same with the forward compiled by inductor first; `"reduce-overhead"`:
+  step; `"compile"`: the same with the whole step (forward, sampling, forcing, done flags) compiled by
+  inductor first, the Triton controller kernel launched between its two halves; `"reduce-overhead"`:
   `torch.compile(mode="reduce-overhead", fullgraph=True)` of the whole step) and replayed;
 - the host looks at "is every row done" only every `check_every` steps, through one non-blocking copy of a
   flag into pinned memory; rows that finished write pad until then and the output is trimmed as HF trims.

@@ -25,10 +25,17 @@ from transformers.cache_utils import StaticLayer
 from adaptive_think.controller import ThinkController
 from adaptive_think.controller.state import ControllerSpec, ProbeTensors
 from adaptive_think.engines.layer_hook import LayerCapture
+from adaptive_think.kernels import resolve_impl
 
 MIN_TIER = 64
 WARMUP_STEPS = 4  # decode steps a runner takes before its first capture (1 eager + 3 on the side stream)
 COMPILED = ("compile", "reduce-overhead")
+
+
+def compile_step(fn):
+    """torch.compile of (part of) a decode step: one graph (fullgraph), static shapes; fallback_random keeps
+    sampling's draws on torch's own generator, so a seed gives the eager step's tokens."""
+    return torch.compile(fn, fullgraph=True, dynamic=False, options={"fallback_random": True})
 
 
 def sample(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0, top_k: int | None = None,
@@ -192,10 +199,12 @@ class DecodeRunner:
 
     def _choose(self, logits: torch.Tensor, last: torch.Tensor) -> None:
         """Controller step, forcing, sampling, eos bookkeeping for logits [B, V] after feeding `last` [B]."""
-        logits = logits.float()
-        tok = sample(logits, *self.sampling)  # [B]
-        if self.ctl is not None:
-            forced = self.ctl.step(last, self.hidden)  # [B], -1 = none
+        tok = sample(logits.float(), *self.sampling)  # [B]
+        self._settle(tok, self.ctl.step(last, self.hidden) if self.ctl is not None else None)
+
+    def _settle(self, tok: torch.Tensor, forced: torch.Tensor | None) -> None:
+        """Forcing ([B], -1 = none), pad after eos, done flags, token record for the sampled tok [B]."""
+        if forced is not None:
             tok = torch.where(forced >= 0, forced, tok)
         tok = torch.where(self.done, self.pad, tok)  # HF: finished rows write pad
         self.done |= (tok[:, None] == self.eos[None, :]).any(-1)
@@ -257,12 +266,37 @@ class DecodeRunner:
         """One decode step on static buffers only: no host sync, no allocation the graph cannot replay.
 
         Attends to the first `self.attend` cache slots: the caller makes sure the step's slot is among them."""
+        tok = self._decode_head()
+        self._decode_tail(tok, self.ctl.step(self.cur, self.hidden) if self.ctl is not None else None)
+
+    def _decode_head(self) -> torch.Tensor:
+        """The step up to the controller: the forward (which fills `hidden`) and sampling -> token [B]."""
         self.valid.index_fill_(1, self.slot, True)
         mask = self._mask(self.valid[:, None, None, : self.attend])  # [B, 1, 1, l]
         logits = self._forward(self.cur[:, None], mask, self.pos[:, None])  # [B, V]
-        self._choose(logits, self.cur)
+        return sample(logits.float(), *self.sampling)
+
+    def _decode_tail(self, tok: torch.Tensor, forced: torch.Tensor | None) -> None:
+        """The step after the controller: forcing, done flags, token record, positions."""
+        self._settle(tok, forced)
         self.pos.add_(1)
         self.slot.add_(1)
+
+    def _compiled_step(self):
+        """"compile" mode: the whole step through inductor (forward, sampling, forcing, done flags), so its tail
+        fuses into a few kernels; the Triton controller kernel runs between two compiled halves."""
+        inline = self.ctl is None or resolve_impl(self.ctl.impl, self.device) == "torch"
+        if inline:  # no kernel, or the controller's torch reference, which inductor fuses with the rest
+            return compile_step(self.decode_one_token)
+        # a user Triton kernel is an opaque launch to inductor (nothing fuses across it) and a captured graph
+        # replays it between the halves at no cost: outside the compiled region it needs no tracing support
+        head, tail = compile_step(self._decode_head), compile_step(self._decode_tail)
+
+        def step() -> None:
+            tok = head()
+            tail(tok, self.ctl.step(self.cur, self.hidden))
+
+        return step
 
     def decode_n_tokens(self, n: int) -> None:
         """n decode steps on the smallest tier that holds them: n graph replays (or steps). No host sync."""
@@ -301,7 +335,7 @@ class DecodeRunner:
                 for t in self._static_tensors():
                     torch._dynamo.mark_static_address(t)
             if self.graph_mode == "compile":
-                self._forward = torch.compile(self._eager_forward, fullgraph=True, dynamic=False)
+                self._step = self._compiled_step()
             elif self.graph_mode == "reduce-overhead":
                 self._step = torch.compile(self.decode_one_token, mode="reduce-overhead", fullgraph=True,
                                            dynamic=False)

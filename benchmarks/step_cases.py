@@ -1,0 +1,94 @@
+"""The step cases of the engine benchmark (`gpu_engines.py --plan step`, and first in its default GPU plan).
+
+At one (model, batch): the graph engine's captured step with no controller (`graph_none`, the baseline) and
+with the probe policy on a probe of the shipped kind (`graph_probe`: memory, K = 8, width 64, a probe that
+never stops), in each of --step-modes (GPU default: "compile", the whole step through inductor), against HF's
+own fastest decode measured the same way in the same run (`hf_static_compile`: generate() with its static
+cache, which compiles the forward; `hf_eager` on CPU). Timed with step_timing.py: replays of the captured
+step between CUDA events, cases alternated, per-repetition ratios. Reported pairs: every case against
+`graph_none` of the first mode (the controller's overhead), and HF against `graph_probe` (the speed-up).
+"""
+
+from __future__ import annotations
+
+import torch
+from step_timing import Clock, generate_case, measure, pair, runner_case
+
+from adaptive_think import AdaptiveThinker, ThinkConfig
+
+PROMPT_LEN = 72  # + 32 steps fits one 128-slot bucket
+
+
+def memory_probe(model, width: int = 64, memory: int = 8, seed: int = 0):
+    """A random probe of the shipped probe's kind: an MLP ready head that also reads K running maxima."""
+    from adaptive_think.probe import Probe
+
+    base = Probe.random_for(model, width=width, seed=seed)  # layer at 2/3 depth
+    d = base.hidden_size
+    g = torch.Generator().manual_seed(seed + 1)
+    w = dict(base.weights)
+    w["memory_w"] = torch.randn(memory, d, generator=g) / d**0.5
+    w["memory_b"] = torch.randn(memory, generator=g) * 0.1
+    w["ready_w1"] = torch.cat([w["ready_w1"], torch.randn(width, memory, generator=g) / memory**0.5], 1)
+    return Probe(layer=base.layer, kind="mlp", weights=w, fingerprint=base.fingerprint,
+                 provenance={"random": True, "seed": seed, "memory": memory})
+
+
+def step_phase(name, model, tok, device, batch: int, args, add, guard) -> dict | None:
+    """Build every case (each under `guard`), time them together; add() each case's per-step samples.
+
+    add(case, mode, samples_ms, **extra) records one result; guard(case, mode, fn) runs fn under the case time
+    limit and reports a failure instead of raising. Returns step_timing's document (None if nothing was timed).
+    The probe: width 64, K = 8, layer at 2/3 depth."""
+    cuda = torch.device(device).type == "cuda"
+    g = torch.Generator().manual_seed(batch)
+    ids = torch.randint(3, min(model.config.vocab_size, 1000), (batch, PROMPT_LEN), generator=g).to(device)
+    mask = torch.ones_like(ids)
+    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+    probe = memory_probe(model)
+    thinker = AdaptiveThinker(model, tok, probe=probe)
+    never = ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0)  # runs every step, never stops
+    modes = args.step_modes or (["compile"] if cuda else ["eager"])
+    steps = args.step_steps
+    cases, reported = [], {}  # reported: case name -> (name in the results, mode)
+
+    def build(case, mode, make):
+        def go():
+            cases.append(make())
+            reported[case] = (case.removesuffix(f"_{mode}") if mode != modes[0] else case, mode)
+        guard(case, mode, go)
+
+    for mode in modes:
+        suffix = "" if mode == modes[0] else f"_{mode}"
+        build("graph_none" + suffix, mode, lambda mode=mode, s=suffix: runner_case(
+            "graph_none" + s, model, None, ids, mask, steps=steps, graph_mode=mode, **kw))
+        build("graph_probe" + suffix, mode, lambda mode=mode, s=suffix: runner_case(
+            "graph_probe" + s, model, thinker.controller(never, kw), ids, mask, steps=steps, graph_mode=mode,
+            probe_layer=probe.layer, **kw))
+    hf_name = "hf_static_compile" if cuda else "hf_eager"
+    hf_kw = dict(cache_implementation="static") if cuda else {}
+
+    def hf():
+        case = generate_case(hf_name, lambda n: model.generate(ids, attention_mask=mask, max_new_tokens=n,
+                                                               min_new_tokens=n, **hf_kw, **kw))
+        case.per_step_ms(Clock("wall"), steps)  # compiles (GPU) before the timed warm-up
+        return case
+
+    if args.hf_compile or not cuda:
+        build(hf_name, "compile" if cuda else "eager", hf)
+    if not cases:
+        return None
+    baseline = "graph_none" if "graph_none" in reported else None
+    clock = Clock("cuda" if cuda else args.clock)
+    doc = {}
+    guard("step_timing", modes[0], lambda: doc.update(measure(cases, clock, steps, args.step_reps, baseline, warmup=2)))
+    if not doc:
+        return None
+    for case_name, c in doc["cases"].items():
+        extra = {}
+        if case_name == hf_name and "graph_probe" in doc["cases"]:
+            extra["paired_vs_graph_probe"] = pair(doc, hf_name, "graph_probe")  # > 1: the graph engine is faster
+        result_name, mode = reported[case_name]
+        add(result_name, mode, c["samples"], timing="step_timing", clock=doc["clock"],
+            steps=steps, baseline_mode=modes[0], paired_vs_graph_none=doc["paired"].get(case_name), **extra)
+    return doc
