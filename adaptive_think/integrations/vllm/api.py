@@ -46,7 +46,9 @@ def llm_kwargs(probe=None, *, think_tokens=None, effort_budgets: dict | None = N
     thinking-token budget used when there is no probe ladder (see requests.DEFAULT_EFFORT_BUDGETS).
 
     The settings travel to vLLM's spawned engine processes in the environment variable
-    ADAPTIVE_THINK_VLLM, which this call sets in the current process.
+    ADAPTIVE_THINK_VLLM, which this call sets in the current process. An engine adaptive_think cannot
+    steer (speculative decoding, batch-sharded sampling, pipeline parallelism with a probe: support.py)
+    fails when it starts; a speculative draft model's config is never pointed at a wrapper.
     """
     settings = serving_settings(probe, think_tokens, effort_budgets, model)
     os.environ[ENV_VAR] = settings.to_json()
