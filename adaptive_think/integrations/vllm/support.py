@@ -55,7 +55,8 @@ def setup_of_args(engine_args) -> EngineSetup:
     --enable-batch-sharded-sampling."""
     spec = dict(getattr(engine_args, "speculative_config", None) or {})
     method = spec.get("method") or getattr(engine_args, "spec_method", None)
-    shorthand = any(getattr(engine_args, name, None) is not None for name in ("spec_method", "spec_model", "spec_tokens"))
+    shorthand = any(getattr(engine_args, name, None) is not None
+                    for name in ("spec_method", "spec_model", "spec_tokens"))
     speculative = getattr(engine_args, "speculative_config", None) is not None or shorthand
     return EngineSetup(speculative=speculative, speculative_method=method,
                        pipeline_parallel_size=int(getattr(engine_args, "pipeline_parallel_size", 1) or 1),
