@@ -11,6 +11,7 @@ Arguments this command does not know go to `python -m vllm.entrypoints.openai.ap
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -37,7 +38,7 @@ def add_arguments(p):
 def server_command(args) -> tuple[list[str], dict]:
     """(argv of the vLLM server, environment) for these arguments."""
     from adaptive_think.integrations.vllm import require_vllm
-    from adaptive_think.integrations.vllm.api import server_args, serving_settings
+    from adaptive_think.integrations.vllm.api import check_server_args, server_args, serving_settings
     from adaptive_think.integrations.vllm.requests import ENV_VAR
     from adaptive_think.loading import resolve_model_path
 
@@ -57,6 +58,8 @@ def server_command(args) -> tuple[list[str], dict]:
     for flag in ("--logits-processors", "--hf-overrides", "--middleware"):
         if flag in args.extra:
             raise ValueError(f"{flag} is set by adaptive-think serve; drop it from the command line.")
+    if importlib.util.find_spec("vllm") is not None:  # a dry run without vLLM prints the command unchecked
+        check_server_args(args.extra, settings)
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--host", args.host, "--port", str(args.port), *server_args(str(model), settings),
             "--middleware", MIDDLEWARE, *args.extra]

@@ -11,7 +11,9 @@ Server: `adaptive-think serve --model DIR [--probe DIR]`; a request sets flat `v
 Modules: requests (per-request settings, no vLLM import), context (the served model's controller facts),
 slots (the per-slot core), v1 / mrv2 (one adapter per vLLM logits-processor interface), processor (the
 class handed to vLLM), rows + models (the model wrapper that hands the probe layer's rows over), plugin
-(the `vllm.general_plugins` entry point), api (`llm_kwargs`), effort (reasoning_effort middleware).
+(the `vllm.general_plugins` entry point), api (`llm_kwargs`), effort (reasoning_effort middleware),
+support (the engine configurations refused at start-up: speculative decoding, batch-sharded sampling,
+pipeline parallelism with a probe).
 vLLM is imported only when a name that needs it is used.
 """
 

@@ -46,7 +46,9 @@ def llm_kwargs(probe=None, *, think_tokens=None, effort_budgets: dict | None = N
     thinking-token budget used when there is no probe ladder (see requests.DEFAULT_EFFORT_BUDGETS).
 
     The settings travel to vLLM's spawned engine processes in the environment variable
-    ADAPTIVE_THINK_VLLM, which this call sets in the current process.
+    ADAPTIVE_THINK_VLLM, which this call sets in the current process. An engine adaptive_think cannot
+    steer (speculative decoding, batch-sharded sampling, pipeline parallelism with a probe: support.py)
+    fails when it starts; a speculative draft model's config is never pointed at a wrapper.
     """
     settings = serving_settings(probe, think_tokens, effort_budgets, model)
     os.environ[ENV_VAR] = settings.to_json()
@@ -59,3 +61,21 @@ def server_args(model: str, settings: ServingSettings) -> list[str]:
 
     config = json.loads((Path(model) / "config.json").read_text())
     return ["--logits-processors", PROCESSOR, "--hf-overrides", json.dumps(wrapper_overrides(config))]
+
+
+def check_server_args(argv: list[str], settings: ServingSettings) -> None:
+    """Refuse vLLM server arguments whose engine adaptive_think cannot steer (support.py), before the server
+    starts. The engine arguments are read with vLLM's own parser (flag spellings, `--config` files, dotted
+    `--speculative-config.method` forms); server-only arguments are left to the server."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from adaptive_think.integrations.vllm.support import check_setup, setup_of_args
+
+    class EngineArgsOnly(FlexibleArgumentParser):
+        def parse_known_args(self, args=None, namespace=None):
+            known, _ = super().parse_known_args(args, namespace)
+            return known, []  # server-only arguments (--port, --middleware, ...) are not ours to judge
+
+    known = EngineArgs.add_cli_args(EngineArgsOnly()).parse_args(list(argv))
+    check_setup(setup_of_args(known), probe_served=settings.probe is not None)

@@ -21,6 +21,7 @@ from vllm.model_executor.models.qwen3_moe import Qwen3MoeForCausalLM
 
 from adaptive_think.integrations.vllm.requests import current_settings
 from adaptive_think.integrations.vllm.rows import CHANNEL, RowTap
+from adaptive_think.integrations.vllm.support import check_engine
 
 
 def _last_token_index() -> torch.Tensor | None:
@@ -51,10 +52,13 @@ class _TapMixin:
     """Adds the row tap to a vLLM causal-LM class whose inner model is built on EagleModelMixin."""
 
     def __init__(self, *, vllm_config, prefix: str = ""):
+        probe_layer = served_probe_layer()
+        # before any weights load (Model Runner V2 builds the model before its logits processors)
+        check_engine(vllm_config, probe_served=probe_layer is not None)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         text_config = vllm_config.model_config.hf_config.get_text_config()
         layers = int(text_config.num_hidden_layers)
-        self._probe_layer = served_probe_layer()
+        self._probe_layer = probe_layer
         if self._probe_layer is not None:
             if not 0 <= self._probe_layer < layers:
                 raise ValueError(f"adaptive_think: probe layer {self._probe_layer} does not exist in a model of "

@@ -15,6 +15,8 @@ from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2LogitsProcessor
 
 from adaptive_think.integrations.vllm.context import validate_request
+from adaptive_think.integrations.vllm.requests import current_settings
+from adaptive_think.integrations.vllm.support import check_engine
 
 
 class ThinkLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
@@ -29,6 +31,8 @@ class ThinkLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             raise VLLMValidationError(str(err), parameter="extra_args") from None
 
     def __init__(self, vllm_config, *args):
+        # an engine adaptive_think cannot steer fails here, at start-up, not with wrong tokens later
+        check_engine(vllm_config, probe_served=current_settings().probe is not None)
         if len(args) == 1:  # Model Runner V2: (vllm_config, req_states)
             from adaptive_think.integrations.vllm.mrv2 import ThinkLogitsProcessorV2
 
