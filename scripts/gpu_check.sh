@@ -33,7 +33,7 @@ export PYTHONPATH="$SHIM:$ROOT:$ROOT/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1  # keep the shim and the tree free of stray caches
 # `python -c` / `-m` would put the cwd (this root, whose adaptive_think/ has no kernels/) before the shim
 export PYTHONSAFEPATH=1
-if ! "$PY" -c "import adaptive_think.kernels.probe_step, adaptive_think.kernels.logit_stats" 2>"$OUT/import_error.txt"; then
+if ! "$PY" -c "import adaptive_think.kernels.controller_step.triton_kernel, adaptive_think.kernels.logit_stats" 2>"$OUT/import_error.txt"; then
     echo "gpu_check: cannot import adaptive_think.kernels through the shim (see $OUT/import_error.txt)" >&2
     exit 2
 fi
