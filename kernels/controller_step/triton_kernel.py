@@ -179,12 +179,15 @@ def tiling(batch: int, probe: ProbeLayout, on_gpu: bool, levels: int | None = No
         raise ValueError(f"levels must be 1 or 2 (reduction levels), got {levels!r}")
     one_level = levels == 1 and n_splits > 1
     block_r = min(256, triton.next_power_of_2(batch))
-    block_k = max(16, triton.next_power_of_2(probe.K))
-    if probe.K or one_level:  # the machine finishes heads from parked z (tl.dot with memory: every dim >= 16)
+    if probe.K and not one_level:  # W1_m m by tl.dot (every dimension >= 16)
         block_r = min(128, max(16, block_r))
-    # the machine's [BLOCK_R, BLOCK_HM] tiles: at most 4096 values (2048 from 64 rows up), so few loop trips at
-    # small batches without spilling at large ones
-    block_hm = max(16, min(triton.next_power_of_2(max(probe.H, probe.HS)), (4096 if block_r <= 32 else 2048) // block_r))
+    # one level keeps the few rows it has: its parked parts are all loaded at once (W1_m m then by broadcast)
+    block_k = max(16, triton.next_power_of_2(probe.K)) if block_r >= 16 else triton.next_power_of_2(max(probe.K, 1))
+    # the machine's [BLOCK_R, BLOCK_HM] tiles: at most 4096 values (2048 from 64 rows up; 1024 when it sums the
+    # chunks' parts itself, whose loads are all in flight at once), so few loop trips without spilling
+    # (ptxas for sm_90: none in the machine at these sizes)
+    budget = 1024 if one_level else 4096 if block_r <= 32 else 2048
+    block_hm = max(16, min(triton.next_power_of_2(max(probe.H, probe.HS)), budget // block_r))
     return Tiling(block_b, block_h, block_d, d_chunk, n_splits, n_h_tiles, triton.next_power_of_2(n_h_tiles),
                   block_r, block_hm, block_k, one_level, n_splits if one_level else 1,
                   "tf32x3" if on_gpu else "ieee")
@@ -350,7 +353,10 @@ def _head_logit(probe_ptr, shares, zpark, memory, rows, mask, B, HEAD: tl.conste
                 ks = tl.arange(0, TILE.BLOCK_K)
                 wm = tl.load(probe_ptr + PROBE.RW1 + units[:, None] * (PROBE.D + PROBE.K) + PROBE.D + ks[None, :],
                              mask=umask[:, None] & (ks < PROBE.K)[None, :], other=0.0)  # [BHM, BK]
-                z = tl.dot(memory, tl.trans(wm), z, input_precision=TILE.DOT)
+                if TILE.BLOCK_R >= 16:
+                    z = tl.dot(memory, tl.trans(wm), z, input_precision=TILE.DOT)
+                else:  # too few rows for tl.dot
+                    z += tl.sum(memory[:, None, :] * wm[None, :, :], axis=2)
             logit += _activate_reduce(z, probe_ptr + B1, probe_ptr + W2, units, umask, PROBE.RELU)
     else:
         ts = tl.arange(0, TILE.BLOCK_T)
