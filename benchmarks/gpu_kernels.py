@@ -1,29 +1,28 @@
-"""Kernel latency benchmark: probe_step and logit_stats, Triton vs the torch reference, eager and CUDA-graph captured.
+"""Kernel latency benchmark: controller_step (fused, two launches, torch reference) and logit_stats, on CUDA.
 
-    python benchmarks/gpu_kernels.py --out kernels.json          # CUDA: ~1 min (scripts/gpu_check.sh runs it)
-    python benchmarks/gpu_kernels.py --quick --out k.json        # fewer reps
+    python benchmarks/gpu_kernels.py --out kernels.json                 # CUDA: about a minute
+    python benchmarks/gpu_kernels.py --out-dir "$OUT" --quick           # each result file written as it exists
 
-Timing: triton.testing.do_bench, median and 20/80th percentiles over many reps.
-  *_eager  one call launched from Python (host launch cost included: that is what an eager loop pays)
-  *_graph  a CUDA graph holding --graph-steps calls, one replay divided by the number of calls
-probe_step: batch 1/8/32/64, hidden 4096 (bf16), probe width 256, probe policy, rows thinking (the skip head
-  is off after step 0); targets: triton_graph <= 10 us and >= 3x faster than reference_graph. The same step
-  in two launches (heads, then the state machine: `probe_step_triton(..., split=True)`) is timed beside it;
-  the summary's two_launches_over_fused_graph > 1 means the fused launch is faster inside a captured step.
-  A probe with memory (K = 8 running maxima, the shipped probe's K) at the same shape is timed at batch 64
-  (--memory-batches), fused launch and reference only: its ready head is finished in the state machine's
-  serial tail, which grows with the batch.
-logit_stats: batch 32, vocab 151,936, bf16; the graph reads a different logits buffer each call (more bytes
-  than L2) so the bandwidth is HBM's. A device copy of the same bytes, timed the same way, is the yardstick:
-  fraction = (logit bytes / t_kernel) / (2 x logit bytes / t_copy); target >= 0.7.
-Prints a table; the last stdout line is the JSON written to --out. Without CUDA it says so, writes
-{"skipped": true, ...} and exits 0.
+Timing: every implementation of a case is captured in a CUDA graph of --graph-steps calls; the graphs' replays
+are timed with CUDA events, alternating the implementations round by round (--rounds), so a drift of the
+machine's clocks falls on all of them alike; per-call median and p20/p80 over the rounds, in microseconds.
+controller_step cases: the engine's shipped probe shape (D 192, H 64, K 8, memory on) and D 4096, H 256, K 8,
+  at batch 1 and 32 (--batches), bf16 hidden states, probe policy, every row thinking (the skip head is idle
+  after step 0); implementations: `fused` (one launch), `two_launches` (heads, then the state machine;
+  `controller_step_triton(..., split=True)`), `fused_levels1` / `fused_levels2` (the heads' reduction forced to
+  one or two levels, where D is split), `reference` (torch). Target: fused <= 7 us at D 4096 (TARGETS).
+logit_stats: batch 32, vocab 151,936, bf16; each replay reads a different logits buffer (more bytes than L2)
+  so the bandwidth is HBM's, against a device copy of the same bytes timed the same way (target >= 0.7).
+--out writes one JSON at the end; --out-dir writes `<case>.json` per case as soon as it is timed (and
+`kernels.json` at the end), so a run cut short keeps what finished. Without CUDA: a skipped result, exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -34,7 +33,9 @@ from adaptive_think.controller.params import MIN_FORCE_CAPACITY, RowParams, RowS
 from adaptive_think.controller.state import NO_LIMIT, POLICY_PROBE, THINKING, ControllerSpec, ControllerState, ProbeTensors
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"probe_step_graph_us_max": 10.0, "probe_step_speedup_min": 3.0, "logit_stats_bw_fraction_min": 0.7}
+TARGETS = {"controller_step_us_max_d4096": 7.0, "logit_stats_bw_fraction_min": 0.7}
+# (D, H, K): the shipped probe's shape on the bundled engine, and a 4096-wide model's
+SHAPES = ((192, 64, 8), (4096, 256, 8))
 
 
 # ---------------------------------------------------------------------------------------------- cases
@@ -78,15 +79,7 @@ def make_logits(batch: int, vocab: int, device, dtype=torch.bfloat16, copies: in
 # ---------------------------------------------------------------------------------------------- timing
 
 
-def _bench(fn, reps_ms: int) -> tuple[float, float, float]:
-    """(median, p20, p80) in microseconds."""
-    from triton.testing import do_bench
-
-    q = do_bench(fn, warmup=25, rep=reps_ms, quantiles=[0.5, 0.2, 0.8])
-    return tuple(1000.0 * v for v in q)
-
-
-def _graph_of(calls, n: int) -> torch.cuda.CUDAGraph:
+def graph_of(calls, n: int) -> torch.cuda.CUDAGraph:
     """Capture calls(i) for i in range(n) in one graph (after a warm-up on a side stream)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -101,126 +94,144 @@ def _graph_of(calls, n: int) -> torch.cuda.CUDAGraph:
     return graph
 
 
-def _row(name, impl, mode, q, per=1, **extra):
-    med, p20, p80 = (v / per for v in q)
-    return {"case": name, "impl": impl, "mode": mode, "median_us": round(med, 3), "p20_us": round(p20, 3),
-            "p80_us": round(p80, 3), **extra}
+def time_interleaved(graphs: dict[str, torch.cuda.CUDAGraph], per: int, rounds: int, replays: int) -> dict[str, list[float]]:
+    """Per-call microseconds of each graph, one sample per round; the graphs take turns within each round."""
+    for g in graphs.values():  # warm: first replays upload the graph
+        g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = {name: [] for name in graphs}
+    for _ in range(rounds):
+        for name, g in graphs.items():
+            start.record()
+            for _ in range(replays):
+                g.replay()
+            end.record()
+            end.synchronize()
+            samples[name].append(1000.0 * start.elapsed_time(end) / (replays * per))
+    return samples
 
 
-def bench_probe_step(batches, d, h, steps, reps_ms, memory: int = 0, two_launches: bool = True) -> list[dict]:
-    from adaptive_think.kernels.probe_step import probe_step_reference
-    from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
-
-    rows = []
-    for b in batches:
-        hidden, tok, state, params, spec = make_probe_case(b, d, h, "cuda", memory=memory)
-        name = f"probe_step B{b} D{d} H{h}{f' K{memory}' if memory else ''} bf16"
-        split = lambda *a: probe_step_triton(*a, split=True)  # noqa: E731 - the design the fused one must beat
-        impls = (("triton", probe_step_triton), ("triton_two_launches", split), ("reference", probe_step_reference))
-        for impl, fn in (i for i in impls if two_launches or i[0] != "triton_two_launches"):
-            call = lambda i, fn=fn: fn(hidden, tok, state, params, spec)  # noqa: E731
-            rows.append(_row(name, impl, "eager", _bench(lambda: call(0), reps_ms)))
-            graph = _graph_of(call, steps)
-            rows.append(_row(name, impl, "graph", _bench(graph.replay, reps_ms), per=steps))
-    return rows
+def quantiles(xs: list[float]) -> dict:
+    xs = sorted(xs)
+    q = statistics.quantiles(xs, n=10, method="inclusive") if len(xs) > 1 else [xs[0]] * 9
+    return {"median_us": round(statistics.median(xs), 3), "p20_us": round(q[1], 3), "p80_us": round(q[7], 3),
+            "samples": len(xs)}
 
 
-def bench_logit_stats(batch, vocab, steps, reps_ms) -> list[dict]:
+# ---------------------------------------------------------------------------------------------- cases
+
+
+def controller_step_impls(d: int):
+    """name -> fn(hidden, tok, state, params, spec) of the implementations timed at hidden size d."""
+    from adaptive_think.controller.kernel_buffers import controller_step_triton
+    from adaptive_think.controller.step import controller_step_reference
+
+    impls = {"fused": controller_step_triton,
+             "two_launches": lambda *a: controller_step_triton(*a, split=True),
+             "reference": controller_step_reference}
+    if d > 512:  # D is split into chunks: both reduction schemes
+        impls["fused_levels1"] = lambda *a: controller_step_triton(*a, levels=1)
+        impls["fused_levels2"] = lambda *a: controller_step_triton(*a, levels=2)
+    return impls
+
+
+def bench_controller_step(b: int, d: int, h: int, k: int, steps: int, rounds: int, replays: int) -> dict:
+    graphs = {}
+    for name, fn in controller_step_impls(d).items():
+        hidden, tok, state, params, spec = make_probe_case(b, d, h, "cuda", memory=k)  # each its own state
+        graphs[name] = graph_of(lambda i, fn=fn, a=(hidden, tok, state, params, spec): fn(*a), steps)
+    samples = time_interleaved(graphs, steps, rounds, replays)
+    case = f"controller_step_B{b}_D{d}_H{h}_K{k}"
+    results = {name: quantiles(xs) for name, xs in samples.items()}
+    fused = results["fused"]["median_us"]
+    summary = {"two_launches_over_fused": round(results["two_launches"]["median_us"] / fused, 3),
+               "reference_over_fused": round(results["reference"]["median_us"] / fused, 2)}
+    if d == 4096:
+        summary["meets_target"] = fused <= TARGETS["controller_step_us_max_d4096"]
+    return {"case": case, "batch": b, "d": d, "h": h, "k": k, "hidden_dtype": "bf16", "results": results,
+            "summary": summary}
+
+
+def bench_logit_stats(batch: int, vocab: int, steps: int, rounds: int, replays: int) -> dict:
     from adaptive_think.kernels.logit_stats import logit_stats_reference
     from adaptive_think.kernels.logit_stats.triton_kernel import logit_stats_triton
 
     logits = make_logits(batch, vocab, "cuda", copies=steps)  # distinct buffers: more bytes than L2 holds
     dst = [torch.empty_like(x) for x in logits]
     nbytes = logits[0].numel() * logits[0].element_size()
-    name = f"logit_stats B{batch} V{vocab} bf16"
-    rows = []
-    cases = (("triton", lambda i: logit_stats_triton(logits[i]), nbytes),
-             ("reference", lambda i: logit_stats_reference(logits[i]), nbytes),
-             ("device_copy", lambda i: dst[i].copy_(logits[i]), 2 * nbytes))
-    for impl, call, moved in cases:
-        rows.append(_row(name, impl, "eager", _bench(lambda call=call: call(0), reps_ms)))
-        graph = _graph_of(call, steps)
-        r = _row(name, impl, "graph", _bench(graph.replay, reps_ms), per=steps)
-        r["bytes_moved"] = moved
-        r["gb_per_s"] = round(moved / (r["median_us"] * 1e-6) / 1e9, 1)
-        rows.append(r)
-    return rows
+    calls = {"triton": lambda i: logit_stats_triton(logits[i]), "reference": lambda i: logit_stats_reference(logits[i]),
+             "device_copy": lambda i: dst[i].copy_(logits[i])}
+    samples = time_interleaved({n: graph_of(c, steps) for n, c in calls.items()}, steps, rounds, replays)
+    results = {n: quantiles(xs) for n, xs in samples.items()}
+    moved = {"triton": nbytes, "reference": nbytes, "device_copy": 2 * nbytes}
+    for n, r in results.items():
+        r["gb_per_s"] = round(moved[n] / (r["median_us"] * 1e-6) / 1e9, 1)
+    fraction = results["triton"]["gb_per_s"] / results["device_copy"]["gb_per_s"]
+    return {"case": f"logit_stats_B{batch}_V{vocab}", "results": results,
+            "summary": {"bw_fraction_of_copy": round(fraction, 3),
+                        "meets_target": fraction >= TARGETS["logit_stats_bw_fraction_min"]}}
 
 
 # ---------------------------------------------------------------------------------------------- report
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Ratios against the reference measured in the same run, and the targets."""
-    by = {(r["case"], r["impl"], r["mode"]): r for r in rows}
-    summary = {}
-    for case in dict.fromkeys(r["case"] for r in rows):
-        s = {}
-        for mode in ("eager", "graph"):
-            t, ref = by.get((case, "triton", mode)), by.get((case, "reference", mode))
-            if t and ref:
-                s[f"speedup_{mode}"] = round(ref["median_us"] / t["median_us"], 2)
-        copy, t = by.get((case, "device_copy", "graph")), by.get((case, "triton", "graph"))
-        if copy and t:
-            s["bw_fraction_of_copy"] = round(t["gb_per_s"] / copy["gb_per_s"], 3)
-            s["meets_target"] = s["bw_fraction_of_copy"] >= TARGETS["logit_stats_bw_fraction_min"]
-        elif t and case.startswith("probe_step"):
-            s["meets_target"] = (t["median_us"] <= TARGETS["probe_step_graph_us_max"]
-                                 and s.get("speedup_graph", 0) >= TARGETS["probe_step_speedup_min"])
-            split = by.get((case, "triton_two_launches", "graph"))
-            if split:  # > 1: the fused launch is faster inside a captured step, which is why it is the one used
-                s["two_launches_over_fused_graph"] = round(split["median_us"] / t["median_us"], 3)
-        summary[case] = s
-    return summary
+def write_json(path: Path, doc: dict) -> None:
+    """Atomic: a reader (or a run cut short) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
-def print_table(rows: list[dict], summary: dict) -> None:
-    print(f"{'case':<36} {'impl':<12} {'mode':<6} {'median us':>10} {'p20':>9} {'p80':>9} {'GB/s':>8}")
-    for r in rows:
-        print(f"{r['case']:<36} {r['impl']:<12} {r['mode']:<6} {r['median_us']:>10.2f} {r['p20_us']:>9.2f} "
-              f"{r['p80_us']:>9.2f} {r.get('gb_per_s', ''):>8}")
-    for case, s in summary.items():
-        print(f"{case}: {s}")
+def print_case(entry: dict) -> None:
+    for impl, r in entry["results"].items():
+        print(f"{entry['case']:<36} {impl:<14} {r['median_us']:>9.2f} us  (p20 {r['p20_us']:.2f}, p80 {r['p80_us']:.2f})"
+              + (f"  {r['gb_per_s']} GB/s" if "gb_per_s" in r else ""), flush=True)
+    print(f"{entry['case']:<36} {entry['summary']}", flush=True)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("kernels.json"), help="where the JSON goes")
-    # shapes
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32, 64], help="probe_step batch sizes")
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--width", type=int, default=256, help="probe hidden width H")
-    p.add_argument("--memory", type=int, default=8, help="K of the probe-with-memory case")
-    p.add_argument("--memory-batches", nargs="*", type=int, default=[64],
-                   help="batch sizes of the probe-with-memory case (none: skip it)")
+    p.add_argument("--out", type=Path, help="the whole run's JSON, written at the end")
+    p.add_argument("--out-dir", type=Path, help="one JSON per case as soon as it is timed, and kernels.json at the end")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32], help="controller_step batch sizes")
+    p.add_argument("--shapes", nargs="+", default=[f"{d},{h},{k}" for d, h, k in SHAPES], help="D,H,K of each probe")
     p.add_argument("--logit-batch", type=int, default=32)
     p.add_argument("--vocab", type=int, default=151936)
-    # timing
+    p.add_argument("--no-logit-stats", action="store_true")
     p.add_argument("--graph-steps", type=int, default=20, help="calls captured in one graph")
-    p.add_argument("--rep-ms", type=int, default=500, help="do_bench time budget per case")
-    p.add_argument("--quick", action="store_true", help="rep-ms 100")
+    p.add_argument("--rounds", type=int, default=30, help="timed rounds (each implementation once per round)")
+    p.add_argument("--replays", type=int, default=5, help="graph replays per timed sample")
+    p.add_argument("--quick", action="store_true", help="15 rounds of 3 replays")
     args = p.parse_args(argv)
-    reps = 100 if args.quick else args.rep_ms
+    if args.out is None and args.out_dir is None:
+        p.error("give --out FILE and/or --out-dir DIR")
+    rounds, replays = (15, 3) if args.quick else (args.rounds, args.replays)
 
-    doc = {"benchmark": "kernels", "argv": sys.argv[1:] if argv is None else list(argv), **versions(), "targets": TARGETS}
+    doc = {"benchmark": "kernels", "argv": sys.argv[1:] if argv is None else list(argv), **versions(),
+           "targets": TARGETS, "timing": {"graph_steps": args.graph_steps, "rounds": rounds, "replays": replays}}
+    entries = []
     if not torch.cuda.is_available():
-        doc.update(skipped=True, reason="no CUDA device: the Triton kernels are timed on a GPU only "
-                                        "(run scripts/gpu_check.sh on a GPU machine)", device="cpu")
+        doc.update(skipped=True, reason="no CUDA device: the Triton kernels are timed on a GPU only", device="cpu")
         print("gpu_kernels: no CUDA device, nothing to time; writing a skipped result.")
     else:
         doc["device"] = torch.cuda.get_device_name()
         torch.backends.cuda.matmul.allow_tf32 = False  # the reference stays fp32
-        rows = bench_probe_step(args.batches, args.hidden, args.width, args.graph_steps, reps)
-        # a probe with memory: fused launch and reference only (each variant is one more compile, in a tight budget)
-        rows += bench_probe_step(args.memory_batches, args.hidden, args.width, args.graph_steps, reps,
-                                 memory=args.memory, two_launches=False)
-        rows += bench_logit_stats(args.logit_batch, args.vocab, args.graph_steps, reps)
-        doc.update(skipped=False, results=rows, summary=summarise(rows))
-        print(f"device: {doc['device']}  torch {doc['torch']}  triton {doc['triton']}  commit {doc['git_commit'][:10]}")
-        print_table(rows, doc["summary"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc))
+        print(f"device: {doc['device']}  torch {doc['torch']}  triton {doc['triton']}  commit {(doc['git_commit'] or '')[:10]}")
+        jobs = [(bench_controller_step, (b, *map(int, s.split(",")))) for s in args.shapes for b in args.batches]
+        if not args.no_logit_stats:
+            jobs.append((bench_logit_stats, (args.logit_batch, args.vocab)))
+        for fn, shape in jobs:
+            entry = fn(*shape, args.graph_steps, rounds, replays)
+            entry.update(device=doc["device"], git_commit=doc["git_commit"])
+            entries.append(entry)
+            print_case(entry)
+            if args.out_dir is not None:
+                write_json(args.out_dir / f"{entry['case']}.json", entry)
+        doc.update(skipped=False, cases=entries)
+    for path in ([args.out] if args.out else []) + ([args.out_dir / "kernels.json"] if args.out_dir else []):
+        write_json(path, doc)
     return 0
 
 

@@ -38,7 +38,7 @@ say() { echo "$*" | tee -a "$LOG"; }
 
 # --- import the project: editable install, else the symlink tree -----------------------------------------
 # imports this tree's package and ops (not another installed copy), from outside the tree
-IMPORT_CHECK="import os, sys, adaptive_think.kernels.probe_step as p, adaptive_think.kernels.logit_stats as l, adaptive_think as a
+IMPORT_CHECK="import os, sys, adaptive_think.kernels.controller_step.triton_kernel as p, adaptive_think.kernels.logit_stats as l, adaptive_think as a
 files = [a.__file__, p.__file__, l.__file__]
 print(files)
 sys.exit(0 if all(os.path.realpath(f).startswith('$ROOT/') for f in files) else 4)"

@@ -1,6 +1,6 @@
 """GPU: the graph engine's captured steps. Token identity with the hf engine (fp32 exact, bf16 up to near ties);
 the replayed CUDA graphs, not eager steps, produce the tokens; every decode segment of a probe-policy generate()
-runs under `set_sync_debug_mode("error")`; attention tiers; reduce-overhead with the Triton probe_step traced
+runs under `set_sync_debug_mode("error")`; attention tiers; reduce-overhead with the Triton controller_step traced
 inside the compiled step. Skips without CUDA."""
 
 import pytest
@@ -201,8 +201,8 @@ def test_eager_mode_on_cuda_makes_no_host_sync_either(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["compile", "reduce-overhead"])
-def test_compiled_probe_step_matches_hf_engine(mode):
-    """fp32, probe policy with the Triton probe_step: "compile" captures the inductor forward + the kernel;
+def test_compiled_controller_step_matches_hf_engine(mode):
+    """fp32, probe policy with the Triton controller_step: "compile" captures the inductor forward + the kernel;
     "reduce-overhead" traces the whole step, the kernel included, and replays it through cudagraph trees."""
     model = cuda_model("qwen3", torch.float32)
     thinker = probe_thinker(model, impl="triton")

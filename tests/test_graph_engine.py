@@ -241,7 +241,7 @@ def test_bundled_reasoner_matches_hf_engine():
 
 @pytest.mark.kernels
 def test_triton_controller_in_the_loop_matches_the_torch_reference():
-    """The Triton probe_step (interpreted on CPU) inside the graph engine's step, reused over two calls."""
+    """The Triton controller_step (interpreted on CPU) inside the graph engine's step, reused over two calls."""
     from adaptive_think.probe import Probe
 
     model = model_of("qwen3")

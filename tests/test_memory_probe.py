@@ -1,5 +1,5 @@
 """Probes with memory (adaptive_think/training/memory.py): the file format, the controller's running maxima against
-the offline head on a whole thought, the maxima through think blocks on both probe_step kernels, and train-probe
+the offline head on a whole thought, the maxima through think blocks on both controller_step implementations, and train-probe
 --memory end to end."""
 
 import dataclasses
@@ -102,13 +102,13 @@ def test_controller_scores_a_thought_as_the_offline_head_does():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         # without its memory the head scores otherwise: the test can tell
         t = probe.tensors()
-        from adaptive_think.kernels.probe_step.naive import head_scores
+        from adaptive_think.controller.step import head_scores
         assert not torch.allclose(head_scores(states, t, torch.full((n, K), NO_MEMORY))[0], want, atol=1e-3)
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.kernels)])
 def test_memory_restarts_with_each_block(impl):
-    from adaptive_think.kernels.probe_step.naive import memory_features, normalised
+    from adaptive_think.controller.step import memory_features, normalised
 
     probe = memory_probe()
     thinker = AdaptiveThinker(MODEL, TOK, probe=probe, impl=impl)

@@ -38,9 +38,9 @@ def test_root_kernels_folder_is_not_a_regular_package():
 
 
 def test_kernels_install_under_the_package_namespace():
-    import adaptive_think.kernels.probe_step as ps
+    import adaptive_think.kernels.controller_step as ps
 
-    assert Path(ps.__file__).resolve().parent == ROOT / "kernels" / "probe_step"
+    assert Path(ps.__file__).resolve().parent == ROOT / "kernels" / "controller_step"
 
 
 def test_repository_root_does_not_shadow_hf_kernels():
@@ -76,6 +76,6 @@ def test_wheel_lays_kernels_under_the_package(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
     assert "adaptive_think/kernels/__init__.py" in names
-    assert "adaptive_think/kernels/probe_step/triton_kernel.py" in names
+    assert "adaptive_think/kernels/controller_step/triton_kernel.py" in names
     assert "adaptive_think/kernels/logit_stats/naive.py" in names
     assert not any(n.startswith("kernels/") for n in names), "a top-level kernels package would shadow HF's"

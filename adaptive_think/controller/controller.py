@@ -8,7 +8,7 @@
 
 Rows that come and go (vLLM-style slots): `allocate(B)` makes B idle rows, `init_rows(rows, prompts,
 configs)` (re)starts chosen rows without touching the others, `move_rows(src, dst)` moves rows; all on
-the device. All per-step work is one call of `probe_step` (Triton kernel on CUDA, torch reference on CPU).
+the device. All per-step work is one call of `controller_step` (Triton kernel on CUDA, torch reference on CPU).
 
 Buffers (device): `spec` (shared by the batch: markers, eos ids, boundary mask, probe weights), `params`
 (`RowParams`: per-row policy, limits, thresholds, forced sequences) and `state` (`ControllerState`).
@@ -47,8 +47,8 @@ from adaptive_think.controller.state import (
     ControllerState,
     ProbeTensors,
 )
-from adaptive_think.kernels.probe_step import probe_step
-from adaptive_think.kernels.probe_step.naive import observe_final_reference
+from adaptive_think.controller.dispatch import controller_step
+from adaptive_think.controller.step import observe_final_reference
 from adaptive_think.markers import ThinkMarkers
 
 # A prompt whose close marker sits within this many tokens of its end has its thinking already done
@@ -260,7 +260,7 @@ class ThinkController:
             raise RuntimeError("ThinkController.step called before begin(prompt_ids).")
         if hidden is not None and hidden.device != self.device:
             hidden = hidden.to(self.device, non_blocking=True)
-        probe_step(hidden if self.needs_hidden else None, last_token, self.state, self.params, self.spec, impl=self.impl)
+        controller_step(hidden if self.needs_hidden else None, last_token, self.state, self.params, self.spec, impl=self.impl)
         if self.traces:
             self._trace.append(self.state.score.clone())
         return self.state.forced

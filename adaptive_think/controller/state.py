@@ -4,7 +4,7 @@ The state machine of docs/design.md: PROMPT -> THINKING -> CLOSING -> ANSWERING 
 back to THINKING when the model opens another think block). What is the same for every row lives in
 `ControllerSpec` (markers with their failure links, eos ids, boundary mask, probe weights); what a policy
 needs per row lives in `RowParams` (adaptive_think/controller/params.py); what changes each step lives in
-`ControllerState`. Both the torch reference and the Triton kernel of `adaptive_think.kernels.probe_step`
+`ControllerState`. Both the torch reference and the Triton kernel of the controller step (`adaptive_think.controller.dispatch`)
 read and update exactly these buffers.
 
 `ControllerState` is a struct of arrays: one int32 [NS_INT, B] tensor, one fp32 [NS_FLOAT, B] tensor and the

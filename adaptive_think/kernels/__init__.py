@@ -5,7 +5,7 @@ to `adaptive_think.kernels.<op>` in pyproject.toml. That folder has no `__init__
 started in the repository root then sees it only as a namespace portion, which Hugging Face's installed
 `kernels` package (imported by transformers) always beats, so the folder can never shadow it.
 
-Used by `adaptive_think.kernels.probe_step` and `.logit_stats`. The `impl` argument wins over the
+Used by `adaptive_think.controller.dispatch` (the controller step) and `adaptive_think.kernels.logit_stats`. The `impl` argument wins over the
 environment variable ADAPTIVE_THINK_KERNEL_IMPL, which wins over "auto". Never imports triton eagerly
 beyond a probe of whether it imports at all (only when "auto" meets a CUDA tensor).
 """

@@ -121,7 +121,7 @@ class Probe:
 
     def score(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden [B, D] -> (ready [B], skip [B]) probabilities (memoryless probes; see `score_thought`)."""
-        from adaptive_think.kernels.probe_step.naive import head_scores
+        from adaptive_think.controller.step import head_scores
 
         if self.memory_size:
             raise ValueError("This probe has memory: its ready score depends on the whole thought so far. Use "
@@ -130,7 +130,7 @@ class Probe:
 
     def skip_score(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, D] at prompts' ends -> skip probabilities [B] (any probe; the skip head has no memory)."""
-        from adaptive_think.kernels.probe_step.naive import feature_scores, memory_features, normalised
+        from adaptive_think.controller.step import feature_scores, memory_features, normalised
 
         t = self.tensors(hidden.device)
         x = normalised(hidden, t)
@@ -140,7 +140,7 @@ class Probe:
     def score_thought(self, states: torch.Tensor) -> torch.Tensor:
         """states [T, D]: the probe layer's state after each thought token, in order -> ready probabilities [T]
         (what the controller scores at each of those steps)."""
-        from adaptive_think.kernels.probe_step.naive import head_scores, memory_features, normalised
+        from adaptive_think.controller.step import head_scores, memory_features, normalised
 
         t = self.tensors(states.device)
         memory = None

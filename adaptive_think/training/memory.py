@@ -5,7 +5,7 @@ A memoryless head sees only the token just written; on the bundled reasoner, at 
 state does not say whether a step several lines back slipped, while the state of the slipping line does, and a
 maximum keeps it. The head is fitted end to end on the same forced-exit labels as the memoryless one, over
 every thought token's state (`collect --token-states`). The controller keeps the K maxima per row
-(`ControllerState.memory`) and updates them on every thought token (kernels/probe_step/naive.py).
+(`ControllerState.memory`) and updates them on every thought token (adaptive_think/controller/step.py).
 """
 
 from __future__ import annotations

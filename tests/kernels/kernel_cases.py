@@ -1,6 +1,6 @@
 """Random inputs for the kernel tests: probes, shared specs, per-row params, states and token streams.
 
-Shared by test_probe_step.py (CPU, Triton interpreter), test_gpu_kernels.py (CUDA) and the benchmarks;
+Shared by test_controller_step.py (CPU, Triton interpreter), test_gpu_kernels.py (CUDA) and the benchmarks;
 not a test file itself. Everything is drawn from an explicit torch.Generator so a case is reproducible.
 """
 
@@ -205,5 +205,5 @@ def assert_states_equal(got: ControllerState, want: ControllerState, atol: float
 
 __all__ = [
     "TokenStreams", "assert_states_equal", "garble", "random_hidden", "random_params", "random_probe", "random_row",
-    "random_spec", "random_state",
+    "random_spec", "random_state", "with_random_memory",
 ]

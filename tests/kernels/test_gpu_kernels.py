@@ -12,9 +12,10 @@ import torch
 
 from dataclasses import replace
 
+from adaptive_think.controller.params import P_PATIENCE, P_SKIP_THRESHOLD
 from adaptive_think.controller.state import POLICY_BUDGET, POLICY_PROBE, ControllerState
 from adaptive_think.kernels.logit_stats import logit_stats_reference
-from adaptive_think.kernels.probe_step import probe_step_reference
+from adaptive_think.controller.step import controller_step_reference
 from kernel_cases import (TokenStreams, assert_states_equal, random_hidden, random_params, random_probe, random_spec,
                           random_state, with_random_memory)
 
@@ -43,21 +44,21 @@ def _spec_to(spec, device):
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("B, D, H", PROBE_SHAPES, ids=[f"B{b}-D{d}-H{h}" for b, d, h in PROBE_SHAPES])
 @pytest.mark.parametrize("step", [0, 5], ids=["step0", "step5"])
-def test_probe_step_cuda_matches_reference(step, B, D, H, dtype, atol, rtol):
-    from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
+def test_controller_step_cuda_matches_reference(step, B, D, H, dtype, atol, rtol):
+    from adaptive_think.controller.kernel_buffers import controller_step_triton
 
     gen = torch.Generator().manual_seed(B + D + H + step)
     spec = random_spec(gen, 50, random_probe(D, H, gen, relu=H > 1))
     params = random_params(gen, B, 50, spec)  # mixed policies per row
-    params.floats[1].fill_(0.5)  # skip threshold: some probe rows skip at step 0
-    params.ints[3].fill_(1)  # patience 1: stops happen
+    params.floats[P_SKIP_THRESHOLD].fill_(0.5)  # some probe rows skip at step 0
+    params.ints[P_PATIENCE].fill_(1)  # stops happen
     state = random_state(B, gen, spec, params, step)
     hidden = random_hidden(B, D, dtype, gen)
     tok = torch.randint(0, 50, (B,), generator=gen)
     want = state.clone()
-    probe_step_reference(hidden, tok, want, params, spec)  # on CPU: the ground truth
+    controller_step_reference(hidden, tok, want, params, spec)  # on CPU: the ground truth
     got = _cuda_state(state)
-    probe_step_triton(hidden.cuda(), tok.cuda(), got, params.to("cuda"), _spec_to(spec, "cuda"))
+    controller_step_triton(hidden.cuda(), tok.cuda(), got, params.to("cuda"), _spec_to(spec, "cuda"))
     # tf32x3 products on tensor cores: fp32-level, a hair looser than the interpreter's plain fp32
     assert_states_equal(got, want, 4 * atol, 4 * rtol, where=f"B{B}-D{D}-H{H}-{dtype}")
 
@@ -76,23 +77,23 @@ def _finite_hidden(batch, d, dtype, gen, nan_row=True):
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES[1:2])
 @pytest.mark.parametrize("B, D, H, K", MEMORY_SHAPES, ids=[f"B{b}-D{d}-H{h}-K{k}" for b, d, h, k in MEMORY_SHAPES])
 @pytest.mark.parametrize("step", [0, None], ids=["step0", "mixed-steps"])
-def test_memory_probe_step_cuda_matches_reference(step, B, D, H, K, dtype, atol, rtol):
+def test_memory_probe_controller_step_cuda_matches_reference(step, B, D, H, K, dtype, atol, rtol):
     """A probe with memory: compiled kernel == reference from random mid-run states holding random maxima."""
-    from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
+    from adaptive_think.controller.kernel_buffers import controller_step_triton
 
     gen = torch.Generator().manual_seed(B + D + H + K + (step if step is not None else 7))
     spec = random_spec(gen, 50, random_probe(D, H, gen, relu=H > 1, memory=K))
     params = random_params(gen, B, 50, spec)
-    params.floats[1].fill_(0.5)
-    params.ints[3].fill_(1)
+    params.floats[P_SKIP_THRESHOLD].fill_(0.5)
+    params.ints[P_PATIENCE].fill_(1)
     state = random_state(B, gen, spec, params, step)
     state = with_random_memory(state, K, gen)
     hidden = _finite_hidden(B, D, dtype, gen)
     tok = torch.randint(0, 50, (B,), generator=gen)
     want = state.clone()
-    probe_step_reference(hidden, tok, want, params, spec)
+    controller_step_reference(hidden, tok, want, params, spec)
     got = _cuda_state(state)
-    probe_step_triton(hidden.cuda(), tok.cuda(), got, params.to("cuda"), _spec_to(spec, "cuda"))
+    controller_step_triton(hidden.cuda(), tok.cuda(), got, params.to("cuda"), _spec_to(spec, "cuda"))
     assert_states_equal(got, want, 4 * atol, 4 * rtol, where=f"B{B}-D{D}-H{H}-K{K}-{dtype}")
 
 
@@ -113,16 +114,19 @@ def test_logit_stats_cuda_matches_reference(B, V, dtype, atol, rtol):
             torch.testing.assert_close(getattr(got, name).cpu(), getattr(want, name), atol=atol, rtol=rtol, equal_nan=True)
 
 
-REPLAY_SHAPES = [(1, 256, 16, 0), (8, 1024, 64, 0), (64, 4096, 256, 0), (8, 1024, 64, 8)]
+# (B, D, H, K, reduction levels): the shipped probe's shape (D 192, H 64, K 8) and D 4096 at both levels
+REPLAY_SHAPES = [(1, 256, 16, 0, None), (8, 1024, 64, 0, None), (64, 4096, 256, 0, None), (8, 1024, 64, 8, None),
+                 (1, 192, 64, 8, None), (1, 4096, 256, 8, 1), (1, 4096, 256, 8, 2), (32, 4096, 256, 8, None)]
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["fused", "two-launches"])
-@pytest.mark.parametrize("B, D, H, K", REPLAY_SHAPES, ids=[f"B{b}-D{d}-H{h}-K{k}" for b, d, h, k in REPLAY_SHAPES])
-def test_probe_step_graph_replay_matches_reference(B, D, H, K, split):
+@pytest.mark.parametrize("B, D, H, K, levels", REPLAY_SHAPES,
+                         ids=[f"B{b}-D{d}-H{h}-K{k}-levels{l}" for b, d, h, k, l in REPLAY_SHAPES])
+def test_controller_step_graph_replay_matches_reference(B, D, H, K, levels, split):
     """Capture one step in a CUDA graph, replay it over a scripted run (mixed per-row policies, one row restarted
-    mid-run), compare with the reference each step; the fused launch and the two-launch design alike, probes
+    mid-run), compare with the reference each step (each on its own state); the fused launch and the two-launch design alike, probes
     with memory (K > 0: the maxima through blocks, resets and stops) and without."""
-    from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
+    from adaptive_think.controller.kernel_buffers import controller_step_triton
 
     gen = torch.Generator().manual_seed(B * D + K)
     vocab = 60
@@ -140,12 +144,12 @@ def test_probe_step_graph_replay_matches_reference(B, D, H, K, split):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        probe_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda, split=split)
+        controller_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda, split=split, levels=levels)
     torch.cuda.current_stream().wait_stream(side)
     state.copy_(initial)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        probe_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda, split=split)
+        controller_step_triton(hidden_buf, tok_buf, state, params_cuda, spec_cuda, split=split, levels=levels)
 
     streams = TokenStreams(B, vocab, spec, gen)
     tok = torch.zeros(B, dtype=torch.int64)
@@ -154,6 +158,10 @@ def test_probe_step_graph_replay_matches_reference(B, D, H, K, split):
             fresh = ControllerState.allocate(1, "cpu", memory_size=K)
             want.ints[:, B - 1], want.memory[:, B - 1] = fresh.ints[:, 0], fresh.memory[:, 0]
             state.ints[:, B - 1], state.memory[:, B - 1] = fresh.ints[:, 0].cuda(), fresh.memory[:, 0].cuda()
+        if step == 20:  # new weights copied into the captured probe in place (as the graph engine does per call)
+            for probe in (spec.probe, spec_cuda.probe):
+                for name in ("ready_w1", "ready_b2", "skip_w1", "mean") + (("memory_w",) if K else ()):
+                    getattr(probe, name).mul_(-0.5)
         if K:  # no inf rows with memory (see _finite_hidden)
             hidden = _finite_hidden(B, D, torch.bfloat16, gen, nan_row=step % 7 == 3)
         else:
@@ -161,16 +169,15 @@ def test_probe_step_graph_replay_matches_reference(B, D, H, K, split):
         hidden_buf.copy_(hidden)
         tok_buf.copy_(tok)
         graph.replay()
-        probe_step_reference(hidden, tok, want, params, spec)
+        controller_step_reference(hidden, tok, want, params, spec)
         assert_states_equal(state, want, 4e-5, 4e-5, where=f"replay step {step}")
-        state.ema.copy_(want.ema.cuda())  # no last-ulp drift into a threshold flip
         tok = streams.next(want.forced)
 
 
 def test_no_host_sync():
     """The step and the stats launch without a device-to-host sync (so they can live inside a decode loop)."""
     from adaptive_think.kernels.logit_stats.triton_kernel import logit_stats_triton
-    from adaptive_think.kernels.probe_step.triton_kernel import probe_step_triton
+    from adaptive_think.controller.kernel_buffers import controller_step_triton
 
     gen = torch.Generator().manual_seed(0)
     for policy, k in ((POLICY_PROBE, 0), (POLICY_PROBE, 8), (POLICY_BUDGET, 0)):  # k: a probe with memory
@@ -182,13 +189,13 @@ def test_no_host_sync():
         hidden = torch.randn(16, 512, device="cuda", dtype=torch.bfloat16)
         tok = torch.randint(0, 50, (16,), device="cuda")
         logits = torch.randn(16, 32000, device="cuda", dtype=torch.bfloat16)
-        probe_step_triton(hidden, tok, state, params, spec)  # compile and allocate before watching
+        controller_step_triton(hidden, tok, state, params, spec)  # compile and allocate before watching
         logit_stats_triton(logits)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
             for _ in range(3):
-                probe_step_triton(hidden, tok, state, params, spec)
+                controller_step_triton(hidden, tok, state, params, spec)
                 logit_stats_triton(logits)
         finally:
             torch.cuda.set_sync_debug_mode("default")

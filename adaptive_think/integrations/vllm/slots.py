@@ -12,7 +12,7 @@ leave with `remove`, move with `move`; every decode step is one `step` over the 
   preemption) is not decided;
 - forced rows keep only the forced token finite (the hf engine's rule), so greedy and sampling both take it.
 
-No Python loop over rows and no host sync in `step`: rows are gathered, stepped by `probe_step` and
+No Python loop over rows and no host sync in `step`: rows are gathered, stepped by `controller_step` and
 scattered back with tensor ops. The adapters (v1.py, mrv2.py) only translate vLLM's batch bookkeeping.
 """
 
@@ -23,9 +23,8 @@ from typing import Sequence
 import torch
 
 from adaptive_think.config import ThinkConfig
-from adaptive_think.controller import ThinkController
+from adaptive_think.controller import ThinkController, controller_step
 from adaptive_think.controller.state import ControllerState
-from adaptive_think.kernels.probe_step import probe_step
 
 # A prompt length no position reaches: an unsteered slot's rows are never active.
 NEVER = 2**62
@@ -147,7 +146,7 @@ class SlotController:
                               st.forced.index_select(0, slots))
         params = type(pa)(pa.ints.index_select(1, slots), pa.floats.index_select(1, slots), pa.force.index_select(0, slots))
         before_ints, before_floats = sub.ints.clone(), sub.floats.clone()
-        probe_step(hidden, token.to(torch.int64).contiguous(), sub, params, self.ctl.spec, impl=self.impl)
+        controller_step(hidden, token.to(torch.int64).contiguous(), sub, params, self.ctl.spec, impl=self.impl)
         st.ints.index_copy_(1, slots, torch.where(active[None, :], sub.ints, before_ints))
         st.floats.index_copy_(1, slots, torch.where(active[None, :], sub.floats, before_floats))
         forced = sub.forced.masked_fill(~active, -1)

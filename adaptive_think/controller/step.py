@@ -1,4 +1,4 @@
-"""Plain-torch reference of the probe_step kernel: the one statement of the controller's per-row semantics.
+"""The controller's step in plain torch: the one statement of its per-row semantics (the kernel's reference).
 
 One call is one decode step of the thinking controller for every row at once; every row reads its own
 policy parameters (`RowParams`) and its own step counter (docs/design.md, "The controller"):
@@ -19,7 +19,9 @@ policy parameters (`RowParams`) and its own step counter (docs/design.md, "The c
 4. write the token to force (`state.forced`, -1 for none) and advance every row's step.
 
 Everything is tensor arithmetic with `torch.where`: no `.item()`, no host sync, no data-dependent shapes,
-so the same call can be captured in a CUDA graph.
+so the same call can be captured in a CUDA graph. The fused Triton kernel of the same step
+(kernels/controller_step, run through `adaptive_think.controller.dispatch`) uses these names, so the two read
+side by side.
 """
 
 from __future__ import annotations
@@ -182,7 +184,7 @@ def observe_final_reference(last_token: torch.Tensor, state: ControllerState, sp
     _write(state, o)
 
 
-def probe_step_reference(
+def controller_step_reference(
     hidden: torch.Tensor | None,
     last_token: torch.Tensor,
     state: ControllerState,
@@ -196,7 +198,7 @@ def probe_step_reference(
     Writes state.forced [B] (token to force or -1) and state.score [B]; advances state.step [B].
 
     Example:
-        >>> probe_step_reference(None, tokens[:, -1], state, params, spec); forced = state.forced
+        >>> controller_step_reference(None, tokens[:, -1], state, params, spec); forced = state.forced
     """
     tok = last_token.to(torch.int64)
     p, pf = params.ints.unbind(0), params.floats.unbind(0)
