@@ -13,7 +13,7 @@ controller_step cases: the engine's shipped probe shape (D 192, H 64, K 8, memor
   one or two levels, where D is split), `reference` (torch). Target: fused <= 7 us at D 4096 (TARGETS).
 logit_stats: batch 32, vocab 151,936, bf16; each replay reads a different logits buffer (more bytes than L2)
   so the bandwidth is HBM's, against a device copy of the same bytes timed the same way (target >= 0.7).
---out writes one JSON at the end; --out-dir writes `<case>.json` per case as soon as it is timed (and
+--out writes one JSON, rewritten after every case (`complete` says whether all ran); --out-dir writes `<case>.json` per case as soon as it is timed (and
 `kernels.json` at the end), so a run cut short keeps what finished. Without CUDA: a skipped result, exit 0.
 """
 
@@ -193,7 +193,7 @@ def print_case(entry: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, help="the whole run's JSON, written at the end")
+    p.add_argument("--out", type=Path, help="the whole run's JSON, rewritten after every case")
     p.add_argument("--out-dir", type=Path, help="one JSON per case as soon as it is timed, and kernels.json at the end")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32], help="controller_step batch sizes")
     p.add_argument("--shapes", nargs="+", default=[f"{d},{h},{k}" for d, h, k in SHAPES], help="D,H,K of each probe")
@@ -229,7 +229,9 @@ def main(argv=None) -> int:
             print_case(entry)
             if args.out_dir is not None:
                 write_json(args.out_dir / f"{entry['case']}.json", entry)
-        doc.update(skipped=False, cases=entries)
+            if args.out is not None:  # the cases so far, so that a cut run keeps them
+                write_json(args.out, {**doc, "skipped": False, "complete": False, "cases": entries})
+        doc.update(skipped=False, complete=True, cases=entries)
     for path in ([args.out] if args.out else []) + ([args.out_dir / "kernels.json"] if args.out_dir else []):
         write_json(path, doc)
     return 0

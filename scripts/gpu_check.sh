@@ -6,7 +6,7 @@
 #
 # Stages, in order (seconds are the stage timeouts; GPU_CHECK_BUDGET_S, default 350, bounds the whole run):
 #   1. pytest_gpu     140  the `gpu` tests of the kernels (tests/kernels) and the engines (tests/test_gpu_*engine.py)
-#   2. bench_kernels   50  benchmarks/gpu_kernels.py --quick
+#   2. bench_kernels   70  benchmarks/gpu_kernels.py --quick
 #   3. engines_step   rest benchmarks/gpu_engines.py --plan step: Qwen3-0.6B's shape, batch 1 then 32, graph_none,
 #                          graph_probe (compiled step) and HF's static-cache compiled generate(), CUDA-event timing
 #                          of step replays, alternated repetitions, paired ratios (benchmarks/step_timing.py)
@@ -137,7 +137,7 @@ open(sys.argv[2], "w").write(json.dumps(doc, indent=2) + "\n")
 EOF
 
 # 2. kernel benchmark (its own JSON, written by the script)
-stage bench_kernels 50 "$PY" benchmarks/gpu_kernels.py --quick --out "$OUT/kernels.json"
+stage bench_kernels 70 "$PY" benchmarks/gpu_kernels.py --quick --out "$OUT/kernels.json"
 
 # 3. the compiled engine step: the JSON is rewritten after each batch, so a cut keeps batch 1
 STEP_ARGS=(--plan step --out "$OUT/engines_step.json")
