@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
     from adaptive_think.loading import resolve_model_path
     from adaptive_think.tasks import make_questions
-    from adaptive_think.vllm import llm_kwargs
+    from adaptive_think.integrations.vllm import llm_kwargs
     from bench_env import versions
 
     model = str(resolve_model_path(args.model))

@@ -1,1 +1,1 @@
-"""Integrations of adaptive_think into serving engines (vLLM: `adaptive_think.vllm`)."""
+"""Integrations of adaptive_think into serving engines (vLLM: `adaptive_think.integrations.vllm`)."""

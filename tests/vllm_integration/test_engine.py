@@ -18,7 +18,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed here; .ci/run r
 from vllm.exceptions import VLLMValidationError  # noqa: E402
 
 from adaptive_think.bundled import probe_path, reasoner_path  # noqa: E402
-from adaptive_think.vllm import llm_kwargs  # noqa: E402
+from adaptive_think.integrations.vllm import llm_kwargs  # noqa: E402
 from tests.vllm_integration.conftest import chat_prompts, hf_tokens  # noqa: E402
 
 pytestmark = pytest.mark.vllm

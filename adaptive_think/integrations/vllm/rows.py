@@ -71,7 +71,7 @@ class _Channel:
         if rows is None:
             raise RuntimeError(
                 "adaptive_think's logits processor found no model inputs for this step: the model is not the "
-                "adaptive_think wrapper. Build the engine with adaptive_think.vllm.llm_kwargs() (it selects the "
+                "adaptive_think wrapper. Build the engine with adaptive_think.integrations.vllm.llm_kwargs() (it selects the "
                 "wrapper through hf_overrides), or start the server with `adaptive-think serve`.")
         if rows.token.shape[0] != n:
             raise RuntimeError(f"adaptive_think: the wrapper published {rows.token.shape[0]} rows for {n} logits rows; "

@@ -12,7 +12,7 @@ that copy is gone (more than `STASH` x max_num_seqs other requests left meanwhil
 replayed instead.
 
     from vllm import LLM, SamplingParams
-    from adaptive_think.vllm import llm_kwargs
+    from adaptive_think.integrations.vllm import llm_kwargs
     llm = LLM(model=DIR, **llm_kwargs(probe=PROBE_DIR))
     llm.generate(prompts, SamplingParams(extra_args={"adaptive_think": {"policy": "probe"}}))
 """
