@@ -245,7 +245,7 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
         qs = questions_of(records, ready, skip, path_from) if path_from is not None else []
         path = build_path(qs, skip_losses=skip_share * epsilon * len(qs))
     strata = parse_strata(strata)
-    if strata.by == "length" and not strata.cuts:
+    if strata.by == "length" and strata.cuts is None:
         strata = strata.fit(questions_of(records, ready, skip, path_from) if path_from is not None else [])
     by_decoding = {}
     for mode in modes:

@@ -47,7 +47,7 @@ class Strata:
 
     by: str = "none"
     bins: int = 0  # length:K
-    cuts: tuple[int, ...] = ()  # length bin edges: bin j holds cuts[j-1] <= length < cuts[j]
+    cuts: tuple[int, ...] | None = None  # length bin edges (bin j: cuts[j-1] <= length < cuts[j]); None: not fitted
 
     @property
     def spec(self) -> str:
@@ -56,13 +56,13 @@ class Strata:
     def to_dict(self) -> dict:
         out = {"by": self.by, "spec": self.spec}
         if self.by == "length":
-            out["cuts"] = list(self.cuts)
+            out["cuts"] = list(self.cuts or ())
         return out
 
     def fit(self, path_qs: list[dict]) -> "Strata":
         """Length bins: cut points at the K-quantiles of the full thought's length of `path_qs` (the training and
-        validation questions); equal cut points merge (fewer bins). Other strata: unchanged."""
-        if self.by != "length":
+        validation questions); equal cut points merge (fewer bins). Other strata, or length bins already placed: unchanged."""
+        if self.by != "length" or self.cuts is not None:
             return self
         lengths = sorted(q["length"] for q in path_qs)
         if not lengths:
@@ -129,4 +129,4 @@ def strata_from_record(d: dict | None) -> Strata:
     if not d:
         return Strata()
     s = parse_strata(d.get("spec", d.get("by", "none")))
-    return Strata(s.by, s.bins, tuple(int(c) for c in d.get("cuts", ())))
+    return Strata(s.by, s.bins, tuple(int(c) for c in d.get("cuts", ())) if s.by == "length" else None)
