@@ -27,8 +27,11 @@ valid and why every stratum tests at the same delta (no union bound over strata)
 
 A stratum too small to be tested alone at a rung's epsilon (fewer questions than a loss-free pair needs, see
 calibrate.min_questions) is reported and tested together with the other too-small ones as one group: the
-promise then covers those strata only at their calibration mix. Where even that group is too small, it is left
-out of the test and recorded as not covered. Either way the log and the probe's calibration record say so.
+promise then covers those strata only at their calibration mix. (Given the strata's counts, that group's
+losses are a sum of binomials of different rates, whose lower tail is no heavier than the binomial's of the same
+mean at counts at least one below that mean (Hoeffding 1956): where a test at a small delta rejects, but for
+edge cases of a few expected losses.) Where even that group is too small, it is left out of the test and
+recorded as not covered. Either way the log and the probe's calibration record say so.
 """
 
 from __future__ import annotations
