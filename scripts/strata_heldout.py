@@ -23,10 +23,12 @@ from adaptive_think.probe.scoring import collection_scores
 from adaptive_think.probe.shards import load_collections
 
 
-def rung_rows(probe: Probe, records, hidden, levels=None) -> dict:
-    """{rung: {decoding: {group: loss row + think_tokens_saved + skip_rate}}}, groups: all and each level."""
+def rung_rows(probe: Probe, records, hidden, levels=None, seen=frozenset()) -> dict:
+    """{rung: {decoding: {group: loss row + think_tokens_saved + skip_rate}}}, groups: all and each level; questions
+    whose hash is in `seen` are left out."""
     ready, skip = collection_scores(probe, hidden, records)
-    qs = questions_of(records, ready, skip, [levels is None or r.get("level") in levels for r in records])
+    qs = questions_of(records, ready, skip, [(levels is None or r.get("level") in levels) and r.get("qhash") not in seen
+                                             for r in records])
     mode = records[0].get("decoding", "greedy")  # main() admits one decoding at a time
     out = {}
     for rung in probe.ladder:
@@ -65,8 +67,9 @@ def main() -> None:
             raise SystemExit(f"{path} was trained on another model than --data.")
         seen = set((probe.provenance.get("questions_seen") or {}).get("sha256_16") or [])
         if any(r.get("qhash") in seen for r in records):
-            print(f"note: {path} saw {len({r['qhash'] for r in records if r.get('qhash') in seen})} of these questions")
-        out[path] = rung_rows(probe, records, hidden, set(args.levels) if args.levels else None)
+            print(f"note: {path} saw {len({r['qhash'] for r in records if r.get('qhash') in seen})} of these questions: "
+                  "left out")
+        out[path] = rung_rows(probe, records, hidden, set(args.levels) if args.levels else None, seen)
         for rung, by_mode in out[path].items():
             for mode, groups in by_mode.items():
                 for g, row in groups.items():
