@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINE = ("adaptive_think.probe.collect", "adaptive_think.probe.train", "adaptive_think.probe.calibrate",
-            "adaptive_think.probe.calibrate_ladder", "adaptive_think.probe.doctor", "adaptive_think.probe.memory",
-            "adaptive_think.probe.shards", "adaptive_think.probe.thoughts", "adaptive_think.probe.launch")
+PIPELINE = ("adaptive_think.training.collect", "adaptive_think.training.train", "adaptive_think.training.calibrate",
+            "adaptive_think.training.calibrate_ladder", "adaptive_think.training.doctor", "adaptive_think.training.memory",
+            "adaptive_think.training.shards", "adaptive_think.training.thoughts", "adaptive_think.training.launch")
 RUNTIME = ("adaptive_think.thinker", "adaptive_think.patching", "adaptive_think.integrations.vllm")
 
 
@@ -145,7 +145,7 @@ def test_no_cycle_between_modules_outside_probe():
     assert not _module_cycles_outside_probe(), f"modules that import each other: {_module_cycles_outside_probe()}"
 
 
-@pytest.mark.xfail(reason="probe/train.py and probe/calibrate_ladder.py import each other; the split of probe/ into "
+@pytest.mark.xfail(reason="training/train.py and training/calibrate_ladder.py import each other; the split of probe/ into "
                           "runtime and pipeline removes the cycle", strict=True)
 def test_no_cycle_between_modules():
     cycles = _cycles(_graph())

@@ -2,11 +2,13 @@
 
     adaptive-think calibrate --probe runs/probe --data runs/collect --calib-data runs/more --out runs/probe2
     adaptive-think calibrate --probe bundled --data DIRS... --efforts high:0.005 low:0.05 --out runs/probe2
+    adaptive-think calibrate --probe runs/probe --data runs/collect --strata length:4 --out runs/probe-strata
 
 --data must be exactly the collections the probe was trained on (its probe.json lists them under
 provenance.data): their train / validation / calibration split is reproduced, the threshold path is ordered on
 the training and validation questions and the rungs are tested on the calibration split plus every question of
---calib-data. The heads and their weights are unchanged; the ladder, and the questions the probe records as
+--calib-data. Flags not given (--efforts, --delta, --skip-share, --strata) keep the probe's own, so the same
+collections reproduce its ladder. The heads and their weights are unchanged; the ladder, and the questions the probe records as
 seen (so `eval` leaves them out), are replaced.
 """
 
@@ -38,7 +40,7 @@ def run(args) -> int:
         raise ValueError(f"--out {args.out} is the probe's own folder: write the re-calibrated probe elsewhere "
                          "and compare before replacing it.")
     recalibrate(probe, args.data, args.calib_data, rungs=args.efforts, delta=args.delta, skip_share=args.skip_share,
-                family_wise=args.family_wise)
+                family_wise=args.family_wise, strata=args.strata)
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))
     return 0

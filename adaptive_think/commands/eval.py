@@ -3,6 +3,11 @@
     adaptive-think eval --model bundled --probe bundled --n 600 --seed 9001 --json runs/eval.json
     adaptive-think eval --model bundled --probe bundled --n 600 --seed 9001 --do-sample --temperature 0.6 --top-p 0.95
     adaptive-think eval --model DIR --probe runs/probe --questions q.jsonl --policies full budget:128 effort:high oracle
+    adaptive-think eval --model bundled --probe bundled --n 600 --seed 9001 --levels 4 5 6 --policies full effort:high
+
+With a probe, every rung run beside `full` is checked against its promise (evaluation/promise.py): the
+questions it loses against full thinking, with an exact 95% interval against its epsilon, on the evaluated mix
+(--levels picks one), per level, and per the strata the probe was calibrated with.
 
 Every requested policy is checked before anything is generated; with no --policies, the default sweep
 leaves out what cannot run here and says so. Questions the probe was collected on are left out unless
@@ -27,6 +32,9 @@ def add_arguments(p):
                    help="boxed | last-number | exact | choice | answer-is (default) | package.module:function")
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--seed", type=int, default=2024, help="question seed (use one not used in collection)")
+    p.add_argument("--levels", type=int, nargs="+", default=None, choices=range(1, 7), metavar="L",
+                   help="bundled questions of these levels only (1-6; default: all, mixed evenly): the mix on which "
+                        "each rung is checked against its promise, e.g. --levels 4 5 6 for the hard questions")
     p.add_argument("--policies", nargs="*", default=None,
                    help="e.g. full none budget:32 marker confidence:0.95 consistency:3 router effort:high probe:0.7 "
                         "oracle (default: a sweep of each family that applies)")
@@ -63,6 +71,7 @@ def run(args) -> int:
     from adaptive_think.commands.collect import items_from_args
     from adaptive_think.evaluation.heldout import exclude_seen
     from adaptive_think.evaluation.policies import check_policies, default_policies, parse_policy
+    from adaptive_think.evaluation.promise import format_promise, promise_report
     from adaptive_think.evaluation.report import format_levels, format_table, oracle_shares, pareto_check, plot, vs_full, write_json
     from adaptive_think.evaluation.run import Evaluator, evaluate
     from adaptive_think.loading import load_model_and_tokenizer
@@ -104,7 +113,7 @@ def run(args) -> int:
         results.update(evaluate(ev, ["full"]))
         sweep = default_policies(results["full"]["think_tokens_mean"], probe is not None, ctx["efforts"])
         results.update(evaluate(ev, [p for p in sweep if p != "full" and p not in left_out]))
-    payload = {"model": args.model, "probe": probe_name, "n": len(items), "seed": args.seed,
+    payload = {"model": args.model, "probe": probe_name, "n": len(items), "seed": args.seed, "levels": args.levels,
                "decoding": dict(sampling, sampling_seed=args.sampling_seed), "held_out": held_out,
                "left_out_of_default_sweep": left_out, "policies": results,
                "pareto": pareto_check(results), "pareto_rungs_only": pareto_check(results, ("effort",)),
@@ -127,9 +136,13 @@ def run(args) -> int:
         payload["probe_default_effort"] = probe.default_effort
         payload["vs_full"] = {k: vs_full(results, k) for k in results
                               if k in ("probe", "router", "oracle") or k.startswith(("effort:", "stops:"))}
+        payload["promise"] = promise_report(ev.full_rows or [], ev.outcomes, probe)
     print(format_table(results))
     print(format_levels(results, [k for k in results if k in ("full", "oracle", "router", "probe")
                                   or k.startswith(("effort:", "stops:"))]))
+    if probe is not None:
+        print(format_promise(payload["promise"], decoding_of(sampling)) if payload["promise"] else
+              "promise: not checked (it needs the `full` policy and at least one effort:NAME or probe policy)")
     for key in ("pareto", "pareto_rungs_only", "oracle_share", "vs_full"):
         if payload.get(key):
             print(f"{key}: {json.dumps(payload[key])}")

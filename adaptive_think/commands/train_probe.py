@@ -4,6 +4,7 @@
     adaptive-think train-probe --data runs/collect --out runs/probe --epsilon 0.02 --delta 0.1   # one rung
     adaptive-think train-probe --data runs/collect runs/collect-sampled --out runs/probe      # greedy + sampled
     adaptive-think train-probe --data runs/collect --calib-data runs/more --out runs/probe   # + calibration-only
+    adaptive-think train-probe --data runs/collect --out runs/probe --strata level   # the promise per level
 """
 
 from __future__ import annotations
@@ -61,11 +62,28 @@ def add_calibration_arguments(p, defaults: bool = True):
     c.add_argument("--skip-share", type=float, default=0.25 if defaults else None,
                    help=f"share of each rung's epsilon spent on skipping before early stops (default: {default('0.25')}): "
                         "easy questions then skip thinking outright; 0 orders thresholds by tokens saved per loss alone")
+    c.add_argument("--strata", type=_strata_spec, default="none" if defaults else None, metavar="BY",
+                   help="none | level | category | length:K: every rung must pass its test in each stratum of the "
+                        "calibration questions (their level, their category, or K quantile bins of the full "
+                        "thought's length), so that it keeps its promise on any mix of them "
+                        f"(default: {default('none')})")
     c.add_argument("--per-rung-delta", dest="family_wise", action="store_false",
                    help="test each rung under each decoding at its own DELTA (default: family-wise, each of the "
                         "rungs x decodings tests at DELTA / their number, so that all hold at once with "
                         "probability >= 1 - DELTA)")
     return c
+
+
+def _strata_spec(text: str) -> str:
+    """argparse type of --strata: the spec, checked (a bad one exits with the reason)."""
+    import argparse
+
+    from adaptive_think.training.strata import parse_strata
+
+    try:
+        return parse_strata(text).spec
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run(args) -> int:
@@ -75,7 +93,8 @@ def run(args) -> int:
                       efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,
                       calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
                       ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share,
-                      neg_weight=args.neg_weight, memory=args.memory, family_wise=args.family_wise)
+                      neg_weight=args.neg_weight, memory=args.memory, family_wise=args.family_wise,
+                      strata=args.strata)
     probe = train_probe(args.data, cfg, calib_data=args.calib_data)
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))
@@ -87,5 +106,6 @@ def ladder_summary(probe, out) -> dict:
     return {"out": str(out), "layer": probe.layer, "default_effort": probe.default_effort,
             "ladder": {r.name: {"epsilon": r.epsilon, "delta": r.delta, "ready_threshold": r.ready_threshold,
                                 "skip_threshold": r.skip_threshold, "achieved": r.calibration["achieved"],
-                                "family": r.calibration.get("family"), "by_decoding": r.calibration.get("by_decoding")}
+                                "family": r.calibration.get("family"), "strata": r.calibration.get("strata"),
+                                "by_decoding": r.calibration.get("by_decoding")}
                        for r in probe.ladder}}

@@ -56,6 +56,7 @@ class Evaluator:
         self.sampling = dict(sampling) if sampling else {"do_sample": False}
         self.sampling_seed, self.parse = sampling_seed, parse
         self.full_rows: list[dict] | None = None  # prompt and generated ids of the last `full` run (oracle)
+        self.outcomes: dict[str, list[bool]] = {}  # per policy run, each question's correctness (promise.py)
         self.thinker = AdaptiveThinker(model, tokenizer, probe=probe)
         self.markers = self.thinker.markers
         self.batch_size, self.max_new_tokens, self.exit_text = batch_size, max_new_tokens, exit_text
@@ -129,13 +130,14 @@ class Evaluator:
                 think, had_block = think_tokens_of(gen, self.markers, inside[r], self.tok)
                 text = self.tok.decode(gen, skip_special_tokens=False)
                 skipped = reports[r].ended_by == "skipped" if reports is not None else (had_block and think == 0)
-                row = dict(level=it.level, correct=bool(self.checker(text, it.answer)), think=think,
-                           forward=n + trial[r], skipped=skipped)
+                row = dict(level=it.level, category=it.category, correct=bool(self.checker(text, it.answer)),
+                           think=think, forward=n + trial[r], skipped=skipped)
                 if spec.kind == "full":
                     mask = batch["attention_mask"][r].bool()
                     row.update(prompt=batch["input_ids"][r][mask].tolist(), gen=gen)
                 rows.append(row)
         wall = time.perf_counter() - t0
+        self.outcomes[spec.name] = [r["correct"] for r in rows]
         if spec.kind == "full":
             self.full_rows = rows
         return summarise(rows, wall)

@@ -17,6 +17,10 @@ calibration questions walk the same path with their own test and get their own t
 holds under greedy decoding with its greedy pair and under sampling with its sampled pair (each with
 probability at least 1 - delta); the generate() call picks the pair of its decoding.
 
+Strata (strata.py: level, category or thought-length bins): a pair passes only if its test passes in every
+stratum, at the same delta (an intersection-union test; strata.py says why that is valid and needs no split
+of delta). The rung then loses at most epsilon in each stratum, hence for any mix of them.
+
 The simulation mirrors the online policy's calibrated settings: stop at the first step boundary whose
 ready score passes the threshold (patience 1, no smoothing); skip when the prompt's skip score passes.
 """
@@ -28,6 +32,7 @@ from collections import defaultdict
 import torch
 
 from adaptive_think.training.metrics import binom_cdf
+from adaptive_think.training.strata import Strata, natural_order, parse_strata
 
 GRID = [round(1.0 - i / 100, 2) for i in range(0, 100)]  # 1.00, 0.99, ..., 0.01
 # the path's grid: GRID plus log-spaced steps between 0.99 and 0.9999, where a sure probe's scores crowd,
@@ -47,7 +52,7 @@ def questions_of(records, ready, skip, mask) -> list[dict]:
             continue
         q = qs[(r.get("decoding", "greedy"), r["qid"])]  # one question per draw and decoding
         q.update(full=bool(r["full_correct"]), nothink=bool(r["nothink_correct"]), length=int(r["thought_len"]),
-                 level=r.get("level", 0))
+                 level=r.get("level", 0), category=r.get("category"))
         if r["kind"] == 0:
             q["skip"] = ss
         elif r["boundary"]:
@@ -144,17 +149,53 @@ def build_path(qs, grid=PATH_GRID, skip_losses: float = 0.0) -> list[tuple[float
     return path
 
 
-def _walk(losses_at, path, n: int, epsilon: float, delta: float) -> tuple[int, list[dict]]:
-    """Walk `path` from conservative to aggressive: (index of the last pair whose test rejects, or -1; steps)."""
+def _walk(losses_at, path, sizes: list[int], epsilon: float, delta: float,
+          labels: list[str] | None = None) -> tuple[int, list[dict], str | None]:
+    """Walk `path` from conservative to aggressive; a pair passes when every group's test rejects (losses_at
+    gives each group's losses, `sizes` their questions). Returns (index of the last pair that passes, or -1;
+    steps; the group whose test stopped the walk, None where the path ran out or there is one group)."""
     reached, steps = -1, []
+    if not sizes:  # nothing can be tested: only (NEVER, NEVER), which loses nothing, is kept
+        return reached, steps, None
     for i, (ready_t, skip_t) in enumerate(path):
-        k = losses_at(ready_t, skip_t)
-        p = binom_cdf(k, n, epsilon)
-        steps.append({"ready": ready_t, "skip": skip_t, "losses": k, "p_value": p})
+        ks = losses_at(ready_t, skip_t)
+        ps = [binom_cdf(k, n, epsilon) for k, n in zip(ks, sizes)]
+        p = max(ps)
+        step = {"ready": ready_t, "skip": skip_t, "losses": sum(ks), "p_value": p}
+        if labels is not None:
+            step["by_stratum"] = {g: {"losses": k, "p_value": pg} for g, k, pg in zip(labels, ks, ps)}
+        steps.append(step)
         if p > delta:
-            break
+            return reached, steps, labels[ps.index(p)] if labels is not None else None
         reached = i
-    return reached, steps
+    return reached, steps, None
+
+
+def stratum_groups(qs: list[dict], strata: Strata, epsilon: float, delta: float) -> tuple[list, dict]:
+    """The groups a pair's test must pass in ([(label, questions)]) and what is recorded about them.
+
+    Each stratum with at least min_questions(epsilon, delta) questions is a group; the smaller ones form one
+    group together if that has enough, else they are left out of the test (not covered). `none`: one group.
+    """
+    if strata.by == "none":
+        return [("all", qs)], {}
+    need = min_questions(epsilon, delta)
+    by = defaultdict(list)
+    for q in qs:
+        by[strata.label(q)].append(q)
+    labels = natural_order(by)
+    groups = [(s, by[s]) for s in labels if len(by[s]) >= need]
+    small = [s for s in labels if len(by[s]) < need]
+    report = {"by": strata.spec, "min_questions": need, "sizes": {s: len(by[s]) for s in labels},
+              "too_small": small, "tested_together": [], "not_covered": []}
+    if small:
+        rest = [q for s in small for q in by[s]]
+        if len(rest) >= need:
+            groups.append(("together: " + ", ".join(small), rest))
+            report["tested_together"] = small
+        else:
+            report["not_covered"] = small
+    return groups, report
 
 
 def _achieved(qs, ready_t: float, skip_t: float) -> dict:
@@ -183,13 +224,15 @@ def min_questions(epsilon: float, delta: float) -> int:
 
 
 def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path_from=None, path=None,
-              skip_share: float = 0.0) -> dict:
+              skip_share: float = 0.0, strata: Strata | str = "none") -> dict:
     """Thresholds for the ready and skip heads from the calibration questions' scores.
 
     path_from: a mask of records (never calibration ones) whose questions order the threshold pairs; None
     (or no such records): lockstep pairs. skip_share: the share of epsilon that path spends on skipping
     first (build_path's skip_losses). path: an already built path (build_path) instead.
-    Records carrying `decoding` are tested per decoding mode (see the module docstring).
+    Records carrying `decoding` are tested per decoding mode (see the module docstring). strata: "none", a
+    spec ("level", "category", "length:K") or a Strata; length bins are placed on path_from's questions unless
+    the Strata already holds its cut points.
     """
     if not 0 < epsilon < 1 or not 0 < delta < 1:
         raise ValueError(f"epsilon={epsilon} and delta={delta} must both lie in (0, 1).")
@@ -201,19 +244,35 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
             raise ValueError("The threshold path must come from other questions than the calibration ones.")
         qs = questions_of(records, ready, skip, path_from) if path_from is not None else []
         path = build_path(qs, skip_losses=skip_share * epsilon * len(qs))
+    strata = parse_strata(strata)
+    if strata.by == "length" and strata.cuts is None:
+        strata = strata.fit(questions_of(records, ready, skip, path_from) if path_from is not None else [])
     by_decoding = {}
     for mode in modes:
         qs = questions_of(records, ready, skip,
                           [c and r.get("decoding", "greedy") == mode for r, c in zip(records, is_calib)])
-        reached, steps = _walk(lambda r, s: _totals(qs, r, s)[0], path, len(qs), epsilon, delta)
+        strata.check(qs)
+        groups, report = stratum_groups(qs, strata, epsilon, delta)
+        labels = [g for g, _ in groups] if strata.by != "none" else None
+        reached, steps, stopped_by = _walk(lambda r, s: [_totals(g, r, s)[0] for _, g in groups], path,
+                                           [len(g) for _, g in groups], epsilon, delta, labels)
         ready_t, skip_t = path[reached] if reached >= 0 else (NEVER, NEVER)
         by_decoding[mode] = {"n_questions": len(qs), "ready_threshold": ready_t, "skip_threshold": skip_t,
                              "achieved": _achieved(qs, ready_t, skip_t), "path_steps_taken": reached + 1,
                              "path_tail": steps[-3:]}
+        if strata.by != "none":
+            by_stratum = defaultdict(list)
+            for q in qs:
+                by_stratum[strata.label(q)].append(q)
+            report["stopped_by"] = stopped_by
+            report["achieved"] = {s: _achieved(by_stratum[s], ready_t, skip_t) for s in natural_order(by_stratum)}
+            by_decoding[mode]["strata"] = report
     main = by_decoding["greedy" if "greedy" in by_decoding else modes[0]]
     return {
         "method": "learn-then-test (fixed sequence along a (ready, skip) path ordered on non-calibration questions, "
-                  "binomial tail), one test of the whole policy per pair; thresholds per decoding mode",
+                  "binomial tail), one test of the whole policy per pair; thresholds per decoding mode"
+                  + ("" if strata.by == "none" else "; a pair passes only if its test passes in every stratum "
+                     "(intersection-union, each stratum at delta)"),
         "epsilon": epsilon,
         "delta": delta,
         "n_questions": main["n_questions"],
@@ -226,4 +285,5 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
         "path_tail": main["path_tail"],
         "decodings": modes,
         "by_decoding": by_decoding,
+        "strata": strata.to_dict(),
     }

@@ -10,6 +10,10 @@ Family-wise (the default): the ladder's R rungs are tested under each of its M d
 all; each runs at its rung's delta / (R x M), so that every rung holds under every decoding at once with
 probability at least 1 - delta (Bonferroni). Otherwise each test runs at its rung's own delta.
 
+Strata (`--strata level | category | length:K`, strata.py): within each of those tests a pair passes only if
+it passes in every stratum, each stratum at the same per-test delta (an intersection-union test needs no
+further split); length bins are placed once, on the training and validation questions.
+
 `recalibrate` re-runs this for a trained probe without touching its heads, e.g. after collecting more
 calibration questions (`adaptive-think calibrate`).
 """
@@ -20,6 +24,7 @@ import time
 
 from adaptive_think.training.calibrate import build_path, calibrate, questions_of
 from adaptive_think.probe.ladder import Rung, default_rung
+from adaptive_think.training.strata import parse_strata
 
 TRAIN, VAL, CALIB, DROPPED = "train", "val", "calib", "dropped"
 
@@ -53,9 +58,10 @@ def calibration_only_summary(records, part, n_training_sources: int, folders) ->
 
 
 def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float, family_wise: bool = True,
-                     log=print) -> Rung:
+                     log=print, strata="none") -> Rung:
     """Calibrate `rungs` [(name, epsilon, delta)] on `part`'s calibration records; install them on `probe` and
-    return the default rung."""
+    return the default rung. strata: "none" | "level" | "category" | "length:K" (strata.py)."""
+    strata = parse_strata(strata)
     is_cal = [p == CALIB for p in part]
     if not any(is_cal):
         raise ValueError("No calibration questions: collect more questions, raise --calib-fraction or add "
@@ -63,12 +69,17 @@ def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float
     # the order in which threshold pairs are tested comes from the training and validation questions; each
     # rung's path first spends skip_share of its budget there on skipping (easy questions skip thinking)
     path_qs = questions_of(records, ready, skip, [p in (TRAIN, VAL) for p in part])
+    strata = strata.fit(path_qs)
+    if strata.by != "none":
+        log(f"strata: {strata.spec}" + (f", cut points {list(strata.cuts)} from the full thought lengths of "
+                                        f"{len(path_qs)} training and validation questions" if strata.by == "length"
+                                        else "") + "; every rung must pass its test in each stratum")
     modes = sorted({r.get("decoding", "greedy") for r, c in zip(records, is_cal) if c})
     tests = len(rungs) * len(modes) if family_wise else 1
     ladder = []
     for name, eps, dlt in rungs:
         path = build_path(path_qs, skip_losses=skip_share * eps * len(path_qs))
-        result = calibrate(records, ready, skip, is_cal, eps, dlt / tests, path=path)
+        result = calibrate(records, ready, skip, is_cal, eps, dlt / tests, path=path, strata=strata)
         result["skip_share"] = skip_share
         result["family"] = {"family_wise": family_wise, "tests": tests, "delta": dlt, "delta_per_test": dlt / tests}
         pairs = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in result["by_decoding"].items()}
@@ -81,6 +92,8 @@ def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float
                 f"{got['ready_threshold']:.3f}, skip >= {got['skip_threshold']:.3f}; on {got['n_questions']} calibration "
                 f"questions: accuracy lost {a['accuracy_lost']:.4f}, thinking tokens saved {a['think_tokens_saved']:.1%}, "
                 f"skipped {a['skip_rate']:.1%}")
+            if "strata" in got:
+                _log_strata(got["strata"], log)
     default = default_rung(ladder)
     probe.set_ladder(ladder, default.name)
     log(f"default effort: {default.name} (epsilon {default.epsilon}, delta {default.delta}"
@@ -88,13 +101,29 @@ def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float
     return default
 
 
+def _log_strata(report: dict, log) -> None:
+    """Each stratum's loss and saving at the kept pair, and the strata too small to be tested alone."""
+    for s, a in report["achieved"].items():
+        log(f"    {s}: {report['sizes'][s]} questions, accuracy lost {a['accuracy_lost']:.4f}, thinking saved "
+            f"{a['think_tokens_saved']:.1%}, skipped {a['skip_rate']:.1%}")
+    if report["too_small"]:
+        how = ("tested together as one group (covered at their calibration mix only)" if report["tested_together"]
+               else "NOT COVERED by this rung's promise (too few even together)")
+        log(f"    WARNING: {', '.join(report['too_small'])}: fewer than the {report['min_questions']} calibration "
+            f"questions a loss-free pair needs at this epsilon and delta, so not tested alone: {how}; collect more "
+            "of them or use coarser strata")
+    if report["stopped_by"]:
+        log(f"    the walk stopped on {report['stopped_by']}")
+
+
 def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = None, skip_share: float | None = None,
-                family_wise: bool = True, log=print):
+                family_wise: bool = True, log=print, strata: str | None = None):
     """Re-run the ladder's calibration of a trained `probe` (heads unchanged) and return it.
 
     data: the collection folders the probe was trained on (exactly those: the train / validation / calibration
     split is reproduced from them); calib_data: calibration-only collections. rungs (["name:epsilon[:delta]"]) /
-    delta / skip_share: None keeps the probe's own.
+    delta / skip_share / strata ("none" | "level" | "category" | "length:K"): None keeps the probe's own (a probe
+    that records no strata was calibrated without: "none").
     """
     from adaptive_think.training.scoring import collection_scores
     from adaptive_think.training.shards import load_collections
@@ -126,6 +155,8 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
         cfg.delta = delta
     if skip_share is not None:
         cfg.skip_share = skip_share
+    if strata is not None:
+        cfg.strata = parse_strata(strata).spec
     cfg.family_wise = family_wise
     ladder_spec = cfg.rungs()
     split = split_questions([question_identity(r) for r in records if r["source"] < len(data)], cfg.seed,
@@ -133,11 +164,11 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     part = assign_parts(records, len(data), split)
     ready, skip = collection_scores(probe, hidden, records)
     del hidden
-    calibrate_ladder(probe, records, ready, skip, part, ladder_spec, cfg.skip_share, family_wise, log)
+    calibrate_ladder(probe, records, ready, skip, part, ladder_spec, cfg.skip_share, family_wise, log, cfg.strata)
     prov = dict(prov)
     tc = dict(tc)
     tc.update(efforts=list(cfg.efforts), epsilon=cfg.epsilon, delta=cfg.delta, skip_share=cfg.skip_share,
-              family_wise=family_wise)
+              family_wise=family_wise, strata=cfg.strata)
     prov["train_config"] = tc
     if calib_data:
         prov["calibration_only"] = calibration_only_summary(records, part, len(data), calib_data)

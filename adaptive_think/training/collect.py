@@ -177,7 +177,8 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
         base = dict(qid=it.id, qhash=question_hash(it.question), level=it.level, full_correct=full_ok,
                     nothink_correct=nothink_ok, thought_len=thought_len, closed=close >= 0, opened=body is not None,
                     full_parsed=read_or_none(checker, full_text) if close >= 0 else None,
-                    nothink_parsed=read_or_none(checker, nothink_text))
+                    nothink_parsed=read_or_none(checker, nothink_text),
+                    **({"category": it.category} if it.category else {}))  # what --strata category reads
         # the end of the raw output, for diagnosing a checker that reads nothing
         records.append(dict(base, kind=KIND_PROMPT, pos=0, label=nothink_ok, boundary=False,
                             output_tail=full_text[-OUTPUT_TAIL_CHARS:]))

@@ -1,6 +1,7 @@
 """Question sources for probe collection and evaluation: the bundled tasks or a user's JSONL file.
 
-A JSONL file holds one `{"question": ..., "answer": ...}` object per line (optional "id", "level").
+A JSONL file holds one `{"question": ..., "answer": ...}` object per line (optional "id", "level", "category":
+calibration can be stratified by either, see training/strata.py).
 A checker is `fn(text, answer) -> bool`: a built-in one by name (tasks/checkers.py) or `module:function`;
 the default parses "the answer is N" / a bare answer.
 """
@@ -17,12 +18,13 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class Item:
-    """One question to think about: id (stable across runs, for resume), text, checkable answer, level."""
+    """One question to think about: id (stable across runs, for resume), text, checkable answer, level, category."""
 
     id: str
     question: str
     answer: str
     level: int = 0
+    category: str = ""
 
 
 def question_hash(question: str) -> str:
@@ -68,7 +70,10 @@ def load_jsonl(path) -> list[Item]:
             level = obj.get("level", 0)
             if not isinstance(level, int):
                 raise ValueError(f'{path}:{lineno}: "level" must be an integer, got {level!r}.')
-            items.append(Item(item_id, obj["question"], str(obj["answer"]), level))
+            category = obj.get("category", "")
+            if not isinstance(category, (str, int)) or isinstance(category, bool):
+                raise ValueError(f'{path}:{lineno}: "category" must be a string, got {category!r}.')
+            items.append(Item(item_id, obj["question"], str(obj["answer"]), level, str(category)))
     if not items:
         raise ValueError(f"{path} holds no questions.")
     return items

@@ -40,6 +40,28 @@ def binom_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, math.exp(m) * sum(math.exp(v - m) for v in logs))
 
 
+def binom_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of a binomial rate from k successes in n trials (two-sided, exact).
+
+    >>> binom_interval(0, 10)[0]
+    0.0
+    """
+    if not 0 <= k <= n or n < 1:
+        raise ValueError(f"binom_interval needs 0 <= k <= n and n >= 1, got k={k}, n={n}.")
+    tail = (1 - confidence) / 2
+
+    def solve(j, target):  # the p where P(Binom(n, p) <= j), falling in p, equals target: bisection
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if binom_cdf(j, n, mid) > target else (lo, mid)
+        return (lo + hi) / 2
+
+    lower = 0.0 if k == 0 else solve(k - 1, 1 - tail)  # P(X >= k) = tail
+    upper = 1.0 if k == n else solve(k, tail)  # P(X <= k) = tail
+    return lower, upper
+
+
 def recall_at_no_false_positive(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of positives scored strictly above every negative: what a zero-error threshold keeps."""
     scores, labels = scores.double().flatten(), labels.bool().flatten()

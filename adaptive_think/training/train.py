@@ -35,6 +35,7 @@ from adaptive_think.training.metrics import auroc, recall_at_no_false_positive
 from adaptive_think.probe.probe import Probe
 from adaptive_think.training.scoring import collection_scores
 from adaptive_think.training.shards import load_collections
+from adaptive_think.training.strata import parse_strata
 
 
 @dataclass
@@ -61,6 +62,8 @@ class TrainConfig:
     memory: int = 0
     # every rung under every decoding mode holds at once with probability >= 1 - delta (calibrate_ladder.py)
     family_wise: bool = True
+    # strata of the calibration questions in each of which every rung's test must pass (strata.py)
+    strata: str = "none"
 
     def rungs(self) -> list[tuple[str, float, float]]:
         """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
@@ -73,6 +76,7 @@ class TrainConfig:
         if not (isinstance(self.memory, int) and self.memory >= 0):
             raise ValueError(f"memory={self.memory!r} must be a whole number >= 0 (the features a ready head with "
                              "memory keeps; 0 for none).")
+        parse_strata(self.strata)
         specs = (f"custom:{self.epsilon}",) if self.epsilon is not None else self.efforts
         return parse_rungs(specs, self.delta)
 
@@ -265,6 +269,6 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
     if calib_data:
         probe.provenance["calibration_only"] = extra
     ready_l, skip_l = collection_scores(probe, hidden, records)  # as the controller scores them online
-    calibrate_ladder(probe, records, ready_l, skip_l, part, rungs, cfg.skip_share, cfg.family_wise, log)
+    calibrate_ladder(probe, records, ready_l, skip_l, part, rungs, cfg.skip_share, cfg.family_wise, log, cfg.strata)
     probe.provenance["train_seconds"] = round(time.time() - t0, 1)
     return probe

@@ -1,0 +1,99 @@
+"""Each effort rung against its promise on the evaluated questions: pooled, per level and per the probe's strata.
+
+The loss is what calibration bounds: the share of questions that full thinking answers right and the rung does
+not (paired on the same questions, same decoding). Each loss comes with its exact (Clopper-Pearson) 95%
+interval and a verdict against the rung's epsilon: `below` (the whole interval is below epsilon), `above` (the
+whole interval is above: the promise is broken here), `consistent` otherwise (too few questions to tell).
+The pooled row is the evaluated mix: `eval --levels 4 5 6` evaluates a hard-only mix.
+
+    report = promise_report(full_rows, {"effort:high": [True, False, ...]}, probe)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from adaptive_think.training.metrics import binom_interval
+from adaptive_think.training.strata import natural_order, strata_from_record
+
+CONFIDENCE = 0.95
+
+
+def loss_row(full: list[bool], ok: list[bool], epsilon: float) -> dict:
+    """n, questions lost against full thinking, their share with its interval, the verdict, and accuracy points
+    (full minus policy, which also counts the questions the policy gets right and full thinking does not)."""
+    n = len(full)
+    lost = sum(f and not o for f, o in zip(full, ok))
+    lo, hi = binom_interval(lost, n, CONFIDENCE)
+    verdict = "below" if hi < epsilon else "above" if lo > epsilon else "consistent"
+    return {"n": n, "lost": lost, "loss": lost / n, "interval": [lo, hi], "epsilon": epsilon, "verdict": verdict,
+            "accuracy_points_lost": 100 * (sum(full) - sum(ok)) / n}
+
+
+def _rung_of(name: str, probe):
+    """The ladder rung a policy name runs ("effort:NAME", or "probe": the default rung); None for other policies."""
+    by_name = {r.name: r for r in probe.ladder}
+    if name == "probe":
+        return by_name.get(probe.default_effort)
+    kind, _, rung = name.partition(":")
+    return by_name.get(rung) if kind == "effort" else None
+
+
+def _probe_strata(probe):
+    """The strata the probe was calibrated with (as recorded by its rungs), or None."""
+    for r in probe.ladder:
+        s = strata_from_record(r.calibration.get("strata"))
+        if s.by != "none":
+            return s
+    return None
+
+
+def promise_report(full_rows: list[dict], outcomes: dict[str, list[bool]], probe) -> dict:
+    """{policy: {rung, epsilon, pooled, per_level, per_stratum?}} for every rung policy with per-question outcomes.
+
+    full_rows: the `full` run's rows (level, category, think, correct), in question order; outcomes: each policy's
+    per-question correctness in the same order. per_stratum: the probe's own strata where they are not levels
+    (thought-length bins placed by its calibration, read from the full run's thought; categories).
+    """
+    if probe is None or not probe.ladder or not full_rows:
+        return {}
+    strata = _probe_strata(probe)
+    full = [bool(r["correct"]) for r in full_rows]
+    out = {}
+    for name, ok in outcomes.items():
+        rung = _rung_of(name, probe)
+        if rung is None:
+            continue
+        if len(ok) != len(full):
+            raise ValueError(f"{name}: {len(ok)} outcomes for {len(full)} full-thinking rows; run them on the same "
+                             "questions.")
+        row = {"rung": rung.name, "epsilon": rung.epsilon, "pooled": loss_row(full, ok, rung.epsilon)}
+        keys = {"per_level": [f"level {r['level']}" for r in full_rows]}
+        if strata is not None and strata.by != "level":
+            keys["per_stratum"] = [strata.label({"level": r["level"], "category": r.get("category"),
+                                                 "length": r["think"]}) for r in full_rows]
+        for field, labels in keys.items():
+            groups = defaultdict(list)
+            for i, s in enumerate(labels):
+                groups[s].append(i)
+            row[field] = {s: loss_row([full[i] for i in groups[s]], [ok[i] for i in groups[s]], rung.epsilon)
+                          for s in natural_order(groups)}
+        if strata is not None:
+            row["strata"] = strata.spec
+        out[name] = row
+    return out
+
+
+def format_promise(report: dict, decoding: str) -> str:
+    """One line per rung and group: loss against full thinking, its 95% interval, epsilon, the verdict."""
+    if not report:
+        return ""
+    lines = [f"promise ({decoding}): questions lost against full thinking, exact 95% interval, vs epsilon"]
+    for name, row in report.items():
+        groups = [("all evaluated", row["pooled"])] + list(row["per_level"].items())
+        groups += list(row.get("per_stratum", {}).items())
+        for label, g in groups:
+            lo, hi = g["interval"]
+            lines.append(f"  {name:14s} {label:26s} n {g['n']:5d}  lost {g['lost']:4d} = {g['loss']:.4f} "
+                         f"[{lo:.4f}, {hi:.4f}]  eps {g['epsilon']:.4f}  {g['verdict']}")
+    return "\n".join(lines)
