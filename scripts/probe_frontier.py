@@ -33,7 +33,9 @@ from adaptive_think.training.calibrate import PATH_GRID, questions_of, simulate_
 from adaptive_think.training.health import KIND_THOUGHT
 from adaptive_think.training.memory import ThoughtSet, checkpoint_scores, fit_memory_head, thought_key
 from adaptive_think.training.shards import load_collections
-from adaptive_think.training.train import TrainConfig, fit_head, split_questions
+from adaptive_think.training.train_config import TrainConfig
+from adaptive_think.training.train import fit_head
+from adaptive_think.training.splits import split_questions
 
 LOSSES = (0, 1, 2, 3, 6, 12)
 

@@ -11,7 +11,8 @@ from adaptive_think.cli import main
 from adaptive_think.training import collect as collect_mod
 from adaptive_think.training.collect import CollectConfig, CollectionUnusable, collect
 from adaptive_think.training.items import Item, load_checker
-from adaptive_think.training.train import TrainConfig, train_probe
+from adaptive_think.training.train_config import TrainConfig
+from adaptive_think.training.train import train_probe
 from tiny import make_scripted, make_tokenizer
 
 CFG = CollectConfig(every=2, batch_size=4, max_new_tokens=24, max_answer_tokens=8, shard_questions=4)

@@ -10,7 +10,8 @@ import torch
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.probe import Probe
 from adaptive_think.probe.ladder import Rung, default_rung, parse_rungs
-from adaptive_think.training.train import TrainConfig, seen_questions
+from adaptive_think.training.train_config import TrainConfig
+from adaptive_think.training.splits import seen_questions
 from tiny import make_model, make_tokenizer
 from test_probe_pipeline import R1_TEMPLATE
 

@@ -151,7 +151,8 @@ def test_train_probe_with_memory_end_to_end(tmp_path):
     from adaptive_think.training.collect import CollectConfig, collect
     from adaptive_think.training.items import bundled_items, load_checker
     from adaptive_think.training.shards import load_collections
-    from adaptive_think.training.train import TrainConfig, train_probe
+    from adaptive_think.training.train_config import TrainConfig
+    from adaptive_think.training.train import train_probe
 
     model, tok = load_model_and_tokenizer("bundled", device="cpu")
     items = bundled_items(48, seed=3)

@@ -15,7 +15,9 @@ from adaptive_think.training.collect import CollectConfig, collect
 from adaptive_think.training.items import Item, load_checker, load_jsonl
 from adaptive_think.training.metrics import auroc, binom_cdf
 from adaptive_think.training.shards import load_collection, load_collections
-from adaptive_think.training.train import TrainConfig, fit_head, split_questions, train_probe
+from adaptive_think.training.train_config import TrainConfig
+from adaptive_think.training.train import fit_head, train_probe
+from adaptive_think.training.splits import split_questions
 from tiny import make_model, make_tokenizer
 
 R1_TEMPLATE = (

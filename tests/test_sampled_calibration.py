@@ -12,7 +12,8 @@ from adaptive_think.training.calibrate import NEVER, calibrate
 from adaptive_think.training.collect import CollectConfig, collect
 from adaptive_think.training.items import Item, bundled_items, load_checker
 from adaptive_think.training.shards import load_collection, load_collections
-from adaptive_think.training.train import TrainConfig, train_probe
+from adaptive_think.training.train_config import TrainConfig
+from adaptive_think.training.train import train_probe
 from test_probe_pipeline import checker, interrupted_collect
 from test_probe_pipeline import setup as pipeline_setup  # noqa: F401 - the shared tiny model fixture
 from tiny import make_scripted, make_tokenizer

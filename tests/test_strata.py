@@ -9,12 +9,14 @@ import pytest
 from adaptive_think.cli import main
 from adaptive_think.probe import Probe
 from adaptive_think.training.calibrate import NEVER, calibrate, min_questions
-from adaptive_think.training.calibrate_ladder import CALIB, calibrate_ladder, recalibrate
+from adaptive_think.training.splits import CALIB
+from adaptive_think.training.calibrate_ladder import calibrate_ladder, recalibrate
 from adaptive_think.training.collect import collect
 from adaptive_think.training.items import Item, load_jsonl
 from adaptive_think.training.metrics import binom_cdf
 from adaptive_think.training.strata import Strata, parse_strata
-from adaptive_think.training.train import TrainConfig, train_probe
+from adaptive_think.training.train_config import TrainConfig
+from adaptive_think.training.train import train_probe
 from test_probe_pipeline import CFG, checker
 from test_probe_pipeline import setup as pipeline_setup  # noqa: F401 - the shared tiny model fixture
 

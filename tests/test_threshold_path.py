@@ -3,7 +3,7 @@
 import pytest
 
 from adaptive_think.training.calibrate import NEVER, build_path, calibrate
-from adaptive_think.training.train import TrainConfig
+from adaptive_think.training.train_config import TrainConfig
 
 
 def _question(skip, nothink, length, stop_score, level):

@@ -87,7 +87,8 @@ def _strata_spec(text: str) -> str:
 
 
 def run(args) -> int:
-    from adaptive_think.training.train import TrainConfig, train_probe
+    from adaptive_think.training.train_config import TrainConfig
+    from adaptive_think.training.train import train_probe
 
     cfg = TrainConfig(seed=args.seed, width=args.width, epochs=args.epochs, lr=args.lr, epsilon=args.epsilon,
                       efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,

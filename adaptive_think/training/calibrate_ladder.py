@@ -24,38 +24,8 @@ import time
 
 from adaptive_think.training.calibrate import build_path, calibrate, questions_of
 from adaptive_think.probe.ladder import Rung, default_rung
+from adaptive_think.training.splits import CALIB, TRAIN, VAL, assign_parts, calibration_only_summary, question_identity
 from adaptive_think.training.strata import parse_strata
-
-TRAIN, VAL, CALIB, DROPPED = "train", "val", "calib", "dropped"
-
-
-def question_identity(r: dict) -> str:
-    """A question's identity across draws: its content hash where the collection made one, else its id."""
-    return r.get("qhash") or r["qid"]
-
-
-def assign_parts(records: list[dict], n_training_sources: int, split: dict[str, str]) -> list[str]:
-    """The part of each record: its question's split for the training collections (sources < n); calibration for
-    the calibration-only collections, unless the question is also a training or validation question (dropped)."""
-    part = []
-    for r in records:
-        g = question_identity(r)
-        if r["source"] < n_training_sources:
-            part.append(split[g])
-        else:
-            part.append(DROPPED if split.get(g) in (TRAIN, VAL) else CALIB)
-    return part
-
-
-def calibration_only_summary(records, part, n_training_sources: int, folders) -> dict:
-    """What the probe records about its calibration-only collections: how many questions, how many dropped, and
-    the hashes of those not in the training collections (questions_seen less these = the training questions)."""
-    training = {question_identity(r) for r in records if r["source"] < n_training_sources}
-    extra = {r["qid"]: (question_identity(r), p) for r, p in zip(records, part) if r["source"] >= n_training_sources}
-    return {"data": [str(f) for f in folders], "questions": len(extra),
-            "dropped_seen_in_training": sum(p == DROPPED for _, p in extra.values()),
-            "sha256_16": sorted({g for g, _ in extra.values()} - training)}
-
 
 def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float, family_wise: bool = True,
                      log=print, strata="none") -> Rung:
@@ -127,7 +97,8 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     """
     from adaptive_think.training.scoring import collection_scores
     from adaptive_think.training.shards import load_collections
-    from adaptive_think.training.train import TrainConfig, seen_questions, split_questions
+    from adaptive_think.training.splits import seen_questions, split_questions
+    from adaptive_think.training.train_config import TrainConfig
 
     data, calib_data = list(data), list(calib_data)
     prov = probe.provenance or {}

@@ -15,99 +15,25 @@ sampling as well as greedy decoding (calibrate.py tests each decoding mode).
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from adaptive_think.training.calibrate_ladder import (TRAIN, VAL, assign_parts, calibrate_ladder, calibration_only_summary,
-                                                   question_identity)
+from adaptive_think.training.calibrate_ladder import calibrate_ladder
+from adaptive_think.training.splits import (TRAIN, VAL, assign_parts, calibration_only_summary, question_identity,
+                                            seen_questions, split_questions)
+from adaptive_think.training.train_config import TrainConfig
 from adaptive_think.training.memory import ThoughtSet, fit_memory_head, thought_key
 from adaptive_think.training.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
-from adaptive_think.probe.ladder import DEFAULT_RUNGS, parse_rungs
 from adaptive_think.training.metrics import auroc, recall_at_no_false_positive
 from adaptive_think.probe.probe import Probe
 from adaptive_think.training.scoring import collection_scores
 from adaptive_think.training.shards import load_collections
-from adaptive_think.training.strata import parse_strata
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    width: int = 64  # MLP hidden width
-    epochs: int = 300
-    lr: float = 3e-3
-    weight_decay: float = 1e-3
-    val_fraction: float = 0.15
-    calib_fraction: float = 0.35
-    efforts: tuple[str, ...] = DEFAULT_RUNGS  # "name:epsilon[:delta]": accuracy lost vs full, at most epsilon
-    delta: float = 0.1  # ... with probability at least 1 - delta (rungs that name no delta)
-    epsilon: float | None = None  # one rung named "custom" with this epsilon instead of `efforts`
-    kinds: tuple[str, ...] = ("linear", "mlp")
-    ready_at_boundaries: bool = False  # fit the ready head on step-boundary checkpoints only (where it stops)
-    # share of each rung's error budget its threshold path spends on skipping first (calibrate.build_path)
-    skip_share: float = 0.25
-    # ready head's loss weight of a negative (a checkpoint whose forced answer is wrong) against a positive's 1:
-    # the head is used at high thresholds, where one false positive early in a thought loses the question
-    neg_weight: float = 4.0
-    # K > 0: the ready head also reads a running maximum of K learned features of every earlier thought token
-    # (memory.py; needs collections made with --token-states); 0: the memoryless head
-    memory: int = 0
-    # every rung under every decoding mode holds at once with probability >= 1 - delta (calibrate_ladder.py)
-    family_wise: bool = True
-    # strata of the calibration questions in each of which every rung's test must pass (strata.py)
-    strata: str = "none"
-
-    def rungs(self) -> list[tuple[str, float, float]]:
-        """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
-        if not self.neg_weight > 0:
-            raise ValueError(f"neg_weight={self.neg_weight} must be positive (the loss weight of a wrong checkpoint "
-                             "against a right one's 1; 1 is plain binary cross-entropy).")
-        if not 0 <= self.skip_share <= 1:
-            raise ValueError(f"skip_share={self.skip_share} must lie in [0, 1] (the share of a rung's epsilon "
-                             "spent on skipping first; 0 orders the path by cost per token alone).")
-        if not (isinstance(self.memory, int) and self.memory >= 0):
-            raise ValueError(f"memory={self.memory!r} must be a whole number >= 0 (the features a ready head with "
-                             "memory keeps; 0 for none).")
-        parse_strata(self.strata)
-        specs = (f"custom:{self.epsilon}",) if self.epsilon is not None else self.efforts
-        return parse_rungs(specs, self.delta)
-
-
-def seen_questions(records: list[dict]) -> dict:
-    """What a probe records about the questions it was collected on: content hashes and bundled seeds.
-
-    `complete` is False for collections made before questions were hashed (then nothing can be excluded).
-    """
-    qids = {r["qid"]: r.get("qhash") for r in records}
-    hashes = sorted({h for h in qids.values() if h})
-    seeds = Counter(m.group(1) for q in qids if (m := re.fullmatch(r"s(-?\d+(?:L\d+)?)-\d+", str(q))))
-    return {"n_questions": len(qids), "n_distinct": len(hashes), "complete": all(qids.values()),
-            "hash": "sha256 of the whitespace-normalised question text, first 16 hex digits",
-            "bundled_seeds": dict(sorted(seeds.items())), "sha256_16": hashes}
-
-
-def split_questions(qids: list[str], seed: int, val: float, calib: float) -> dict[str, str]:
-    """qid -> "train" | "val" | "calib", by a seeded hash of the id (stable, no leaks)."""
-    def key(q):
-        return hashlib.sha256(f"{seed}:{q}".encode()).hexdigest()
-
-    ordered = sorted(set(qids), key=key)
-    n = len(ordered)
-    n_val, n_cal = int(round(n * val)), int(round(n * calib))
-    if n - n_val - n_cal < 2 or n_val < 1 or n_cal < 1:
-        raise ValueError(f"Only {n} questions collected: too few to split into train/val/calibration; collect more.")
-    out = {}
-    for i, q in enumerate(ordered):
-        out[q] = "val" if i < n_val else "calib" if i < n_val + n_cal else "train"
-    return out
 
 
 class _Head(nn.Module):

@@ -1,0 +1,51 @@
+"""`TrainConfig`: every setting of train-probe (recorded in the probe's provenance, reused by `calibrate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adaptive_think.probe.ladder import DEFAULT_RUNGS, parse_rungs
+from adaptive_think.training.strata import parse_strata
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    width: int = 64  # MLP hidden width
+    epochs: int = 300
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    val_fraction: float = 0.15
+    calib_fraction: float = 0.35
+    efforts: tuple[str, ...] = DEFAULT_RUNGS  # "name:epsilon[:delta]": accuracy lost vs full, at most epsilon
+    delta: float = 0.1  # ... with probability at least 1 - delta (rungs that name no delta)
+    epsilon: float | None = None  # one rung named "custom" with this epsilon instead of `efforts`
+    kinds: tuple[str, ...] = ("linear", "mlp")
+    ready_at_boundaries: bool = False  # fit the ready head on step-boundary checkpoints only (where it stops)
+    # share of each rung's error budget its threshold path spends on skipping first (calibrate.build_path)
+    skip_share: float = 0.25
+    # ready head's loss weight of a negative (a checkpoint whose forced answer is wrong) against a positive's 1:
+    # the head is used at high thresholds, where one false positive early in a thought loses the question
+    neg_weight: float = 4.0
+    # K > 0: the ready head also reads a running maximum of K learned features of every earlier thought token
+    # (memory.py; needs collections made with --token-states); 0: the memoryless head
+    memory: int = 0
+    # every rung under every decoding mode holds at once with probability >= 1 - delta (calibrate_ladder.py)
+    family_wise: bool = True
+    # strata of the calibration questions in each of which every rung's test must pass (strata.py)
+    strata: str = "none"
+
+    def rungs(self) -> list[tuple[str, float, float]]:
+        """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
+        if not self.neg_weight > 0:
+            raise ValueError(f"neg_weight={self.neg_weight} must be positive (the loss weight of a wrong checkpoint "
+                             "against a right one's 1; 1 is plain binary cross-entropy).")
+        if not 0 <= self.skip_share <= 1:
+            raise ValueError(f"skip_share={self.skip_share} must lie in [0, 1] (the share of a rung's epsilon "
+                             "spent on skipping first; 0 orders the path by cost per token alone).")
+        if not (isinstance(self.memory, int) and self.memory >= 0):
+            raise ValueError(f"memory={self.memory!r} must be a whole number >= 0 (the features a ready head with "
+                             "memory keeps; 0 for none).")
+        parse_strata(self.strata)
+        specs = (f"custom:{self.epsilon}",) if self.epsilon is not None else self.efforts
+        return parse_rungs(specs, self.delta)
