@@ -3,6 +3,7 @@ probe file (round trip, mismatched model, corrupt files), JSONL questions, the p
 
 import dataclasses
 import json
+from collections import Counter, defaultdict
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from adaptive_think.probe import Probe
 from adaptive_think.probe import collect as collect_mod
 from adaptive_think.probe.calibrate import calibrate
 from adaptive_think.probe.collect import CollectConfig, collect
-from adaptive_think.probe.items import Item, load_checker, load_jsonl
+from adaptive_think.probe.calibrate_ladder import assign_parts, question_group
+from adaptive_think.probe.items import Item, bundled_items, load_checker, load_jsonl, question_hash
 from adaptive_think.probe.metrics import auroc, binom_cdf
 from adaptive_think.probe.shards import load_collection, load_collections
 from adaptive_think.probe.train import TrainConfig, fit_head, split_questions, train_probe
@@ -113,11 +115,31 @@ def test_train_calibrate_save_and_use(setup, tmp_path):
     assert thinker.last_reports[0].ended_by == "probe"
 
 
-def test_split_has_no_leaks():
-    qids = [f"q{i}" for i in range(100)] * 3
-    split = split_questions(qids, seed=1, val=0.2, calib=0.3)
-    assert len(split) == 100 and sorted(set(split.values())) == ["calib", "train", "val"]
-    assert split == split_questions(qids, seed=1, val=0.2, calib=0.3)
+def test_split_keeps_every_copy_of_a_question_in_one_part():
+    """A question is its text, not its id: drawn under two seeds, or asked again under another id, every copy lands
+    in one part; a calibration-only copy of a training or validation question is dropped, never calibrated on."""
+    first, second = bundled_items(120, seed=1), bundled_items(120, seed=2)
+    again = [Item(f"line{i + 1}", f"  {it.question} ", it.answer) for i, it in enumerate(first[:40])]  # ids of a JSONL file
+    assert len({it.question for it in second} & {it.question for it in first}) > 0  # the two draws share questions
+    sources = [first, second + again, first[60:90] + bundled_items(20, seed=3)]  # the last is calibration-only
+    records = [dict(qid=it.id, qhash=question_hash(it.question), source=s) for s, items in enumerate(sources)
+               for it in items]
+    split = split_questions([question_group(r) for r in records if r["source"] < 2], seed=1, val=0.2, calib=0.3)
+    part = assign_parts(records, 2, split)
+    parts_of = defaultdict(set)
+    for r, p in zip(records, part):
+        if r["source"] < 2:
+            parts_of[r["qhash"]].add(p)
+    assert all(len(ps) == 1 for ps in parts_of.values())
+    trained = {h for h, ps in parts_of.items() if ps & {"train", "val"}}
+    for r, p in zip(records, part):
+        if r["source"] == 2:
+            assert p == ("dropped" if r["qhash"] in trained else "calib"), r["qid"]
+    # the fractions are of distinct questions, whatever the number of copies
+    sizes = Counter(next(iter(ps)) for ps in parts_of.values())
+    n = len(parts_of)
+    assert sizes == {"val": round(0.2 * n), "calib": round(0.3 * n), "train": n - round(0.2 * n) - round(0.3 * n)}
+    assert split == split_questions([question_group(r) for r in reversed(records) if r["source"] < 2], 1, 0.2, 0.3)
 
 
 @pytest.mark.parametrize("neg_weight", [1.0, 4.0])
