@@ -1,4 +1,4 @@
-"""Hand-written tests of the controller's edge cases (issue 12, "tests that can fail").
+"""Hand-written tests of the controller's edge cases.
 
 Each test pins one behaviour that a realistic single bug in the controller (torch reference, Triton
 kernel, `controller.py`, `hf.py`, `config.py`) would break, checked on its own rather than only through a

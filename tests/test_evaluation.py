@@ -15,7 +15,7 @@ from adaptive_think.markers import resolve_markers
 from adaptive_think.probe import Probe
 from adaptive_think.probe.items import Item
 from tiny import make_model, make_tokenizer
-from test_probe_pipeline import R1_TEMPLATE, checker
+from pipeline_helpers import R1_TEMPLATE, checker
 
 
 @pytest.fixture(scope="module")

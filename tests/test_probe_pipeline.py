@@ -10,59 +10,19 @@ import torch
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.probe import Probe
-from adaptive_think.probe import collect as collect_mod
 from adaptive_think.probe.calibrate import calibrate
-from adaptive_think.probe.collect import CollectConfig, collect
 from adaptive_think.probe.calibrate_ladder import assign_parts, question_group
+from adaptive_think.probe.collect import CollectConfig, collect
 from adaptive_think.probe.items import Item, bundled_items, load_checker, load_jsonl, question_hash
 from adaptive_think.probe.metrics import auroc, binom_cdf
 from adaptive_think.probe.shards import load_collection, load_collections
 from adaptive_think.probe.train import TrainConfig, fit_head, split_questions, train_probe
-from tiny import make_model, make_tokenizer
-
-R1_TEMPLATE = (
-    "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}{% if enable_thinking is defined and not enable_thinking %}"
-    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}"
-)
+from pipeline_helpers import CFG, checker, interrupted_collect
+from tiny import make_model
 
 
-def checker(text, answer):
-    # deterministic stand-in for "the answer is right": both classes occur on a random model
-    return ("answer" in text) or ("so" in text)
-
-
-@pytest.fixture(scope="module")
-def setup():
-    tok = make_tokenizer()
-    tok.chat_template = R1_TEMPLATE
-    model = make_model("qwen3", len(tok), layers=3)
-    items = [Item(f"q{i}", f"the answer is {i % 20}", str(i % 7)) for i in range(24)]
-    return tok, model, items
-
-
-# random weights never close a thought: these tests check the plumbing, not the data's health
-CFG = CollectConfig(every=3, batch_size=6, max_new_tokens=12, max_answer_tokens=4, shard_questions=6, fail_fast=False)
-
-
-def interrupted_collect(monkeypatch, *args, on_batch: int = 3, **kwargs) -> None:
-    """collect(*args, **kwargs), killed (KeyboardInterrupt) as its `on_batch`-th batch starts."""
-    real, calls = collect_mod.collect_batch, {"n": 0}
-
-    def flaky(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == on_batch:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    with monkeypatch.context() as m:
-        m.setattr(collect_mod, "collect_batch", flaky)
-        with pytest.raises(KeyboardInterrupt):
-            collect(*args, **kwargs)
-
-
-def test_collect_resumes_after_interruption(setup, tmp_path, monkeypatch):
-    tok, model, items = setup
+def test_collect_resumes_after_interruption(pipeline_setup, tmp_path, monkeypatch):
+    tok, model, items = pipeline_setup
     interrupted_collect(monkeypatch, model, tok, items, tmp_path, checker, CFG, progress=False)
     index = json.loads((tmp_path / "index-r0.json").read_text())
     assert len(index["done"]) == 12 and len(index["shards"]) == 2
@@ -78,8 +38,8 @@ def test_collect_resumes_after_interruption(setup, tmp_path, monkeypatch):
         collect(model, tok, items, tmp_path, checker, CollectConfig(every=5, fail_fast=False), progress=False)
 
 
-def test_collected_hidden_state_matches_the_online_hook(setup, tmp_path):
-    tok, model, items = setup
+def test_collected_hidden_state_matches_the_online_hook(pipeline_setup, tmp_path):
+    tok, model, items = pipeline_setup
     collect(model, tok, items[:2], tmp_path, checker, CFG, progress=False)
     hidden, records, settings = load_collection(tmp_path)
     # the prompt record's layer-1 state equals a plain forward's last position there (entry 0 = embeddings)
@@ -91,8 +51,8 @@ def test_collected_hidden_state_matches_the_online_hook(setup, tmp_path):
     torch.testing.assert_close(hidden["layer1"][row], ref.half().float(), rtol=0, atol=0)
 
 
-def test_train_calibrate_save_and_use(setup, tmp_path):
-    tok, model, items = setup
+def test_train_calibrate_save_and_use(pipeline_setup, tmp_path):
+    tok, model, items = pipeline_setup
     collect(model, tok, items, tmp_path / "data", checker, CFG, progress=False)
     cfg = TrainConfig(seed=3, epochs=40, width=8, epsilon=0.3, delta=0.2)
     probe = train_probe(tmp_path / "data", cfg, log=lambda *_: None)
@@ -184,8 +144,8 @@ def test_metrics():
     assert abs(binom_cdf(3, 10, 0.5) - 176 / 1024) < 1e-12
 
 
-def test_probe_file_errors(setup, tmp_path):
-    tok, model, _ = setup
+def test_probe_file_errors(pipeline_setup, tmp_path):
+    tok, model, _ = pipeline_setup
     probe = Probe.random_for(model, width=4)
     probe.save_pretrained(tmp_path / "p")
     other = make_model("llama", len(tok))
@@ -224,8 +184,8 @@ def test_jsonl_errors_name_the_line(tmp_path):
     assert load_checker("json:dumps") is json.dumps
 
 
-def test_ranks_split_questions_and_merge(setup, tmp_path):
-    tok, model, items = setup
+def test_ranks_split_questions_and_merge(pipeline_setup, tmp_path):
+    tok, model, items = pipeline_setup
     for rank in (0, 1):
         collect(model, tok, items[:8], tmp_path, checker, CFG, rank=rank, world=2, progress=False)
     _, records, _ = load_collection(tmp_path)
@@ -233,8 +193,8 @@ def test_ranks_split_questions_and_merge(setup, tmp_path):
     assert prompts == sorted(it.id for it in items[:8])
 
 
-def test_token_states_are_the_checkpoint_states_of_every_thought_token(setup, tmp_path):
-    tok, model, items = setup
+def test_token_states_are_the_checkpoint_states_of_every_thought_token(pipeline_setup, tmp_path):
+    tok, model, items = pipeline_setup
     cfg = dataclasses.replace(CFG, token_states=True)
     a, b = tmp_path / "a", tmp_path / "b"
     collect(model, tok, items[:8], a, checker, cfg, progress=False)  # two shards each

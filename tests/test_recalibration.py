@@ -13,8 +13,7 @@ from adaptive_think.probe.collect import collect
 from adaptive_think.probe.items import Item, question_hash
 from adaptive_think.probe.metrics import binom_cdf
 from adaptive_think.probe.train import TrainConfig, split_questions, train_probe
-from test_probe_pipeline import CFG, checker
-from test_probe_pipeline import setup as pipeline_setup  # noqa: F401 - the shared tiny model fixture
+from pipeline_helpers import CFG, checker
 
 QUIET = dict(log=lambda *_: None)
 
