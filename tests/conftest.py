@@ -1,4 +1,4 @@
-"""Shared test set-up: markers that skip with a reason, Triton's CPU interpreter, thread count."""
+"""Shared test set-up: markers that skip with a reason, Triton's CPU interpreter, thread count, shared fixtures."""
 
 import os
 
@@ -34,3 +34,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "kernels" in item.keywords and not _HAS_TRITON:
             item.add_marker(skip_triton)
+
+
+@pytest.fixture(scope="module")
+def pipeline_setup():
+    """(tokenizer with an R1-style template, tiny 3-layer model, 24 questions: 20 texts, 4 asked twice)."""
+    from adaptive_think.training.items import Item
+    from pipeline_helpers import R1_TEMPLATE
+    from tiny import make_model, make_tokenizer
+
+    tok = make_tokenizer()
+    tok.chat_template = R1_TEMPLATE
+    model = make_model("qwen3", len(tok), layers=3)
+    items = [Item(f"q{i}", f"the answer is {i % 20}", str(i % 7)) for i in range(24)]
+    return tok, model, items

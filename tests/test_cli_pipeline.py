@@ -4,7 +4,7 @@ import json
 
 from adaptive_think.cli import main
 from tiny import make_model, make_tokenizer
-from test_probe_pipeline import R1_TEMPLATE
+from pipeline_helpers import R1_TEMPLATE
 
 
 def test_collect_train_eval_from_the_cli(tmp_path, capsys):
@@ -16,7 +16,7 @@ def test_collect_train_eval_from_the_cli(tmp_path, capsys):
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"question": f"the answer is {i}", "answer": str(i % 3), "level": 1 + i % 2})
                                  + "\n" for i in range(24)))
-    checker = "test_probe_pipeline:checker"
+    checker = "pipeline_helpers:checker"
     common = ["--model", str(tmp_path / "model"), "--questions", str(questions), "--checker", checker]
     assert main(["collect", *common, "--out", str(tmp_path / "c"), "--every", "3", "--batch-size", "8",
                  "--max-new-tokens", "10", "--max-answer-tokens", "3", "--no-fail-fast"]) == 0

@@ -1,4 +1,4 @@
-"""Hand-written tests of the controller's edge cases (issue 12, "tests that can fail").
+"""Hand-written tests of the controller's edge cases.
 
 Each test pins one behaviour that a realistic single bug in the controller (torch reference, Triton
 kernel, `controller.py`, `hf.py`, `config.py`) would break, checked on its own rather than only through a
@@ -127,6 +127,29 @@ def test_a_score_equal_to_the_threshold_passes(impl):
     forced, _, rep = drive(controller(cfg, threshold=0.5, impl=impl), [WORD] * 4, scores=[(0.4, 0.01)] * 2 + [(0.5, 0.01)] * 2)
     assert forced == [-1, -1, CLOSE, EXIT]
     assert (rep.ended_by, rep.decision_step) == ("probe", 2)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_smoothing_weighs_the_newest_score_by_alpha(impl):
+    """EMA with weight 0.25 on the newest ready score (asymmetric: a swapped weight shows), from 0 at the block's
+    start; the stop comes at the first step whose smoothed score reaches the threshold."""
+    alpha, threshold = 0.25, 0.6
+    cfg = ThinkConfig(policy="probe", smoothing=alpha, patience=1, stop_at_boundary=False, allow_skip=False)
+    ready = [0.5, 0.9, 0.2, 0.95, 0.99, 0.99, 0.99, 0.99, 0.99, 0.99]
+    ctl = controller(cfg, threshold=threshold, impl=impl)
+    ctl.begin(torch.tensor([[WORD, OPEN]]))  # the prompt opens the block: every step reads a thought
+    ema, stop = 0.0, None
+    for t, r in enumerate(ready):
+        forced = int(ctl.step(torch.tensor([OPEN if t == 0 else WORD]), hidden(r))[0])
+        ema = alpha * r + (1 - alpha) * ema
+        assert float(ctl.state.ema[0]) == pytest.approx(ema, rel=1e-6), f"step {t}"
+        if forced >= 0:
+            stop = t
+            break
+    by_hand = [0.0]
+    for r in ready:
+        by_hand.append(alpha * r + (1 - alpha) * by_hand[-1])
+    assert stop == next(t for t, e in enumerate(by_hand[1:]) if e >= threshold) and stop >= 4
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Rows that come and go (issue 9): `init_rows` restarts chosen rows mid-run without touching the others, and a
+"""Rows that come and go: `init_rows` restarts chosen rows mid-run without touching the others, and a
 restarted row behaves exactly like a row of a fresh batch; `move_rows` permutes state, params and score trace
 consistently. Also the per-row API edges: a row that answers directly, config lists, stop_text validation.
 
@@ -13,7 +13,8 @@ import torch
 
 from adaptive_think import ThinkConfig
 from adaptive_think.controller import ThinkController
-from adaptive_think.controller.state import ProbeTensors
+from adaptive_think.controller.params import P_POLICY
+from adaptive_think.controller.state import POLICY_FULL, POLICY_NONE, ProbeTensors
 from adaptive_think.markers import ThinkMarkers
 
 V, D = 40, 6
@@ -168,7 +169,7 @@ def test_move_rows_copies_one_row_over_another():
 
 
 def test_a_row_that_answers_directly_reports_natural():
-    """issue 12: the row never opens a thought and ends with eos: `natural`, not `unfinished`."""
+    """The row never opens a thought and ends with eos: `natural`, not `unfinished`."""
     ctl = controller([ThinkConfig(policy="budget", max_think_tokens=3), ThinkConfig()])
     ctl.begin(torch.tensor([[2, 3], [2, 3]]))
     last = torch.tensor([3, 3])
@@ -183,7 +184,7 @@ def test_a_row_that_answers_directly_reports_natural():
 def test_one_config_per_row_and_num_return_sequences():
     ctl = controller([CONFIGS[0], CONFIGS[1]])
     ctl.begin(torch.tensor([[OPEN]] * 4))  # each prompt repeated twice, as HF's num_return_sequences=2 does
-    assert ctl.params.ints[0].tolist() == [0, 0, 1, 1]
+    assert ctl.params.ints[P_POLICY].tolist() == [POLICY_FULL, POLICY_FULL, POLICY_NONE, POLICY_NONE]
     with pytest.raises(ValueError, match="one per row"):
         controller([CONFIGS[0]] * 3).begin(torch.tensor([[OPEN]] * 4))
 

@@ -1,6 +1,8 @@
 """`adaptive-think demo --show N` on the bundled reasoner: the thought with the probe's stop and the settled
 point marked, and the score plot."""
 
+import re
+
 import pytest
 
 from adaptive_think.cli import main
@@ -16,13 +18,43 @@ def test_marks_land_after_the_right_tokens():
     assert ready_trace([0.9, 0.0, 0.1, 0.2, 0.3], body=1, length=3) == [0.1, 0.2, 0.3]
 
 
-def test_demo_show_marks_the_decision(tmp_path, capsys):
+def _shown(capsys) -> tuple[str, str]:
+    """(the printed report, the marked thought between its two rules)."""
+    out = capsys.readouterr().out
+    parts = out.split("-" * 80)
+    assert len(parts) == 3, out
+    return out, parts[1]
+
+
+def test_demo_show_marks_the_probe_stop(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "show.png"
     assert main(["demo", "--show", "1", "--n", "2", "--seed", "5", "--png", str(png)]) == 0
-    out = capsys.readouterr().out
-    assert SETTLED_MARK.strip() in out and "settled after" in out
-    assert STOP_MARK.strip() in out or "SKIPPED" in out or "ended by natural" in out
+    out, thought = _shown(capsys)
+    # the shipped probe stops this question's thought mid-way, and the stop is marked where the report says
+    ended = re.search(r"thought ended by (\w+) after (\d+) of (\d+) tokens", out)
+    assert ended and ended.group(1) == "probe", out
+    stop, total = int(ended.group(2)), int(ended.group(3))
+    settled = int(re.search(r"settled after (\d+) tokens", out).group(1))
+    assert 0 < stop < total and 0 <= settled <= total
+    assert thought.count(STOP_MARK) == 1 and thought.count(SETTLED_MARK.strip()) == 1
+    at_stop, at_settled = thought.index(STOP_MARK), thought.index(SETTLED_MARK.strip())
+    if stop == settled:
+        assert STOP_MARK + SETTLED_MARK in thought
+    else:
+        assert (at_stop < at_settled) == (stop < settled)
     assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_demo_show_reports_a_skip(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["demo", "--show", "0", "--n", "2", "--seed", "5", "--png", str(tmp_path / "show.png")]) == 0
+    out, thought = _shown(capsys)
+    # the shipped probe skips this question's thinking: no stop to mark, the saved thought shown whole
+    assert "the probe SKIPPED thinking" in out and "ended by" not in out
+    assert STOP_MARK.strip() not in thought and thought.count(SETTLED_MARK.strip()) == 1
+
+
+def test_demo_show_refuses_a_question_out_of_range(capsys):
     assert main(["demo", "--show", "2", "--n", "2"]) == 2
     assert "pick a question number from 0 to 1" in capsys.readouterr().err

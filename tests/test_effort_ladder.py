@@ -5,7 +5,6 @@ import json
 import warnings
 
 import pytest
-import torch
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.probe import Probe
@@ -13,7 +12,7 @@ from adaptive_think.probe.ladder import Rung, default_rung, parse_rungs
 from adaptive_think.training.train_config import TrainConfig
 from adaptive_think.training.splits import seen_questions
 from tiny import make_model, make_tokenizer
-from test_probe_pipeline import R1_TEMPLATE
+from pipeline_helpers import R1_TEMPLATE
 
 # "eager" stops at the first thinking step (ready >= 0), "never" neither stops nor skips
 RUNGS = [Rung("never", 0.001, 0.1, 1.0, 2.0, {"achieved": {}}), Rung("eager", 0.5, 0.1, 0.0, 2.0, {"achieved": {}})]

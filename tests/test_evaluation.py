@@ -1,11 +1,13 @@
 """`eval` on a tiny model: every policy family runs, baselines stop at boundaries, trial tokens count."""
 
+import dataclasses
 import json
 import re
 
 import pytest
 import torch
 
+from adaptive_think import ThinkConfig
 from adaptive_think.evaluation.policies import check_policies, default_policies, parse_policy
 from adaptive_think.evaluation.report import envelope, pareto_check
 from adaptive_think.evaluation.run import Evaluator, evaluate, think_tokens_of
@@ -13,7 +15,7 @@ from adaptive_think.markers import resolve_markers
 from adaptive_think.probe import Probe
 from adaptive_think.training.items import Item
 from tiny import make_model, make_tokenizer
-from test_probe_pipeline import R1_TEMPLATE, checker
+from pipeline_helpers import R1_TEMPLATE, checker
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +55,32 @@ def test_all_policy_families_run(ev):
     json.dumps(res)
     # a random model never closes its thought: no point is "right and stays right", the oracle thinks it all
     assert res["oracle"]["think_tokens_mean"] == 16 and res["oracle"]["accuracy"] == res["full"]["accuracy"]
-    assert res["router"]["think_tokens_mean"] in (0, 16)  # skipped or full: never stopped mid-thought
     # consistency checks every boundary (every token here) or every 3rd token: at least 2 trials, then stops
     assert res["consistency:2"]["think_tokens_mean"] >= 2 and res["consistency:2:3"]["think_tokens_mean"] >= 6
+
+
+def test_router_rows_skip_or_think_to_the_end(ev):
+    """The router takes the probe's skip decision alone: each row skips (0 thinking tokens) or thinks to the end,
+    even where the ready head would stop it at its first token."""
+    thinker = ev.thinker
+    trace = ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0, trace=True)
+    skip_scores = []
+    for _, batch in ev._batches():
+        thinker.generate(**batch, think=trace, max_new_tokens=1, do_sample=False)
+        skip_scores += [r.scores[0] for r in thinker.last_reports]  # step 0: the skip head at the prompt's end
+    cut = sorted(skip_scores)[len(skip_scores) // 2]
+    # the rows at or above the median skip score skip; the ready head passes its threshold at every step
+    probe = dataclasses.replace(thinker.probe, ready_threshold=0.0, skip_threshold=cut)
+    skipped, thought = [], []
+    for item in ev.items:  # one question per run: the row's own numbers
+        alone = Evaluator(ev.model, ev.tok, [item], checker, probe=probe, batch_size=1, max_new_tokens=16,
+                          pattern=ev.pattern, progress=False)
+        got = alone.run(parse_policy("router"))
+        assert (got["think_tokens_mean"], got["skip_rate"]) in ((0, 1.0), (16, 0.0)), item.id
+        (skipped if got["skip_rate"] else thought).append(alone)
+    assert skipped and thought  # both kinds of row occur
+    # the same probe without the router stops a thinking row at its first token
+    assert thought[0].run(parse_policy("probe"))["think_tokens_mean"] == 1
 
 
 def test_policy_specs():

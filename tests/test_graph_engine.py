@@ -112,18 +112,41 @@ def test_top_k_one_sampling_is_greedy():
                        generate_graph(model, None, batch["input_ids"], do_sample=False, **kw))
 
 
+def padded_after_eos(free: torch.Tensor, eos: list[int], pad: int) -> torch.Tensor:
+    """free [B, N] tokens as each row would write them with `eos`: pad after the row's first eos, trimmed to the
+    step where the last row finished (N when some row never does)."""
+    rows, ends = [], []
+    for row in free.tolist():
+        end = next((j + 1 for j, t in enumerate(row) if t in eos), None)
+        ends.append(end)
+        rows.append(row if end is None else row[:end] + [pad] * (len(row) - end))
+    width = free.shape[1] if None in ends else max(ends)
+    return torch.tensor(rows)[:, :width]
+
+
 @pytest.mark.parametrize("check_every", [1, 3, 8, 50])
-def test_eos_pads_finished_rows_and_trims_like_generate(check_every):
+@pytest.mark.parametrize("who", ["some", "all"])
+def test_eos_pads_finished_rows_and_trims_like_generate(check_every, who):
     model = model_of("mistral")
     batch = batch_of(PROMPTS)
-    free = model.generate(**batch, max_new_tokens=16, do_sample=False)[:, batch["input_ids"].shape[1]:]
-    # pick as eos a token row 0 writes early: rows then finish at different steps (or never)
-    eos = int(free[0, 2])
-    ref = model.generate(**batch, max_new_tokens=16, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    width = batch["input_ids"].shape[1]
+    # the rows' greedy tokens with no eos at all (no row can write the id vocab_size)
+    free = model.generate(**batch, max_new_tokens=16, do_sample=False, eos_token_id=len(TOK), pad_token_id=0)[:, width:]
+    # a token row 0 writes early: rows then finish at different steps, or never; "all": one more eos per row
+    eos = [int(free[0, 2])]
+    if who == "all":
+        eos += [int(free[r, r + 1]) for r in range(1, len(PROMPTS))]
+    want = padded_after_eos(free, eos, pad=0)
+    finishes = [bool(torch.isin(free[r], torch.tensor(eos)).any()) for r in range(len(PROMPTS))]
+    assert any(finishes) and (all(finishes) == (who == "all"))  # the case the test means to build
     out = generate_graph(model, None, batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=16,
                          eos_token_id=eos, pad_token_id=0, check_every=check_every)
+    assert torch.equal(out[:, :width], batch["input_ids"])
+    for r in range(len(PROMPTS)):  # each row: its own tokens up to its eos, pad after
+        assert out[r, width:].tolist() == want[r].tolist(), f"row {r}"
+    assert out.shape[1] == width + want.shape[1]
+    ref = model.generate(**batch, max_new_tokens=16, do_sample=False, eos_token_id=eos, pad_token_id=0)
     assert torch.equal(out, ref)
-    assert out.shape[1] < batch["input_ids"].shape[1] + 16 or not (free == eos).any(-1).all()
 
 
 def test_all_rows_finishing_stops_early_and_reports_match():
@@ -218,10 +241,7 @@ def test_bundled_reasoner_matches_hf_engine():
     from adaptive_think.loading import chat_prompt
     from adaptive_think.tasks import make_questions
 
-    try:
-        path = reasoner_path()
-    except FileNotFoundError as err:
-        pytest.skip(f"bundled reasoner not built yet: {err}")
+    path = reasoner_path()  # committed with the package: a missing reasoner is a packaging break, not a skip
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path).eval()

@@ -30,6 +30,17 @@ def memory_probe(seed=0) -> Probe:
     return dataclasses.replace(base, weights=w)
 
 
+def by_hand(probe: Probe, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the probe file's weights alone, for a thought's states [T, D]: its memory features [T, K] and the ready
+    score after each state [T] (the maxima so far beside the features, one ReLU layer, a sigmoid)."""
+    w = probe.weights
+    x = (states.float() - w["mean"]) * w["inv_std"]  # [T, D]
+    feats = x @ w["memory_w"].t() + w["memory_b"]  # [T, K]
+    memory = torch.cummax(feats, 0).values  # [T, K]
+    hidden = torch.relu(torch.cat([x, memory], 1) @ w["ready_w1"].t() + w["ready_b1"])  # [T, H]
+    return feats, torch.sigmoid(hidden @ w["ready_w2"] + w["ready_b2"])
+
+
 def test_memory_head_is_causal_and_remembers_the_running_maximum():
     torch.manual_seed(0)
     head = MemoryHead(d=5, k=3, width=4)
@@ -96,7 +107,8 @@ def test_controller_scores_a_thought_as_the_offline_head_does():
         gen = out[row, width:].tolist()
         start = gen.index(m.open_ids[0]) + len(m.open_ids)  # the first thought token's index
         states = _states(prompt, gen, probe.layer)[len(prompt) + start : len(prompt) + start + n]
-        want = probe.score_thought(states)
+        want = by_hand(probe, states)[1]
+        torch.testing.assert_close(probe.score_thought(states), want)
         scores = thinker.last_reports[row].scores
         got = torch.tensor(scores[start + 1 : start + 1 + n])  # step g + 1 reads generated token g
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -108,8 +120,6 @@ def test_controller_scores_a_thought_as_the_offline_head_does():
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.kernels)])
 def test_memory_restarts_with_each_block(impl):
-    from adaptive_think.controller.step import memory_features, normalised
-
     probe = memory_probe()
     thinker = AdaptiveThinker(MODEL, TOK, probe=probe, impl=impl)
     m = thinker.markers
@@ -119,7 +129,6 @@ def test_memory_restarts_with_each_block(impl):
     state = ctl.begin(torch.tensor([TOK.encode("the answer is", add_special_tokens=False)]))
     assert state.floats.shape[0] == 2 + K and torch.all(state.memory == NO_MEMORY)
     word = TOK.encode("so", add_special_tokens=False)[0]
-    t = probe.tensors()
     g = torch.Generator().manual_seed(3)
 
     def feed(tokens):
@@ -130,7 +139,7 @@ def test_memory_restarts_with_each_block(impl):
         return hs
 
     def expected(hs):
-        return memory_features(normalised(hs, t), t).max(0).values
+        return by_hand(probe, hs)[0].max(0).values
 
     feed([word])  # step 0 reads the prompt's last token: no memory
     assert torch.all(state.memory == NO_MEMORY)

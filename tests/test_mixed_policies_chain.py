@@ -1,4 +1,4 @@
-"""One batch, many policies (issue 9), on a model that behaves like a reasoner: every row of a mixed-policy batch
+"""One batch, many policies, on a model that behaves like a reasoner: every row of a mixed-policy batch
 gets exactly the tokens and report it gets when the same batch (same prompts, same padding) runs with that row's
 config on every row (greedy). Complements test_mixed_policies.py (random tiny model, whose thoughts mostly run
 into the budget) with natural closes, multi-token closes, later think blocks, stop texts and boundary stops.

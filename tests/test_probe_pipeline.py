@@ -3,66 +3,28 @@ probe file (round trip, mismatched model, corrupt files), JSONL questions, the p
 
 import dataclasses
 import json
+from collections import Counter, defaultdict
 
 import pytest
 import torch
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
 from adaptive_think.probe import Probe
-from adaptive_think.training import collect as collect_mod
 from adaptive_think.training.calibrate import calibrate
+from adaptive_think.training.splits import assign_parts, question_identity
 from adaptive_think.training.collect import CollectConfig, collect
-from adaptive_think.training.items import Item, load_checker, load_jsonl
+from adaptive_think.training.items import Item, bundled_items, load_checker, load_jsonl, question_hash
 from adaptive_think.training.metrics import auroc, binom_cdf
 from adaptive_think.training.shards import load_collection, load_collections
 from adaptive_think.training.train_config import TrainConfig
 from adaptive_think.training.train import fit_head, train_probe
 from adaptive_think.training.splits import split_questions
-from tiny import make_model, make_tokenizer
-
-R1_TEMPLATE = (
-    "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}{% if enable_thinking is defined and not enable_thinking %}"
-    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}"
-)
+from pipeline_helpers import CFG, checker, interrupted_collect
+from tiny import make_model
 
 
-def checker(text, answer):
-    # deterministic stand-in for "the answer is right": both classes occur on a random model
-    return ("answer" in text) or ("so" in text)
-
-
-@pytest.fixture(scope="module")
-def setup():
-    tok = make_tokenizer()
-    tok.chat_template = R1_TEMPLATE
-    model = make_model("qwen3", len(tok), layers=3)
-    items = [Item(f"q{i}", f"the answer is {i % 20}", str(i % 7)) for i in range(24)]
-    return tok, model, items
-
-
-# random weights never close a thought: these tests check the plumbing, not the data's health
-CFG = CollectConfig(every=3, batch_size=6, max_new_tokens=12, max_answer_tokens=4, shard_questions=6, fail_fast=False)
-
-
-def interrupted_collect(monkeypatch, *args, on_batch: int = 3, **kwargs) -> None:
-    """collect(*args, **kwargs), killed (KeyboardInterrupt) as its `on_batch`-th batch starts."""
-    real, calls = collect_mod.collect_batch, {"n": 0}
-
-    def flaky(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == on_batch:
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    with monkeypatch.context() as m:
-        m.setattr(collect_mod, "collect_batch", flaky)
-        with pytest.raises(KeyboardInterrupt):
-            collect(*args, **kwargs)
-
-
-def test_collect_resumes_after_interruption(setup, tmp_path, monkeypatch):
-    tok, model, items = setup
+def test_collect_resumes_after_interruption(pipeline_setup, tmp_path, monkeypatch):
+    tok, model, items = pipeline_setup
     interrupted_collect(monkeypatch, model, tok, items, tmp_path, checker, CFG, progress=False)
     index = json.loads((tmp_path / "index-r0.json").read_text())
     assert len(index["done"]) == 12 and len(index["shards"]) == 2
@@ -78,8 +40,8 @@ def test_collect_resumes_after_interruption(setup, tmp_path, monkeypatch):
         collect(model, tok, items, tmp_path, checker, CollectConfig(every=5, fail_fast=False), progress=False)
 
 
-def test_collected_hidden_state_matches_the_online_hook(setup, tmp_path):
-    tok, model, items = setup
+def test_collected_hidden_state_matches_the_online_hook(pipeline_setup, tmp_path):
+    tok, model, items = pipeline_setup
     collect(model, tok, items[:2], tmp_path, checker, CFG, progress=False)
     hidden, records, settings = load_collection(tmp_path)
     # the prompt record's layer-1 state equals a plain forward's last position there (entry 0 = embeddings)
@@ -91,8 +53,8 @@ def test_collected_hidden_state_matches_the_online_hook(setup, tmp_path):
     torch.testing.assert_close(hidden["layer1"][row], ref.half().float(), rtol=0, atol=0)
 
 
-def test_train_calibrate_save_and_use(setup, tmp_path):
-    tok, model, items = setup
+def test_train_calibrate_save_and_use(pipeline_setup, tmp_path):
+    tok, model, items = pipeline_setup
     collect(model, tok, items, tmp_path / "data", checker, CFG, progress=False)
     cfg = TrainConfig(seed=3, epochs=40, width=8, epsilon=0.3, delta=0.2)
     probe = train_probe(tmp_path / "data", cfg, log=lambda *_: None)
@@ -115,11 +77,31 @@ def test_train_calibrate_save_and_use(setup, tmp_path):
     assert thinker.last_reports[0].ended_by == "probe"
 
 
-def test_split_has_no_leaks():
-    qids = [f"q{i}" for i in range(100)] * 3
-    split = split_questions(qids, seed=1, val=0.2, calib=0.3)
-    assert len(split) == 100 and sorted(set(split.values())) == ["calib", "train", "val"]
-    assert split == split_questions(qids, seed=1, val=0.2, calib=0.3)
+def test_split_keeps_every_copy_of_a_question_in_one_part():
+    """A question is its text, not its id: drawn under two seeds, or asked again under another id, every copy lands
+    in one part; a calibration-only copy of a training or validation question is dropped, never calibrated on."""
+    first, second = bundled_items(120, seed=1), bundled_items(120, seed=2)
+    again = [Item(f"line{i + 1}", f"  {it.question} ", it.answer) for i, it in enumerate(first[:40])]  # ids of a JSONL file
+    assert len({it.question for it in second} & {it.question for it in first}) > 0  # the two draws share questions
+    sources = [first, second + again, first[60:90] + bundled_items(20, seed=3)]  # the last is calibration-only
+    records = [dict(qid=it.id, qhash=question_hash(it.question), source=s) for s, items in enumerate(sources)
+               for it in items]
+    split = split_questions([question_identity(r) for r in records if r["source"] < 2], seed=1, val=0.2, calib=0.3)
+    part = assign_parts(records, 2, split)
+    parts_of = defaultdict(set)
+    for r, p in zip(records, part):
+        if r["source"] < 2:
+            parts_of[r["qhash"]].add(p)
+    assert all(len(ps) == 1 for ps in parts_of.values())
+    trained = {h for h, ps in parts_of.items() if ps & {"train", "val"}}
+    for r, p in zip(records, part):
+        if r["source"] == 2:
+            assert p == ("dropped" if r["qhash"] in trained else "calib"), r["qid"]
+    # the fractions are of distinct questions, whatever the number of copies
+    sizes = Counter(next(iter(ps)) for ps in parts_of.values())
+    n = len(parts_of)
+    assert sizes == {"val": round(0.2 * n), "calib": round(0.3 * n), "train": n - round(0.2 * n) - round(0.3 * n)}
+    assert split == split_questions([question_identity(r) for r in reversed(records) if r["source"] < 2], 1, 0.2, 0.3)
 
 
 @pytest.mark.parametrize("neg_weight", [1.0, 4.0])
@@ -164,8 +146,8 @@ def test_metrics():
     assert abs(binom_cdf(3, 10, 0.5) - 176 / 1024) < 1e-12
 
 
-def test_probe_file_errors(setup, tmp_path):
-    tok, model, _ = setup
+def test_probe_file_errors(pipeline_setup, tmp_path):
+    tok, model, _ = pipeline_setup
     probe = Probe.random_for(model, width=4)
     probe.save_pretrained(tmp_path / "p")
     other = make_model("llama", len(tok))
@@ -204,8 +186,8 @@ def test_jsonl_errors_name_the_line(tmp_path):
     assert load_checker("json:dumps") is json.dumps
 
 
-def test_ranks_split_questions_and_merge(setup, tmp_path):
-    tok, model, items = setup
+def test_ranks_split_questions_and_merge(pipeline_setup, tmp_path):
+    tok, model, items = pipeline_setup
     for rank in (0, 1):
         collect(model, tok, items[:8], tmp_path, checker, CFG, rank=rank, world=2, progress=False)
     _, records, _ = load_collection(tmp_path)
@@ -213,8 +195,8 @@ def test_ranks_split_questions_and_merge(setup, tmp_path):
     assert prompts == sorted(it.id for it in items[:8])
 
 
-def test_token_states_are_the_checkpoint_states_of_every_thought_token(setup, tmp_path):
-    tok, model, items = setup
+def test_token_states_are_the_checkpoint_states_of_every_thought_token(pipeline_setup, tmp_path):
+    tok, model, items = pipeline_setup
     cfg = dataclasses.replace(CFG, token_states=True)
     a, b = tmp_path / "a", tmp_path / "b"
     collect(model, tok, items[:8], a, checker, cfg, progress=False)  # two shards each

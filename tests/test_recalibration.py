@@ -16,8 +16,7 @@ from adaptive_think.training.metrics import binom_cdf
 from adaptive_think.training.train_config import TrainConfig
 from adaptive_think.training.splits import split_questions
 from adaptive_think.training.train import train_probe
-from test_probe_pipeline import CFG, checker
-from test_probe_pipeline import setup as pipeline_setup  # noqa: F401 - the shared tiny model fixture
+from pipeline_helpers import CFG, checker
 
 QUIET = dict(log=lambda *_: None)
 

@@ -14,8 +14,7 @@ from adaptive_think.training.items import Item, bundled_items, load_checker
 from adaptive_think.training.shards import load_collection, load_collections
 from adaptive_think.training.train_config import TrainConfig
 from adaptive_think.training.train import train_probe
-from test_probe_pipeline import checker, interrupted_collect
-from test_probe_pipeline import setup as pipeline_setup  # noqa: F401 - the shared tiny model fixture
+from pipeline_helpers import checker, interrupted_collect
 from tiny import make_scripted, make_tokenizer
 
 SAMPLED = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
