@@ -11,7 +11,7 @@ from adaptive_think.probe import Probe
 from adaptive_think.probe.ladder import Rung
 from adaptive_think.training.metrics import binom_cdf, binom_interval
 from tiny import make_model, make_tokenizer
-from test_probe_pipeline import R1_TEMPLATE
+from pipeline_helpers import R1_TEMPLATE
 
 
 def test_exact_interval_is_clopper_pearson():

@@ -207,3 +207,26 @@ __all__ = [
     "TokenStreams", "assert_states_equal", "garble", "random_hidden", "random_params", "random_probe", "random_row",
     "random_spec", "random_state", "with_random_memory",
 ]
+
+
+# logit_stats: the fields it returns, and logits with the rows that break naive implementations
+FIELDS = ("max_logit", "lse", "entropy", "margin")
+INF, NAN = float("inf"), float("nan")
+
+
+def random_logits(batch: int, vocab: int, dtype: torch.dtype, gen: torch.Generator, device="cpu") -> torch.Tensor:
+    """[B, V] logits with a non-contiguous row stride and special rows: NaN, all -inf, +inf, masked, ties."""
+    x = torch.randn(batch, vocab + 5, generator=gen)[:, :vocab] * 4.0  # row stride V + 5
+    x = x.to(dtype).float()  # values the dtype can hold, so ties survive the cast
+    specials = [
+        lambda r: r.__setitem__(vocab // 2, NAN),
+        lambda r: r.fill_(-INF),
+        lambda r: r.__setitem__(vocab - 1, INF),
+        lambda r: r.__setitem__(slice(None, None, 3), -INF),  # masked vocabulary
+        lambda r: (r.fill_(-INF), r.__setitem__(vocab // 3, 2.5)),  # one finite entry
+        lambda r: r.__setitem__(slice(0, 2), r.max() + 1.0),  # the maximum twice: margin 0
+    ]
+    for i, f in enumerate(specials):
+        if i + 1 < batch and vocab > 1:
+            f(x[i + 1])
+    return x.to(device=device, dtype=dtype)

@@ -103,7 +103,7 @@ def test_memory_probe_controller_step_cuda_matches_reference(step, B, D, H, K, d
 @pytest.mark.parametrize("B, V", LOGIT_SHAPES, ids=[f"B{b}-V{v}" for b, v in LOGIT_SHAPES])
 def test_logit_stats_cuda_matches_reference(B, V, dtype, atol, rtol):
     from adaptive_think.kernels.logit_stats.triton_kernel import logit_stats_triton
-    from test_logit_stats import FIELDS, random_logits
+    from kernel_cases import FIELDS, random_logits
 
     gen = torch.Generator().manual_seed(B + V)
     x = random_logits(B, V, dtype, gen)

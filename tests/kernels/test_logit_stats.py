@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from adaptive_think.kernels.logit_stats import logit_stats, logit_stats_reference
+from kernel_cases import FIELDS, INF, NAN, random_logits
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on NaN/inf rows
 
@@ -22,26 +23,6 @@ DTYPES = [
     pytest.param(torch.float16, 5e-5, 2e-5, id="fp16"),
 ]
 SHAPES = [(1, 7), (3, 1000), (63, 257), (500, 33), (9, 5003), (2, 262144)]
-FIELDS = ("max_logit", "lse", "entropy", "margin")
-INF, NAN = float("inf"), float("nan")
-
-
-def random_logits(batch: int, vocab: int, dtype: torch.dtype, gen: torch.Generator, device="cpu") -> torch.Tensor:
-    """[B, V] logits with a non-contiguous row stride and special rows: NaN, all -inf, +inf, masked, ties."""
-    x = torch.randn(batch, vocab + 5, generator=gen)[:, :vocab] * 4.0  # row stride V + 5
-    x = x.to(dtype).float()  # values the dtype can hold, so ties survive the cast
-    specials = [
-        lambda r: r.__setitem__(vocab // 2, NAN),
-        lambda r: r.fill_(-INF),
-        lambda r: r.__setitem__(vocab - 1, INF),
-        lambda r: r.__setitem__(slice(None, None, 3), -INF),  # masked vocabulary
-        lambda r: (r.fill_(-INF), r.__setitem__(vocab // 3, 2.5)),  # one finite entry
-        lambda r: r.__setitem__(slice(0, 2), r.max() + 1.0),  # the maximum twice: margin 0
-    ]
-    for i, f in enumerate(specials):
-        if i + 1 < batch and vocab > 1:
-            f(x[i + 1])
-    return x.to(device=device, dtype=dtype)
 
 
 def _assert_stats(got, want, atol, rtol, where):
