@@ -26,7 +26,9 @@ class AdaptiveThinker:
     """Wraps a loaded causal LM and its tokenizer; `generate()` takes model.generate's kwargs plus `think`.
 
     model: a transformers causal LM. tokenizer: its tokenizer. think_tokens: None (detect the model's
-    markers) or (open, close) strings. probe: a `Probe`, a path to a saved probe folder, or None.
+    markers) or (open, close) strings. probe: a `Probe`, a path to a saved probe folder (a trained probe or a
+    training-free score file from `adaptive-think calibrate-score`), "close-margin" / "entropy" (an uncalibrated
+    score: rows need an explicit ThinkConfig threshold, which carries no accuracy guarantee), or None.
     think: the default ThinkConfig of calls that pass none.
     """
 
@@ -50,6 +52,10 @@ class AdaptiveThinker:
             return None
         from adaptive_think.probe import Probe
 
+        from adaptive_think.controller.state import SCORE_KINDS
+
+        if isinstance(probe, str) and probe in SCORE_KINDS:
+            return Probe.training_free(probe, self.model)
         if isinstance(probe, (str, os.PathLike)):
             probe = Probe.from_pretrained(probe)
         if not isinstance(probe, Probe):
@@ -179,7 +185,7 @@ class AdaptiveThinker:
         if engine == "graph":
             from adaptive_think.engines.graph import generate_graph
 
-            layer = self.probe.layer if self.probe is not None else None
+            layer = self.probe.layer if (self.probe is not None and not self.probe.reads_logits) else None
             out = generate_graph(self.model, controller, input_ids, probe_layer=layer, **kwargs)
         else:
             from adaptive_think.engines.hf import generate_hf
@@ -192,6 +198,8 @@ class AdaptiveThinker:
 
     def _probe_layer(self, think) -> int | None:
         configs = [think] if isinstance(think, ThinkConfig) else think
-        return self.probe.layer if (self.probe is not None and any(c.policy == "probe" for c in configs)) else None
+        if self.probe is None or self.probe.reads_logits:  # a score file reads the logits, no layer
+            return None
+        return self.probe.layer if any(c.policy == "probe" for c in configs) else None
 
     __call__ = generate

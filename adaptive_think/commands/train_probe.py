@@ -104,7 +104,7 @@ def run(args) -> int:
 
 def ladder_summary(probe, out) -> dict:
     """What train-probe and calibrate print when done: every rung's thresholds and calibration result."""
-    return {"out": str(out), "layer": probe.layer, "default_effort": probe.default_effort,
+    return {"out": str(out), "layer": probe.layer, "kind": probe.kind, "default_effort": probe.default_effort,
             "ladder": {r.name: {"epsilon": r.epsilon, "delta": r.delta, "ready_threshold": r.ready_threshold,
                                 "skip_threshold": r.skip_threshold, "achieved": r.calibration["achieved"],
                                 "family": r.calibration.get("family"), "strata": r.calibration.get("strata"),

@@ -4,6 +4,7 @@
                           encode=encode, eos_ids=(eos,), probe=probe, vocab_size=V, device="cuda")
     ctl.begin(prompt_ids)                      # [B, S]: every row from its prompt and config
     forced = ctl.step(last_token, hidden)      # [B] per decode step: token to force, -1 for none
+    forced = ctl.step(last_token, logits=lg)   # with a score file (training-free): the step's logits [B, V]
     ctl.finish(last_token); ctl.reports()      # one ThinkReport per row (the only host sync)
 
 Rows that come and go (vLLM-style slots): `allocate(B)` makes B idle rows, `init_rows(rows, prompts,
@@ -48,6 +49,7 @@ from adaptive_think.controller.state import (
     ProbeTensors,
 )
 from adaptive_think.controller.dispatch import controller_step
+from adaptive_think.controller.logit_score import logit_score
 from adaptive_think.controller.step import observe_final_reference
 from adaptive_think.markers import ThinkMarkers
 
@@ -111,9 +113,11 @@ def _as_prompts(prompt_ids, device) -> torch.Tensor:
 
 
 def _probe_tensors(probe) -> ProbeTensors | None:
-    """The kernel layout of a `Probe` (its `.tensors()`) or of bare `ProbeTensors`."""
+    """The kernel layout of a `Probe` (its `.tensors()`) or of bare `ProbeTensors`; None for a score file."""
     if probe is None or isinstance(probe, ProbeTensors):
         return probe
+    if getattr(probe, "reads_logits", False):
+        return None
     return probe.tensors()
 
 
@@ -123,7 +127,8 @@ class ThinkController:
     encode: text -> token ids (no special tokens), for exit and stop texts; empty_ids: tokens between the
     markers of the template's empty block (written by a skip); probe: a `Probe` (weights, calibrated
     thresholds and policy defaults) when any row may use policy "probe" (bare `ProbeTensors` work when the
-    probe rows set their thresholds); is_boundary: [V] bool mask
+    probe rows set their thresholds), or a score file (`Probe` of kind "close-margin" / "entropy": the probe rows'
+    score comes from the step's logits, passed to `step`); is_boundary: [V] bool mask
     (needed by rows that stop only at a boundary); force_capacity: width of the per-row forced-token
     buffer (default: what the rows need, at least 64); decoding: "greedy" or "sampled", the calibration of
     the probe's thresholds that rows whose config leaves `decoding` None take.
@@ -148,9 +153,10 @@ class ThinkController:
         settings = [self._resolve(c) for c in self.configs]
         need = needed_capacity(settings, markers.open_ids, self.empty_ids, markers.close_ids)
         self.force_capacity = force_capacity if force_capacity is not None else max(need, MIN_FORCE_CAPACITY)
+        score = probe.logit_score(markers.close_ids[0]) if getattr(probe, "reads_logits", False) else None
         self.spec = ControllerSpec.build(
             markers.open_ids, markers.close_ids, eos_ids, is_boundary=is_boundary,
-            probe=_probe_tensors(probe), vocab_size=vocab_size, device=self.device)
+            probe=_probe_tensors(probe), vocab_size=vocab_size, device=self.device, score=score)
         self.traces = any(s.trace for s in settings)  # keep per-step score snapshots
         self.params: RowParams | None = None
         self.state: ControllerState | None = None
@@ -180,6 +186,11 @@ class ThinkController:
     def needs_hidden(self) -> bool:
         """Whether `step` needs the probe layer's hidden state (the controller has a probe)."""
         return self.spec.probe is not None
+
+    @property
+    def needs_logits(self) -> bool:
+        """Whether `step` needs the step's logits (the controller has a training-free score file)."""
+        return self.spec.score is not None
 
     def allocate(self, batch_size: int) -> ControllerState:
         """State and params for batch_size idle rows (DONE, policy full); `init_rows` starts rows."""
@@ -251,16 +262,26 @@ class ThinkController:
 
     # -- steps ----------------------------------------------------------------------------------------
 
-    def step(self, last_token: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, last_token: torch.Tensor, hidden: torch.Tensor | None = None,
+             logits: torch.Tensor | None = None) -> torch.Tensor:
         """One decode step for all rows: [B] token to force (-1 for none). No host sync.
 
-        last_token: [B] int (contiguous); hidden: [B, D] probe-layer hidden state (when `needs_hidden`).
+        last_token: [B] int (contiguous); hidden: [B, D] probe-layer hidden state (when `needs_hidden`);
+        logits: [B, V] this step's next-token logits (when `needs_logits`: the score file's score is read from
+        them inside the step; the scores the engine samples from, before any warper).
         """
         if self.state is None:
             raise RuntimeError("ThinkController.step called before begin(prompt_ids).")
         if hidden is not None and hidden.device != self.device:
             hidden = hidden.to(self.device, non_blocking=True)
-        controller_step(hidden if self.needs_hidden else None, last_token, self.state, self.params, self.spec, impl=self.impl)
+        score = None
+        if self.needs_logits:
+            if logits is None:
+                raise ValueError("ThinkController.step: this controller's score file reads the step's logits; pass "
+                                 "logits=[B, V].")
+            score = logit_score(logits.to(self.device, non_blocking=True), self.spec.score, self.impl)  # [B]
+        controller_step(hidden if self.needs_hidden else None, last_token, self.state, self.params, self.spec,
+                        impl=self.impl, score=score)
         if self.traces:
             self._trace.append(self.state.score.clone())
         return self.state.forced

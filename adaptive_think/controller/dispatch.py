@@ -22,15 +22,17 @@ from adaptive_think.kernels import resolve_impl
 
 
 def controller_step(hidden: torch.Tensor | None, last_token: torch.Tensor, state: ControllerState,
-                    params: RowParams, spec: ControllerSpec, impl: str = "auto") -> None:
+                    params: RowParams, spec: ControllerSpec, impl: str = "auto",
+                    score: torch.Tensor | None = None) -> None:
     """Run one controller step in place on `state`.
 
-    hidden: [B, D] probe-layer hidden state (None: no probe scores); last_token: [B] int.
+    hidden: [B, D] probe-layer hidden state (None: no probe scores); last_token: [B] int; score: [B] fp32 the
+    step's logit score when `spec.score` is set (controller/logit_score.py).
     Example:
         >>> controller_step(h[:, -1], tokens[:, -1], state, params, spec); forced = state.forced  # [B], -1 = none
     """
     if resolve_impl(impl, state.ints.device) == "triton":
         from adaptive_think.controller.kernel_buffers import controller_step_triton
 
-        return controller_step_triton(hidden, last_token, state, params, spec)
-    return controller_step_reference(hidden, last_token, state, params, spec)
+        return controller_step_triton(hidden, last_token, state, params, spec, score=score)
+    return controller_step_reference(hidden, last_token, state, params, spec, score)

@@ -231,14 +231,14 @@ def check_inputs(hidden, last_token, state: ControllerState, params: RowParams, 
 
 def controller_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, state: ControllerState,
                            params: RowParams, spec: ControllerSpec, split: bool = False,
-                           levels: int | None = None) -> None:
+                           levels: int | None = None, score: torch.Tensor | None = None) -> None:
     """One controller step in place on `state` in one Triton launch (the contract of controller_step_reference).
 
     hidden: [B, D] bf16/fp16/fp32 (read when the spec has a probe); last_token: [B] int32/int64. A probe with
     memory (K features) needs state.floats [NS_FLOAT + K, B] (`ControllerState.allocate(..., memory_size=K)`).
     split: two launches (the heads, then the state machine alone), the design the fused launch is measured
     against (benchmarks/gpu_kernels.py); levels: the heads' reduction levels, 1 or 2 (None: by batch size).
-    Both give the same results.
+    Both give the same results. score: [B] fp32, the step's logit score when `spec.score` is set.
     """
     from adaptive_think.kernels.controller_step import triton_kernel as K
 
@@ -248,6 +248,13 @@ def controller_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor
         if hidden.stride(1) != 1:
             hidden = hidden.contiguous()  # the kernel reads each row's features at unit stride
         probe, probe_layout = packed_probe(spec.probe)
+    elif spec.score is not None and score is not None:
+        batch = state.batch_size
+        if not (torch.is_tensor(score) and score.shape == (batch,) and score.device == state.ints.device):
+            raise ValueError(f"controller_step_triton: score must be a [{batch}] tensor on {state.ints.device}, got "
+                             f"{tuple(getattr(score, 'shape', ()))} on {getattr(score, 'device', None)}")
+        hidden = score.float().contiguous()  # the logit score comes in where the hidden state would
+        probe, probe_layout = state.floats, K.NO_PROBE._replace(SCORE=2 if spec.score.skip else 1)
     else:
         probe, probe_layout = state.floats, K.NO_PROBE  # never read
     spec_buffer, spec_layout = packed_spec(spec)

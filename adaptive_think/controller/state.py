@@ -97,6 +97,29 @@ class ProbeTensors:
         return 0 if self.memory_w is None else int(self.memory_w.shape[0])
 
 
+# Training-free ready scores read from the step's logits (a score file's head kind, see probe/probe.py).
+SCORE_KINDS = ("close-margin", "entropy")
+
+
+@dataclass(frozen=True)
+class LogitScore:
+    """A ready score computed from the step's logits [B, V] instead of a probe head (controller/logit_score.py).
+
+    kind: "close-margin" (p(close) / p(top), through the close marker's first token) or "entropy"
+    (exp(-entropy)); both lie in [0, 1], 1 = the model is sure (of closing / of its next token).
+    close_id: the close marker's first token; skip: the same score at a row's step 0 is its skip score
+    (False: a NaN skip score, which never skips).
+    """
+
+    kind: str
+    close_id: int
+    skip: bool = False
+
+    def __post_init__(self):
+        if self.kind not in SCORE_KINDS:
+            raise ValueError(f"LogitScore.kind must be one of {SCORE_KINDS}, got {self.kind!r}.")
+
+
 def failure_links(marker) -> list[int]:
     """KMP failure links of a token sequence: fail[k] = length of the longest proper prefix of marker[:k+1]
     that is also its suffix. A matcher that has matched k tokens and sees a mismatch falls back to fail[k-1]."""
@@ -128,11 +151,16 @@ class ControllerSpec:
     eos_ids: torch.Tensor  # [Ne] int64 (Ne >= 1; -1 pads when the model has no eos)
     is_boundary: torch.Tensor  # [V] bool: token ends a sentence or paragraph
     probe: ProbeTensors | None = None
+    score: LogitScore | None = None  # a training-free score read from the logits (then probe is None)
 
     @classmethod
     def build(cls, open_ids, close_ids, eos_ids=(), is_boundary: torch.Tensor | None = None,
-              probe: ProbeTensors | None = None, vocab_size: int | None = None, device="cpu") -> "ControllerSpec":
-        """The spec of markers (token id sequences), eos ids, a [V] boundary mask (zeros when None) and a probe."""
+              probe: ProbeTensors | None = None, vocab_size: int | None = None, device="cpu",
+              score: LogitScore | None = None) -> "ControllerSpec":
+        """The spec of markers (token id sequences), eos ids, a [V] boundary mask (zeros when None) and a probe
+        (trained heads) or a logit score (training-free), not both."""
+        if probe is not None and score is not None:
+            raise ValueError("ControllerSpec: give a probe (trained heads) or a logit score, not both.")
         if not open_ids or not close_ids:
             raise ValueError("ControllerSpec needs non-empty open and close markers (token id sequences).")
         if is_boundary is None:
@@ -146,7 +174,7 @@ class ControllerSpec:
             close_ids=torch.tensor(tuple(close_ids), **long), close_fail=torch.tensor(failure_links(close_ids), **i32),
             eos_ids=torch.tensor(tuple(eos_ids) or (-1,), **long),
             is_boundary=is_boundary.to(device=device, dtype=torch.bool).contiguous(),
-            probe=probe.to(device) if probe is not None else None,
+            probe=probe.to(device) if probe is not None else None, score=score,
         )
 
 

@@ -12,7 +12,9 @@ policy parameters (`RowParams`) and its own step counter (docs/design.md, "The c
    - THINKING: count the token as thinking unless it is eos, match the close marker (the model's own
      close: `natural`); markers are matched with KMP failure links, so self-overlapping markers are found;
    - eos ends the row (DONE).
-2. score: ready head every step, skip head at the row's step 0 (probe rows only; NaN elsewhere);
+2. score: ready head every step, skip head at the row's step 0 (probe rows only; NaN elsewhere); with a
+   training-free logit score (`spec.score`) both come from the step's precomputed score [B] instead
+   (controller/logit_score.py), the skip one only when the score file keeps it;
 3. decide: skip (a row's step 0 for probe / none; policy none also skips every later block at once),
    budget (the row's count reaches max_think minus its stop text), or probe stop (min tokens, EMA
    smoothing, patience, optionally only after a boundary token);
@@ -190,11 +192,13 @@ def controller_step_reference(
     state: ControllerState,
     params: RowParams,
     spec: ControllerSpec,
+    score: torch.Tensor | None = None,
 ) -> None:
     """Run one controller step in place on `state` for every row.
 
     hidden: [B, D] the probe layer's hidden state at the last position (None: no probe scores, NaN).
     last_token: [B] int, the token each row wrote at its previous step (ignored at a row's step 0).
+    score: [B] fp32 this step's logit score (`logit_score`), read when `spec.score` is set (None: NaN).
     Writes state.forced [B] (token to force or -1) and state.score [B]; advances state.step [B].
 
     Example:
@@ -223,6 +227,9 @@ def controller_step_reference(
             memory = torch.where(reads_thought[None], torch.maximum(memory, feats), memory)
         ready, skip = feature_scores(x, spec.probe, None if memory is None else memory.t())
         ready, skip = torch.where(is_probe, ready, nan), torch.where(is_probe, skip, nan)
+    elif spec.score is not None and score is not None:
+        ready = torch.where(is_probe, score.float(), nan)
+        skip = ready if spec.score.skip else nan
     else:
         ready, skip = nan, nan
     score = torch.where(first, skip, ready)

@@ -41,7 +41,8 @@ class ThinkLogitsProcessor(LogitsProcessor):
         else:  # only at the first step of an inputs_embeds call, where the last token is not read
             last = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
         last = last.to(self.controller.device, non_blocking=True)
-        forced = self.controller.step(last, hidden)  # [B]
+        # a score file reads these scores: the logits after the processors before ours, before any warper
+        forced = self.controller.step(last, hidden, scores if self.controller.needs_logits else None)  # [B]
         forced = forced.to(scores.device, non_blocking=True)  # a no-op unless the head sits on another GPU
         steer = (forced >= 0)[:, None]  # [B, 1]
         at = forced.clamp(min=0)[:, None]  # [B, 1]

@@ -200,7 +200,14 @@ class DecodeRunner:
     def _choose(self, logits: torch.Tensor, last: torch.Tensor) -> None:
         """Controller step, forcing, sampling, eos bookkeeping for logits [B, V] after feeding `last` [B]."""
         tok = sample(logits.float(), *self.sampling)  # [B]
-        self._settle(tok, self.ctl.step(last, self.hidden) if self.ctl is not None else None)
+        self._settle(tok, self._control(last, logits))
+
+    def _control(self, last: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """The controller's step after feeding `last` [B] -> forced [B] (None without a controller); a score file
+        reads the raw logits [B, V] (before temperature / top-k / top-p, as on the hf engine)."""
+        if self.ctl is None:
+            return None
+        return self.ctl.step(last, self.hidden, logits if self.ctl.needs_logits else None)
 
     def _settle(self, tok: torch.Tensor, forced: torch.Tensor | None) -> None:
         """Forcing ([B], -1 = none), pad after eos, done flags, token record for the sampled tok [B]."""
@@ -266,15 +273,16 @@ class DecodeRunner:
         """One decode step on static buffers only: no host sync, no allocation the graph cannot replay.
 
         Attends to the first `self.attend` cache slots: the caller makes sure the step's slot is among them."""
-        tok = self._decode_head()
-        self._decode_tail(tok, self.ctl.step(self.cur, self.hidden) if self.ctl is not None else None)
+        tok, logits = self._decode_head()
+        self._decode_tail(tok, self._control(self.cur, logits))
 
-    def _decode_head(self) -> torch.Tensor:
-        """The step up to the controller: the forward (which fills `hidden`) and sampling -> token [B]."""
+    def _decode_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step up to the controller: the forward (which fills `hidden`) and sampling -> (token [B], logits
+        [B, V])."""
         self.valid.index_fill_(1, self.slot, True)
         mask = self._mask(self.valid[:, None, None, : self.attend])  # [B, 1, 1, l]
         logits = self._forward(self.cur[:, None], mask, self.pos[:, None])  # [B, V]
-        return sample(logits.float(), *self.sampling)
+        return sample(logits.float(), *self.sampling), logits
 
     def _decode_tail(self, tok: torch.Tensor, forced: torch.Tensor | None) -> None:
         """The step after the controller: forcing, done flags, token record, positions."""
@@ -293,8 +301,8 @@ class DecodeRunner:
         head, tail = compile_step(self._decode_head), compile_step(self._decode_tail)
 
         def step() -> None:
-            tok = head()
-            tail(tok, self.ctl.step(self.cur, self.hidden))
+            tok, logits = head()
+            tail(tok, self._control(self.cur, logits))
 
         return step
 

@@ -8,6 +8,11 @@ with memory (`memory_size` K; weights `memory_w` [K, D], `memory_b` [K], and a r
 features, see memory.py); a memoryless probe is still written as format 2. Format 1 files (one calibrated
 point, no ladder) still load.
 
+A score file (format 4) is a probe without weights: its head `kind` is a training-free score read from the
+step's logits ("close-margin" or "entropy", controller/logit_score.py), calibrated into the same ladder
+(`adaptive-think calibrate-score`), with the same fingerprint check. It holds probe.json alone; `skip_kind`
+says whether the same score at the prompt's end is the skip score ("close-margin") or no skip is made (null).
+
     >>> probe = Probe.from_pretrained("my-probe/")
     >>> probe.check_model(model)                       # clear error if it was trained on another model
     >>> ready, skip = probe.score(hidden)              # hidden [B, D] -> two [B] probabilities
@@ -23,13 +28,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from adaptive_think.controller.state import ProbeTensors
+from adaptive_think.controller.state import SCORE_KINDS, LogitScore, ProbeTensors
 from adaptive_think.files import atomic_write
 from adaptive_think.probe.ladder import Rung, select_rung
 
 FORMAT_VERSION = 2
 MEMORY_FORMAT_VERSION = 3  # written only by probes with memory, which older readers cannot run
-READABLE_VERSIONS = (1, 2, 3)
+SCORE_FORMAT_VERSION = 4  # written only by score files (no weights), which older readers cannot run
+READABLE_VERSIONS = (1, 2, 3, 4)
 WEIGHTS_NAME = "probe.safetensors"
 CONFIG_NAME = "probe.json"
 HEADS = ("ready", "skip")
@@ -51,10 +57,11 @@ def model_fingerprint(model) -> dict:
 
 @dataclass
 class Probe:
-    """Two heads (`ready`, `skip`) on normalised features of decoder layer `layer`."""
+    """Two heads (`ready`, `skip`) on normalised features of decoder layer `layer`; or, for kind "close-margin" /
+    "entropy", a training-free score read from the logits (no weights, no layer: `reads_logits`)."""
 
-    layer: int
-    kind: str  # "linear" | "mlp"
+    layer: int  # -1 for a score file
+    kind: str  # "linear" | "mlp" | "close-margin" | "entropy"
     weights: dict[str, torch.Tensor]  # mean, inv_std, {ready,skip}_{w1,b1,w2,b2}[, memory_w, memory_b]
     fingerprint: dict
     ready_threshold: float = 0.5
@@ -65,13 +72,25 @@ class Probe:
     policy_defaults: dict = field(default_factory=lambda: {"exit_text": "\n\n", "stop_at_boundary": True})
     ladder: list[Rung] = field(default_factory=list)  # effort rungs, most conservative first; [] = one point
     default_effort: str | None = None  # the rung the top-level thresholds come from
+    # a score file: the same score at the prompt's end is the skip score ("close-margin"), or None: never skips
+    skip_kind: str | None = None
 
     def __post_init__(self):
         if self.ladder and self.default_effort not in {r.name for r in self.ladder}:
             raise ValueError(f"Probe.default_effort={self.default_effort!r} is not one of its rungs "
                              f"{[r.name for r in self.ladder]}.")
-        if self.kind not in ("linear", "mlp"):
-            raise ValueError(f"Probe.kind must be 'linear' or 'mlp', got {self.kind!r}.")
+        if self.kind not in ("linear", "mlp") + SCORE_KINDS:
+            raise ValueError(f"Probe.kind must be 'linear', 'mlp' or a training-free score {SCORE_KINDS}, "
+                             f"got {self.kind!r}.")
+        if self.reads_logits:
+            if self.weights:
+                raise ValueError(f"A {self.kind!r} score file has no weights, got {sorted(self.weights)}.")
+            if self.skip_kind not in (None, self.kind):
+                raise ValueError(f"skip_kind={self.skip_kind!r}: a {self.kind!r} score file skips on its own score "
+                                 f"({self.kind!r}) or not at all (None).")
+            return
+        if self.skip_kind is not None:
+            raise ValueError("skip_kind belongs to score files (kind 'close-margin' / 'entropy'), not trained heads.")
         missing = [k for k in self.weight_names() if k not in self.weights]
         if missing:
             raise ValueError(f"Probe weights are missing {missing}.")
@@ -95,17 +114,39 @@ class Probe:
                 if got != shape:
                     raise ValueError(f"Probe weight {head}_{part} has shape {got}, expected {shape}.")
 
+    @classmethod
+    def training_free(cls, kind: str, model, skip: bool = False, provenance: dict | None = None) -> "Probe":
+        """An uncalibrated score file of `kind` for `model` (or a fingerprint dict): it never stops until a
+        ThinkConfig sets an explicit threshold, which carries no accuracy guarantee; `adaptive-think
+        calibrate-score` calibrates one."""
+        fp = dict(model) if isinstance(model, dict) else model_fingerprint(model)
+        return cls(layer=-1, kind=kind, weights={}, fingerprint=fp, ready_threshold=2.0, skip_threshold=2.0,
+                   skip_kind=kind if skip else None, provenance=provenance or {"calibrated": False})
+
+    @property
+    def reads_logits(self) -> bool:
+        """A score file: the ready score comes from the step's logits, not from a layer's hidden state."""
+        return self.kind in SCORE_KINDS
+
+    def logit_score(self, close_id: int) -> LogitScore:
+        """The controller's `LogitScore` of a score file, for a model whose close marker starts with close_id."""
+        if not self.reads_logits:
+            raise ValueError(f"This probe's heads read hidden states (kind {self.kind!r}), not the logits.")
+        return LogitScore(self.kind, int(close_id), skip=self.skip_kind is not None)
+
     @staticmethod
     def weight_names() -> list[str]:
         return ["mean", "inv_std"] + [f"{h}_{p}" for h in HEADS for p in HEAD_PARTS]
 
     @property
     def hidden_size(self) -> int:
+        if self.reads_logits:
+            return int(self.fingerprint.get("hidden_size", 0))
         return int(self.weights["mean"].shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.weights["ready_w1"].shape[0])
+        return 0 if self.reads_logits else int(self.weights["ready_w1"].shape[0])
 
     @property
     def memory_size(self) -> int:
@@ -116,6 +157,9 @@ class Probe:
 
     def tensors(self, device="cpu") -> ProbeTensors:
         """The weights in the layout the step kernels read."""
+        if self.reads_logits:
+            raise ValueError(f"A {self.kind!r} score file has no weights: the controller reads its score from the "
+                             "logits (Probe.logit_score).")
         w = {k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in self.weights.items()}
         return ProbeTensors(relu=self.kind == "mlp", **w)
 
@@ -174,10 +218,17 @@ class Probe:
         diffs = [f"{k}: probe {self.fingerprint.get(k)!r} vs model {theirs[k]!r}" for k in theirs
                  if self.fingerprint.get(k) != theirs[k]]
         if diffs:
+            if self.reads_logits:
+                raise ValueError(
+                    f"This {self.kind!r} score file was calibrated on a different model (" + "; ".join(diffs) + "). "
+                    "Calibrate one for this model with `adaptive-think calibrate-score --model DIR --questions FILE`."
+                )
             raise ValueError(
                 "This probe was trained on a different model (" + "; ".join(diffs) + "). "
                 "Train a probe for this model with `adaptive-think collect` and `adaptive-think train-probe`."
             )
+        if self.reads_logits:
+            return
         if not 0 <= self.layer < theirs["num_hidden_layers"]:
             raise ValueError(f"Probe layer {self.layer} does not exist in a model of {theirs['num_hidden_layers']} layers.")
 
@@ -202,6 +253,22 @@ class Probe:
     # -- files -----------------------------------------------------------------------------------
 
     def config_dict(self) -> dict:
+        if self.reads_logits:
+            return {
+                "format_version": SCORE_FORMAT_VERSION,
+                "kind": self.kind,
+                "layer": -1,
+                "skip_kind": self.skip_kind,
+                "score": {"close-margin": "exp(logit[close marker's first token] - max logit) = p(close) / p(top)",
+                          "entropy": "exp(-entropy of the next-token distribution, nats)"}[self.kind],
+                "thresholds": {"ready": self.ready_threshold, "skip": self.skip_threshold},
+                "calibration": self.calibration,
+                "provenance": self.provenance,
+                "policy_defaults": self.policy_defaults,
+                "model_fingerprint": self.fingerprint,
+                "ladder": [r.to_dict() for r in self.ladder],
+                "default_effort": self.default_effort,
+            }
         return {
             "format_version": MEMORY_FORMAT_VERSION if self.memory_size else FORMAT_VERSION,
             "memory_size": self.memory_size,
@@ -225,18 +292,31 @@ class Probe:
         """Write probe.safetensors and probe.json into `folder` (created if needed), atomically."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.weights.items()}
-        atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        if self.reads_logits:  # a score file is probe.json alone; a stale weights file would contradict it
+            if (folder / WEIGHTS_NAME).exists():
+                (folder / WEIGHTS_NAME).unlink()
+        else:
+            tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.weights.items()}
+            atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         text = json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n"
         atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
         return folder
+
+    @staticmethod
+    def _is_score_file(cfg_path: Path) -> bool:
+        """Whether probe.json names a training-free score (then no weights file is needed)."""
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, ValueError):
+            return False  # the full load below says what is wrong
+        return isinstance(cfg, dict) and cfg.get("kind") in SCORE_KINDS
 
     @classmethod
     def from_pretrained(cls, folder) -> "Probe":
         """Load a probe folder; FileNotFoundError or ValueError saying what is wrong with it."""
         folder = Path(folder)
         cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
+        for p in (cfg_path,) if cls._is_score_file(cfg_path) else (cfg_path, w_path):
             if not p.is_file():
                 raise FileNotFoundError(
                     f"Probe file {str(p)!r} not found: a probe folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
@@ -254,6 +334,15 @@ class Probe:
         for key in ("layer", "kind", "model_fingerprint", "thresholds"):
             if key not in cfg:
                 raise ValueError(f"{str(cfg_path)!r} lacks the field {key!r}; the file is incomplete. Re-save the probe.")
+        if cfg["kind"] in SCORE_KINDS:
+            return cls(
+                layer=-1, kind=cfg["kind"], weights={}, fingerprint=cfg["model_fingerprint"],
+                ready_threshold=float(cfg["thresholds"]["ready"]), skip_threshold=float(cfg["thresholds"]["skip"]),
+                calibration=cfg.get("calibration", {}), provenance=cfg.get("provenance", {}),
+                policy_defaults=cfg.get("policy_defaults", {"exit_text": "\n\n", "stop_at_boundary": True}),
+                ladder=[Rung.from_dict(r, str(cfg_path)) for r in cfg.get("ladder") or []],
+                default_effort=cfg.get("default_effort"), skip_kind=cfg.get("skip_kind"),
+            )
         try:
             weights = load_file(str(w_path))
         except (SafetensorError, OSError, ValueError) as err:

@@ -27,6 +27,7 @@ from transformers import LogitsProcessor
 
 from adaptive_think.config import decoding_of
 from adaptive_think.controller import boundary_mask
+from adaptive_think.controller.logit_score import checkpoint_scores
 from adaptive_think.engines.layer_hook import LayerCapture
 from adaptive_think.files import exclusive_lock
 from adaptive_think.loading import chat_prompt
@@ -66,6 +67,9 @@ class CollectConfig:
     # keep every thought token's state too (tensors `thought_layer{l}`; a question's prompt record counts its rows
     # in `thought_states`): what a head with memory over the whole thought trains on; about 3x the disk
     token_states: bool = False
+    # False: store no hidden states at all (the cheap collection a training-free score file calibrates on;
+    # every record still carries its logit scores, see _StepRecorder)
+    states: bool = True
     fail_fast: bool = True  # stop after the first batch when the data cannot train a probe (not a setting of the data)
     extra: dict = field(default_factory=dict)
 
@@ -76,6 +80,8 @@ class CollectConfig:
         if unknown:
             raise ValueError(f"sampling={self.sampling}: {sorted(unknown)} are not sampling settings "
                              "(do_sample, temperature, top_p, top_k, min_p).")
+        if self.token_states and not self.states:
+            raise ValueError("token_states=True keeps every thought token's state, states=False keeps none: choose one.")
         if self.sampling and not self.sampling.get("do_sample"):
             raise ValueError(f"sampling={self.sampling} sets sampling parameters without do_sample=True.")
 
@@ -103,19 +109,32 @@ def _seed_batch(cfg: CollectConfig, first_id: str) -> None:
 
 
 class _StepRecorder(LogitsProcessor):
-    """Keeps, per decode step, the candidate layers' hidden states at the last position: [B, L, D]."""
+    """Keeps, per decode step, the candidate layers' hidden states at the last position ([B, L, D], unless
+    `states` is False) and the training-free scores of the step's logits ([B, 2]: close-margin, entropy score)."""
 
-    def __init__(self, model, layers: list[int]):
+    def __init__(self, model, layers: list[int], close_id: int, states: bool = True):
         self.steps: list[torch.Tensor] = []
+        self.scores: list[torch.Tensor] = []
+        self.close_id = close_id
         # every layer's state lands on one device (device_map="auto" spreads the layers over GPUs)
-        self.capture = LayerCapture(model, layers, device=model.device)
+        self.capture = LayerCapture(model, layers, device=model.device) if states else None
 
     def __call__(self, input_ids, scores):
-        self.steps.append(self.capture.stacked().to("cpu", torch.float16))
+        if self.capture is not None:
+            self.steps.append(self.capture.stacked().to("cpu", torch.float16))
+        self.scores.append(torch.stack(list(checkpoint_scores(scores, self.close_id).values()), -1).cpu())
         return scores
 
     def remove(self):
-        self.capture.remove()
+        if self.capture is not None:
+            self.capture.remove()
+
+
+def _logit_fields(scores: torch.Tensor) -> dict:
+    """A record's training-free scores from one step's [2] (close-margin, entropy score): what the controller would
+    read from the same logits at that step (controller/logit_score.py)."""
+    cm, ent = scores.tolist()
+    return {"close_margin": cm, "entropy_score": ent}
 
 
 @torch.no_grad()
@@ -152,13 +171,16 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
     mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
     decode = dict(cfg.sampling) if cfg.sampling else {"do_sample": False}
     _seed_batch(cfg, items[0].id)
-    recorder = _StepRecorder(model, layers)
+    recorder = _StepRecorder(model, layers, markers.close_ids[0], cfg.states)
     try:
         gen = model.generate(input_ids=ids, attention_mask=mask.to(model.device), max_new_tokens=cfg.max_new_tokens,
                              logits_processor=[recorder], pad_token_id=pad, **decode)
     finally:
         recorder.remove()
-    steps = torch.stack(recorder.steps, 1)  # [B, T, L, D]
+    step_scores = torch.stack(recorder.scores, 1)  # [B, T, 2]: close-margin, entropy score of each step's logits
+    # without states, a [B, T, L, 0] stand-in keeps the indexing below
+    steps = (torch.stack(recorder.steps, 1) if cfg.states
+             else torch.zeros(*step_scores.shape[:2], len(layers), 0, dtype=torch.float16))  # [B, T, L, D]
     gen = gen[:, width:].tolist()
 
     no_think = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, cfg.exit_text), add_special_tokens=False)
@@ -181,7 +203,7 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
                     **({"category": it.category} if it.category else {}))  # what --strata category reads
         # the end of the raw output, for diagnosing a checker that reads nothing
         records.append(dict(base, kind=KIND_PROMPT, pos=0, label=nothink_ok, boundary=False,
-                            output_tail=full_text[-OUTPUT_TAIL_CHARS:]))
+                            output_tail=full_text[-OUTPUT_TAIL_CHARS:], **_logit_fields(step_scores[b, 0])))
         rows.append(steps[b, 0])
         if body is None:
             continue
@@ -196,7 +218,8 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
             periodic = cfg.every > 0 and (j + 1) % cfg.every == 0
             if not (periodic or is_b or j == thought_len - 1):  # the last one: exit = natural close
                 continue
-            records.append(dict(base, kind=KIND_THOUGHT, pos=j + 1, label=None, boundary=is_b))
+            records.append(dict(base, kind=KIND_THOUGHT, pos=j + 1, label=None, boundary=is_b,
+                                **_logit_fields(step_scores[b, gi + 1])))
             rows.append(steps[b, gi + 1])  # step gi + 1 sees token gi as its last
             exits.append((len(records) - 1, prompts[b] + g[: gi + 1] + list(markers.close_ids) + list(exit_ids)))
     answer_of = {it.id: it.answer for it in items}
@@ -253,7 +276,8 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
     del settings["fail_fast"]  # how to react to bad data, not a property of the data
     index = read_index(out, rank)
     if index is not None:  # collections recorded before these settings existed were greedy, without token states
-        index["settings"] = {"sampling": {}, "sampling_seed": 0, "token_states": False, **index["settings"]}
+        index["settings"] = {"sampling": {}, "sampling_seed": 0, "token_states": False, "states": True,
+                             **index["settings"]}
     if index is None:
         index = {"version": 1, "settings": settings, "shards": [], "done": []}
     elif index["settings"] != settings:
@@ -274,7 +298,7 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
         if not pending_ids:
             return
         hidden = torch.cat(pending_hidden)  # [N, L, D]
-        tensors = {f"layer{l}": hidden[:, i] for i, l in enumerate(layers)}
+        tensors = {f"layer{l}": hidden[:, i] for i, l in enumerate(layers)} if cfg.states else {}
         if cfg.token_states:
             thought = torch.cat(pending_thought)  # [sum of thought_states, L, D]
             tensors.update({f"{THOUGHT_PREFIX}{l}": thought[:, i] for i, l in enumerate(layers)})

@@ -3,6 +3,9 @@
 The ready score of a thought checkpoint is the probe's score after the token at `pos - 1` (a memory probe reads
 the running maxima over the thought so far, `Probe.score_thought`); the skip score is read at each question's
 prompt record. These are the scores `calibrate.py` simulates the policy with.
+
+A score file (kind "close-margin" / "entropy") needs no hidden states: its scores are the ones the collection
+recorded from each checkpoint's logits (`record_scores`).
 """
 
 from __future__ import annotations
@@ -13,9 +16,29 @@ from adaptive_think.training.health import KIND_PROMPT
 from adaptive_think.training.memory import ThoughtSet
 
 
+# the record field holding each training-free score (training/collect.py writes them)
+RECORD_FIELDS = {"close-margin": "close_margin", "entropy": "entropy_score"}
+
+
+def record_scores(kind: str, records: list[dict], skip: bool) -> tuple[list[float], list[float]]:
+    """(ready, skip) of every record under training-free score `kind`: the thought records' recorded score, and
+    the prompt records' one as the skip score when `skip` (else NaN: never skips)."""
+    field = RECORD_FIELDS[kind]
+    missing = sum(field not in r for r in records)
+    if missing:
+        raise ValueError(f"{missing} of {len(records)} records carry no {field!r}: the collection predates logit "
+                         "scores. Collect again (`adaptive-think collect --no-states ...` is enough for a score file).")
+    nan = float("nan")
+    ready = [float(r[field]) if r["kind"] != KIND_PROMPT else nan for r in records]
+    skips = [float(r[field]) if (skip and r["kind"] == KIND_PROMPT) else nan for r in records]
+    return ready, skips
+
+
 @torch.no_grad()
 def collection_scores(probe, hidden: dict[str, torch.Tensor], records: list[dict]) -> tuple[list[float], list[float]]:
     """(ready, skip) score of every record (NaN where the head does not apply or the thought has no states)."""
+    if probe.reads_logits:
+        return record_scores(probe.kind, records, probe.skip_kind is not None)
     key = f"layer{probe.layer}"
     if key not in hidden:
         raise ValueError(f"The collection holds layers {sorted(hidden)} but the probe reads layer {probe.layer}: "

@@ -34,6 +34,9 @@ Design:
   once the state machine has observed the row's last token. The machine updates m (`_update_memory`) and
   finishes the ready head on [x, m] (`_head_logit`).
 - Without a probe (or without hidden) the grid is (1, 1, 1): one program runs the state machine, no tickets.
+  A training-free logit score (`ProbeLayout.SCORE` > 0) takes the same single program: the score [B], computed
+  from the logits in front of the kernel (adaptive_think/controller/logit_score.py), comes in where the hidden
+  state would, and the machine reads it as the ready score (and at a row's step 0 as the skip score, SCORE 2).
 - STAGE 1 / 2 split the launch in two (heads, then the state machine alone): the design the fused launch is
   measured against inside a captured step (benchmarks/gpu_kernels.py).
 
@@ -116,6 +119,7 @@ class ProbeLayout(NamedTuple):
     """The probe's fp32 buffer: sizes (D = 0: no probe), activation, element offsets of each weight.
 
     ready_w1 is [H, D + K] (its last K columns read the memory), skip_w1 [HS, D], memory_w [K, D].
+    SCORE (with D = 0): 1 = a precomputed logit score [B] is the ready score, 2 = the skip score as well.
     """
 
     D: int
@@ -135,6 +139,7 @@ class ProbeLayout(NamedTuple):
     SB2: int
     MW: int
     MB: int
+    SCORE: int = 0
 
 
 NO_PROBE = ProbeLayout(*([0] * 4), False, *([0] * 12))
@@ -380,9 +385,10 @@ def _kmp_advance(match, tok, marker_ptr, fail_ptr, N: tl.constexpr, rmask):
 
 
 @triton.jit
-def _state_machine(tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr, force_ptr,
+def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr, force_ptr,
                    work_ptr, B, F, L: tl.constexpr, SPEC: tl.constexpr, PROBE: tl.constexpr, TILE: tl.constexpr):
-    """Steps 1 to 4 of the reference for every row, BLOCK_R rows at a time (step 2 from the heads' partials)."""
+    """Steps 1 to 4 of the reference for every row, BLOCK_R rows at a time (step 2 from the heads' partials, or
+    from the logit score [B] at hidden_ptr)."""
     _, shares, zpark = _regions(work_ptr, B, TILE)
     open_ids = (spec_ptr + SPEC.OPEN).to(tl.pointer_type(tl.int64), bitcast=True)
     open_fail = (spec_ptr + SPEC.OPEN_FAIL).to(tl.pointer_type(tl.int32), bitcast=True)
@@ -474,6 +480,12 @@ def _state_machine(tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, force
             if tl.sum((first & rmask).to(tl.int32), axis=0) > 0:
                 skip = _head_logit(probe_ptr, shares, zpark, memory, rows, rmask & first, B, 1, PROBE, TILE)
             skip = tl.where(is_probe, skip, nan)
+        elif PROBE.SCORE > 0:
+            ready = tl.where(is_probe, tl.load(hidden_ptr + rows, mask=rmask, other=0.0), nan)
+            if PROBE.SCORE == 2:
+                skip = ready
+            else:
+                skip = nan
         else:
             ready = nan
             skip = nan
@@ -541,7 +553,7 @@ def _controller_step_kernel(hidden_ptr, stride_h, tok_ptr, stride_t, probe_ptr, 
     """STAGE 0: heads and state machine in one launch (the last program to arrive runs the machine);
     1: the heads only (partials to the workspace); 2: the state machine alone (also: no probe)."""
     if STAGE == 2 or PROBE.D == 0:
-        _state_machine(tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
+        _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
                        force_ptr, work_ptr, B, F, L, SPEC, PROBE, TILE)
     else:
         tickets, shares, zpark = _regions(work_ptr, B, TILE)
@@ -567,7 +579,7 @@ def _controller_step_kernel(hidden_ptr, stride_h, tok_ptr, stride_t, probe_ptr, 
             tl.debug_barrier()
             ticket = tl.atomic_add(tickets, 1, mask=arrives, sem="acq_rel")
             if arrives & (ticket == n_arrivals - 1):
-                _state_machine(tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
+                _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
                                force_ptr, work_ptr, B, F, L, SPEC, PROBE, TILE)
                 tl.atomic_xchg(tickets, 0)  # ready for the next launch / graph replay
 
@@ -577,13 +589,17 @@ def launch(hidden: torch.Tensor | None, last_token: torch.Tensor, probe: torch.T
            layout: Layout, t: Tiling, split: bool = False) -> None:
     """Launch the step (one launch; two with `split`). state: (ints, floats, forced); params: (ints, floats, force).
 
-    hidden [B, D] with unit stride along D (None: no probe); the host side has checked every shape.
+    hidden [B, D] with unit stride along D (None: no probe); with `probe_layout.SCORE` it is the logit score [B]
+    fp32 instead (contiguous). The host side has checked every shape.
     """
     batch = state[0].shape[1]
     use_probe = probe_layout.D > 0
     if use_probe:
         grid = (t.N_H_TILES, t.N_SPLITS * triton.cdiv(batch, t.BLOCK_B), 2)
         hargs = (hidden, hidden.stride(0))
+    elif probe_layout.SCORE > 0:
+        grid = (1, 1, 1)
+        hargs = (hidden, 1)
     else:
         grid = (1, 1, 1)
         hargs = (state[1], 0)  # never read

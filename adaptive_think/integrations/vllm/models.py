@@ -39,13 +39,14 @@ def _last_token_index() -> torch.Tensor | None:
 
 
 def served_probe_layer() -> int | None:
-    """The decoder layer the served probe reads (None when no probe is served)."""
+    """The decoder layer the served probe reads (None when no probe is served, or a score file reading the logits)."""
     settings = current_settings()
     if settings.probe is None:
         return None
     from adaptive_think.probe import Probe
 
-    return Probe.from_pretrained(settings.probe).layer
+    probe = Probe.from_pretrained(settings.probe)
+    return None if probe.reads_logits else probe.layer
 
 
 class _TapMixin:

@@ -24,6 +24,7 @@ import torch
 
 from adaptive_think.config import ThinkConfig
 from adaptive_think.controller import ThinkController, controller_step
+from adaptive_think.controller.logit_score import logit_score
 from adaptive_think.controller.state import ControllerState
 
 # A prompt length no position reaches: an unsteered slot's rows are never active.
@@ -136,7 +137,7 @@ class SlotController:
     # -- one decode step (device only) --------------------------------------------------------------------
 
     def _advance(self, slots: torch.Tensor, token: torch.Tensor, hidden: torch.Tensor | None,
-                 active: torch.Tensor) -> torch.Tensor:
+                 active: torch.Tensor, score: torch.Tensor | None = None) -> torch.Tensor:
         """Step the rows of `slots` [N] whose `active` [N] is set; returns [N] forced token (-1: none).
 
         The rows are gathered into contiguous buffers (the Triton kernel's layout), stepped, and scattered
@@ -146,7 +147,8 @@ class SlotController:
                               st.forced.index_select(0, slots))
         params = type(pa)(pa.ints.index_select(1, slots), pa.floats.index_select(1, slots), pa.force.index_select(0, slots))
         before_ints, before_floats = sub.ints.clone(), sub.floats.clone()
-        controller_step(hidden, token.to(torch.int64).contiguous(), sub, params, self.ctl.spec, impl=self.impl)
+        controller_step(hidden, token.to(torch.int64).contiguous(), sub, params, self.ctl.spec, impl=self.impl,
+                        score=score)
         st.ints.index_copy_(1, slots, torch.where(active[None, :], sub.ints, before_ints))
         st.floats.index_copy_(1, slots, torch.where(active[None, :], sub.floats, before_floats))
         forced = sub.forced.masked_fill(~active, -1)
@@ -167,7 +169,9 @@ class SlotController:
         step = self.ctl.state.step.index_select(0, slots)
         active = steered & (pos.to(torch.int64) - (prompt_len - 1) == step)  # [N]: the row's own step is due
         use_hidden = hidden if (self._probe_slots and self.ctl.needs_hidden) else None
-        forced = self._advance(slots, token, use_hidden, active)
+        # a score file reads the logits vLLM hands the processor: the one place they enter the controller
+        score = logit_score(logits, self.ctl.spec.score, self.impl) if self.ctl.needs_logits else None  # [N]
+        forced = self._advance(slots, token, use_hidden, active, score)
         force_tokens(logits, forced)
         return logits
 
