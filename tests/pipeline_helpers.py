@@ -3,7 +3,7 @@ answers pass on a random model, a small collection config, and a collect that is
 
 import pytest
 
-from adaptive_think.probe import collect as collect_mod
+from adaptive_think.training import collect as collect_mod
 from adaptive_think.training.collect import CollectConfig, collect
 
 R1_TEMPLATE = (
