@@ -27,10 +27,12 @@ from transformers import LogitsProcessor
 
 from adaptive_think.config import decoding_of
 from adaptive_think.controller import boundary_mask
+from adaptive_think.engines.args import eos_token_ids
 from adaptive_think.engines.capture import LayerCapture
 from adaptive_think.files import exclusive_lock
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import ThinkMarkers, resolve_markers
+from adaptive_think.probe.branches import Branch, branch_answers, shared_route_refusal, until_eos
 from adaptive_think.probe.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.probe.items import Item, question_hash
 from adaptive_think.probe.probe import model_fingerprint
@@ -121,8 +123,10 @@ class _StepRecorder(LogitsProcessor):
 @torch.no_grad()
 def continuations(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int,
                   sampling: dict | None = None) -> list[list[int]]:
-    """Continuations of token sequences (left-padded batches): greedy, or under `sampling` (generate() kwargs)."""
+    """Continuations of token sequences (left-padded batches), each up to and including its first eos: greedy,
+    or under `sampling` (generate() kwargs)."""
     decode = dict(sampling) if sampling else {"do_sample": False}
+    eos = set(eos_token_ids(model))
     out = []
     pad = tokenizer.pad_token_id
     for i in range(0, len(sequences), batch_size):
@@ -132,8 +136,22 @@ def continuations(model, tokenizer, sequences: list[list[int]], max_new_tokens: 
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=model.device)
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
                              **decode)
-        out.extend(gen[:, width:].tolist())
+        out.extend(until_eos(g, eos) for g in gen[:, width:].tolist())
     return out
+
+
+def exit_answers(model, tokenizer, cache, prompts: list[list[int]], width: int, gen: list[list[int]],
+                 cuts: list[tuple[int, int]], forced: list[int], cfg: CollectConfig) -> list[list[int]]:
+    """The answer after each forced exit `(row, gi)`: prompt + gen[row][: gi + 1] + forced, then up to
+    max_answer_tokens decoded. On the generation's own cache (`cache`, rows left-padded to `width`) when
+    branches.py can reproduce generate() for this model; else by re-prefilling each exit through generate()."""
+    if shared_route_refusal(model, cache, cfg.sampling) is None:
+        pads = [width - len(p) for p in prompts]
+        return branch_answers(model, cache, pads, [Branch(b, width + gi) for b, gi in cuts], forced,
+                              cfg.max_answer_tokens, eos_token_ids(model), tokenizer.pad_token_id, cfg.sampling)
+    del cache  # the re-prefill path builds its own caches
+    return continuations(model, tokenizer, [prompts[b] + gen[b][: gi + 1] + forced for b, gi in cuts],
+                         cfg.max_answer_tokens, cfg.batch_size * 4, cfg.sampling)
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
@@ -153,13 +171,15 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
     decode = dict(cfg.sampling) if cfg.sampling else {"do_sample": False}
     _seed_batch(cfg, items[0].id)
     recorder = _StepRecorder(model, layers)
-    try:
-        gen = model.generate(input_ids=ids, attention_mask=mask.to(model.device), max_new_tokens=cfg.max_new_tokens,
-                             logits_processor=[recorder], pad_token_id=pad, **decode)
+    try:  # the generation's cache is kept: every forced exit decodes on it (branches.py)
+        out = model.generate(input_ids=ids, attention_mask=mask.to(model.device), max_new_tokens=cfg.max_new_tokens,
+                             logits_processor=[recorder], pad_token_id=pad, return_dict_in_generate=True, **decode)
     finally:
         recorder.remove()
     steps = torch.stack(recorder.steps, 1)  # [B, T, L, D]
-    gen = gen[:, width:].tolist()
+    gen = out.sequences[:, width:].tolist()
+    cache = out["cache"] if "cache" in out else out["past_key_values"]  # the field's name before transformers 5.2x
+    del out
 
     no_think = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, cfg.exit_text), add_special_tokens=False)
                 for it in items]
@@ -197,11 +217,11 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
                 continue
             records.append(dict(base, kind=KIND_THOUGHT, pos=j + 1, label=None, boundary=is_b))
             rows.append(steps[b, gi + 1])  # step gi + 1 sees token gi as its last
-            exits.append((len(records) - 1, prompts[b] + g[: gi + 1] + list(markers.close_ids) + list(exit_ids)))
+            exits.append((len(records) - 1, b, gi))
     answer_of = {it.id: it.answer for it in items}
-    answers = continuations(model, tokenizer, [e[1] for e in exits], cfg.max_answer_tokens, cfg.batch_size * 4,
-                            cfg.sampling)
-    for (ri, _), ans in zip(exits, answers):
+    forced = list(markers.close_ids) + list(exit_ids)
+    answers = exit_answers(model, tokenizer, cache, prompts, width, gen, [e[1:] for e in exits], forced, cfg)
+    for (ri, _, _), ans in zip(exits, answers):
         text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
         records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))
     empty = torch.zeros(0, len(layers), steps.shape[-1], dtype=steps.dtype)
