@@ -131,7 +131,8 @@ def branch_answers(model, cache: DynamicCache, pads: list[int], branches: list[B
         if len(keep) < len(live):  # rows without branches left leave the cache for good (groups only shrink)
             cache.batch_select_indices(torch.tensor(keep, device=dev))
             live = rows_k
-        idx = [[per_row[r][j] if j < len(per_row[r]) else -1 for j in range(k * g, (k + 1) * g)] for r in rows_k]
+        width = min(g, max(len(per_row[r]) for r in rows_k) - k * g)  # no padding past the fullest row's branches
+        idx = [[per_row[r][j] if j < len(per_row[r]) else -1 for j in range(k * g, k * g + width)] for r in rows_k]
         ends = torch.tensor([[branches[i].end if i >= 0 else -1 for i in row] for row in idx], device=dev)  # [B, G]
         cut = int(ends.max()) + 1
         cache.crop(cut - cache.get_seq_length())  # drops later prefix slots and the last group's answers
