@@ -78,8 +78,7 @@ def one_length(model, tok, items, T: int, every: int, answer: int, prefill: bool
                                                        progress=False, log=lambda _: None))
         row.update(collect_cpu_s=round(c_cpu, 2), collect_wall_s=round(c_wall, 2),
                    ratio_cpu=round(c_cpu / g_cpu, 2), ratio_wall=round(c_wall / g_wall, 2),
-                   thought_len=summary["health"].get("thought_len_mean"),
-                   bytes_per_question=folder_bytes(Path(tmp) / "c") // len(items))
+                   bytes_per_question=folder_bytes(Path(tmp) / "c") // len(items), cost=summary.get("cost"))
     if prefill:
         with tempfile.TemporaryDirectory() as tmp:
             real = collect_mod.shared_route_refusal

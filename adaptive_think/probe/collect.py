@@ -41,6 +41,9 @@ from adaptive_think.probe.shards import (THOUGHT_PREFIX, clean_orphans, lock_pat
 from adaptive_think.probe.thoughts import no_think_prompt, read_or_none, thought_span
 
 OUTPUT_TAIL_CHARS = 400
+# what collect counts (tokens per run): decode positions of the thoughts, prompt (and re-prefilled exit) tokens,
+# forced exits, tokens fed or decoded after them (forced + answer), no-think answer tokens
+COST_KEYS = ("generated_tokens", "prefill_tokens", "forced_exits", "exit_tokens", "nothink_tokens")
 
 
 class CollectionUnusable(ValueError):
@@ -141,7 +144,8 @@ def continuations(model, tokenizer, sequences: list[list[int]], max_new_tokens: 
 
 
 def exit_answers(model, tokenizer, cache, prompts: list[list[int]], width: int, gen: list[list[int]],
-                 cuts: list[tuple[int, int]], forced: list[int], cfg: CollectConfig) -> list[list[int]]:
+                 cuts: list[tuple[int, int]], forced: list[int], cfg: CollectConfig,
+                 cost: dict | None = None) -> list[list[int]]:
     """The answer after each forced exit `(row, gi)`: prompt + gen[row][: gi + 1] + forced, then up to
     max_answer_tokens decoded. On the generation's own cache (`cache`, rows left-padded to `width`) when
     branches.py can reproduce generate() for this model; else by re-prefilling each exit through generate()."""
@@ -150,8 +154,10 @@ def exit_answers(model, tokenizer, cache, prompts: list[list[int]], width: int, 
         return branch_answers(model, cache, pads, [Branch(b, width + gi) for b, gi in cuts], forced,
                               cfg.max_answer_tokens, eos_token_ids(model), tokenizer.pad_token_id, cfg.sampling)
     del cache  # the re-prefill path builds its own caches
-    return continuations(model, tokenizer, [prompts[b] + gen[b][: gi + 1] + forced for b, gi in cuts],
-                         cfg.max_answer_tokens, cfg.batch_size * 4, cfg.sampling)
+    sequences = [prompts[b] + gen[b][: gi + 1] + forced for b, gi in cuts]
+    if cost is not None:
+        cost["prefill_tokens"] += sum(map(len, sequences)) - len(forced) * len(sequences)  # forced: exit tokens
+    return continuations(model, tokenizer, sequences, cfg.max_answer_tokens, cfg.batch_size * 4, cfg.sampling)
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
@@ -160,8 +166,8 @@ def _decode(tokenizer, ids: list[int]) -> str:
 
 @torch.no_grad()
 def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], checker, cfg: CollectConfig,
-                  layers: list[int], boundary: torch.Tensor):
-    """Records and hidden states [N, L, D] for one batch of questions."""
+                  layers: list[int], boundary: torch.Tensor, cost: dict | None = None):
+    """Records and hidden states [N, L, D] for one batch of questions; adds its token counts to `cost` (COST_KEYS)."""
     pad = tokenizer.pad_token_id
     exit_ids = tuple(tokenizer.encode(cfg.exit_text, add_special_tokens=False)) if cfg.exit_text else ()
     prompts = [tokenizer.encode(chat_prompt(tokenizer, it.question), add_special_tokens=False) for it in items]
@@ -220,7 +226,13 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
             exits.append((len(records) - 1, b, gi))
     answer_of = {it.id: it.answer for it in items}
     forced = list(markers.close_ids) + list(exit_ids)
-    answers = exit_answers(model, tokenizer, cache, prompts, width, gen, [e[1:] for e in exits], forced, cfg)
+    answers = exit_answers(model, tokenizer, cache, prompts, width, gen, [e[1:] for e in exits], forced, cfg, cost)
+    if cost is not None:
+        cost["generated_tokens"] += len(items) * steps.shape[1]  # decode positions, finished rows included
+        cost["prefill_tokens"] += sum(map(len, prompts)) + sum(map(len, no_think))
+        cost["nothink_tokens"] += sum(map(len, no_think_out))
+        cost["forced_exits"] += len(exits)
+        cost["exit_tokens"] += sum(len(forced) + len(a) for a in answers)
     for (ri, _, _), ans in zip(exits, answers):
         text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
         records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))
@@ -287,6 +299,7 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
                disable=not progress)
     who = f"collect (rank {rank}/{world})" if world > 1 else "collect"
     t0 = time.time()
+    cost = dict.fromkeys(COST_KEYS, 0)
     pending_recs, pending_hidden, pending_thought, pending_ids = [], [], [], []
 
     def flush():
@@ -305,7 +318,7 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
 
     for i in range(0, len(todo), cfg.batch_size):
         batch = todo[i : i + cfg.batch_size]
-        recs, hidden, thought = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary)
+        recs, hidden, thought = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary, cost)
         if i == 0:  # a resumed run judges this batch together with what it collected before
             first = summarise(rank_records(out, index) + recs)
             log(f"{who}, first batch: {format_summary(first)}")
@@ -327,5 +340,18 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
         sample = next((r.get("output_tail") for r in records if r["kind"] == KIND_PROMPT), None)
         _check(health, f"collect finished ({health['questions']} questions in {out}), but no probe can be trained on them",
                markers, cfg, doctor, sample)
+    cost = dict(cost, questions=len(todo), wall_s=round(time.time() - t0, 1),
+                bytes_per_question=round(sum((out / f"{n}{ext}").stat().st_size for n in index["shards"]
+                                             for ext in (".safetensors", ".json")) / max(len(index["done"]), 1)))
+    log(f"{who}, cost: {format_cost(cost)}")
     return {"questions": len(index["done"]), "shards": len(index["shards"]), "layers": layers,
-            "seconds": round(time.time() - t0, 1), "out": str(out), "health": health}
+            "seconds": cost["wall_s"], "out": str(out), "health": health, "cost": cost}
+
+
+def format_cost(cost: dict) -> str:
+    """One line of what a collection run cost (COST_KEYS, wall_s, bytes_per_question)."""
+    q = max(cost["questions"], 1)
+    return (f"{cost['questions']} questions in {cost['wall_s']:.0f} s; per question {cost['generated_tokens'] / q:.0f} "
+            f"tokens generated, {cost['prefill_tokens'] / q:.0f} prefilled, {cost['forced_exits'] / q:.0f} forced exits "
+            f"of {cost['exit_tokens'] / max(cost['forced_exits'], 1):.1f} tokens, {cost['nothink_tokens'] / q:.0f} "
+            f"no-think answer tokens; {cost['bytes_per_question'] / 1e3:.0f} kB per question on disk")
