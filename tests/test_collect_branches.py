@@ -144,3 +144,27 @@ def test_sampled_collection_on_the_shared_cache_is_seeded(tiny, tmp_path):
                 think_tokens=MARKERS, progress=False)
         runs.append(load_collection(tmp_path / name)[1])
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_token_layers_keep_one_layers_token_states(tiny, tmp_path):
+    from adaptive_think.probe.memory import ThoughtSet
+
+    tok, model = tiny
+    items = [Item(f"q{i}", f"the answer is {i}", "1") for i in range(3)]
+    cfg = CollectConfig(every=3, batch_size=3, max_new_tokens=10, max_answer_tokens=3, fail_fast=False,
+                        token_states=True)
+    for name, c in (("all", cfg), ("one", dataclasses.replace(cfg, token_layers=[2]))):
+        collect(model, tok, items, tmp_path / name, lambda t, a: True, c, think_tokens=MARKERS, progress=False)
+    every, _, _ = load_collection(tmp_path / "all")
+    one, records, _ = load_collection(tmp_path / "one")
+    assert sorted(k for k in every if k.startswith("thought")) == ["thought_layer1", "thought_layer2"]
+    assert sorted(k for k in one if k.startswith("thought")) == ["thought_layer2"]
+    assert torch.equal(one["thought_layer2"], every["thought_layer2"])
+    assert ThoughtSet.from_collection(one, records, 2) is not None
+    with pytest.raises(ValueError, match="--token-layers 1"):
+        ThoughtSet.from_collection(one, records, 1)
+    with pytest.raises(ValueError, match="not among the candidate layers"):
+        collect(model, tok, items, tmp_path / "bad", lambda t, a: True, dataclasses.replace(cfg, token_layers=[0]),
+                think_tokens=MARKERS, progress=False)
+    with pytest.raises(ValueError, match="needs token_states"):
+        CollectConfig(token_layers=[1])

@@ -39,6 +39,9 @@ def add_arguments(p):
                      help="checkpoint every k thought tokens, besides step boundaries (0: step boundaries only)")
     out.add_argument("--token-states", action="store_true",
                      help="also keep every thought token's hidden state (for a head with memory; about 3x the disk)")
+    out.add_argument("--token-layers", type=int, nargs="+", default=None, metavar="L",
+                     help="with --token-states: keep the token states of these layers only (e.g. the layer a first "
+                          "collection's train-probe chose); the disk then grows with one layer, not all candidates")
     out.add_argument("--batch-size", type=int, default=32)
     out.add_argument("--max-new-tokens", type=int, default=COLLECT_DEFAULTS["max_new_tokens"])
     out.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"])
@@ -83,7 +86,8 @@ def config_from_args(args):
                          exit_text=args.exit_text.encode().decode("unicode_escape"),
                          shard_questions=args.shard_questions, fail_fast=args.fail_fast,
                          sampling=sampling if sampling.get("do_sample") else {},
-                         sampling_seed=args.sampling_seed, token_states=args.token_states)
+                         sampling_seed=args.sampling_seed, token_states=args.token_states,
+                         token_layers=args.token_layers)
 
 
 def doctor_command(args) -> str:

@@ -71,6 +71,9 @@ class CollectConfig:
     # keep every thought token's state too (tensors `thought_layer{l}`; a question's prompt record counts its rows
     # in `thought_states`): what a head with memory over the whole thought trains on; about 3x the disk
     token_states: bool = False
+    # with token_states: keep the thought-token states of these candidate layers only (None: all of them); e.g. the
+    # layer a first collection's `train-probe` chose, so the disk grows with T x D of one layer, not L of them
+    token_layers: list[int] | None = None
     fail_fast: bool = True  # stop after the first batch when the data cannot train a probe (not a setting of the data)
     extra: dict = field(default_factory=dict)
 
@@ -81,6 +84,9 @@ class CollectConfig:
         if unknown:
             raise ValueError(f"sampling={self.sampling}: {sorted(unknown)} are not sampling settings "
                              "(do_sample, temperature, top_p, top_k, min_p).")
+        if self.token_layers is not None and not self.token_states:
+            raise ValueError(f"token_layers={self.token_layers} picks the layers of the token states; it needs "
+                             "token_states=True (--token-states).")
         if self.sampling and not self.sampling.get("do_sample"):
             raise ValueError(f"sampling={self.sampling} sets sampling parameters without do_sample=True.")
 
@@ -279,12 +285,16 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
     markers = resolve_markers(tokenizer, think_tokens)
     n_layers = model_fingerprint(model)["num_hidden_layers"]
     layers = cfg.resolved_layers(n_layers)
+    if cfg.token_layers is not None and not set(cfg.token_layers) <= set(layers):
+        raise ValueError(f"token layers {sorted(set(cfg.token_layers) - set(layers))} are not among the candidate "
+                         f"layers {layers}; pick from those (or add them with --layers).")
     settings = dict(asdict(cfg), layers=layers, fingerprint=model_fingerprint(model),
                     markers=[markers.open_text, markers.close_text], world=world)
     del settings["fail_fast"]  # how to react to bad data, not a property of the data
     index = read_index(out, rank)
     if index is not None:  # collections recorded before these settings existed were greedy, without token states
-        index["settings"] = {"sampling": {}, "sampling_seed": 0, "token_states": False, **index["settings"]}
+        index["settings"] = {"sampling": {}, "sampling_seed": 0, "token_states": False, "token_layers": None,
+                             **index["settings"]}
     if index is None:
         index = {"version": 1, "settings": settings, "shards": [], "done": []}
     elif index["settings"] != settings:
@@ -309,7 +319,8 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
         tensors = {f"layer{l}": hidden[:, i] for i, l in enumerate(layers)}
         if cfg.token_states:
             thought = torch.cat(pending_thought)  # [sum of thought_states, L, D]
-            tensors.update({f"{THOUGHT_PREFIX}{l}": thought[:, i] for i, l in enumerate(layers)})
+            tensors.update({f"{THOUGHT_PREFIX}{l}": thought[:, i] for i, l in enumerate(layers)
+                            if cfg.token_layers is None or l in cfg.token_layers})
         name = write_shard(out, rank, len(index["shards"]), tensors, pending_recs)
         index["shards"].append(name)
         index["done"].extend(pending_ids)
