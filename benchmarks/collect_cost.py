@@ -5,7 +5,8 @@ a template that opens the thought in the prompt; the close marker and eos are ne
 question thinks exactly T tokens. For each T: plain greedy generate() of the questions (batch = all of them),
 then `collect` (hf engine, --every 8, 16 answer tokens per forced exit) on the same questions, timed in
 one run on this thread's CPU clock (other jobs on a busy machine do not inflate it) and on the wall clock;
-the ratio collect / generate, and the bytes per question of the collection (without and with token states).
+the ratio collect / generate, the bytes per question of the collection (checkpoint states of the 6 candidate
+layers, fp16) and collect's own cost accounting.
 `--prefill-route` also times collect re-prefilling every forced exit through generate() (the route before
 the shared cache), at T <= its value.
 
@@ -59,10 +60,6 @@ def timed(fn):
     return out, time.thread_time() - c0, time.perf_counter() - w0
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("shard-*"))
-
-
 def one_length(model, tok, items, T: int, every: int, answer: int, prefill: bool) -> dict:
     prompts = [tok.apply_chat_template([{"role": "user", "content": it.question}], add_generation_prompt=True,
                                        tokenize=False) for it in items]
@@ -78,7 +75,7 @@ def one_length(model, tok, items, T: int, every: int, answer: int, prefill: bool
                                                        progress=False, log=lambda _: None))
         row.update(collect_cpu_s=round(c_cpu, 2), collect_wall_s=round(c_wall, 2),
                    ratio_cpu=round(c_cpu / g_cpu, 2), ratio_wall=round(c_wall / g_wall, 2),
-                   bytes_per_question=folder_bytes(Path(tmp) / "c") // len(items), cost=summary.get("cost"))
+                   bytes_per_question=summary["cost"]["bytes_per_question"], cost=summary["cost"])
     if prefill:
         with tempfile.TemporaryDirectory() as tmp:
             real = collect_mod.shared_route_refusal

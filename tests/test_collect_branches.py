@@ -121,8 +121,8 @@ def test_collect_on_the_shared_cache_equals_re_prefilling_on_the_bundled_reasone
     from adaptive_think.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer("bundled", "cpu", "float32")
-    items = bundled_items(12, seed=5)
-    cfg = CollectConfig(every=4, batch_size=6, max_new_tokens=160, shard_questions=6)
+    items = bundled_items(6, seed=5)
+    cfg = CollectConfig(every=4, batch_size=6, max_new_tokens=120, shard_questions=3)
     (shared, h_shared), (prefill, h_prefill) = collect_both_ways(model, tok, items, tmp_path, monkeypatch,
                                                                  load_checker(None), cfg)
     assert shared == prefill
