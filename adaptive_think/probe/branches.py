@@ -36,7 +36,7 @@ _SAMPLING_ONLY = {"typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0), "eta_
 # fraction of a token's linear-layer work that a branch token may spend attending to keys it cannot see
 # (other branches' answer slots, prefix slots past its checkpoint): sets how many branches decode together
 WASTE = 0.25
-MAX_QUERIES = 512  # branch tokens of one forward at most (bounds the logits and mask memory)
+MAX_QUERIES = 1024  # branch tokens of one forward at most (bounds the logits and mask memory)
 
 
 @dataclass(frozen=True)
