@@ -109,8 +109,8 @@ def branch_answers(model, cache: DynamicCache, pads: list[int], branches: list[B
     drawn from torch's default generator. group: branches per row per forward (None: `group_size`).
     """
     out: list[list[int] | None] = [None] * len(branches)
-    if not branches:
-        return []
+    if not branches or max_new_tokens < 1:
+        return [[] for _ in branches]
     forced = list(forced)
     if not forced:
         raise ValueError("branch_answers needs at least one forced token (the close marker).")
