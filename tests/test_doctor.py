@@ -11,6 +11,7 @@ from adaptive_think.cli import main
 from adaptive_think.training import collect as collect_mod
 from adaptive_think.training.collect import CollectConfig, CollectionUnusable, collect
 from adaptive_think.training.items import Item, load_checker
+from adaptive_think.training.shards import load_records
 from adaptive_think.training.train_config import TrainConfig
 from adaptive_think.training.train import train_probe
 from tiny import make_scripted, make_tokenizer
@@ -128,7 +129,10 @@ def test_collect_summarises_a_healthy_run(tmp_path):
     lines = []
     summary = collect(make_scripted("works", tok), tok, items(), tmp_path, load_checker(None), CFG,
                       progress=False, log=lines.append)
-    assert len(lines) == 2 and lines[1].startswith("collect, all collected: 12 questions: opened a thought 100%")
+    assert len(lines) == 3 and lines[1].startswith("collect, all collected: 12 questions: opened a thought 100%")
+    assert lines[2].startswith("collect, cost: 12 questions in ") and "forced exits" in lines[2]
+    thought_records = sum(r["kind"] == 1 for r in load_records(tmp_path))  # one forced exit each
+    assert summary["cost"]["questions"] == 12 and summary["cost"]["forced_exits"] == thought_records > 12
     assert summary["health"] == {"questions": 12, "opened_rate": 1.0, "closed_rate": 1.0, "mean_thought_len": 6.0,
                                  "parse_rate": 1.0, "full_accuracy": 1.0, "nothink_accuracy": 0.0}
 

@@ -131,17 +131,34 @@ class ScriptedLM(Qwen3ForCausalLM):
     think_words = 6
     min_think = 2
 
-    def forward(self, input_ids=None, **kwargs):
-        out = super().forward(input_ids=input_ids, **kwargs)
-        ids = input_ids.tolist()
-        if input_ids.shape[1] > 1:  # a prefill starts a new generation (prompts are longer than one token)
-            self._history = ids
-        else:
-            for row, (tok,) in enumerate(ids):
-                self._history[row].append(tok)
-        logits = torch.full_like(out.logits[:, -1:], -1e4)
-        for row, seq in enumerate(self._history):
-            logits[row, 0, self.next_token(seq)] = 0.0
+    def forward(self, input_ids=None, attention_mask=None, logits_to_keep=0, **kwargs):
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep,
+                              **kwargs)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        queries = input_ids.shape[1]
+        before = cache.get_seq_length() - queries if cache is not None else 0
+        if before == 0:  # a new cache: a new generation, whose token ids travel with its cache
+            self._slots = [[] for _ in range(input_ids.shape[0])]
+            if cache is not None:  # follow the cache when rows leave it (collect's forced exits drop finished rows)
+                cache.scripted_ids, select = self._slots, cache.batch_select_indices
+                cache.batch_select_indices = lambda idx: (
+                    setattr(cache, "scripted_ids", [cache.scripted_ids[i] for i in idx.tolist()]), select(idx))
+        elif cache is not None:  # a cache kept from an earlier generation (collect's forced exits)
+            self._slots = cache.scripted_ids
+        for row, ids in enumerate(input_ids.tolist()):  # the cache may have been cropped since the last call
+            self._slots[row][:] = self._slots[row][:before] + ids
+        kept = (range(queries)[-logits_to_keep:] if isinstance(logits_to_keep, int) and logits_to_keep
+                else range(queries) if isinstance(logits_to_keep, int) else logits_to_keep.tolist())
+        logits = torch.full((input_ids.shape[0], len(kept), out.logits.shape[-1]), -1e4, dtype=out.logits.dtype,
+                            device=out.logits.device)
+        for row, slots in enumerate(self._slots):
+            for n, q in enumerate(kept):
+                if attention_mask is not None and attention_mask.dim() == 4:  # a custom mask says what q sees
+                    m = attention_mask[row, 0, q]
+                    seq = [slots[i] for i in (m if m.dtype == torch.bool else m == 0).nonzero()[:, 0].tolist()]
+                else:
+                    seq = slots[: before + q + 1]
+                logits[row, n, self.next_token(seq)] = 0.0
         out.logits = logits
         return out
 

@@ -41,6 +41,9 @@ def add_arguments(p):
                      help="also keep every thought token's hidden state (for a head with memory; about 3x the disk)")
     out.add_argument("--no-states", dest="states", action="store_false",
                      help="keep no hidden states: labels and logit scores only (what `calibrate-score` needs)")
+    out.add_argument("--token-layers", type=int, nargs="+", default=None, metavar="L",
+                     help="with --token-states: keep the token states of these layers only (e.g. the layer a first "
+                          "collection's train-probe chose); the disk then grows with one layer, not all candidates")
     out.add_argument("--batch-size", type=int, default=32)
     out.add_argument("--max-new-tokens", type=int, default=COLLECT_DEFAULTS["max_new_tokens"])
     out.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"])
@@ -86,7 +89,7 @@ def config_from_args(args):
                          shard_questions=args.shard_questions, fail_fast=args.fail_fast,
                          sampling=sampling if sampling.get("do_sample") else {},
                          sampling_seed=args.sampling_seed, token_states=args.token_states,
-                         states=getattr(args, "states", True))
+                         states=getattr(args, "states", True), token_layers=args.token_layers)
 
 
 def doctor_command(args) -> str:

@@ -30,6 +30,7 @@ def add_arguments(p):
     p.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"],
                    help="answer budget without thinking, as in collect")
     p.add_argument("--exit-text", default="\\n\\n")
+    p.add_argument("--every", type=int, default=8, help="collect's checkpoint interval, for the cost estimate")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
 
@@ -70,7 +71,7 @@ def run(args) -> int:
 
     cfg = DoctorConfig(samples=args.samples, max_new_tokens=args.max_new_tokens,
                        max_answer_tokens=args.max_answer_tokens,
-                       exit_text=args.exit_text.encode().decode("unicode_escape"))
+                       exit_text=args.exit_text.encode().decode("unicode_escape"), every=args.every)
     args.n = args.samples  # bundled questions drawn when there is no --questions
     items, checker = items_from_args(args)
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype)

@@ -28,10 +28,12 @@ from transformers import LogitsProcessor
 from adaptive_think.config import decoding_of
 from adaptive_think.controller import boundary_mask
 from adaptive_think.controller.logit_score import checkpoint_scores
+from adaptive_think.engines.args import eos_token_ids
 from adaptive_think.engines.layer_hook import LayerCapture
 from adaptive_think.files import exclusive_lock
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import ThinkMarkers, resolve_markers
+from adaptive_think.training.branches import Branch, branch_answers, shared_route_refusal, until_eos
 from adaptive_think.training.health import DOCTOR, KIND_PROMPT, KIND_THOUGHT, diagnose, format_summary, summarise
 from adaptive_think.training.items import Item, question_hash
 from adaptive_think.probe.probe import model_fingerprint
@@ -40,6 +42,9 @@ from adaptive_think.training.shards import (THOUGHT_PREFIX, clean_orphans, lock_
 from adaptive_think.training.thoughts import no_think_prompt, read_or_none, thought_span
 
 OUTPUT_TAIL_CHARS = 400
+# what collect counts (tokens per run): decode positions of the thoughts, prompt (and re-prefilled exit) tokens,
+# forced exits, tokens fed or decoded after them (forced + answer), no-think answer tokens
+COST_KEYS = ("generated_tokens", "prefill_tokens", "forced_exits", "exit_tokens", "nothink_tokens")
 
 
 class CollectionUnusable(ValueError):
@@ -70,6 +75,9 @@ class CollectConfig:
     # False: store no hidden states at all (the cheap collection a training-free score file calibrates on;
     # every record still carries its logit scores, see _StepRecorder)
     states: bool = True
+    # with token_states: keep the thought-token states of these candidate layers only (None: all of them); e.g. the
+    # layer a first collection's `train-probe` chose, so the disk grows with T x D of one layer, not L of them
+    token_layers: list[int] | None = None
     fail_fast: bool = True  # stop after the first batch when the data cannot train a probe (not a setting of the data)
     extra: dict = field(default_factory=dict)
 
@@ -82,6 +90,9 @@ class CollectConfig:
                              "(do_sample, temperature, top_p, top_k, min_p).")
         if self.token_states and not self.states:
             raise ValueError("token_states=True keeps every thought token's state, states=False keeps none: choose one.")
+        if self.token_layers is not None and not self.token_states:
+            raise ValueError(f"token_layers={self.token_layers} picks the layers of the token states; it needs "
+                             "token_states=True (--token-states).")
         if self.sampling and not self.sampling.get("do_sample"):
             raise ValueError(f"sampling={self.sampling} sets sampling parameters without do_sample=True.")
 
@@ -140,8 +151,10 @@ def _logit_fields(scores: torch.Tensor) -> dict:
 @torch.no_grad()
 def continuations(model, tokenizer, sequences: list[list[int]], max_new_tokens: int, batch_size: int,
                   sampling: dict | None = None) -> list[list[int]]:
-    """Continuations of token sequences (left-padded batches): greedy, or under `sampling` (generate() kwargs)."""
+    """Continuations of token sequences (left-padded batches), each up to and including its first eos: greedy,
+    or under `sampling` (generate() kwargs)."""
     decode = dict(sampling) if sampling else {"do_sample": False}
+    eos = set(eos_token_ids(model))
     out = []
     pad = tokenizer.pad_token_id
     for i in range(0, len(sequences), batch_size):
@@ -151,8 +164,25 @@ def continuations(model, tokenizer, sequences: list[list[int]], max_new_tokens: 
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=model.device)
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad,
                              **decode)
-        out.extend(gen[:, width:].tolist())
+        out.extend(until_eos(g, eos) for g in gen[:, width:].tolist())
     return out
+
+
+def exit_answers(model, tokenizer, cache, prompts: list[list[int]], width: int, gen: list[list[int]],
+                 cuts: list[tuple[int, int]], forced: list[int], cfg: CollectConfig,
+                 cost: dict | None = None) -> list[list[int]]:
+    """The answer after each forced exit `(row, gi)`: prompt + gen[row][: gi + 1] + forced, then up to
+    max_answer_tokens decoded. On the generation's own cache (`cache`, rows left-padded to `width`) when
+    branches.py can reproduce generate() for this model; else by re-prefilling each exit through generate()."""
+    if shared_route_refusal(model, cache, cfg.sampling) is None:
+        pads = [width - len(p) for p in prompts]
+        return branch_answers(model, cache, pads, [Branch(b, width + gi) for b, gi in cuts], forced,
+                              cfg.max_answer_tokens, eos_token_ids(model), tokenizer.pad_token_id, cfg.sampling)
+    del cache  # the re-prefill path builds its own caches
+    sequences = [prompts[b] + gen[b][: gi + 1] + forced for b, gi in cuts]
+    if cost is not None:
+        cost["prefill_tokens"] += sum(map(len, sequences)) - len(forced) * len(sequences)  # forced: exit tokens
+    return continuations(model, tokenizer, sequences, cfg.max_answer_tokens, cfg.batch_size * 4, cfg.sampling)
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
@@ -161,8 +191,8 @@ def _decode(tokenizer, ids: list[int]) -> str:
 
 @torch.no_grad()
 def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], checker, cfg: CollectConfig,
-                  layers: list[int], boundary: torch.Tensor):
-    """Records and hidden states [N, L, D] for one batch of questions."""
+                  layers: list[int], boundary: torch.Tensor, cost: dict | None = None):
+    """Records and hidden states [N, L, D] for one batch of questions; adds its token counts to `cost` (COST_KEYS)."""
     pad = tokenizer.pad_token_id
     exit_ids = tuple(tokenizer.encode(cfg.exit_text, add_special_tokens=False)) if cfg.exit_text else ()
     prompts = [tokenizer.encode(chat_prompt(tokenizer, it.question), add_special_tokens=False) for it in items]
@@ -172,16 +202,18 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
     decode = dict(cfg.sampling) if cfg.sampling else {"do_sample": False}
     _seed_batch(cfg, items[0].id)
     recorder = _StepRecorder(model, layers, markers.close_ids[0], cfg.states)
-    try:
-        gen = model.generate(input_ids=ids, attention_mask=mask.to(model.device), max_new_tokens=cfg.max_new_tokens,
-                             logits_processor=[recorder], pad_token_id=pad, **decode)
+    try:  # the generation's cache is kept: every forced exit decodes on it (branches.py)
+        out = model.generate(input_ids=ids, attention_mask=mask.to(model.device), max_new_tokens=cfg.max_new_tokens,
+                             logits_processor=[recorder], pad_token_id=pad, return_dict_in_generate=True, **decode)
     finally:
         recorder.remove()
     step_scores = torch.stack(recorder.scores, 1)  # [B, T, 2]: close-margin, entropy score of each step's logits
     # without states, a [B, T, L, 0] stand-in keeps the indexing below
     steps = (torch.stack(recorder.steps, 1) if cfg.states
              else torch.zeros(*step_scores.shape[:2], len(layers), 0, dtype=torch.float16))  # [B, T, L, D]
-    gen = gen[:, width:].tolist()
+    gen = out.sequences[:, width:].tolist()
+    cache = out["cache"] if "cache" in out else out["past_key_values"]  # the field's name before transformers 5.2x
+    del out
 
     no_think = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, cfg.exit_text), add_special_tokens=False)
                 for it in items]
@@ -221,11 +253,17 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
             records.append(dict(base, kind=KIND_THOUGHT, pos=j + 1, label=None, boundary=is_b,
                                 **_logit_fields(step_scores[b, gi + 1])))
             rows.append(steps[b, gi + 1])  # step gi + 1 sees token gi as its last
-            exits.append((len(records) - 1, prompts[b] + g[: gi + 1] + list(markers.close_ids) + list(exit_ids)))
+            exits.append((len(records) - 1, b, gi))
     answer_of = {it.id: it.answer for it in items}
-    answers = continuations(model, tokenizer, [e[1] for e in exits], cfg.max_answer_tokens, cfg.batch_size * 4,
-                            cfg.sampling)
-    for (ri, _), ans in zip(exits, answers):
+    forced = list(markers.close_ids) + list(exit_ids)
+    answers = exit_answers(model, tokenizer, cache, prompts, width, gen, [e[1:] for e in exits], forced, cfg, cost)
+    if cost is not None:
+        cost["generated_tokens"] += len(items) * steps.shape[1]  # decode positions, finished rows included
+        cost["prefill_tokens"] += sum(map(len, prompts)) + sum(map(len, no_think))
+        cost["nothink_tokens"] += sum(map(len, no_think_out))
+        cost["forced_exits"] += len(exits)
+        cost["exit_tokens"] += sum(len(forced) + len(a) for a in answers)
+    for (ri, _, _), ans in zip(exits, answers):
         text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
         records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))
     empty = torch.zeros(0, len(layers), steps.shape[-1], dtype=steps.dtype)
@@ -271,12 +309,15 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
     markers = resolve_markers(tokenizer, think_tokens)
     n_layers = model_fingerprint(model)["num_hidden_layers"]
     layers = cfg.resolved_layers(n_layers)
+    if cfg.token_layers is not None and not set(cfg.token_layers) <= set(layers):
+        raise ValueError(f"token layers {sorted(set(cfg.token_layers) - set(layers))} are not among the candidate "
+                         f"layers {layers}; pick from those (or add them with --layers).")
     settings = dict(asdict(cfg), layers=layers, fingerprint=model_fingerprint(model),
                     markers=[markers.open_text, markers.close_text], world=world)
     del settings["fail_fast"]  # how to react to bad data, not a property of the data
     index = read_index(out, rank)
     if index is not None:  # collections recorded before these settings existed were greedy, without token states
-        index["settings"] = {"sampling": {}, "sampling_seed": 0, "token_states": False, "states": True,
+        index["settings"] = {"sampling": {}, "sampling_seed": 0, "token_states": False, "token_layers": None, "states": True,
                              **index["settings"]}
     if index is None:
         index = {"version": 1, "settings": settings, "shards": [], "done": []}
@@ -292,6 +333,7 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
                disable=not progress)
     who = f"collect (rank {rank}/{world})" if world > 1 else "collect"
     t0 = time.time()
+    cost = dict.fromkeys(COST_KEYS, 0)
     pending_recs, pending_hidden, pending_thought, pending_ids = [], [], [], []
 
     def flush():
@@ -301,7 +343,8 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
         tensors = {f"layer{l}": hidden[:, i] for i, l in enumerate(layers)} if cfg.states else {}
         if cfg.token_states:
             thought = torch.cat(pending_thought)  # [sum of thought_states, L, D]
-            tensors.update({f"{THOUGHT_PREFIX}{l}": thought[:, i] for i, l in enumerate(layers)})
+            tensors.update({f"{THOUGHT_PREFIX}{l}": thought[:, i] for i, l in enumerate(layers)
+                            if cfg.token_layers is None or l in cfg.token_layers})
         name = write_shard(out, rank, len(index["shards"]), tensors, pending_recs)
         index["shards"].append(name)
         index["done"].extend(pending_ids)
@@ -310,7 +353,7 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
 
     for i in range(0, len(todo), cfg.batch_size):
         batch = todo[i : i + cfg.batch_size]
-        recs, hidden, thought = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary)
+        recs, hidden, thought = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary, cost)
         if i == 0:  # a resumed run judges this batch together with what it collected before
             first = summarise(rank_records(out, index) + recs)
             log(f"{who}, first batch: {format_summary(first)}")
@@ -332,5 +375,18 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
         sample = next((r.get("output_tail") for r in records if r["kind"] == KIND_PROMPT), None)
         _check(health, f"collect finished ({health['questions']} questions in {out}), but no probe can be trained on them",
                markers, cfg, doctor, sample)
+    cost = dict(cost, questions=len(todo), wall_s=round(time.time() - t0, 1),
+                bytes_per_question=round(sum((out / f"{n}{ext}").stat().st_size for n in index["shards"]
+                                             for ext in (".safetensors", ".json")) / max(len(index["done"]), 1)))
+    log(f"{who}, cost: {format_cost(cost)}")
     return {"questions": len(index["done"]), "shards": len(index["shards"]), "layers": layers,
-            "seconds": round(time.time() - t0, 1), "out": str(out), "health": health}
+            "seconds": cost["wall_s"], "out": str(out), "health": health, "cost": cost}
+
+
+def format_cost(cost: dict) -> str:
+    """One line of what a collection run cost (COST_KEYS, wall_s, bytes_per_question)."""
+    q = max(cost["questions"], 1)
+    return (f"{cost['questions']} questions in {cost['wall_s']:.0f} s; per question {cost['generated_tokens'] / q:.0f} "
+            f"tokens generated, {cost['prefill_tokens'] / q:.0f} prefilled, {cost['forced_exits'] / q:.0f} forced exits "
+            f"of {cost['exit_tokens'] / max(cost['forced_exits'], 1):.1f} tokens, {cost['nothink_tokens'] / q:.0f} "
+            f"no-think answer tokens; {cost['bytes_per_question'] / 1e3:.0f} kB per question on disk")

@@ -12,6 +12,7 @@ close on their own, answers the checker can read, and some right with full think
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,7 @@ class DoctorConfig:
     max_new_tokens: int = 512  # thought + answer budget with full thinking
     max_answer_tokens: int = 16  # answer budget with thinking skipped
     exit_text: str = "\n\n"  # written after the close marker of a skipped thought
+    every: int = 8  # collect's checkpoint interval, for the cost estimate
 
     def __post_init__(self):
         for name in ("samples", "max_new_tokens", "max_answer_tokens"):
@@ -104,6 +106,17 @@ def _template(tokenizer, markers, question: str, exit_text: str, ex: Examination
         ex.checks.append(Check("thinking off", f"the template {why}; collect appends an empty think block", INFO))
 
 
+def collect_estimate(thought: float, generated: int, every: int, forced: int, answer: int, seconds: float,
+                     batch: int) -> str:
+    """What `collect --every k` costs per question, from the sample thoughts: tokens generated, forced exits and
+    the tokens each one feeds or decodes on the shared cache (no re-prefill), and this machine's generation time."""
+    exits = thought / every if every else 0
+    return (f"per question about {generated} tokens generated, {exits:.0f}+ forced exits (every {every} thought "
+            f"tokens, plus step boundaries) of up to {forced + answer} tokens each on the thought's own cache; "
+            f"generating took {seconds:.1f} s per question here (batch {batch}); all of collect took about 1.4x the "
+            "plain generation at T = 512 on a CPU (benchmarks/collect_cost.py)")
+
+
 @torch.no_grad()
 def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | None = None,
             think_tokens: tuple[str, str] | None = None, checker_name: str | None = None) -> Examination:
@@ -130,8 +143,10 @@ def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | No
     thinker = AdaptiveThinker(model, tokenizer, think_tokens=think_tokens)
     prompts = [chat_prompt(tokenizer, it.question) for it in items]
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    t0 = time.perf_counter()
     out = thinker.generate(**batch, think=ThinkConfig(policy="full"), max_new_tokens=max_new_tokens, do_sample=False,
                            pad_token_id=tokenizer.pad_token_id)
+    generate_s = time.perf_counter() - t0
     width = batch["input_ids"].shape[1]
     gens = [[t for t, m in zip(row, mask) if m] for row, mask in
             zip(out[:, width:].tolist(), (out[:, width:] != tokenizer.pad_token_id).tolist())]
@@ -164,6 +179,11 @@ def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | No
                                     f"on average, longest {max(lengths)}", status,
             "" if status == OK else f"thoughts ran past --max-new-tokens {max_new_tokens}: raise it (a thought that "
                                     "never closes has no answer to label)"))
+
+    if lengths:
+        forced = len(markers.close_ids) + len(tokenizer.encode(exit_text, add_special_tokens=False))
+        ex.checks.append(Check("collect cost", collect_estimate(sum(lengths) / len(lengths), max(map(len, gens)), cfg.every,
+                                                                forced, max_answer_tokens, generate_s / n, n), INFO))
 
     answers = [(t, it.answer) for t, it, c in zip(full_texts, items, closed) if c]
     answers += [(t, it.answer) for t, it in zip(no_think_texts, items)]

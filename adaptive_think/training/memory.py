@@ -74,9 +74,13 @@ class ThoughtSet:
         key = f"{THOUGHT_PREFIX}{layer}"
         prompts = {thought_key(r): r for r in records if r["kind"] == 0}
         lacking = [q for q, r in prompts.items() if "thought_states" not in r]
-        if key not in hidden or lacking:
+        if lacking or not any(k.startswith(THOUGHT_PREFIX) for k in hidden):
             raise ValueError(f"A head with memory trains on every thought token's state, but {len(lacking) or 'all'} of "
                              f"{len(prompts)} collected questions have none: collect with --token-states.")
+        if key not in hidden:
+            kept = sorted(int(k[len(THOUGHT_PREFIX):]) for k in hidden if k.startswith(THOUGHT_PREFIX))
+            raise ValueError(f"A head with memory on layer {layer} trains on that layer's thought-token states, but the "
+                             f"collection keeps those of layers {kept} only: collect with --token-layers {layer}.")
         return cls({q: hidden[key][r["thought_start"] : r["thought_start"] + r["thought_states"]]
                     for q, r in prompts.items()}, records)
 
