@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_env import versions  # noqa: E402
 from engine_cases import random_model  # noqa: E402
 
-from adaptive_think.probe import collect as collect_mod  # noqa: E402
+from adaptive_think.training import collect as collect_mod  # noqa: E402
 from adaptive_think.training.collect import CollectConfig, collect  # noqa: E402
 from adaptive_think.training.items import Item  # noqa: E402
 

@@ -10,7 +10,7 @@ import torch
 from transformers import MistralConfig
 
 from adaptive_think.engines.args import eos_token_ids
-from adaptive_think.probe import collect as collect_mod
+from adaptive_think.training import collect as collect_mod
 from adaptive_think.training.branches import Branch, branch_answers, shared_route_refusal
 from adaptive_think.training.collect import CollectConfig, collect, continuations
 from adaptive_think.training.items import Item, bundled_items, load_checker
