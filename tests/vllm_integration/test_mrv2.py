@@ -84,6 +84,10 @@ class MRV2Host:
             self.proc.apply_staged_writes()
             self.staged = False
         CHANNEL.publish(RowInputs(tokens.long(), pos.long(), hidden))
+        # committed tokens: the prompt (and earlier outputs) while prefilling, then up to the token fed
+        total = self.states.total_len.gpu
+        total.index_copy_(0, slots, torch.maximum(pos.to(torch.int32) + 1,
+                                                  torch.from_numpy(self.states.prefill_len.np)[slots]))
         ctx = LogitsContext(expanded_idx_mapping=slots.to(torch.int32), idx_mapping=slots.to(torch.int32),
                             idx_mapping_np=slots.numpy(), expanded_local_pos=torch.zeros_like(slots),
                             input_ids=tokens.to(torch.int32), pos=pos.to(torch.int64),
