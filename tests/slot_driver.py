@@ -109,8 +109,9 @@ def run_engine(host, requests: list[Request], *, slots: int, vocab: int, dim: in
 
 
 def run_reference(make_controller, requests: list[Request], *, dim: int, eos_id: int,
-                  max_new: int) -> dict[int, list[int]]:
-    """Each request alone through ThinkController (config None: the script unsteered)."""
+                  max_new: int, reports: dict | None = None) -> dict[int, list[int]]:
+    """Each request alone through ThinkController (config None: the script unsteered); `reports`, when
+    given, receives each steered request's ThinkReport after its last token."""
     out = {}
     for req in requests:
         tokens, last = [], req.prompt[-1]
@@ -126,4 +127,6 @@ def run_reference(make_controller, requests: list[Request], *, dim: int, eos_id:
             if last == eos_id:
                 break
         out[req.rid] = tokens
+        if reports is not None and ctl is not None:
+            reports[req.rid] = ctl.reports()[0]
     return out
