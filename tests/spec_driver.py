@@ -11,7 +11,7 @@ grows by the tokens emitted. A request's first step after its prefill sometimes 
 (-1), which are always rejected.
 
 The "model" is scripted as in tests/slot_driver.py: its next token after g outputs is `script[g]`, and its
-hidden state is `hidden_at(rid, pos)`, so a request's tokens do not depend on the batch, on speculation,
+hidden state is a function of (rid, pos) (`hidden_at` by default), so a request's tokens do not depend on the batch, on speculation,
 or on the drafts. Drafts come from `drafter(request, history, k, rng)`: a scripted one (a random number of
 right tokens, then a wrong one) or an n-gram lookup in the request's history.
 
@@ -63,9 +63,10 @@ def ngram_drafter(n: int = 2):
 
 def run_speculative(host, requests: list[Request], *, slots: int, drafts: int, vocab: int, dim: int, eos_id: int,
                     max_new: int, max_chunk: int, preempt: float, seed: int, drafter, placeholder: float = 0.2,
-                    preemptable=lambda req: True) -> tuple[dict[int, list[int]], dict[int, object], set[int]]:
+                    preemptable=lambda req: True, hidden=hidden_at
+                    ) -> tuple[dict[int, list[int]], dict[int, object], set[int]]:
     """Every request's output tokens, its report (host.report at its end) and the draft positions at which a
-    token was forced."""
+    token was forced; hidden(rid, pos, dim): the scripted model's hidden state."""
     rng = random.Random(seed)
     waiting = list(requests)
     running: dict[int, dict] = {}  # slot -> {"req", "fed" (tokens prefilled), "fill" (tokens to prefill)}
@@ -105,7 +106,7 @@ def run_speculative(host, requests: list[Request], *, slots: int, drafts: int, v
             qsl.append(qsl[-1] + len(tokens))
         flat_tokens = torch.tensor([t for p in plan for t in p[1]])
         flat_pos = torch.tensor([q for p in plan for q in p[2]])
-        flat_hidden = torch.stack([hidden_at(running[p[0]]["req"].rid, q, dim) for p in plan for q in p[2]])
+        flat_hidden = torch.stack([hidden(running[p[0]]["req"].rid, q, dim) for p in plan for q in p[2]])
         host.publish(torch.tensor(qsl), flat_tokens, flat_pos, flat_hidden)
         # logits rows: the last rows of each query, in batch order
         rows_slot, rows_local, rows_token, rows_pos, targets = [], [], [], [], []

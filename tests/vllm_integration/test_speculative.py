@@ -33,7 +33,7 @@ from adaptive_think.controller import ThinkController  # noqa: E402
 from adaptive_think.integrations.vllm.requests import ENV_VAR, ServingSettings  # noqa: E402
 from adaptive_think.integrations.vllm.rows import CHANNEL, RowTap  # noqa: E402
 from adaptive_think.integrations.vllm.slots import needs_steering  # noqa: E402
-from tests.slot_driver import make_requests, run_reference  # noqa: E402
+from tests.slot_driver import hidden_at, make_requests, run_reference  # noqa: E402
 from tests.spec_driver import ngram_drafter, run_speculative, scripted_drafter  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -92,7 +92,7 @@ class SpecHost:
         self.states.all_token_ids.gpu[slot, :len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
         extra = {"adaptive_think": {k: v for k, v in req.config.to_dict().items() if v != getattr(ThinkConfig(), k)}
                  } if req.config is not None else None
-        self.proc.add_request(slot, vllm.SamplingParams(extra_args=extra))
+        self.proc.add_request(slot, vllm.SamplingParams(temperature=0.0, extra_args=extra))  # greedy
         self.staged = True
 
     def publish(self, qsl, input_ids, positions, hidden):
@@ -147,6 +147,13 @@ def host(drafts: int) -> SpecHost:
     return _HOSTS[drafts]
 
 
+def probe_like_hidden(rid: int, pos: int, dim: int) -> torch.Tensor:
+    """[dim] a hidden state drawn at the scale the probe was trained on (its feature normalisation), so its
+    ready and skip scores vary from position to position and cross their thresholds."""
+    weights = host(0).core.context.probe.tensors()
+    return weights.mean + hidden_at(rid, pos, dim) / weights.inv_std
+
+
 def requests_and_reference(seed: int):
     """The seed's requests (fresh copies) and what each gets alone: (requests, tokens, reports)."""
     ctx = host(0).core.context
@@ -164,7 +171,7 @@ def requests_and_reference(seed: int):
 
         reports: dict = {}
         tokens = run_reference(controller, fresh(), dim=ctx.probe.hidden_size, eos_id=tok.eos_token_id, max_new=MAX_NEW,
-                               reports=reports)
+                               reports=reports, hidden=probe_like_hidden)
         _REFERENCE[seed] = (tokens, reports)
     return fresh(), *_REFERENCE[seed]
 
@@ -176,7 +183,7 @@ def run(drafts: int, seed: int, drafter, preempt: float = 0.05, max_chunk: int =
     tokens, reports, forced_at = run_speculative(
         h, reqs, slots=SLOTS, drafts=drafts, vocab=ctx.vocab_size, dim=ctx.probe.hidden_size,
         eos_id=ctx.tokenizer.eos_token_id, max_new=MAX_NEW, max_chunk=max_chunk, preempt=preempt, seed=seed,
-        drafter=drafter, preemptable=lambda r: r.config is None or r.config.policy != "probe")
+        drafter=drafter, preemptable=lambda r: r.config is None or r.config.policy != "probe", hidden=probe_like_hidden)
     steered = {r.rid for r in reqs if needs_steering(r.config)}
     return (tokens, {k: v for k, v in reports.items() if k in steered}, expected_tokens,
             {k: v for k, v in expected_reports.items() if k in steered}, forced_at)
@@ -230,3 +237,35 @@ def test_a_repeated_apply_of_one_step_changes_nothing():
     assert torch.equal(first, second)
     after = (*core.ctl.state.tensors(), *core.cand.tensors())
     assert all(torch.equal(a.nan_to_num(7.5), b.nan_to_num(7.5)) for a, b in zip(snapshot, after))  # NaN: no score
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["ngram"])
+def test_real_model_runner_v2_under_speculation_matches_the_hf_engine(hf_thinker, monkeypatch, method):
+    """On CUDA: Model Runner V2 with an n-gram draft and mixed configs gives the hf engine's tokens (fp32)."""
+    import json
+
+    from adaptive_think.vllm import llm_kwargs
+    from tests.vllm_integration.conftest import chat_prompts, hf_tokens
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device; run scripts/gpu_check.sh on a GPU machine")
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    configs = [{"policy": "full"}, {"policy": "none"}, {"policy": "budget", "max_think_tokens": 5, "exit_text": "\n\n"},
+               {"policy": "budget", "max_think_tokens": 9, "stop_text": " So"}, {"policy": "probe"},
+               {"policy": "probe", "max_think_tokens": 10}, None]
+    llm = vllm.LLM(model=str(reasoner_path()), dtype="float32", max_model_len=256, max_num_seqs=4,
+                   max_num_batched_tokens=64, gpu_memory_utilization=0.2, seed=0,
+                   speculative_config={"method": method, "num_speculative_tokens": 3, "prompt_lookup_max": 3,
+                                       "prompt_lookup_min": 1},
+                   **llm_kwargs(probe=probe_path()))
+    assert llm.llm_engine.vllm_config.use_v2_model_runner, "expected Model Runner V2 on this GPU"
+    prompts = chat_prompts(llm.get_tokenizer(), len(configs))
+    params = [vllm.SamplingParams(max_tokens=120, temperature=0.0,
+                                  extra_args={"adaptive_think": c} if c is not None else None) for c in configs]
+    hf_thinker.model.to("cuda")
+    try:
+        for prompt, config, out in zip(prompts, configs, llm.generate(prompts, params, use_tqdm=False)):
+            assert list(out.outputs[0].token_ids) == hf_tokens(hf_thinker, prompt, config, 120), json.dumps(config)
+    finally:
+        hf_thinker.model.to("cpu")
