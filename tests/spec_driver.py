@@ -11,9 +11,10 @@ grows by the tokens emitted. A request's first step after its prefill sometimes 
 (-1), which are always rejected.
 
 The "model" is scripted as in tests/slot_driver.py: its next token after g outputs is `script[g]`, and its
-hidden state is a function of (rid, pos) (`hidden_at` by default), so a request's tokens do not depend on the batch, on speculation,
-or on the drafts. Drafts come from `drafter(request, history, k, rng)`: a scripted one (a random number of
-right tokens, then a wrong one) or an n-gram lookup in the request's history.
+hidden state is a function of (rid, pos) (`hidden_at` by default), so a request's tokens do not depend
+on the batch, on speculation, or on the drafts. Drafts come from `drafter(request, history, k, rng)`: a
+scripted one (a random number of right tokens, then a wrong one) or an n-gram lookup in the request's
+history.
 
 A host adapts the processor: `admit(slot, request, outputs)`, `apply(logits, ctx_fields)` for one chunk,
 `publish(query_start_loc, input_ids, positions, hidden)` once per step (the wrapper's tap), `commit(slot,
@@ -129,7 +130,8 @@ def run_speculative(host, requests: list[Request], *, slots: int, drafts: int, v
             lo, hi = cu[start], cu[end]
             chunk = logits[lo:hi].clone()
             chunk = host.apply(chunk, dict(
-                expanded_idx_mapping=torch.tensor(rows_slot[lo:hi]), idx_mapping=torch.tensor([p[0] for p in plan[start:end]]),
+                expanded_idx_mapping=torch.tensor(rows_slot[lo:hi]),
+                idx_mapping=torch.tensor([p[0] for p in plan[start:end]]),
                 expanded_local_pos=torch.tensor(rows_local[lo:hi]), input_ids=torch.tensor(rows_token[lo:hi]),
                 pos=torch.tensor(rows_pos[lo:hi])))
             logits[lo:hi] = chunk

@@ -29,7 +29,8 @@ REFUSED = ["medusa", "mlp_speculator", "draft_model", "suffix", "custom_class", 
 
 
 def _vllm_config(method=None, pp=1, batch_sharded=False, v2=True, rejection="standard"):
-    spec = SimpleNamespace(method=method, num_speculative_tokens=3, rejection_sample_method=rejection) if method else None
+    spec = (SimpleNamespace(method=method, num_speculative_tokens=3, rejection_sample_method=rejection)
+            if method else None)
     parallel = SimpleNamespace(pipeline_parallel_size=pp, tensor_parallel_size=2 if batch_sharded else 1,
                                enable_batch_sharded_sampling=batch_sharded)
     return SimpleNamespace(speculative_config=spec, parallel_config=parallel, use_v2_model_runner=v2)

@@ -73,7 +73,7 @@ class MRV2Host:
         self.states.all_token_ids.gpu[slot, :len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
         extra = {"adaptive_think": {k: v for k, v in req.config.to_dict().items() if v != getattr(ThinkConfig(), k)}
                  } if req.config is not None else None
-        self.proc.add_request(slot, vllm.SamplingParams(temperature=0.0, extra_args=extra))  # greedy
+        self.proc.add_request(slot, vllm.SamplingParams(temperature=0.0, extra_args=extra))
         self.staged = True
 
     def leave(self, slot):

@@ -158,7 +158,8 @@ def requests_and_reference(seed: int):
     """The seed's requests (fresh copies) and what each gets alone: (requests, tokens, reports)."""
     ctx = host(0).core.context
     tok = ctx.tokenizer
-    words = [i for i in range(ctx.vocab_size) if i not in (*ctx.markers.open_ids, *ctx.markers.close_ids, tok.eos_token_id)]
+    markers = (*ctx.markers.open_ids, *ctx.markers.close_ids, tok.eos_token_id)
+    words = [i for i in range(ctx.vocab_size) if i not in markers]
 
     def fresh():
         return make_requests(10, CONFIGS, ctx.markers.open_ids[0], ctx.markers.close_ids[0], tok.eos_token_id, words,
@@ -226,9 +227,11 @@ def test_a_repeated_apply_of_one_step_changes_nothing():
     req = next(r for r in reqs if r.config is not None and r.config.policy == "budget")
     h.admit(0, req, [])
     n = len(req.prompt)
-    h.publish(torch.tensor([0, n]), torch.tensor(req.prompt), torch.arange(n), torch.zeros(n, core.context.probe.hidden_size))
+    h.publish(torch.tensor([0, n]), torch.tensor(req.prompt), torch.arange(n),
+              torch.zeros(n, core.context.probe.hidden_size))
     fields = dict(expanded_idx_mapping=torch.tensor([0]), idx_mapping=torch.tensor([0]),
-                  expanded_local_pos=torch.tensor([0]), input_ids=torch.tensor([req.prompt[-1]]), pos=torch.tensor([n - 1]))
+                  expanded_local_pos=torch.tensor([0]), input_ids=torch.tensor([req.prompt[-1]]),
+                  pos=torch.tensor([n - 1]))
     vocab = core.context.vocab_size
     first = h.apply(torch.zeros(1, vocab), fields)
     snapshot = [t.clone() for t in (*core.ctl.state.tensors(), *core.cand.tensors())]

@@ -9,8 +9,8 @@ auxiliary hidden-state mechanism, `EagleModelMixin._set_aux_hidden_state_layers(
 `output_hidden_states[-1]` comes after the final norm and is not it). They go to the processor through
 `rows.CHANNEL`. Under an EAGLE-3 draft, vLLM sets the aux layers its head reads through
 `set_aux_hidden_state_layers`; the wrapper adds the probe's layer to them and hands the runner only the
-draft's own (an n-gram or MTP draft reads no aux layers). The plugin (plugin.py) registers these names in every vLLM process;
-`llm_kwargs` / `adaptive-think serve` select them with `hf_overrides={"architectures": [...]}`.
+draft's own (an n-gram or MTP draft reads no aux layers). The plugin (plugin.py) registers these names
+in every vLLM process; `llm_kwargs` / `adaptive-think serve` select them with `hf_overrides={"architectures": [...]}`.
 """
 
 from __future__ import annotations

@@ -99,8 +99,8 @@ class _Channel:
         """The published rows for a logits tensor of n rows, one per request (the V1 runner)."""
         rows = self._published()
         if rows.width != 1 or rows.token.shape[0] != n:
-            raise RuntimeError(f"adaptive_think: the wrapper published {rows.token.shape[0]} rows of width {rows.width} "
-                               f"for {n} logits rows; the V1 runner steers one row per request.")
+            raise RuntimeError(f"adaptive_think: the wrapper published {rows.token.shape[0]} rows of width "
+                               f"{rows.width} for {n} logits rows; the V1 runner steers one row per request.")
         return rows
 
     def take_requests(self, r: int, width: int) -> RowInputs:

@@ -177,7 +177,8 @@ class SlotController:
         pa = self.ctl.params
         sub = ControllerState(src.ints.index_select(1, src_cols), src.floats.index_select(1, src_cols),
                               src.forced.index_select(0, src_cols))
-        params = type(pa)(pa.ints.index_select(1, slots), pa.floats.index_select(1, slots), pa.force.index_select(0, slots))
+        params = type(pa)(pa.ints.index_select(1, slots), pa.floats.index_select(1, slots),
+                          pa.force.index_select(0, slots))
         before_ints, before_floats = sub.ints.clone(), sub.floats.clone()
         # the one call of the step function (placeholder tokens -1 are clamped; such rows are never active)
         probe_step(hidden, token.to(torch.int64).clamp(min=0).contiguous(), sub, params, self.ctl.spec, impl=self.impl)

@@ -16,10 +16,11 @@ that names the setting and what works instead:
 - pipeline parallelism while a probe is served: the probe layer's state comes through vLLM's auxiliary
   hidden-state outputs, which vLLM relays between pipeline stages only for its own EAGLE-3 drafts.
 
-`EngineSetup` holds just those facts (the runner only where the engine's config is built: `adaptive-think
-serve` checks the rest before the server starts and the worker checks again); `setup_of_config` reads them from a `VllmConfig` (the processor and
-the wrapper, in the worker), `setup_of_args` from parsed `EngineArgs` (`adaptive-think serve`, before the
-server starts). Nothing here imports vLLM.
+`EngineSetup` holds just those facts (the runner only where the engine's config is built:
+`adaptive-think serve` checks the rest before the server starts and the worker checks again);
+`setup_of_config` reads them from a `VllmConfig` (the processor and the wrapper, in the worker),
+`setup_of_args` from parsed `EngineArgs` (`adaptive-think serve`, before the server starts). Nothing here
+imports vLLM.
 """
 
 from __future__ import annotations
