@@ -12,6 +12,12 @@ Cases (greedy, `--concurrency` slots, `--requests` arithmetic questions of the b
   budget_nocap   engine B with policy "budget" and a cap no thought reaches: the same tokens again, with the
                  controller stepping every row every step (its true per-step cost)
   probe          engine B with policy "probe" (the calibrated probe decides skips and stops)
+With `--speculative-config JSON` (vLLM's own, e.g. '{"method": "ngram", "num_speculative_tokens": 3,
+"prompt_lookup_max": 4}'; needs Model Runner V2, so a GPU) three more cases on engines built with it:
+  spec_plain         vLLM alone, speculative
+  spec_budget_nocap  adaptive_think, policy "budget" never reached (the controller steps every draft row)
+  spec_probe         adaptive_think, policy "probe"
+and the JSON says whether each gives the same tokens as its non-speculative case (greedy: it should).
 The engines stay up and the cases run interleaved (the order rotates every repeat), `--repeats` times each; the table shows medians and the
 spread of requests/s and output tokens/s, thinking tokens per request, and the median over repeats of each
 case's wall time divided by plain's wall time in the same repeat (paired, so load that comes and goes on a
@@ -46,6 +52,8 @@ def parse_args(argv=None):
     e = p.add_argument_group("engine")
     e.add_argument("--dtype", default="float32")
     e.add_argument("--kv-cache-bytes", type=int, default=2**28)
+    e.add_argument("--speculative-config", default=None, type=json.loads,
+                   help="vLLM speculative_config as JSON: adds the spec_* cases (Model Runner V2: a GPU)")
     e.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -101,6 +109,13 @@ def main(argv=None) -> int:
     plain = LLM(**common)
     budgeted = LLM(reasoning_parser="qwen3", **common)  # the parser enables vLLM's thinking_token_budget
     ours = LLM(**common, **llm_kwargs(probe=probe))
+    spec_cases = {}
+    if args.speculative_config is not None:
+        spec_plain = LLM(**common, speculative_config=args.speculative_config)
+        spec_ours = LLM(**common, speculative_config=args.speculative_config, **llm_kwargs(probe=probe))
+        spec_cases = {"spec_plain": (spec_plain, {}),
+                      "spec_budget_nocap": (spec_ours, {"policy": "budget", "max_think_tokens": 100_000}),
+                      "spec_probe": (spec_ours, {"policy": "probe"})}
     tok = plain.get_tokenizer()
     open_id, close_id = tok.convert_tokens_to_ids("<think>"), tok.convert_tokens_to_ids("</think>")
     prompts = [tok.apply_chat_template([{"role": "user", "content": q.question}], add_generation_prompt=True,
@@ -117,6 +132,8 @@ def main(argv=None) -> int:
         "budget_nocap": (ours, sp(extra_args={"adaptive_think": {"policy": "budget", "max_think_tokens": 100_000}})),
         "probe": (ours, sp(extra_args={"adaptive_think": {"policy": "probe"}})),
     }
+    for name, (llm, settings) in spec_cases.items():
+        cases[name] = (llm, sp(extra_args={"adaptive_think": settings}) if settings else sp())
     for llm, params in cases.values():  # warm-up
         llm.generate(prompts[: args.concurrency], params, use_tqdm=False)
     runs: dict[str, list[dict]] = {name: [] for name in cases}
@@ -136,13 +153,19 @@ def main(argv=None) -> int:
             x["wall_s"] / p["wall_s"] for x, p in zip(runs[name], runs["plain"]))
     for name in ("unsteered", "full", "budget_nocap"):
         results[name]["same_tokens_as_plain"] = runs[name][0]["tokens"] == runs["plain"][0]["tokens"]
+    for name, twin in (("spec_plain", "plain"), ("spec_budget_nocap", "budget_nocap"), ("spec_probe", "probe")):
+        if name in results:  # greedy speculative decoding gives the same tokens as its non-speculative twin
+            results[name]["same_tokens_as_" + twin] = runs[name][0]["tokens"] == runs[twin][0]["tokens"]
 
     print(f"{'case':<13} {'req/s':>8} {'out tok/s':>10} {'(min-max)':>17} {'wall/plain':>11} {'think/req':>10}")
     for name, r in results.items():
         t = r["output_tokens_per_s"]
         print(f"{name:<13} {r['requests_per_s']['median']:8.2f} {t['median']:10.1f} {t['min']:8.1f}-{t['max']:<8.1f} "
               f"{r['wall_vs_plain_paired']:11.3f} {r['think_tokens_mean']:10.1f}")
-    payload = {"benchmark": "vllm_throughput", "device": "cpu", "args": vars(args), "versions": versions(),
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    payload = {"benchmark": "vllm_throughput", "device": device, "args": vars(args), "versions": versions(),
                "vllm": __import__("vllm").__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                "results": results,
                # same tokens as plain: the extra wall time is the overhead (paired medians)

@@ -109,8 +109,10 @@ def run_engine(host, requests: list[Request], *, slots: int, vocab: int, dim: in
 
 
 def run_reference(make_controller, requests: list[Request], *, dim: int, eos_id: int,
-                  max_new: int) -> dict[int, list[int]]:
-    """Each request alone through ThinkController (config None: the script unsteered)."""
+                  max_new: int, reports: dict | None = None, hidden=hidden_at) -> dict[int, list[int]]:
+    """Each request alone through ThinkController (config None: the script unsteered); `reports`, when
+    given, receives each steered request's ThinkReport after its last token; hidden(rid, pos, dim): the
+    scripted model's hidden state."""
     out = {}
     for req in requests:
         tokens, last = [], req.prompt[-1]
@@ -120,10 +122,12 @@ def run_reference(make_controller, requests: list[Request], *, dim: int, eos_id:
             ctl.begin(torch.tensor([req.prompt]))
         for g in range(max_new):
             pos = len(req.prompt) - 1 + g
-            forced = ctl.step(torch.tensor([last]), hidden_at(req.rid, pos, dim)[None]).item() if ctl else -1
+            forced = ctl.step(torch.tensor([last]), hidden(req.rid, pos, dim)[None]).item() if ctl else -1
             last = forced if forced >= 0 else req.script[min(g, len(req.script) - 1)]
             tokens.append(last)
             if last == eos_id:
                 break
         out[req.rid] = tokens
+        if reports is not None and ctl is not None:
+            reports[req.rid] = ctl.reports()[0]
     return out

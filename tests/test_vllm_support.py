@@ -17,33 +17,57 @@ from adaptive_think.integrations.vllm.support import (
     check_setup,
     setup_of_args,
     setup_of_config,
+    speculative_width,
     unsupported,
 )
 
-# every speculative method vLLM 0.32 accepts (vllm/config/speculative.py SpeculativeMethod, MTP folded in)
-METHODS = ["ngram", "medusa", "mlp_speculator", "draft_model", "suffix", "custom_class", "eagle", "eagle3",
-           "extract_hidden_states", "mtp", "dflash", "ngram_gpu", "dspark"]
+# the speculative methods vLLM 0.32 accepts (vllm/config/speculative.py SpeculativeMethod, MTP folded in):
+# adaptive_think steers n-gram, EAGLE-3 and MTP drafts on Model Runner V2, and refuses the others
+STEERED = ["ngram", "ngram_gpu", "eagle3", "mtp", "deepseek_mtp", "qwen3_next_mtp"]
+REFUSED = ["medusa", "mlp_speculator", "draft_model", "suffix", "custom_class", "eagle", "extract_hidden_states",
+           "dflash", "dspark"]
 
 
-def _vllm_config(method=None, pp=1, batch_sharded=False):
-    spec = SimpleNamespace(method=method) if method else None
+def _vllm_config(method=None, pp=1, batch_sharded=False, v2=True, rejection="standard"):
+    spec = (SimpleNamespace(method=method, num_speculative_tokens=3, rejection_sample_method=rejection)
+            if method else None)
     parallel = SimpleNamespace(pipeline_parallel_size=pp, tensor_parallel_size=2 if batch_sharded else 1,
                                enable_batch_sharded_sampling=batch_sharded)
-    return SimpleNamespace(speculative_config=spec, parallel_config=parallel)
+    return SimpleNamespace(speculative_config=spec, parallel_config=parallel, use_v2_model_runner=v2)
 
 
 @pytest.mark.parametrize("probe_served", [False, True])
-@pytest.mark.parametrize("method", METHODS)
-def test_every_speculative_method_is_refused(method, probe_served):
+@pytest.mark.parametrize("method", REFUSED)
+def test_speculative_methods_adaptive_think_does_not_steer_are_refused(method, probe_served):
     with pytest.raises(ValueError, match=rf"speculative decoding \(method '{method}'\) is not supported with "
-                                         r"adaptive_think yet.*Drop --speculative-config") as err:
+                                         r"adaptive_think yet: it steers n-gram, EAGLE-3 and MTP drafts only") as err:
         check_engine(_vllm_config(method), probe_served)
-    assert ("hidden-state layers the probe reads" in str(err.value)) == (method in ("eagle3", "extract_hidden_states"))
+    assert ("hidden-state layers the probe reads" in str(err.value)) == (method == "extract_hidden_states")
+
+
+@pytest.mark.parametrize("probe_served", [False, True])
+@pytest.mark.parametrize("method", STEERED)
+def test_ngram_eagle3_and_mtp_drafts_are_steered_on_model_runner_v2(method, probe_served):
+    check_engine(_vllm_config(method), probe_served)
+    check_engine(_vllm_config(method, v2=False), probe_served, runner="mrv2")  # the processor knows its runner
+    assert speculative_width(_vllm_config(method)) == 4 and speculative_width(_vllm_config()) == 1
+    with pytest.raises(ValueError, match=rf"\(method '{method}'\) is not supported with adaptive_think on vLLM's V1 "
+                                         "model runner.*Use Model Runner V2"):
+        check_engine(_vllm_config(method, v2=False), probe_served)
+
+
+@pytest.mark.parametrize("rejection", ["synthetic", "block"])
+def test_rejection_methods_that_do_not_read_forced_logits_are_refused(rejection):
+    with pytest.raises(ValueError, match=rf"rejection_sample_method '{rejection}' is not supported.*\"standard\""):
+        check_engine(_vllm_config("ngram", rejection=rejection), probe_served=False)
+    with pytest.raises(ValueError, match="rejection_sample_method 'synthetic'"):
+        check_setup(setup_of_args(_args(speculative_config={"method": "eagle3", "model": "/head",
+                                                            "rejection_sample_method": "synthetic"})), False)
 
 
 def test_pipeline_parallelism_is_refused_only_with_a_probe():
     config = _vllm_config(pp=2)
-    assert setup_of_config(config) == EngineSetup(pipeline_parallel_size=2)
+    assert setup_of_config(config) == EngineSetup(pipeline_parallel_size=2, runner="mrv2")
     check_engine(config, probe_served=False)
     with pytest.raises(ValueError, match=r"pipeline parallelism \(--pipeline-parallel-size 2\).*adaptive_think probe"):
         check_engine(config, probe_served=True)
@@ -52,7 +76,7 @@ def test_pipeline_parallelism_is_refused_only_with_a_probe():
 def test_batch_sharded_sampling_is_refused_and_every_problem_is_named_at_once():
     with pytest.raises(ValueError, match="batch-sharded sampling.*compute_logits_local"):
         check_engine(_vllm_config(batch_sharded=True), probe_served=False)
-    problems = unsupported(setup_of_config(_vllm_config("ngram", pp=4, batch_sharded=True)), probe_served=True)
+    problems = unsupported(setup_of_config(_vllm_config("medusa", pp=4, batch_sharded=True)), probe_served=True)
     assert [p.split(" ")[0] for p in problems] == ["speculative", "batch-sharded", "pipeline"]
 
 
@@ -75,12 +99,16 @@ def _args(**given):
     ({"speculative_config": {"model": "/draft", "num_speculative_tokens": 2}}, None),  # vLLM infers the method
     ({"spec_method": "eagle3", "spec_model": "/head"}, "eagle3"),
     ({"spec_model": "/draft"}, None),
+    ({"spec_method": "medusa", "spec_model": "/heads"}, "medusa"),
 ])
 def test_server_arguments_that_configure_speculative_decoding(given, method):
     setup = setup_of_args(_args(**given))
-    assert setup.speculative and setup.speculative_method == method
-    with pytest.raises(ValueError, match="speculative decoding"):
-        check_setup(setup, probe_served=False)
+    assert setup.speculative and setup.speculative_method == method and setup.runner is None
+    if method in ("ngram", "eagle3"):  # the runner is not known yet: the worker checks it
+        check_setup(setup, probe_served=True)
+    else:
+        with pytest.raises(ValueError, match="speculative decoding .* is not supported with adaptive_think yet"):
+            check_setup(setup, probe_served=False)
 
 
 def test_server_arguments_without_refused_settings():

@@ -73,7 +73,7 @@ class MRV2Host:
         self.states.all_token_ids.gpu[slot, :len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
         extra = {"adaptive_think": {k: v for k, v in req.config.to_dict().items() if v != getattr(ThinkConfig(), k)}
                  } if req.config is not None else None
-        self.proc.add_request(slot, vllm.SamplingParams(extra_args=extra))
+        self.proc.add_request(slot, vllm.SamplingParams(temperature=0.0, extra_args=extra))
         self.staged = True
 
     def leave(self, slot):
@@ -84,6 +84,10 @@ class MRV2Host:
             self.proc.apply_staged_writes()
             self.staged = False
         CHANNEL.publish(RowInputs(tokens.long(), pos.long(), hidden))
+        # committed tokens: the prompt (and earlier outputs) while prefilling, then up to the token fed
+        total = self.states.total_len.gpu
+        total.index_copy_(0, slots, torch.maximum(pos.to(torch.int32) + 1,
+                                                  torch.from_numpy(self.states.prefill_len.np)[slots]))
         ctx = LogitsContext(expanded_idx_mapping=slots.to(torch.int32), idx_mapping=slots.to(torch.int32),
                             idx_mapping_np=slots.numpy(), expanded_local_pos=torch.zeros_like(slots),
                             input_ids=tokens.to(torch.int32), pos=pos.to(torch.int64),

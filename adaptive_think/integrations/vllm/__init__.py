@@ -12,8 +12,9 @@ Modules: requests (per-request settings, no vLLM import), context (the served mo
 slots (the per-slot core), v1 / mrv2 (one adapter per vLLM logits-processor interface), processor (the
 class handed to vLLM), rows + models (the model wrapper that hands the probe layer's rows over), plugin
 (the `vllm.general_plugins` entry point), api (`llm_kwargs`), effort (reasoning_effort middleware),
-support (the engine configurations refused at start-up: speculative decoding, batch-sharded sampling,
-pipeline parallelism with a probe).
+support (the engine configurations refused at start-up: speculative decoding other than n-gram / EAGLE-3 /
+MTP drafts with standard rejection on Model Runner V2, batch-sharded sampling, pipeline parallelism with a
+probe).
 vLLM is imported only when a name that needs it is used.
 """
 

@@ -47,7 +47,8 @@ def llm_kwargs(probe=None, *, think_tokens=None, effort_budgets: dict | None = N
 
     The settings travel to vLLM's spawned engine processes in the environment variable
     ADAPTIVE_THINK_VLLM, which this call sets in the current process. An engine adaptive_think cannot
-    steer (speculative decoding, batch-sharded sampling, pipeline parallelism with a probe: support.py)
+    steer (speculative decoding but n-gram / EAGLE-3 / MTP drafts on Model Runner V2, batch-sharded sampling,
+    pipeline parallelism with a probe: support.py)
     fails when it starts; a speculative draft model's config is never pointed at a wrapper.
     """
     settings = serving_settings(probe, think_tokens, effort_budgets, model)

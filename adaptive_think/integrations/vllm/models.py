@@ -1,13 +1,16 @@
 """vLLM model classes that also hand each request's step inputs to adaptive_think's logits processor.
 
 `AdaptiveThink<Arch>` subclasses vLLM's own `<Arch>` (Qwen3, Qwen2, Qwen3-MoE, Llama): the same weights,
-the same forward, plus, per request of the step, the token fed at its last scheduled position, that
-position, and (when a probe is served) the residual stream after decoder layer L there (EAGLE-3's
+the same forward, plus, per request of the step, the tokens fed at its last scheduled positions (one, or
+num_speculative_tokens + 1 under speculative decoding: every position that gets a logits row), those
+positions, and (when a probe is served) the residual stream after decoder layer L there (EAGLE-3's
 auxiliary hidden-state mechanism, `EagleModelMixin._set_aux_hidden_state_layers((L + 1,))`: the sum
 `hidden + residual` after layer L, which is what the hf engine's forward hook on layer L sees; HF's
 `output_hidden_states[-1]` comes after the final norm and is not it). They go to the processor through
-`rows.CHANNEL` in logits-row order. The plugin (plugin.py) registers these names in every vLLM process;
-`llm_kwargs` / `adaptive-think serve` select them with `hf_overrides={"architectures": [...]}`.
+`rows.CHANNEL`. Under an EAGLE-3 draft, vLLM sets the aux layers its head reads through
+`set_aux_hidden_state_layers`; the wrapper adds the probe's layer to them and hands the runner only the
+draft's own (an n-gram or MTP draft reads no aux layers). The plugin (plugin.py) registers these names
+in every vLLM process; `llm_kwargs` / `adaptive-think serve` select them with `hf_overrides={"architectures": [...]}`.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from vllm.model_executor.models.qwen3_moe import Qwen3MoeForCausalLM
 
 from adaptive_think.integrations.vllm.requests import current_settings
 from adaptive_think.integrations.vllm.rows import CHANNEL, RowTap
-from adaptive_think.integrations.vllm.support import check_engine
+from adaptive_think.integrations.vllm.support import check_engine, speculative_width
 
 
-def _last_token_index() -> torch.Tensor | None:
-    """[R] index of each request's last scheduled token in this step's flat token batch (batch order),
-    from the attention metadata's query_start_loc; None outside a real step (profiling, dummy runs)."""
+def _query_start_loc() -> torch.Tensor | None:
+    """[R + 1] where each request's scheduled tokens start in this step's flat token batch (batch order),
+    from the attention metadata; None outside a real step (profiling, dummy runs)."""
     if not is_forward_context_available():
         return None
     meta = get_forward_context().attn_metadata
@@ -35,7 +38,7 @@ def _last_token_index() -> torch.Tensor | None:
     qsl = getattr(meta, "query_start_loc", None)
     if not torch.is_tensor(qsl) or qsl.numel() < 2:
         return None
-    return qsl[1:] - 1
+    return qsl
 
 
 def served_probe_layer() -> int | None:
@@ -64,28 +67,49 @@ class _TapMixin:
             if not 0 <= self._probe_layer < layers:
                 raise ValueError(f"adaptive_think: probe layer {self._probe_layer} does not exist in a model of "
                                  f"{layers} layers.")
-            # aux state index k is taken after k decoder layers: L + 1 is the output of layer L
-            self.model._set_aux_hidden_state_layers((self._probe_layer + 1,))
+        self._draft_layers: tuple[int, ...] | None = None  # aux layers an EAGLE-3 draft reads (None: no such draft)
+        self._set_aux_layers()
         rows = max(int(vllm_config.scheduler_config.max_num_seqs), 1)
         device = next(self.parameters()).device
         dtype = vllm_config.model_config.dtype
         hidden = int(text_config.hidden_size) if self._probe_layer is not None else None
-        self._tap = RowTap(rows, hidden, dtype, device)
+        self._tap = RowTap(rows, hidden, dtype, device, width=speculative_width(vllm_config))
+
+    def _set_aux_layers(self) -> None:
+        """The inner model's aux layers: the draft's and the probe's (aux state k is taken after k decoder
+        layers: L + 1 is the output of layer L). vLLM keeps them sorted and without repeats."""
+        layers = set(self._draft_layers or ())
+        if self._probe_layer is not None:
+            layers.add(self._probe_layer + 1)
+        self.model._set_aux_hidden_state_layers(tuple(layers))
+        ordered = sorted(layers)
+        self._probe_aux = ordered.index(self._probe_layer + 1) if self._probe_layer is not None else None
+        self._draft_aux = [ordered.index(k) for k in sorted(set(self._draft_layers))] if self._draft_layers else None
+
+    def set_aux_hidden_state_layers(self, layers: tuple[int, ...]) -> None:
+        """vLLM's EAGLE-3 hook (SupportsEagle3): the draft's layers join the probe's instead of replacing them."""
+        self._draft_layers = tuple(int(k) for k in layers)
+        self._set_aux_layers()
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
         out = super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
         hidden_states, aux = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
-        last = _last_token_index()
-        if last is not None and input_ids is not None:
-            if last.shape[0] > self._tap.rows:  # never under a captured graph: requests <= max_num_seqs
-                self._tap = self._tap.resized(last.shape[0])
-            self._tap.record(last, input_ids, positions, aux[0] if aux else None)
+        qsl = _query_start_loc()
+        if qsl is not None and input_ids is not None:
+            if qsl.shape[0] - 1 > self._tap.rows:  # never under a captured graph: requests <= max_num_seqs
+                self._tap = self._tap.resized(qsl.shape[0] - 1)
+            probe_aux = aux[self._probe_aux] if aux and self._probe_aux is not None else None
+            self._tap.record(qsl, input_ids, positions, probe_aux)
+        if self._draft_aux is not None:  # the runner of an EAGLE-3 draft expects (hidden, the draft's aux states)
+            return hidden_states, [aux[i] for i in self._draft_aux]
         return hidden_states
 
     def compute_logits(self, hidden_states: torch.Tensor):
         logits = super().compute_logits(hidden_states)
         n = hidden_states.shape[0]
-        if n <= self._tap.rows:
+        if self._tap.width > 1:  # Model Runner V2 under speculation: every request's block
+            CHANNEL.publish(self._tap.view())
+        elif n <= self._tap.rows:
             CHANNEL.publish(self._tap.view(n))
         return logits
 

@@ -5,8 +5,12 @@ Interface: `vllm/v1/worker/gpu/sample/logits_processor/interface.py`. State is k
 written the slot's tokens to the device) starts its controller row from the prompt in
 `req_states.all_token_ids[slot, :prompt_len]` and replays the outputs it already has after a preemption
 (`prompt_len .. prefill_len`), and `apply(logits, ctx)` steps the rows: `ctx.expanded_idx_mapping` maps
-rows to slots, `ctx.input_ids` / `ctx.pos` give the token fed at each row's position; only the probe
-layer's hidden state comes from the model wrapper. A recycled slot is fully re-initialised on add.
+rows to slots, `ctx.expanded_local_pos` gives a row's draft position within its request, `ctx.input_ids` /
+`ctx.pos` the token fed at each row's position (the draft under verification, -1 for a placeholder), and
+`req_states.total_len` how many tokens each request has committed, from which the slot core picks the
+state that matches the drafts accepted last step (slots.SlotController.step_drafts). Only the probe
+layer's hidden state comes from the model wrapper, one block per request (rows.CHANNEL.take_requests:
+chunked verification applies consecutive groups of requests). A recycled slot is fully re-initialised on add.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor
 from adaptive_think.integrations.vllm.context import build_context, validate_request
 from adaptive_think.integrations.vllm.requests import current_settings
 from adaptive_think.integrations.vllm.rows import CHANNEL
-from adaptive_think.integrations.vllm.slots import SlotController
+from adaptive_think.integrations.vllm.slots import SlotController, request_layout
+from adaptive_think.integrations.vllm.support import speculative_width
 
 
 def _ragged(tokens: torch.Tensor, rows: torch.Tensor, start: torch.Tensor, length: torch.Tensor, width: int,
@@ -36,8 +41,9 @@ class ThinkLogitsProcessorV2(LogitsProcessor):
 
     def __init__(self, vllm_config, req_states):
         self.req_states = req_states
+        self.width = speculative_width(vllm_config)
         self.core = SlotController(build_context(vllm_config, current_settings()), int(req_states.max_num_reqs),
-                                   req_states.device)
+                                   req_states.device, drafts=self.width - 1)
         self._staged: list[tuple[int, object, int, int]] = []  # (slot, config or None, prompt_len, prefill_len)
 
     def add_request(self, req_idx: int, sampling_params) -> bool:
@@ -68,5 +74,13 @@ class ThinkLogitsProcessorV2(LogitsProcessor):
     def apply(self, logits: torch.Tensor, ctx) -> torch.Tensor:
         if not self.core.steered_slots:
             return logits
-        hidden = CHANNEL.take(logits.shape[0]).hidden if self.core.ctl.needs_hidden else None
-        return self.core.step(logits, ctx.expanded_idx_mapping.to(torch.long), ctx.input_ids, ctx.pos, hidden)
+        requests = ctx.idx_mapping.to(torch.long)  # [R] this call's requests (a chunk of the step's, in order)
+        local_pos = ctx.expanded_local_pos.to(torch.long)
+        hidden = None
+        if self.core.ctl.needs_hidden:
+            blocks = CHANNEL.take_requests(requests.shape[0], self.width).hidden  # [R * W, D] right-aligned
+            if blocks is not None:
+                owner, _, count = request_layout(local_pos, requests.shape[0])
+                hidden = blocks.index_select(0, owner * self.width + (self.width - count[owner]) + local_pos)
+        return self.core.step_drafts(logits, ctx.expanded_idx_mapping.to(torch.long), ctx.input_ids, ctx.pos, hidden,
+                                     local_pos, requests, self.req_states.total_len.gpu)

@@ -32,7 +32,8 @@ class ThinkLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
 
     def __init__(self, vllm_config, *args):
         # an engine adaptive_think cannot steer fails here, at start-up, not with wrong tokens later
-        check_engine(vllm_config, probe_served=current_settings().probe is not None)
+        check_engine(vllm_config, probe_served=current_settings().probe is not None,
+                     runner="mrv2" if len(args) == 1 else "v1")
         if len(args) == 1:  # Model Runner V2: (vllm_config, req_states)
             from adaptive_think.integrations.vllm.mrv2 import ThinkLogitsProcessorV2
 
