@@ -15,7 +15,7 @@ from adaptive_think.training.branches import Branch, branch_answers, shared_rout
 from adaptive_think.training.collect import CollectConfig, collect, continuations
 from adaptive_think.training.items import Item, bundled_items, load_checker
 from adaptive_think.training.shards import load_collection
-from test_probe_pipeline import R1_TEMPLATE
+from pipeline_helpers import R1_TEMPLATE
 from tiny import make_model, make_tokenizer
 
 MARKERS = ("<think>", "</think>")  # 3 and 4 tokens with the word-level tokenizer's plain vocabulary
