@@ -22,7 +22,7 @@ The engines stay up and the cases run interleaved (the order rotates every repea
 spread of requests/s and output tokens/s, thinking tokens per request, and the median over repeats of each
 case's wall time divided by plain's wall time in the same repeat (paired, so load that comes and goes on a
 shared machine cancels); the last line is one JSON document.
-Target (issue 10): `full` costs at most 10% of `plain`'s decode throughput at 32 concurrent requests on CPU.
+Target: `full` costs at most 10% of `plain`'s decode throughput at 32 concurrent requests on CPU.
 """
 
 from __future__ import annotations

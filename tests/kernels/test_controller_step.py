@@ -419,7 +419,7 @@ def test_natural_close_is_counted_right(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_self_overlapping_close_marker_is_found(impl):
-    # close marker A A B after A A A B: a matcher that restarts on a mismatch misses it (issue 12)
+    # close marker A A B after A A A B: a matcher that restarts on a mismatch misses it
     case = _case(POLICY_FULL, close=(CLOSE_A, CLOSE_A, CLOSE_B))
     state, _ = _run(impl, case, [0, 1, CLOSE_A, CLOSE_A, CLOSE_A, CLOSE_B, 3])
     assert int(state.phase) == ANSWERING and int(state.ended_by) == ENDED_NATURAL
