@@ -253,6 +253,16 @@ class Probe:
     # -- files -----------------------------------------------------------------------------------
 
     def config_dict(self) -> dict:
+        # what every probe file records: its operating points, where they came from, and the model it belongs to
+        common = {
+            "thresholds": {"ready": self.ready_threshold, "skip": self.skip_threshold},
+            "calibration": self.calibration,
+            "provenance": self.provenance,
+            "policy_defaults": self.policy_defaults,
+            "model_fingerprint": self.fingerprint,
+            "ladder": [r.to_dict() for r in self.ladder],
+            "default_effort": self.default_effort,
+        }
         if self.reads_logits:
             return {
                 "format_version": SCORE_FORMAT_VERSION,
@@ -261,13 +271,7 @@ class Probe:
                 "skip_kind": self.skip_kind,
                 "score": {"close-margin": "exp(logit[close marker's first token] - max logit) = p(close) / p(top)",
                           "entropy": "exp(-entropy of the next-token distribution, nats)"}[self.kind],
-                "thresholds": {"ready": self.ready_threshold, "skip": self.skip_threshold},
-                "calibration": self.calibration,
-                "provenance": self.provenance,
-                "policy_defaults": self.policy_defaults,
-                "model_fingerprint": self.fingerprint,
-                "ladder": [r.to_dict() for r in self.ladder],
-                "default_effort": self.default_effort,
+                **common,
             }
         return {
             "format_version": MEMORY_FORMAT_VERSION if self.memory_size else FORMAT_VERSION,
@@ -279,13 +283,7 @@ class Probe:
             "heads": list(HEADS),
             "activation": "relu" if self.kind == "mlp" else "identity",
             "normalisation": "x = (h - mean) * inv_std",
-            "thresholds": {"ready": self.ready_threshold, "skip": self.skip_threshold},
-            "calibration": self.calibration,
-            "provenance": self.provenance,
-            "policy_defaults": self.policy_defaults,
-            "model_fingerprint": self.fingerprint,
-            "ladder": [r.to_dict() for r in self.ladder],
-            "default_effort": self.default_effort,
+            **common,
         }
 
     def save_pretrained(self, folder) -> Path:
