@@ -212,6 +212,7 @@ def _pairwise_auroc(scores, labels):
     return wins / (len(pos) * len(neg))
 
 
+@pytest.mark.slow
 def test_doctor_reports_each_training_free_scores_auroc_on_the_bundled_reasoner(tmp_path, capsys):
     common = ["--model", "bundled", "--seed", "5", "--every", "8", "--max-new-tokens", "512",
               "--max-answer-tokens", "16", "--device", "cpu"]
