@@ -152,6 +152,9 @@ def run(args) -> int:
                "left_out_of_default_sweep": left_out, "policies": results,
                "pareto": pareto_check(results), "pareto_rungs_only": pareto_check(results, ("effort",)),
                "oracle_share": oracle_shares(results)}
+    scored = [k for k in results if k.startswith(("score:", "score-effort:"))]
+    if scored:
+        payload["vs_full_scores"] = {k: vs_full(results, k) for k in scored}
     if score_probes:
         payload["score_files"] = {k: {"path": str(path), "rungs": [{"name": r.name, "epsilon": r.epsilon,
                                                                     "ready_threshold": r.ready_threshold,
@@ -159,7 +162,6 @@ def run(args) -> int:
                                                                    for r in sp.ladder]}
                                   for (k, sp), path in zip(score_probes.items(), args.score_file)}
         payload["pareto_score_rungs"] = {k: pareto_check(results, (f"score-effort:{k}",)) for k in score_probes}
-        payload["vs_full_scores"] = {k: vs_full(results, k) for k in results if k.startswith(("score:", "score-effort:"))}
     if probe is not None:
         mode = decoding_of(sampling)
         with warnings.catch_warnings():  # a greedy-only rung warns once per generate() call already
