@@ -11,6 +11,7 @@ from adaptive_think.cli import main
 from adaptive_think.training import collect as collect_mod
 from adaptive_think.training.collect import CollectConfig, CollectionUnusable, collect
 from adaptive_think.training.items import Item, load_checker
+from adaptive_think.training.health import KIND_THOUGHT
 from adaptive_think.training.shards import load_records
 from adaptive_think.training.train_config import TrainConfig
 from adaptive_think.training.train import train_probe
@@ -201,3 +202,38 @@ def test_doctor_loads_a_saved_model_folder(tmp_path, capsys):
     assert names[:4] == ["think markers", "thinking on", "thinking off", "opens a thought"]
     assert names[-2:] == ["accuracy, full thinking", "accuracy, no thinking"]
     assert code == (0 if "verdict: ready" in out else 1) and "verdict: " in out
+
+
+def _pairwise_auroc(scores, labels):
+    """AUROC by counting pairs (right above wrong, ties half): independent of training/metrics.py."""
+    pos = [s for s, l in zip(scores, labels) if l]
+    neg = [s for s, l in zip(scores, labels) if not l]
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+@pytest.mark.slow
+def test_doctor_reports_each_training_free_scores_auroc_on_the_bundled_reasoner(tmp_path, capsys):
+    common = ["--model", "bundled", "--seed", "5", "--every", "8", "--max-new-tokens", "512",
+              "--max-answer-tokens", "16", "--device", "cpu"]
+    code, out = doctor(capsys, *common, "--samples", "3")
+    assert code == 0
+    # the same checkpoints, labelled by `collect` (one batch of the same three questions, no states)
+    assert main(["collect", *common, "--n", "3", "--batch-size", "3", "--no-states", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    cps = [r for r in load_records(tmp_path) if r["kind"] == KIND_THOUGHT]
+    labels = [bool(r["label"]) for r in cps]
+    assert 0 < sum(labels) < len(labels)  # both classes: the AUROC is defined
+    for kind, field in (("close-margin", "close_margin"), ("entropy", "entropy_score")):
+        want = (f"AUROC {_pairwise_auroc([r[field] for r in cps], labels):.3f} at {len(cps)} checkpoints "
+                f"({sum(labels)} right, {len(labels) - sum(labels)} wrong forced exits)")
+        assert " ".join(row(out, f"score {kind}")[3:]) == want
+
+
+def test_doctor_says_when_a_score_has_no_auroc():
+    from adaptive_think.training.doctor import format_auroc
+
+    nan = float("nan")
+    assert format_auroc({"ready_auroc": nan, "checkpoints": 7, "right": 7, "wrong": 0}) == "n/a (all right) at 7 checkpoints"
+    assert format_auroc({"ready_auroc": nan, "checkpoints": 5, "right": 0, "wrong": 5}) == "n/a (all wrong) at 5 checkpoints"
+    assert format_auroc({"ready_auroc": nan, "checkpoints": 0, "right": 0, "wrong": 0}) == "n/a (no checkpoints labelled)"

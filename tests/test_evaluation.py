@@ -143,3 +143,49 @@ def test_empty_block_counts_no_thinking():
     ids = tok.encode("<think>\n\n</think>\n\nok", add_special_tokens=False)
     assert think_tokens_of(ids, m, False) == (2, True)
     assert think_tokens_of(ids, m, False, tok) == (0, True)
+
+
+def test_training_free_score_policy_specs():
+    s = parse_policy("score:close-margin:0.05")
+    assert (s.kind, s.score, s.value) == ("score", "close-margin", 0.05)
+    s = parse_policy("score-effort:entropy:high")
+    assert (s.kind, s.score, s.effort) == ("score-effort", "entropy", "high")
+    for bad in ("score:close-margin", "score:margin:0.1", "score:entropy:1.5", "score-effort:entropy", "score:entropy:x"):
+        with pytest.raises(ValueError, match=re.escape(bad)):
+            parse_policy(bad)
+    specs = [parse_policy(t) for t in ("score-effort:entropy:high", "score-effort:close-margin:high", "score:entropy:0.1")]
+    why = check_policies(specs, has_probe=False, efforts=[], has_pattern=True, score_efforts={"close-margin": ["low"]})
+    assert set(why) == {"score-effort:entropy:high", "score-effort:close-margin:high"}
+    assert "--score-file" in why["score-effort:entropy:high"] and "['low']" in why["score-effort:close-margin:high"]
+    sweep = default_policies(100, False, score_efforts={"entropy": ["high", "low"]})
+    assert {"score-effort:entropy:high", "score-effort:entropy:low", "score:entropy:0.05"} <= set(sweep)
+    assert not any(p.startswith("score") for p in default_policies(100, False))
+
+
+@pytest.mark.slow
+def test_eval_cli_runs_training_free_scores_beside_the_baselines(tmp_path, capsys):
+    """calibrate-score on the bundled reasoner, then eval with its rung, explicit thresholds, a budget and the oracle."""
+    from adaptive_think.cli import main
+
+    score = tmp_path / "score"
+    assert main(["calibrate-score", "--model", "bundled", "--n", "24", "--seed", "5", "--out", str(score),
+                 "--efforts", "low:0.3", "--batch-size", "12", "--max-new-tokens", "160"]) == 0
+    out = tmp_path / "eval.json"
+    pols = ["full", "budget:20", "score-effort:close-margin:low", "score:close-margin:0.05", "score:entropy:0.3", "oracle"]
+    assert main(["eval", "--model", "bundled", "--score-file", str(score), "--n", "6", "--seed", "77", "--device", "cpu",
+                 "--include-seen", "--json", str(out), "--policies", *pols]) == 0
+    capsys.readouterr()
+    payload = json.loads(out.read_text())
+    assert list(payload["policies"]) == pols and payload["n"] == 6
+    res = payload["policies"]
+    assert res["budget:20"]["think_tokens_mean"] <= 20
+    # entropy >= 0.3 stops at a boundary early on this model: fewer thinking tokens than full thinking
+    assert res["score:entropy:0.3"]["think_tokens_mean"] < res["full"]["think_tokens_mean"]
+    assert res["score-effort:close-margin:low"]["think_tokens_mean"] <= res["full"]["think_tokens_mean"]
+    assert [r["name"] for r in payload["score_files"]["close-margin"]["rungs"]] == ["low"]
+    assert "score-effort:close-margin:low" in payload["oracle_share"]
+    assert set(payload["vs_full_scores"]) == {"score-effort:close-margin:low", "score:close-margin:0.05",
+                                              "score:entropy:0.3"}
+    assert payload["pareto_score_rungs"]["close-margin"]["beaten"] + \
+        payload["pareto_score_rungs"]["close-margin"]["not_beaten"] == ["budget:20"]
+    assert out.with_suffix(".png").stat().st_size > 0

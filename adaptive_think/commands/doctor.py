@@ -4,8 +4,8 @@
     adaptive-think doctor --model DIR --think-tokens "<think>" "</think>" --questions q.jsonl --checker boxed
 
 Prints a table (does the model open a thought, close it on its own, how long do thoughts run, does the
-checker read the answers, accuracy with full thinking and without), one raw output with what the checker
-read, a verdict and the fix for each failing check. Exit code 1 when `collect` would not produce data a
+checker read the answers, accuracy with full thinking and without, and the AUROC of each training-free score
+at the sample thoughts' checkpoints labelled by forced exits), one raw output with what the checker read, a verdict and the fix for each failing check. Exit code 1 when `collect` would not produce data a
 probe can be trained on.
 """
 

@@ -4,6 +4,8 @@
     adaptive-think eval --model bundled --probe bundled --n 600 --seed 9001 --do-sample --temperature 0.6 --top-p 0.95
     adaptive-think eval --model DIR --probe runs/probe --questions q.jsonl --policies full budget:128 effort:high oracle
     adaptive-think eval --model bundled --probe bundled --n 600 --seed 9001 --levels 4 5 6 --policies full effort:high
+    adaptive-think eval --model DIR --score-file runs/score --n 300 --policies full score-effort:close-margin:high \
+        score:entropy:0.3 oracle
 
 With a probe, every rung run beside `full` is checked against its promise (evaluation/promise.py): the
 questions it loses against full thinking, with an exact 95% interval against its epsilon, on the evaluated mix
@@ -12,6 +14,10 @@ questions it loses against full thinking, with an exact 95% interval against its
 Every requested policy is checked before anything is generated; with no --policies, the default sweep
 leaves out what cannot run here and says so. Questions the probe was collected on are left out unless
 --include-seen.
+
+Training-free scores: `score:KIND:X` runs score KIND (close-margin | entropy) at an explicit threshold (no
+guarantee, no file needed); each `--score-file` (from `calibrate-score`) adds `score-effort:KIND:NAME` for its rungs,
+and the default sweep then runs its rungs and a threshold sweep of its score beside the probe.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ HELP = "compare thinking policies: accuracy, thinking and forward tokens, wall-c
 def add_arguments(p):
     p.add_argument("--model", required=True, help="local model folder, or `bundled`")
     p.add_argument("--probe", default=None, help="probe folder, or `bundled` for the shipped probe")
+    p.add_argument("--score-file", nargs="+", default=[], metavar="DIR",
+                   help="calibrated training-free score file(s) (calibrate-score), one per score kind: their rungs run "
+                        "as score-effort:KIND:NAME")
     p.add_argument("--questions", default=None, help='JSONL of {"question", "answer"} (default: bundled tasks)')
     p.add_argument("--checker", default=None,
                    help="boxed | last-number | exact | choice | answer-is (default) | package.module:function")
@@ -64,6 +73,22 @@ def load_probe(spec):
     return Probe.from_pretrained(spec), str(spec)
 
 
+def load_score_files(paths) -> dict:
+    """{kind: score file} of the --score-file folders; a trained probe or two files of one kind is an error."""
+    from adaptive_think.probe import Probe
+
+    out = {}
+    for path in paths:
+        probe = Probe.from_pretrained(path)
+        if not probe.reads_logits:
+            raise ValueError(f"--score-file {path}: a trained probe (kind {probe.kind!r}), not a training-free score "
+                             "file; pass it as --probe.")
+        if probe.kind in out:
+            raise ValueError(f"--score-file: two {probe.kind} score files; pass one per score kind.")
+        out[probe.kind] = probe
+    return out
+
+
 def run(args) -> int:
     import json
     from pathlib import Path
@@ -79,19 +104,22 @@ def run(args) -> int:
     explicit = [parse_policy(t) for t in args.policies or []]  # fail before loading anything
     sampling = sampling_from_args(args)
     probe, probe_name = load_probe(args.probe)
+    score_probes = load_score_files(args.score_file)
     pattern = parse = None
     if not args.questions:
         from adaptive_think.tasks import ANSWER_STATED, parse_answer
 
         pattern, parse = ANSWER_STATED, parse_answer
-    ctx = dict(has_probe=probe is not None, efforts=probe.efforts if probe else [], has_pattern=pattern is not None)
+    ctx = dict(has_probe=probe is not None, efforts=probe.efforts if probe else [], has_pattern=pattern is not None,
+               score_efforts={k: sp.efforts for k, sp in score_probes.items()})
     if explicit:
         why = check_policies(explicit, **ctx)
         if why:
             raise ValueError("These policies cannot run here: " + "; ".join(f"{k}: {v}" for k, v in why.items()) + ".")
         left_out = {}
     else:
-        left_out = check_policies([parse_policy(t) for t in default_policies(1.0, True, ctx["efforts"])], **ctx)
+        left_out = check_policies([parse_policy(t) for t in default_policies(1.0, True, ctx["efforts"],
+                                                                             ctx["score_efforts"])], **ctx)
         if left_out:
             print("left out of the default sweep: " + "; ".join(f"{k} ({v})" for k, v in left_out.items()))
     items, checker = items_from_args(args)
@@ -100,24 +128,40 @@ def run(args) -> int:
         items, held_out = exclude_seen(items, probe)
         print(f"held out: {held_out['excluded']} of {held_out['drawn']} questions excluded as seen by the probe "
               f"(per level {held_out['excluded_per_level']}); {held_out['how']}")
+    for kind, sp in score_probes.items() if not args.include_seen else ():
+        items, held_out[f"score_file:{kind}"] = exclude_seen(items, sp)
+        print(f"held out: {held_out[f'score_file:{kind}']['excluded']} more questions excluded as seen by the {kind} "
+              "score file")
     if not items:
         raise ValueError("Every question was seen by the probe; draw another --seed or pass --include-seen.")
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype)
     ev = Evaluator(model, tok, items, checker, probe=probe, batch_size=args.batch_size,
                    max_new_tokens=args.max_new_tokens, exit_text=args.exit_text.encode().decode("unicode_escape"),
-                   engine=args.engine, pattern=pattern, sampling=sampling, sampling_seed=args.sampling_seed, parse=parse)
+                   engine=args.engine, pattern=pattern, sampling=sampling, sampling_seed=args.sampling_seed, parse=parse,
+                   score_probes=score_probes)
     results = {}
     if explicit:
         results.update(evaluate(ev, [s.name for s in explicit]))
     else:
         results.update(evaluate(ev, ["full"]))
-        sweep = default_policies(results["full"]["think_tokens_mean"], probe is not None, ctx["efforts"])
+        sweep = default_policies(results["full"]["think_tokens_mean"], probe is not None, ctx["efforts"],
+                                 ctx["score_efforts"])
         results.update(evaluate(ev, [p for p in sweep if p != "full" and p not in left_out]))
     payload = {"model": args.model, "probe": probe_name, "n": len(items), "seed": args.seed, "levels": args.levels,
                "decoding": dict(sampling, sampling_seed=args.sampling_seed), "held_out": held_out,
                "left_out_of_default_sweep": left_out, "policies": results,
                "pareto": pareto_check(results), "pareto_rungs_only": pareto_check(results, ("effort",)),
                "oracle_share": oracle_shares(results)}
+    scored = [k for k in results if k.startswith(("score:", "score-effort:"))]
+    if scored:
+        payload["vs_full_scores"] = {k: vs_full(results, k) for k in scored}
+    if score_probes:
+        payload["score_files"] = {k: {"path": str(path), "rungs": [{"name": r.name, "epsilon": r.epsilon,
+                                                                    "ready_threshold": r.ready_threshold,
+                                                                    "skip_threshold": r.skip_threshold}
+                                                                   for r in sp.ladder]}
+                                  for (k, sp), path in zip(score_probes.items(), args.score_file)}
+        payload["pareto_score_rungs"] = {k: pareto_check(results, (f"score-effort:{k}",)) for k in score_probes}
     if probe is not None:
         mode = decoding_of(sampling)
         with warnings.catch_warnings():  # a greedy-only rung warns once per generate() call already
@@ -139,11 +183,11 @@ def run(args) -> int:
         payload["promise"] = promise_report(ev.full_rows or [], ev.outcomes, probe)
     print(format_table(results))
     print(format_levels(results, [k for k in results if k in ("full", "oracle", "router", "probe")
-                                  or k.startswith(("effort:", "stops:"))]))
+                                  or k.startswith(("effort:", "stops:", "score-effort:"))]))
     if probe is not None:
         print(format_promise(payload["promise"], decoding_of(sampling)) if payload["promise"] else
               "promise: not checked (it needs the `full` policy and at least one effort:NAME or probe policy)")
-    for key in ("pareto", "pareto_rungs_only", "oracle_share", "vs_full"):
+    for key in ("pareto", "pareto_rungs_only", "pareto_score_rungs", "oracle_share", "vs_full", "vs_full_scores"):
         if payload.get(key):
             print(f"{key}: {json.dumps(payload[key])}")
     if args.json:

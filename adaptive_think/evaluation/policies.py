@@ -10,6 +10,9 @@
     consistency:M:K  ... trials every K thinking tokens
     oracle           per question, the earliest point after which a forced exit is right and stays right
                      (computed from the full thoughts, not run)
+    score:KIND:X     training-free score KIND (close-margin | entropy) with ready threshold X, uncalibrated
+                     (no accuracy guarantee, never skips; needs no file)
+    score-effort:KIND:NAME  rung NAME of the calibrated score file of KIND (eval --score-file)
 
 `check_policies` says, before anything is generated, which requested policies cannot run here and why.
 """
@@ -18,7 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("full", "none", "budget", "marker", "confidence", "probe", "effort", "stops", "router", "consistency", "oracle")
+from adaptive_think.controller.state import SCORE_KINDS
+
+KINDS = ("full", "none", "budget", "marker", "confidence", "probe", "effort", "stops", "router", "consistency", "oracle",
+         "score", "score-effort")
+SCORE_SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)  # default uncalibrated thresholds of each score file's kind
 NO_VALUE = ("full", "none", "marker", "router", "oracle")
 NEEDS_PROBE = ("probe", "effort", "stops", "router")
 
@@ -30,6 +37,7 @@ class PolicySpec:
     value: float | None = None  # budget cap, confidence / probe threshold, or consistency's M
     effort: str | None = None  # effort:NAME
     every: int | None = None  # consistency:M:K, trial interval in thinking tokens (None: step boundaries)
+    score: str | None = None  # score:KIND:X and score-effort:KIND:NAME, the training-free score's kind
 
 
 def _number(text: str, value: str) -> float:
@@ -49,6 +57,18 @@ def parse_policy(text: str) -> PolicySpec:
         raise ValueError(f"Policy 'budget' needs a cap, e.g. budget:64 (got {text!r}).")
     if kind == "confidence" and not value:
         raise ValueError(f"Policy 'confidence' needs a threshold, e.g. confidence:0.95 (got {text!r}).")
+    if kind in ("score", "score-effort"):
+        score, _, rest = value.partition(":")
+        example = "score:close-margin:0.05" if kind == "score" else "score-effort:close-margin:high"
+        if score not in SCORE_KINDS or not rest or ":" in rest:
+            raise ValueError(f"Policy {text!r}: give a training-free score {SCORE_KINDS} and "
+                             f"{'a threshold' if kind == 'score' else 'a rung name'}, e.g. {example}.")
+        if kind == "score-effort":
+            return PolicySpec(text, kind, effort=rest, score=score)
+        num = _number(text, rest)
+        if not 0 <= num <= 1:
+            raise ValueError(f"Policy {text!r}: the threshold must lie in [0, 1].")
+        return PolicySpec(text, kind, num, score=score)
     if kind in ("effort", "stops"):
         if not value or ":" in value:
             raise ValueError(f"Policy {kind!r} needs one rung name, e.g. {kind}:high (got {text!r}).")
@@ -71,11 +91,18 @@ def parse_policy(text: str) -> PolicySpec:
     return PolicySpec(text, kind, num)
 
 
-def check_policies(specs: list[PolicySpec], *, has_probe: bool, efforts: list[str], has_pattern: bool) -> dict[str, str]:
-    """{policy name: why it cannot run here} for every spec that cannot (empty: all can)."""
+def check_policies(specs: list[PolicySpec], *, has_probe: bool, efforts: list[str], has_pattern: bool,
+                   score_efforts: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """{policy name: why it cannot run here} for every spec that cannot (empty: all can). score_efforts: the rungs
+    of each calibrated score file passed, by kind."""
     why = {}
+    score_efforts = score_efforts or {}
     for s in specs:
-        if s.kind in NEEDS_PROBE and not has_probe:
+        if s.kind == "score-effort" and s.score not in score_efforts:
+            why[s.name] = f"needs a calibrated {s.score} score file (pass --score-file; `adaptive-think calibrate-score`)"
+        elif s.kind == "score-effort" and s.effort not in score_efforts[s.score]:
+            why[s.name] = f"the {s.score} score file has no rung {s.effort!r} (its rungs: {score_efforts[s.score]})"
+        elif s.kind in NEEDS_PROBE and not has_probe:
             why[s.name] = "needs a probe (pass --probe)"
         elif s.kind in ("effort", "stops") and s.effort not in efforts:
             why[s.name] = (f"the probe has no rung {s.effort!r} (its rungs: {efforts})" if efforts else
@@ -85,8 +112,10 @@ def check_policies(specs: list[PolicySpec], *, has_probe: bool, efforts: list[st
     return why
 
 
-def default_policies(full_think_mean: float, has_probe: bool, efforts: list[str] | None = None) -> list[str]:
-    """The default sweep: every family, the probe's rungs and thresholds, the router, the oracle."""
+def default_policies(full_think_mean: float, has_probe: bool, efforts: list[str] | None = None,
+                     score_efforts: dict[str, list[str]] | None = None) -> list[str]:
+    """The default sweep: every family, the probe's rungs and thresholds, the router, each score file's rungs and
+    a threshold sweep of its score, the oracle."""
     caps = sorted({max(1, int(round(full_think_mean * f))) for f in (0.2, 0.35, 0.5, 0.65, 0.8)})
     out = ["full", "none"] + [f"budget:{c}" for c in caps] + ["marker"]
     out += [f"confidence:{t}" for t in (0.8, 0.9, 0.95, 0.99)]
@@ -94,4 +123,6 @@ def default_policies(full_think_mean: float, has_probe: bool, efforts: list[str]
     if has_probe:
         out += [f"effort:{e}" for e in efforts] + [f"stops:{e}" for e in efforts] if efforts else ["probe"]
         out += ["router"] + [f"probe:{t}" for t in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.65, 0.8, 0.9, 0.95, 0.97, 0.99)]
+    for kind, rungs in (score_efforts or {}).items():
+        out += [f"score-effort:{kind}:{e}" for e in rungs] + [f"score:{kind}:{t}" for t in SCORE_SWEEP]
     return out + ["oracle"]

@@ -29,7 +29,14 @@ def summarise(rows: list[dict], wall: float) -> dict:
 
 
 def _family(name: str) -> str:
-    return name.split(":")[0]
+    """A policy's family on the plot and in the Pareto checks: a score policy's family names its score kind."""
+    parts = name.split(":")
+    return ":".join(parts[:2]) if parts[0] in ("score", "score-effort") else parts[0]
+
+
+def score_rungs(name: str) -> bool:
+    """A calibrated rung of a training-free score file (score-effort:KIND:NAME)."""
+    return name.startswith("score-effort:")
 
 
 def envelope(points: list[tuple[float, float]], f: float) -> float | None:
@@ -62,13 +69,14 @@ def pareto_check(results: dict, family: tuple[str, ...] = PROBE_FAMILY) -> dict:
 
 
 def oracle_shares(results: dict) -> dict:
-    """Per probe rung: (full - rung) / (full - oracle) in thinking tokens; {} without full and oracle."""
+    """Per probe rung and score-file rung: (full - rung) / (full - oracle) in thinking tokens; {} without full and
+    oracle."""
     full, oracle = results.get("full"), results.get("oracle")
     if not full or not oracle:
         return {}
     room = full["think_tokens_mean"] - oracle["think_tokens_mean"]
     return {k: (full["think_tokens_mean"] - v["think_tokens_mean"]) / room if room > 0 else None
-            for k, v in results.items() if k in ("probe", "router") or _family(k) in ("effort", "stops")}
+            for k, v in results.items() if k in ("probe", "router") or _family(k) in ("effort", "stops") or score_rungs(k)}
 
 
 def vs_full(results: dict, name: str) -> dict | None:
@@ -125,11 +133,12 @@ def plot(results: dict, path) -> str | None:
         if fam == "oracle":
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="*", markersize=14, linestyle="", label=fam)
             continue
-        style = dict(marker="s", markersize=8, linewidth=2) if fam == "effort" else dict(marker="o")
+        rungs = fam == "effort" or fam.startswith("score-effort:")
+        style = dict(marker="s", markersize=8, linewidth=2) if rungs else dict(marker="o")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=fam, **style)
-        if fam == "effort":
+        if rungs:
             for f, a, name in pts:
-                ax.annotate(name.split(":")[1], (f, a), textcoords="offset points", xytext=(4, -10), fontsize=8)
+                ax.annotate(name.split(":")[-1], (f, a), textcoords="offset points", xytext=(4, -10), fontsize=8)
     ax.set_xlabel("mean forward tokens per question")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)

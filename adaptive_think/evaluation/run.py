@@ -3,7 +3,8 @@
 Per policy: accuracy, mean thinking tokens, mean forward tokens (everything the model decoded,
 trial answers included), skip rate, wall-clock; per difficulty level too. Greedy by default; with
 sampling settings every policy decodes under the same settings and the same seed. The `oracle` row is
-computed from the full thoughts (oracle.py). report.py prints, compares and plots the results.
+computed from the full thoughts (oracle.py). Training-free score policies (`score:KIND:X`, `score-effort:KIND:NAME`)
+run through a thinker of their own holding the score file (calibrated, from `score_probes`, or uncalibrated). report.py prints, compares and plots the results.
 
     adaptive-think eval --model bundled --probe bundled --n 300 --seed 2024 --json runs/eval.json
 """
@@ -50,8 +51,10 @@ class Evaluator:
 
     def __init__(self, model, tokenizer, items, checker, probe=None, batch_size: int = 16, max_new_tokens: int = 400,
                  exit_text: str = "\n\n", engine: str = "hf", pattern=None, progress: bool = True,
-                 sampling: dict | None = None, sampling_seed: int = 0, parse=None):
+                 sampling: dict | None = None, sampling_seed: int = 0, parse=None, score_probes: dict | None = None):
         self.model, self.tok, self.items, self.checker = model, tokenizer, items, checker
+        self.score_probes = dict(score_probes or {})  # kind -> calibrated score file (score-effort:KIND:NAME)
+        self._score_thinkers: dict[tuple[str, bool], AdaptiveThinker] = {}
         # e.g. {"do_sample": True, "temperature": 0.6, "top_p": 0.95}; None or {}: greedy
         self.sampling = dict(sampling) if sampling else {"do_sample": False}
         self.sampling_seed, self.parse = sampling_seed, parse
@@ -72,7 +75,28 @@ class Evaluator:
             batch = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
             yield chunk, batch
 
+    def _thinker(self, spec: PolicySpec) -> AdaptiveThinker:
+        """The thinker a policy runs on: a score policy's holds its score file (the calibrated one for score-effort,
+        an uncalibrated one for an explicit threshold, so that it never skips); every other policy's is the main one."""
+        if spec.kind not in ("score", "score-effort"):
+            return self.thinker
+        calibrated = spec.kind == "score-effort"
+        key = (spec.score, calibrated)
+        if key not in self._score_thinkers:
+            if calibrated and spec.score not in self.score_probes:
+                raise ValueError(f"Policy {spec.name!r} needs a calibrated {spec.score} score file: pass --score-file.")
+            from adaptive_think.probe import Probe
+
+            probe = self.score_probes[spec.score] if calibrated else Probe.training_free(spec.score, self.model)
+            self._score_thinkers[key] = AdaptiveThinker(self.model, self.tok, probe=probe)
+        return self._score_thinkers[key]
+
     def _think_config(self, spec: PolicySpec) -> ThinkConfig:
+        if spec.kind == "score":
+            # an uncalibrated score file carries no exit text: the one every other policy here forces
+            return ThinkConfig(policy="probe", threshold=spec.value, exit_text=self.exit_text, stop_at_boundary=True)
+        if spec.kind == "score-effort":
+            return ThinkConfig(policy="probe", effort=spec.effort)
         if spec.kind == "full":
             return ThinkConfig()
         if spec.kind == "none":
@@ -121,8 +145,9 @@ class Evaluator:
                 out = self.model.generate(**batch, logits_processor=[proc], **kw)
                 trial = proc.trial_tokens
             else:
-                out = self.thinker.generate(**batch, think=self._think_config(spec), engine=self.engine, **kw)
-                reports = self.thinker.last_reports
+                thinker = self._thinker(spec)
+                out = thinker.generate(**batch, think=self._think_config(spec), engine=self.engine, **kw)
+                reports = thinker.last_reports
             for r, it in enumerate(chunk):
                 gen = out[r, plen:].tolist()
                 n = next((j + 1 for j, t in enumerate(gen) if t in self.eos), len(gen))

@@ -3,7 +3,10 @@
 It resolves the think markers, renders the chat template with thinking on and off, answers a few sample
 questions with full thinking (through the controller, whose reports say how each thought ended) and
 with thinking skipped (the prompt `collect` uses), and checks what `collect` needs: thoughts that open,
-close on their own, answers the checker can read, and some right with full thinking.
+close on their own, answers the checker can read, and some right with full thinking. Then it labels the
+checkpoints of the sample thoughts as `collect` does (a forced exit at each, no hidden states kept) and reports
+the AUROC of each training-free score (close-margin, entropy) at them: which score separates right from wrong
+exits on the user's own questions, and on how many checkpoints that rests.
 
     from adaptive_think.training.doctor import DoctorConfig, examine
     result = examine(model, tokenizer, items, checker, DoctorConfig(samples=4))   # result.checks, result.ready
@@ -60,6 +63,9 @@ class Examination:
     checks: list[Check] = field(default_factory=list)
     prompts: dict[str, str] = field(default_factory=dict)  # "thinking on" / "thinking off" -> prompt text
     sample: dict | None = None  # {"question", "answer", "output", "reads", "read", "right"}
+    # the sample thoughts' checkpoints labelled by forced exits (collect's records, no states); [] when not run
+    records: list[dict] = field(default_factory=list)
+    scores: dict = field(default_factory=dict)  # kind -> {"ready_auroc", "checkpoints", "right", "wrong"}
 
     @property
     def ready(self) -> bool:
@@ -115,6 +121,35 @@ def collect_estimate(thought: float, generated: int, every: int, forced: int, an
             f"tokens, plus step boundaries) of up to {forced + answer} tokens each on the thought's own cache; "
             f"generating took {seconds:.1f} s per question here (batch {batch}); all of collect took about 1.4x the "
             "plain generation at T = 512 on a CPU (benchmarks/collect_cost.py)")
+
+
+def format_auroc(score: dict) -> str:
+    """One training-free score's line: its AUROC at the labelled checkpoints, or why there is none."""
+    n, right, wrong = score["checkpoints"], score["right"], score["wrong"]
+    if n == 0:
+        return "n/a (no checkpoints labelled)"
+    if right == 0 or wrong == 0:
+        return f"n/a (all {'wrong' if right == 0 else 'right'}) at {n} checkpoints"
+    return f"AUROC {score['ready_auroc']:.3f} at {n} checkpoints ({right} right, {wrong} wrong forced exits)"
+
+
+def _score_checks(model, tokenizer, markers, items, checker, cfg: DoctorConfig, ex: Examination) -> None:
+    """Label the sample thoughts' checkpoints by forced exits (collect's own code, no states) and add one line per
+    training-free score: does it rank the right exits above the wrong ones here?"""
+    from adaptive_think.controller import boundary_mask
+    from adaptive_think.training.calibrate_score import score_aurocs
+    from adaptive_think.training.collect import CollectConfig, collect_batch
+    from adaptive_think.training.health import KIND_PROMPT
+
+    ccfg = CollectConfig(every=cfg.every, batch_size=len(items), max_new_tokens=cfg.max_new_tokens,
+                         max_answer_tokens=cfg.max_answer_tokens, exit_text=cfg.exit_text, states=False)
+    boundary = boundary_mask(tokenizer, int(model.get_output_embeddings().weight.shape[0]))
+    ex.records, _, _ = collect_batch(model, tokenizer, markers, items, checker, ccfg, [], boundary)
+    labels = [bool(r["label"]) for r in ex.records if r["kind"] != KIND_PROMPT and r["label"] is not None]
+    for kind, a in score_aurocs(ex.records).items():
+        ex.scores[kind] = {"ready_auroc": a["ready_auroc"], "checkpoints": a["checkpoints"],
+                           "right": sum(labels), "wrong": len(labels) - sum(labels)}
+        ex.checks.append(Check(f"score {kind}", format_auroc(ex.scores[kind]), INFO))
 
 
 @torch.no_grad()
@@ -206,6 +241,8 @@ def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | No
                            "no sample right with full thinking: check the reference answers, the checker and "
                            "--max-new-tokens (every label would be 'wrong')"))
     ex.checks.append(Check("accuracy, no thinking", f"{sum(nothink_ok)}/{n}", INFO))
+    if any(closed):
+        _score_checks(model, tokenizer, markers, items, checker, cfg, ex)
     read = getattr(checker, "read", None)
     ex.sample = {"question": items[0].question, "answer": items[0].answer, "output": full_texts[0],
                  "reads": read is not None, "read": read(full_texts[0]) if read else None, "right": full_ok[0]}
