@@ -42,6 +42,13 @@ def memory_probe(model, width: int = 64, memory: int = 8, seed: int = 0):
                  provenance={"random": True, "seed": seed, "memory": memory})
 
 
+def recorded(controller, make):
+    """make(controller) -> a StepCase whose info records whether its rows read a score from the logits."""
+    case = make(controller)
+    case.info["reads_logits"] = controller.needs_logits
+    return case
+
+
 def step_phase(name, model, tok, device, batch: int, args, add, guard) -> dict | None:
     """Build every case (each under `guard`), time them together; add() each case's per-step samples.
 
@@ -85,16 +92,15 @@ def step_phase(name, model, tok, device, batch: int, args, add, guard) -> dict |
         build("graph_probe" + suffix, mode, lambda mode=mode, s=suffix: runner_case(
             "graph_probe" + s, model, thinker.controller(never, kw), ids, mask, steps=steps, graph_mode=mode,
             probe_layer=probe.layer, **kw))
-        build("graph_budget" + suffix, mode, lambda mode=mode, s=suffix: runner_case(
-            "graph_budget" + s, model, budgeter.controller(uncapped, kw), ids, mask, steps=steps, graph_mode=mode,
-            **kw))
-        build("graph_score" + suffix, mode, lambda mode=mode, s=suffix: runner_case(
-            "graph_score" + s, model, scorer.controller(never_score, kw), ids, mask, steps=steps, graph_mode=mode,
-            **kw))
-    for case, thinker_, think in (("hf_engine_budget", budgeter, uncapped), ("hf_engine_score", scorer, never_score)):
-        build(case, "eager", lambda case=case, t=thinker_, think=think: generate_case(
-            case, lambda n: t.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, think=think,
-                                       engine="hf", **kw)))
+        for case, t, think in (("graph_budget", budgeter, uncapped), ("graph_score", scorer, never_score)):
+            build(case + suffix, mode, lambda case=case, t=t, think=think, mode=mode, s=suffix: recorded(
+                t.controller(think, kw), lambda ctl: runner_case(case + s, model, ctl, ids, mask, steps=steps,
+                                                                 graph_mode=mode, **kw)))
+    for case, t, think in (("hf_engine_budget", budgeter, uncapped), ("hf_engine_score", scorer, never_score)):
+        run = lambda n, t=t, think=think: t.generate(ids, attention_mask=mask, max_new_tokens=n,  # noqa: E731
+                                                     min_new_tokens=n, think=think, engine="hf", **kw)
+        build(case, "eager", lambda case=case, t=t, think=think, run=run: recorded(
+            t.controller(think, kw), lambda _: generate_case(case, run)))
     hf_name = "hf_static_compile" if cuda else "hf_eager"
     hf_kw = dict(cache_implementation="static") if cuda else {}
 
@@ -116,7 +122,7 @@ def step_phase(name, model, tok, device, batch: int, args, add, guard) -> dict |
     if not doc:
         return None
     for case_name, c in doc["cases"].items():
-        extra = {}
+        extra = {k: c[k] for k in ("reads_logits",) if k in c}
         if case_name == hf_name and "graph_probe" in doc["cases"]:
             extra["paired_vs_graph_probe"] = pair(doc, hf_name, "graph_probe")  # > 1: the graph engine is faster
         result_name, mode = reported[case_name]
