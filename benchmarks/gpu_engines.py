@@ -4,6 +4,8 @@
     python benchmarks/gpu_engines.py --plan step --out step.json     # GPU: the compiled step cases only (Qwen3-0.6B,
                                                                      # batch 1 and 32), ~3 min
     python benchmarks/gpu_engines.py --plan step --device cpu --threads 1 --clock cpu --models smollm2-135m --batches 1
+    python benchmarks/gpu_engines.py --plan step --device cpu --threads 1 --clock cpu --batches 8 --step-cases \
+        graph_budget graph_score hf_engine_budget hf_engine_score    # CPU: a training-free score row vs a budget row
     python benchmarks/gpu_engines.py --device cpu --threads 1 --out benchmarks/results/engines_cpu_smollm2.json
                                                                      # CPU: SmolLM2-135M's shape, batch 8
     python benchmarks/gpu_engines.py --device cpu --quick            # CPU: bundled-reasoner cases only
@@ -46,6 +48,8 @@ from pathlib import Path
 import torch
 from bench_env import versions
 from engine_cases import SHAPES, context_cases, interleaved_cases, mixed_cases, now, random_model, use_clock
+from step_cases import CASES as STEP_CASES
+from step_cases import DEFAULT_CASES as DEFAULT_STEP_CASES
 from step_cases import step_phase
 from step_timing import MIN_REPS, spread
 
@@ -266,7 +270,7 @@ def summarise(results: list[dict], e2e: list[dict]) -> dict:
             if (model, batch, ref, mode) in med:
                 overhead.append({"model": model, "batch": batch, "mode": mode, "vs": ref,
                                  "controller_overhead": ms / med[model, batch, ref, mode] - 1})
-    paired, speedup = [], []
+    paired, speedup, score_cost = [], [], []
     for r in results:  # step phase: per-repetition ratios of cases timed back to back
         where = {"model": r["model"], "batch": r["batch"], "mode": r["mode"]}
         p = r.get("paired_vs_graph_none")
@@ -275,10 +279,13 @@ def summarise(results: list[dict], e2e: list[dict]) -> dict:
         p = r.get("paired_vs_graph_probe")
         if p:
             speedup.append({**where, "case": r["case"], "graph_probe_speedup": p})
+        p = r.get("paired_vs_budget")
+        if p:  # a training-free score row against a budget row, per repetition
+            score_cost.append({**where, "case": r["case"], **p})
     by = {(r["policy"], r["engine"]): r["ms_per_question"]["median"] for r in e2e}
     e2e_ratios = {f"{p}_{e}_vs_full_hf": by[p, e] / by["full", "hf"] for (p, e) in by if ("full", "hf") in by}
     return {"controller_overhead": overhead, "controller_overhead_paired": paired, "speedup_vs_hf_paired": speedup,
-            "e2e_ratios": e2e_ratios}
+            "score_row_cost_paired": score_cost, "e2e_ratios": e2e_ratios}
 
 
 def table(results, doc):
@@ -298,6 +305,9 @@ def table(results, doc):
         q = o["graph_probe_speedup"]
         lines.append(f"speed-up of graph_probe over {o['case']} {o['model']} B={o['batch']}, paired: {q['median']:.3f}x "
                      f"(p20 {q['p20']:.3f}, p80 {q['p80']:.3f})")
+    for o in doc["summary"]["score_row_cost_paired"]:
+        lines.append(f"score row cost {o['case']} / {o['vs']} {o['model']} B={o['batch']} {o['mode']}, paired: "
+                     f"{o['median']:.4f}x (p20 {o['p20']:.4f}, p80 {o['p80']:.4f}, n={o['n']})")
     for r in doc["e2e"]:
         lines.append(f"e2e reasoner {r['policy']:5s} {r['engine']:5s}: {r['ms_per_question']['median']:.1f} ms/question "
                      f"(p20 {r['ms_per_question']['p20']:.1f}, p80 {r['ms_per_question']['p80']:.1f}), "
@@ -333,6 +343,9 @@ def main(argv=None) -> dict:
     p.add_argument("--step-modes", nargs="+", default=None, choices=("compile", "cudagraph", "reduce-overhead", "eager"),
                    help="graph-engine modes of the step phase (default: GPU compile, CPU eager); the first is the baseline's")
     p.add_argument("--step-models", nargs="*", default=["qwen3-0.6b"], help="models of the step phase in the full GPU plan")
+    p.add_argument("--step-cases", nargs="+", default=list(DEFAULT_STEP_CASES), choices=STEP_CASES,
+                   help="cases of the step phase (hf: hf_static_compile on GPU, hf_eager on CPU); the score-row cost: "
+                        "graph_budget graph_score (and hf_engine_budget hf_engine_score)")
     p.add_argument("--step-reps", type=int, default=MIN_REPS, help="alternated repetitions of the step phase")
     p.add_argument("--step-steps", type=int, default=32, help="decode steps per timed segment of the step phase")
     p.add_argument("--no-hf-compile", dest="hf_compile", action="store_false", help="skip HF static cache + compile")

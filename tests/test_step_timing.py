@@ -148,3 +148,28 @@ def test_engine_benchmark_step_plan_writes_paired_cases(tmp_path):
     assert speedup["case"] == "hf_eager" and speedup["graph_probe_speedup"]["n"] == 15
     with pytest.raises(SystemExit):
         gpu_engines.main(["--plan", "step", "--device", "cpu", "--step-reps", "5"])  # cannot resolve 1%
+
+
+def test_engine_benchmark_score_row_cost_is_paired_against_budget_rows(tmp_path):
+    """--step-cases graph_budget graph_score hf_engine_budget hf_engine_score on a tiny Qwen3: the score rows
+    read the logits and the budget rows do not, and the JSON holds each engine's paired score / budget ratio."""
+    import json
+
+    import gpu_engines
+
+    out = tmp_path / "score.json"
+    gpu_engines.main(["--plan", "step", "--device", "cpu", "--threads", "1", "--clock", "cpu", "--models",
+                      "qwen3-tiny", "--batches", "2", "--step-steps", "4", "--step-cases", "graph_budget",
+                      "graph_score", "hf_engine_budget", "hf_engine_score", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert not doc["skipped"], doc["skipped"]
+    by_case = {c["case"]: c for c in doc["cases"]}
+    assert set(by_case) == {"graph_budget", "graph_score", "hf_engine_budget", "hf_engine_score"}
+    assert {c: by_case[c]["reads_logits"] for c in by_case} == {
+        "graph_budget": False, "graph_score": True, "hf_engine_budget": False, "hf_engine_score": True}
+    cost = {o["case"]: o for o in doc["summary"]["score_row_cost_paired"]}
+    assert {c: cost[c]["vs"] for c in cost} == {"graph_score": "graph_budget", "hf_engine_score": "hf_engine_budget"}
+    for name, o in cost.items():
+        assert o["batch"] == 2 and o["n"] >= 13 and 0 < o["p20"] <= o["median"] <= o["p80"], name
+        assert o["median"] == by_case[name]["paired_vs_budget"]["median"]
+    assert "paired_vs_budget" not in by_case["graph_budget"]
