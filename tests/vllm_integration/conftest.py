@@ -48,3 +48,21 @@ def hf_tokens(thinker: AdaptiveThinker, prompt: str, config: dict | None, max_ne
     """Greedy completion token ids of one prompt text on the hf engine (config None: plain model.generate)."""
     ids = thinker.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     return hf_tokens_from_ids(thinker, ids, config, max_new_tokens, min_new_tokens)
+
+
+def assert_engine_matches_hf_on_cuda(llm, hf_thinker: AdaptiveThinker, configs: list, max_tokens: int = 120) -> None:
+    """Greedy requests with `configs` (None: no adaptive_think settings) on a GPU engine give exactly the hf
+    engine's tokens, the hf model moved to the GPU for the comparison and back after."""
+    import json
+
+    import vllm
+
+    prompts = chat_prompts(llm.get_tokenizer(), len(configs))
+    params = [vllm.SamplingParams(max_tokens=max_tokens, temperature=0.0,
+                                  extra_args={"adaptive_think": c} if c is not None else None) for c in configs]
+    hf_thinker.model.to("cuda")
+    try:
+        for prompt, config, out in zip(prompts, configs, llm.generate(prompts, params, use_tqdm=False)):
+            assert list(out.outputs[0].token_ids) == hf_tokens(hf_thinker, prompt, config, max_tokens), json.dumps(config)
+    finally:
+        hf_thinker.model.to("cpu")

@@ -12,7 +12,6 @@ alone from a plain ThinkController. The `gpu` test runs the real runner on CUDA.
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -138,7 +137,7 @@ def test_mrv2_adapter_refuses_bad_settings():
 def test_real_model_runner_v2_matches_the_hf_engine(hf_thinker, monkeypatch):
     """On CUDA, the default runner (Model Runner V2) with mixed configs gives the hf engine's tokens (fp32)."""
     from adaptive_think.integrations.vllm import llm_kwargs
-    from tests.vllm_integration.conftest import chat_prompts, hf_tokens
+    from tests.vllm_integration.conftest import assert_engine_matches_hf_on_cuda
 
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
     configs = [{"policy": "full"}, {"policy": "none"}, {"policy": "budget", "max_think_tokens": 5, "exit_text": "\n\n"},
@@ -146,12 +145,4 @@ def test_real_model_runner_v2_matches_the_hf_engine(hf_thinker, monkeypatch):
     llm = vllm.LLM(model=str(reasoner_path()), dtype="float32", max_model_len=256, max_num_seqs=4,
                    max_num_batched_tokens=16, gpu_memory_utilization=0.2, seed=0, **llm_kwargs(probe=probe_path()))
     assert llm.llm_engine.vllm_config.use_v2_model_runner, "expected Model Runner V2 on this GPU"
-    prompts = chat_prompts(llm.get_tokenizer(), len(configs))
-    params = [vllm.SamplingParams(max_tokens=120, temperature=0.0,
-                                  extra_args={"adaptive_think": c} if c is not None else None) for c in configs]
-    hf_thinker.model.to("cuda")
-    try:
-        for prompt, config, out in zip(prompts, configs, llm.generate(prompts, params, use_tqdm=False)):
-            assert list(out.outputs[0].token_ids) == hf_tokens(hf_thinker, prompt, config, 120), json.dumps(config)
-    finally:
-        hf_thinker.model.to("cpu")
+    assert_engine_matches_hf_on_cuda(llm, hf_thinker, configs)

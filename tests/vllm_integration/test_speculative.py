@@ -246,10 +246,8 @@ def test_a_repeated_apply_of_one_step_changes_nothing():
 @pytest.mark.parametrize("method", ["ngram"])
 def test_real_model_runner_v2_under_speculation_matches_the_hf_engine(hf_thinker, monkeypatch, method):
     """On CUDA: Model Runner V2 with an n-gram draft and mixed configs gives the hf engine's tokens (fp32)."""
-    import json
-
     from adaptive_think.integrations.vllm import llm_kwargs
-    from tests.vllm_integration.conftest import chat_prompts, hf_tokens
+    from tests.vllm_integration.conftest import assert_engine_matches_hf_on_cuda
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device; run scripts/gpu_check.sh on a GPU machine")
@@ -263,12 +261,4 @@ def test_real_model_runner_v2_under_speculation_matches_the_hf_engine(hf_thinker
                                        "prompt_lookup_min": 1},
                    **llm_kwargs(probe=probe_path()))
     assert llm.llm_engine.vllm_config.use_v2_model_runner, "expected Model Runner V2 on this GPU"
-    prompts = chat_prompts(llm.get_tokenizer(), len(configs))
-    params = [vllm.SamplingParams(max_tokens=120, temperature=0.0,
-                                  extra_args={"adaptive_think": c} if c is not None else None) for c in configs]
-    hf_thinker.model.to("cuda")
-    try:
-        for prompt, config, out in zip(prompts, configs, llm.generate(prompts, params, use_tqdm=False)):
-            assert list(out.outputs[0].token_ids) == hf_tokens(hf_thinker, prompt, config, 120), json.dumps(config)
-    finally:
-        hf_thinker.model.to("cpu")
+    assert_engine_matches_hf_on_cuda(llm, hf_thinker, configs)
