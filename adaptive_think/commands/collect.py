@@ -44,6 +44,10 @@ def add_arguments(p):
     out.add_argument("--token-layers", type=int, nargs="+", default=None, metavar="L",
                      help="with --token-states: keep the token states of these layers only (e.g. the layer a first "
                           "collection's train-probe chose); the disk then grows with one layer, not all candidates")
+    out.add_argument("--token-stride", type=int, default=1, metavar="S",
+                     help="with --token-states: keep the state of every S-th thought token only (those that have read "
+                          "S, 2S, ... tokens; checkpoint states are kept anyway): about 1/S of the token-state disk; "
+                          "a head with memory then takes its running maximum over these (default 1: every token)")
     out.add_argument("--batch-size", type=int, default=32)
     out.add_argument("--max-new-tokens", type=int, default=COLLECT_DEFAULTS["max_new_tokens"])
     out.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"])
@@ -89,7 +93,8 @@ def config_from_args(args):
                          shard_questions=args.shard_questions, fail_fast=args.fail_fast,
                          sampling=sampling if sampling.get("do_sample") else {},
                          sampling_seed=args.sampling_seed, token_states=args.token_states,
-                         states=getattr(args, "states", True), token_layers=args.token_layers)
+                         states=getattr(args, "states", True), token_layers=args.token_layers,
+                         token_stride=args.token_stride)
 
 
 def doctor_command(args) -> str:

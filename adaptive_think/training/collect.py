@@ -78,6 +78,10 @@ class CollectConfig:
     # with token_states: keep the thought-token states of these candidate layers only (None: all of them); e.g. the
     # layer a first collection's `train-probe` chose, so the disk grows with T x D of one layer, not L of them
     token_layers: list[int] | None = None
+    # with token_states: keep the state of every S-th thought token only, those that have read S, 2S, 3S, ... thought
+    # tokens (the prompt record's `thought_states` counts the kept rows, `thought_stride` says S when S > 1); the
+    # checkpoint rows (`layer{l}`) still hold every checkpoint's state, and memory.py merges the two
+    token_stride: int = 1
     fail_fast: bool = True  # stop after the first batch when the data cannot train a probe (not a setting of the data)
     extra: dict = field(default_factory=dict)
 
@@ -92,6 +96,12 @@ class CollectConfig:
             raise ValueError("token_states=True keeps every thought token's state, states=False keeps none: choose one.")
         if self.token_layers is not None and not self.token_states:
             raise ValueError(f"token_layers={self.token_layers} picks the layers of the token states; it needs "
+                             "token_states=True (--token-states).")
+        if isinstance(self.token_stride, bool) or not (isinstance(self.token_stride, int) and self.token_stride >= 1):
+            raise ValueError(f"token_stride={self.token_stride!r}: keep every S-th thought token's state with a whole "
+                             "number S >= 1 (--token-stride; 1 keeps every token).")
+        if self.token_stride != 1 and not self.token_states:
+            raise ValueError(f"token_stride={self.token_stride} thins the thought-token states; it needs "
                              "token_states=True (--token-states).")
         if self.sampling and not self.sampling.get("do_sample"):
             raise ValueError(f"sampling={self.sampling} sets sampling parameters without do_sample=True.")
@@ -239,9 +249,12 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
         rows.append(steps[b, 0])
         if body is None:
             continue
-        if cfg.token_states:  # the state that has just read each thought token, as for the checkpoints below
-            kept = steps[b, body + 1 : body + 1 + max(0, min(thought_len, steps.shape[1] - 1 - body))]
+        if cfg.token_states:  # the state that has just read thought token j (step body + j + 1), every S-th j
+            n, s = max(0, min(thought_len, steps.shape[1] - 1 - body)), cfg.token_stride
+            kept = steps[b, body + s : body + 1 + n : s]  # the states that have read s, 2s, ... <= n thought tokens
             records[-1]["thought_states"] = kept.shape[0]
+            if s > 1:
+                records[-1]["thought_stride"] = s
             thought_rows.append(kept)
         # the last generated token was never fed back, so it has no hidden state
         for j in range(min(thought_len, steps.shape[1] - 1 - body)):
@@ -317,8 +330,8 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
     del settings["fail_fast"]  # how to react to bad data, not a property of the data
     index = read_index(out, rank)
     if index is not None:  # collections recorded before these settings existed were greedy, without token states
-        index["settings"] = {"sampling": {}, "sampling_seed": 0, "token_states": False, "token_layers": None, "states": True,
-                             **index["settings"]}
+        index["settings"] = {"sampling": {}, "sampling_seed": 0, "token_states": False, "token_layers": None,
+                             "token_stride": 1, "states": True, **index["settings"]}
     if index is None:
         index = {"version": 1, "settings": settings, "shards": [], "done": []}
     elif index["settings"] != settings:

@@ -6,6 +6,13 @@ state does not say whether a step several lines back slipped, while the state of
 maximum keeps it. The head is fitted end to end on the same forced-exit labels as the memoryless one, over
 every thought token's state (`collect --token-states`). The controller keeps the K maxima per row
 (`ControllerState.memory`) and updates them on every thought token (adaptive_think/controller/step.py).
+
+A collection made with `--token-stride S` keeps the states that have read S, 2S, 3S, ... thought tokens; its
+checkpoint rows hold every checkpoint's state. A thought's sequence is then those states and its checkpoints'
+ones, in thought order, and the maximum at a checkpoint runs over them: the current state, every earlier
+checkpoint's and every S-th token's, a subset of the every-token maximum the controller keeps, so the maxima the
+head sees in training are at most (never above) the ones it reads at inference. With S = 1 the sequence is every
+thought token and the two agree exactly.
 """
 
 from __future__ import annotations
@@ -56,17 +63,23 @@ def thought_key(r: dict) -> tuple[str, str]:
 class ThoughtSet:
     """Per question: its thought-token states (one layer) and the rows of its labelled checkpoints.
 
-    states: question key -> [n, D]; a question whose n differs from its thought length (a thought cut by
-    max_new_tokens lacks its last token's state) is left out.
+    states: question key -> [n, D], in thought order; positions: question key -> the thought tokens each of those
+    states has read (None, or a question missing: 1, 2, ..., n, every token). A question whose last state has not
+    read the whole thought (a thought cut by max_new_tokens lacks its last token's state) is left out.
+    `at[i]`: the row of checkpoint record i's state in its question's sequence.
     """
 
-    def __init__(self, states: dict, records: list[dict]):
+    def __init__(self, states: dict, records: list[dict], positions: dict | None = None):
         length = {thought_key(r): r["thought_len"] for r in records if r["kind"] == 0}
-        self.states = {q: s for q, s in states.items() if 0 < len(s) == length.get(q, -1)}
+        positions = {q: (positions or {}).get(q) or list(range(1, len(s) + 1)) for q, s in states.items()}
+        self.states = {q: s for q, s in states.items() if 0 < len(s) and positions[q][-1] == length.get(q, -1)}
         self.rows = defaultdict(list)
+        self.at = {}
+        row_of = {q: {p: t for t, p in enumerate(positions[q])} for q in self.states}
         for i, r in enumerate(records):
             if r["kind"] == KIND_THOUGHT and thought_key(r) in self.states:
                 self.rows[thought_key(r)].append(i)
+                self.at[i] = row_of[thought_key(r)][r["pos"]]
 
     @classmethod
     def from_collection(cls, hidden: dict[str, torch.Tensor], records: list[dict], layer: int) -> "ThoughtSet":
@@ -81,8 +94,26 @@ class ThoughtSet:
             kept = sorted(int(k[len(THOUGHT_PREFIX):]) for k in hidden if k.startswith(THOUGHT_PREFIX))
             raise ValueError(f"A head with memory on layer {layer} trains on that layer's thought-token states, but the "
                              f"collection keeps those of layers {kept} only: collect with --token-layers {layer}.")
-        return cls({q: hidden[key][r["thought_start"] : r["thought_start"] + r["thought_states"]]
-                    for q, r in prompts.items()}, records)
+        states = {q: hidden[key][r["thought_start"] : r["thought_start"] + r["thought_states"]]
+                  for q, r in prompts.items()}
+        strided = {q: r["thought_stride"] for q, r in prompts.items() if r.get("thought_stride", 1) > 1}
+        if not strided:
+            return cls(states, records)
+        if f"layer{layer}" not in hidden:
+            raise ValueError(f"A strided collection (--token-stride) takes its checkpoint states from the checkpoint "
+                             f"rows, but the collection holds no layer{layer} rows.")
+        checkpoints = defaultdict(list)
+        for i, r in enumerate(records):
+            if r["kind"] == KIND_THOUGHT and thought_key(r) in strided:
+                checkpoints[thought_key(r)].append(i)
+        positions = {}
+        for q, s in strided.items():  # the kept states (read s, 2s, ... tokens) and every checkpoint's, in order
+            by_pos = {s * (t + 1): x for t, x in enumerate(states[q])}
+            for i in checkpoints[q]:
+                by_pos.setdefault(records[i]["pos"], hidden[f"layer{layer}"][i].to(states[q].dtype))
+            positions[q] = sorted(by_pos)
+            states[q] = torch.stack([by_pos[p] for p in positions[q]]) if by_pos else states[q]
+        return cls(states, records, positions)
 
     def batch(self, questions, records, mean, std, neg_weight: float = 1.0):
         """(x [Q, T, D], mask [Q, T], labels [Q, T], weights [Q, T]) of `questions`; weight 0 off checkpoints."""
@@ -94,7 +125,7 @@ class ThoughtSet:
             s = self.states[q]
             x[j, : len(s)], mask[j, : len(s)] = (s.float() - mean) / std, True
             for i in self.rows[q]:
-                t = records[i]["pos"] - 1  # a checkpoint at pos has read pos thought tokens
+                t = self.at[i]  # the row of the state that has read the checkpoint's pos thought tokens
                 y[j, t] = float(bool(records[i]["label"]))
                 w[j, t] = 1.0 if records[i]["label"] else neg_weight
         return x, mask, y, w
@@ -139,5 +170,5 @@ def checkpoint_scores(head: MemoryHead, data: ThoughtSet, records, mean, std, ch
         s = torch.sigmoid(head(x, mask))
         for j, q in enumerate(qs):
             for i in data.rows[q]:
-                scores[i] = s[j, records[i]["pos"] - 1].item()
+                scores[i] = s[j, data.at[i]].item()
     return scores

@@ -1,8 +1,9 @@
 """Every checkpoint of a collection scored by a probe, as the controller would score it online.
 
 The ready score of a thought checkpoint is the probe's score after the token at `pos - 1` (a memory probe reads
-the running maxima over the thought so far, `Probe.score_thought`); the skip score is read at each question's
-prompt record. These are the scores `calibrate.py` simulates the policy with.
+the running maxima over the thought's states so far, `Probe.score_thought`; memory.py says which states a
+`--token-stride` collection holds); the skip score is read at each question's prompt record. These are the
+scores `calibrate.py` simulates the policy with.
 
 A score file (kind "close-margin" / "entropy") needs no hidden states: its scores are the ones the collection
 recorded from each checkpoint's logits (`record_scores`).
@@ -55,7 +56,7 @@ def collection_scores(probe, hidden: dict[str, torch.Tensor], records: list[dict
     for q, states in thoughts.states.items():
         scores = probe.score_thought(states.float())
         for i in thoughts.rows[q]:
-            ready[i] = scores[records[i]["pos"] - 1].item()
+            ready[i] = scores[thoughts.at[i]].item()
     skip = [float("nan")] * len(records)
     prompts = [i for i, r in enumerate(records) if r["kind"] == KIND_PROMPT]
     if prompts:
