@@ -169,16 +169,3 @@ def test_token_layers_keep_one_layers_token_states(tiny, tmp_path):
     with pytest.raises(ValueError, match="needs token_states"):
         CollectConfig(token_layers=[1])
 
-
-def test_doctor_estimates_what_collect_costs():
-    from adaptive_think.training.doctor import DoctorConfig, examine
-    from tiny import make_scripted
-
-    tok = make_tokenizer()
-    model = make_scripted("works", tok, think_words=12)
-    items = [Item(f"q{i}", f"the answer is {i}", str(i)) for i in range(2)]
-    ex = examine(model, tok, items, load_checker(None), DoctorConfig(samples=2, max_new_tokens=40, every=4))
-    cost = next(c for c in ex.checks if c.name == "collect cost")
-    # 12-token thoughts: 3 exits of </think> + "\n\n" (3 tokens) + 16 answer tokens; open marker, thought, answer
-    assert cost.result.startswith("per question about 23 tokens generated, 3+ forced exits (every 4 thought tokens")
-    assert "of up to 19 tokens each" in cost.result

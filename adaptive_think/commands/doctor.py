@@ -5,8 +5,9 @@
 
 Prints a table (does the model open a thought, close it on its own, how long do thoughts run, does the
 checker read the answers, accuracy with full thinking and without, and the AUROC of each training-free score
-at the sample thoughts' checkpoints labelled by forced exits), one raw output with what the checker read, a verdict and the fix for each failing check. Exit code 1 when `collect` would not produce data a
-probe can be trained on.
+at the sample thoughts' checkpoints labelled by forced exits, what collecting --collect-n questions would cost
+with each engine), one raw output with what the checker read, a verdict and the fix for each failing check.
+Exit code 1 when `collect` would not produce data a probe can be trained on.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def add_arguments(p):
                    help="answer budget without thinking, as in collect")
     p.add_argument("--exit-text", default="\\n\\n")
     p.add_argument("--every", type=int, default=8, help="collect's checkpoint interval, for the cost estimate")
+    p.add_argument("--collect-n", type=int, default=1000, metavar="N",
+                   help="questions the cost estimate is for (tokens and wall time per engine; default 1000)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
 
@@ -71,7 +74,8 @@ def run(args) -> int:
 
     cfg = DoctorConfig(samples=args.samples, max_new_tokens=args.max_new_tokens,
                        max_answer_tokens=args.max_answer_tokens,
-                       exit_text=args.exit_text.encode().decode("unicode_escape"), every=args.every)
+                       exit_text=args.exit_text.encode().decode("unicode_escape"), every=args.every,
+                       collect_n=args.collect_n)
     args.n = args.samples  # bundled questions drawn when there is no --questions
     items, checker = items_from_args(args)
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype)

@@ -388,7 +388,8 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
         sample = next((r.get("output_tail") for r in records if r["kind"] == KIND_PROMPT), None)
         _check(health, f"collect finished ({health['questions']} questions in {out}), but no probe can be trained on them",
                markers, cfg, doctor, sample)
-    cost = dict(cost, questions=len(todo), wall_s=round(time.time() - t0, 1),
+    cost = dict(cost, engine="hf", questions=len(todo), wall_s=round(time.time() - t0, 1),
+                thought_tokens=health["mean_thought_len"],
                 bytes_per_question=round(sum((out / f"{n}{ext}").stat().st_size for n in index["shards"]
                                              for ext in (".safetensors", ".json")) / max(len(index["done"]), 1)))
     log(f"{who}, cost: {format_cost(cost)}")
@@ -396,10 +397,32 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
             "seconds": cost["wall_s"], "out": str(out), "health": health, "cost": cost}
 
 
+def _duration(seconds: float) -> str:
+    return (f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200
+            else f"{seconds / 3600:.1f} h")
+
+
 def format_cost(cost: dict) -> str:
-    """One line of what a collection run cost (COST_KEYS, wall_s, bytes_per_question)."""
+    """One line of what collecting costs: collect's own counts at its end, or doctor's estimate (`estimated`).
+
+    cost: COST_KEYS (totals over the run), questions, wall_s (None: not known), and optionally engine, estimated,
+    wall_basis (what the wall time rests on), thought_tokens (mean thought length), bytes_per_question. Answer
+    tokens are the tokens fed or decoded after the forced exits (close marker, exit text, answer) plus the no-think
+    answers.
+    """
     q = max(cost["questions"], 1)
-    return (f"{cost['questions']} questions in {cost['wall_s']:.0f} s; per question {cost['generated_tokens'] / q:.0f} "
-            f"tokens generated, {cost['prefill_tokens'] / q:.0f} prefilled, {cost['forced_exits'] / q:.0f} forced exits "
-            f"of {cost['exit_tokens'] / max(cost['forced_exits'], 1):.1f} tokens, {cost['nothink_tokens'] / q:.0f} "
-            f"no-think answer tokens; {cost['bytes_per_question'] / 1e3:.0f} kB per question on disk")
+    about = "about " if cost.get("estimated") else ""
+    wall = "a time not known" if cost.get("wall_s") is None else about + _duration(cost["wall_s"])
+    notes = [n for n in (cost.get("engine") and f"{cost['engine']} engine", cost.get("wall_basis")) if n]
+    answer = cost["exit_tokens"] + cost["nothink_tokens"]
+    line = f"{cost['questions']} questions in {wall}" + (f" ({'; '.join(notes)})" if notes else "") + ": "
+    if cost.get("thought_tokens") is not None:
+        line += f"thoughts of {cost['thought_tokens']:.0f} tokens; "
+    line += (f"in all {about}{cost['generated_tokens']:,.0f} tokens generated, {cost['prefill_tokens']:,.0f} "
+             f"prefilled, {answer:,.0f} answer tokens; per question {cost['generated_tokens'] / q:.0f} generated, "
+             f"{cost['prefill_tokens'] / q:.0f} prefilled, {cost['forced_exits'] / q:.0f} forced exits of "
+             f"{cost['exit_tokens'] / max(cost['forced_exits'], 1):.1f} tokens, {cost['nothink_tokens'] / q:.0f} "
+             "no-think answer tokens")
+    if cost.get("bytes_per_question") is not None:
+        line += f", {about}{cost['bytes_per_question'] / 1e3:.0f} kB on disk"
+    return line

@@ -6,7 +6,8 @@ with thinking skipped (the prompt `collect` uses), and checks what `collect` nee
 close on their own, answers the checker can read, and some right with full thinking. Then it labels the
 checkpoints of the sample thoughts as `collect` does (a forced exit at each, no hidden states kept) and reports
 the AUROC of each training-free score (close-margin, entropy) at them: which score separates right from wrong
-exits on the user's own questions, and on how many checkpoints that rests.
+exits on the user's own questions, and on how many checkpoints that rests. Last, what collecting `collect_n`
+questions would cost with each engine (collect's own accounting of the sample, scaled; see `engine_estimates`).
 
     from adaptive_think.training.doctor import DoctorConfig, examine
     result = examine(model, tokenizer, items, checker, DoctorConfig(samples=4))   # result.checks, result.ready
@@ -15,18 +16,26 @@ exits on the user's own questions, and on how many checkpoints that rests.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import resolve_markers
-from adaptive_think.training.collect import continuations
+from adaptive_think.training.collect import COST_KEYS, continuations
 from adaptive_think.training.items import Item
 from adaptive_think.training.thoughts import no_think_prompt, read_or_none, thought_span
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
+# collect's time over plain generation of the same thoughts, measured by benchmarks/collect_cost.py per thought length
+COST_BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "collect_cost_cpu.json"
+# tokens per KV block in vLLM: prefix caching reuses whole blocks, so an exit prompt re-prefills its prefix's last,
+# partial block (on average half a block) besides its own tokens
+VLLM_BLOCK = 16
 
 
 @dataclass
@@ -38,9 +47,11 @@ class DoctorConfig:
     max_answer_tokens: int = 16  # answer budget with thinking skipped
     exit_text: str = "\n\n"  # written after the close marker of a skipped thought
     every: int = 8  # collect's checkpoint interval, for the cost estimate
+    collect_n: int = 1000  # questions the cost estimate is for (collect's --n default)
+    cost_benchmark: str = str(COST_BENCHMARK)  # collect / generation ratios the wall-time estimate rests on
 
     def __post_init__(self):
-        for name in ("samples", "max_new_tokens", "max_answer_tokens"):
+        for name in ("samples", "max_new_tokens", "max_answer_tokens", "collect_n"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"DoctorConfig.{name} must be a positive integer, got {value!r}.")
@@ -66,6 +77,7 @@ class Examination:
     # the sample thoughts' checkpoints labelled by forced exits (collect's records, no states); [] when not run
     records: list[dict] = field(default_factory=list)
     scores: dict = field(default_factory=dict)  # kind -> {"ready_auroc", "checkpoints", "right", "wrong"}
+    estimates: list[dict] = field(default_factory=list)  # what collecting collect_n questions costs, per engine
 
     @property
     def ready(self) -> bool:
@@ -112,15 +124,72 @@ def _template(tokenizer, markers, question: str, exit_text: str, ex: Examination
         ex.checks.append(Check("thinking off", f"the template {why}; collect appends an empty think block", INFO))
 
 
-def collect_estimate(thought: float, generated: int, every: int, forced: int, answer: int, seconds: float,
-                     batch: int) -> str:
-    """What `collect --every k` costs per question, from the sample thoughts: tokens generated, forced exits and
-    the tokens each one feeds or decodes on the shared cache (no re-prefill), and this machine's generation time."""
-    exits = thought / every if every else 0
-    return (f"per question about {generated} tokens generated, {exits:.0f}+ forced exits (every {every} thought "
-            f"tokens, plus step boundaries) of up to {forced + answer} tokens each on the thought's own cache; "
-            f"generating took {seconds:.1f} s per question here (batch {batch}); all of collect took about 1.4x the "
-            "plain generation at T = 512 on a CPU (benchmarks/collect_cost.py)")
+@dataclass
+class CollectSample:
+    """What collect's own code measured on doctor's sample questions, with what the estimates of other engines need.
+
+    cost: collect's counts over the sample (COST_KEYS totals, hf engine, the route this model takes); the rest are
+    per question: thought length, generated tokens without batch padding (thought + answer), thinking-on and
+    no-think prompt tokens, generation seconds here (at doctor's batch of `questions`), bytes of the records' JSON;
+    row_bytes: one checkpoint row of states (candidate layers x hidden size x 2, fp16).
+    """
+
+    cost: dict
+    questions: int
+    thought_tokens: float
+    own_tokens: float
+    prompt_tokens: float
+    nothink_prompt_tokens: float
+    seconds: float
+    record_bytes: float
+    row_bytes: int
+
+
+def measured_ratio(path, thought: float, key: str) -> tuple[float, int] | None:
+    """(ratio, T) from the row of benchmark file `path` whose thought length T is nearest `thought` (log scale) among
+    rows that hold `key`; None when the file or the key is missing."""
+    try:
+        rows = json.loads(Path(path).read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return None
+    rows = [r for r in rows if key in r]
+    if not rows:
+        return None
+    row = min(rows, key=lambda r: abs(math.log(r["T"] / max(thought, 1.0))))
+    return float(row[key]), int(row["T"])
+
+
+def engine_estimates(sample: CollectSample, n: int, benchmark) -> list[dict]:
+    """collect's cost accounting (format_cost) for `n` questions, per engine, scaled from the sample.
+
+    hf: the sample's own counts (decode positions of the batch, prompts, forced exits on the thought's cache or
+    re-prefilled, no-think answers) x n / questions; wall time: the sample's generation seconds per question x n x
+    the collect / generation ratio `benchmark` measured at the nearest thought length (`ratio_cpu`).
+    vllm: each sequence decodes to its own end (no batch padding); prefill: both prompts, one teacher-forced pass
+    over prompt + thought for the states, and per forced exit the half block prefix caching cannot reuse; the
+    forced and answer tokens as on hf. Wall time from `vllm_ratio_cpu` when the benchmark holds one.
+    """
+    q = sample.questions
+    per = {k: sample.cost[k] / q for k in COST_KEYS}
+    bytes_q = sample.record_bytes + (1 + per["forced_exits"]) * sample.row_bytes
+    shared = dict(questions=n, estimated=True, thought_tokens=sample.thought_tokens, bytes_per_question=bytes_q,
+                  **{k: per[k] * n for k in ("forced_exits", "exit_tokens", "nothink_tokens")})
+    vllm_prefill = (2 * sample.prompt_tokens + sample.nothink_prompt_tokens + sample.thought_tokens
+                    + per["forced_exits"] * (VLLM_BLOCK - 1) / 2)
+    out = []
+    for engine, key, generated, prefill in (("hf", "ratio_cpu", per["generated_tokens"], per["prefill_tokens"]),
+                                            ("vllm", "vllm_ratio_cpu", sample.own_tokens, vllm_prefill)):
+        found = measured_ratio(benchmark, sample.thought_tokens, key)
+        if found is None:
+            wall, basis = None, f"no {key} in {Path(benchmark).name} to scale this machine's generation time by"
+        else:
+            ratio, t = found
+            wall = sample.seconds * n * ratio
+            basis = (f"{sample.seconds:.2f} s of generation per question here x {ratio:.2f}, the collect / generation "
+                     f"ratio {Path(benchmark).name} measured at T = {t}")
+        out.append(dict(shared, engine=engine, generated_tokens=generated * n, prefill_tokens=prefill * n,
+                        wall_s=wall, wall_basis=basis))
+    return out
 
 
 def format_auroc(score: dict) -> str:
@@ -133,9 +202,9 @@ def format_auroc(score: dict) -> str:
     return f"AUROC {score['ready_auroc']:.3f} at {n} checkpoints ({right} right, {wrong} wrong forced exits)"
 
 
-def _score_checks(model, tokenizer, markers, items, checker, cfg: DoctorConfig, ex: Examination) -> None:
+def _score_checks(model, tokenizer, markers, items, checker, cfg: DoctorConfig, ex: Examination) -> dict:
     """Label the sample thoughts' checkpoints by forced exits (collect's own code, no states) and add one line per
-    training-free score: does it rank the right exits above the wrong ones here?"""
+    training-free score: does it rank the right exits above the wrong ones here? Returns collect's counts of it."""
     from adaptive_think.controller import boundary_mask
     from adaptive_think.training.calibrate_score import score_aurocs
     from adaptive_think.training.collect import CollectConfig, collect_batch
@@ -144,12 +213,33 @@ def _score_checks(model, tokenizer, markers, items, checker, cfg: DoctorConfig, 
     ccfg = CollectConfig(every=cfg.every, batch_size=len(items), max_new_tokens=cfg.max_new_tokens,
                          max_answer_tokens=cfg.max_answer_tokens, exit_text=cfg.exit_text, states=False)
     boundary = boundary_mask(tokenizer, int(model.get_output_embeddings().weight.shape[0]))
-    ex.records, _, _ = collect_batch(model, tokenizer, markers, items, checker, ccfg, [], boundary)
+    cost = dict.fromkeys(COST_KEYS, 0)
+    ex.records, _, _ = collect_batch(model, tokenizer, markers, items, checker, ccfg, [], boundary, cost)
     labels = [bool(r["label"]) for r in ex.records if r["kind"] != KIND_PROMPT and r["label"] is not None]
     for kind, a in score_aurocs(ex.records).items():
         ex.scores[kind] = {"ready_auroc": a["ready_auroc"], "checkpoints": a["checkpoints"],
                            "right": sum(labels), "wrong": len(labels) - sum(labels)}
         ex.checks.append(Check(f"score {kind}", format_auroc(ex.scores[kind]), INFO))
+    return cost
+
+
+def _cost_checks(model, cfg: DoctorConfig, ex: Examination, cost: dict, gens, prompt_tokens: float,
+                 nothink_prompt_tokens: float, seconds: float) -> None:
+    """One line per engine: what collecting cfg.collect_n questions would cost (engine_estimates)."""
+    from adaptive_think.probe.probe import model_fingerprint
+    from adaptive_think.training.collect import CollectConfig, format_cost
+    from adaptive_think.training.health import summarise
+
+    shape = model_fingerprint(model)
+    layers = len(CollectConfig().resolved_layers(shape["num_hidden_layers"]))
+    n = len(gens)
+    sample = CollectSample(cost=cost, questions=n, thought_tokens=summarise(ex.records)["mean_thought_len"],
+                           own_tokens=sum(map(len, gens)) / n, prompt_tokens=prompt_tokens,
+                           nothink_prompt_tokens=nothink_prompt_tokens, seconds=seconds,
+                           record_bytes=len(json.dumps(ex.records)) / n, row_bytes=layers * shape["hidden_size"] * 2)
+    ex.estimates = engine_estimates(sample, cfg.collect_n, cfg.cost_benchmark)
+    for estimate in ex.estimates:
+        ex.checks.append(Check(f"collect cost, {estimate['engine']}", format_cost(estimate), INFO))
 
 
 @torch.no_grad()
@@ -215,10 +305,6 @@ def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | No
             "" if status == OK else f"thoughts ran past --max-new-tokens {max_new_tokens}: raise it (a thought that "
                                     "never closes has no answer to label)"))
 
-    if lengths:
-        forced = len(markers.close_ids) + len(tokenizer.encode(exit_text, add_special_tokens=False))
-        ex.checks.append(Check("collect cost", collect_estimate(sum(lengths) / len(lengths), max(map(len, gens)), cfg.every,
-                                                                forced, max_answer_tokens, generate_s / n, n), INFO))
 
     answers = [(t, it.answer) for t, it, c in zip(full_texts, items, closed) if c]
     answers += [(t, it.answer) for t, it in zip(no_think_texts, items)]
@@ -242,7 +328,9 @@ def examine(model, tokenizer, items: list[Item], checker, cfg: DoctorConfig | No
                            "--max-new-tokens (every label would be 'wrong')"))
     ex.checks.append(Check("accuracy, no thinking", f"{sum(nothink_ok)}/{n}", INFO))
     if any(closed):
-        _score_checks(model, tokenizer, markers, items, checker, cfg, ex)
+        cost = _score_checks(model, tokenizer, markers, items, checker, cfg, ex)
+        _cost_checks(model, cfg, ex, cost, gens, batch["attention_mask"].sum().item() / n,
+                     sum(map(len, off)) / n, generate_s / n)
     read = getattr(checker, "read", None)
     ex.sample = {"question": items[0].question, "answer": items[0].answer, "output": full_texts[0],
                  "reads": read is not None, "read": read(full_texts[0]) if read else None, "right": full_ok[0]}
