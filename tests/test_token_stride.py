@@ -15,8 +15,8 @@ from adaptive_think.training.items import bundled_items, load_checker
 from adaptive_think.training.memory import MemoryHead, ThoughtSet, checkpoint_scores
 from adaptive_think.training.shards import load_collection
 
-CFG = CollectConfig(every=4, batch_size=12, max_new_tokens=160, shard_questions=6, token_states=True)
-STRIDES = (1, 3, 8)
+CFG = CollectConfig(every=3, batch_size=12, max_new_tokens=160, shard_questions=6, token_states=True)
+STRIDES = (1, 4)  # the kept tokens (4, 8, ...) interleave with the checkpoints (3, 6, ...)
 LAYER = 3  # one of the bundled reasoner's candidate layers
 
 
@@ -79,8 +79,8 @@ def test_token_state_rows_and_bytes_scale_with_one_over_the_stride(collections):
         assert rows * s <= sum(lengths) < (rows + len(lengths)) * s  # 1/S of the tokens, up to one stride each
         assert token_bytes[s] == rows * token_bytes[1] // sum(lengths)
     # what collect reports on disk shrinks by what the thinned token states save
-    saved = (token_bytes[1] - token_bytes[8]) / 12
-    assert summary1["cost"]["bytes_per_question"] - collections[8][3]["cost"]["bytes_per_question"] > 0.99 * saved
+    saved = (token_bytes[1] - token_bytes[4]) / 12
+    assert summary1["cost"]["bytes_per_question"] - collections[4][3]["cost"]["bytes_per_question"] > 0.99 * saved
 
 
 def test_memory_sequence_of_a_strided_thought_is_its_kept_and_checkpoint_states_in_order(collections):
@@ -113,7 +113,7 @@ def test_memory_head_on_a_strided_collection_takes_its_maximum_over_the_kept_sta
     with torch.no_grad():
         head.fc1.weight.mul_(5.0)  # the maxima move the scores
     mean, std = torch.zeros(d), torch.ones(d)
-    s = 3
+    s = 4
     hidden, records, _, _ = collections[s]
     data = ThoughtSet.from_collection(hidden, records, LAYER)
     scores = checkpoint_scores(head, data, records, mean, std)
@@ -142,11 +142,11 @@ def test_train_probe_fits_a_memory_head_on_a_strided_collection(collections, tmp
     from adaptive_think.training.train import train_probe
     from adaptive_think.training.train_config import TrainConfig
 
-    folder = collections[3][3]["out"]
+    folder = collections[4][3]["out"]
     probe = train_probe(folder, TrainConfig(memory=2, epochs=5, efforts=("high:0.2",), calib_fraction=0.3),
                         log=lambda *a: None)
     assert probe.memory_size == 2 and probe.provenance["chosen"]["ready_kind"] == "memory"
-    hidden, records, _, _ = collections[3]
+    hidden, records, _, _ = collections[4]
     ready, _ = collection_scores(probe, hidden, records)
     data = ThoughtSet.from_collection(hidden, records, probe.layer)
     for q, states in data.states.items():  # each checkpoint scored on its own row of the merged sequence
@@ -170,6 +170,6 @@ def test_a_resumed_collection_keeps_its_stride(collections):
     from adaptive_think.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer("bundled", "cpu", "float32")
-    folder = collections[3][3]["out"]
+    folder = collections[4][3]["out"]
     with pytest.raises(ValueError, match=r"other settings \(\['token_stride'\]\)"):
         collect(model, tok, bundled_items(2, seed=7), folder, load_checker(None), CFG, progress=False)
