@@ -63,6 +63,18 @@ def test_doctor_passes_a_model_that_works(scripted, capsys):
     assert "DoctorConfig.samples must be a positive integer, got 0" in capsys.readouterr().err
 
 
+def test_doctor_prints_what_collecting_n_questions_costs_per_engine(scripted, capsys):
+    _, questions = scripted
+    code, out = doctor(capsys, "--model", "works", "--questions", questions, "--collect-n", "50")
+    assert code == 0
+    for engine in ("hf", "vllm"):
+        line = next(l for l in out.splitlines() if l.strip().startswith(f"collect cost, {engine}"))
+        assert line.split()[3:7] == ["info", "50", "questions", "in"] and "thoughts of 6 tokens" in line
+        assert f"({engine} engine; " in line and "tokens generated" in line and "answer tokens" in line
+    assert main(["doctor", "--model", "works", "--collect-n", "0"]) == 2
+    assert "DoctorConfig.collect_n must be a positive integer, got 0" in capsys.readouterr().err
+
+
 def test_doctor_fails_a_model_that_never_thinks(scripted, capsys):
     _, questions = scripted
     code, out = doctor(capsys, "--model", "no-think", "--questions", questions)
