@@ -43,7 +43,8 @@ def test_engine_estimates_scale_the_sample_by_engine(tmp_path):
     # wall time: 3 s of generation per question x the ratio at T = 512, the nearest measured length to 400
     assert hf["wall_s"] == pytest.approx(3.0 * 1000 * 1.25, rel=1e-12)
     assert vllm["wall_s"] == pytest.approx(3.0 * 1000 * 0.8, rel=1e-12)
-    assert "x 1.25, the collect / generation ratio collect_cost_cpu.json measured at T = 512" in hf["wall_basis"]
+    assert ("3.00 s of generation per question here, batch 2, x 1.25, the collect / generation ratio "
+            "collect_cost_cpu.json measured at T = 512") in hf["wall_basis"]
     assert engine_estimates(CollectSample(**{**SAMPLE.__dict__, "thought_tokens": 150.0}), 10, bench)[0][
         "wall_s"] == pytest.approx(3.0 * 10 * 1.5, rel=1e-12)  # nearest to 150 is T = 128
 
@@ -61,7 +62,8 @@ def test_estimates_without_a_measured_ratio_say_so(tmp_path):
 def test_format_cost_prints_the_accounting(tmp_path):
     hf, _ = engine_estimates(SAMPLE, 1000, benchmark(tmp_path, [{"T": 512, "ratio_cpu": 1.25}]))
     line = format_cost(hf)
-    assert line.startswith("1000 questions in about 62 min (hf engine; 3.00 s of generation per question here x 1.25, ")
+    assert line.startswith("1000 questions in about 62 min (hf engine; 3.00 s of generation per question here, batch 2, "
+                           "x 1.25, ")
     assert ("thoughts of 400 tokens; in all about 420,000 tokens generated, 50,000 prefilled, 956,000 answer tokens; "
             "per question 420 generated, 50 prefilled, 50 forced exits of 19.0 tokens, 6 no-think answer tokens, "
             f"about {(5000 + 51 * 6912) / 1e3:.0f} kB on disk") in line

@@ -185,8 +185,9 @@ def engine_estimates(sample: CollectSample, n: int, benchmark) -> list[dict]:
         else:
             ratio, t = found
             wall = sample.seconds * n * ratio
-            basis = (f"{sample.seconds:.2f} s of generation per question here x {ratio:.2f}, the collect / generation "
-                     f"ratio {Path(benchmark).name} measured at T = {t}")
+            basis = (f"{sample.seconds:.2f} s of generation per question here, batch {q}, x {ratio:.2f}, the collect / "
+                     f"generation ratio {Path(benchmark).name} measured at T = {t}; collect's larger batches take "
+                     "less per question")
         out.append(dict(shared, engine=engine, generated_tokens=generated * n, prefill_tokens=prefill * n,
                         wall_s=wall, wall_basis=basis))
     return out
