@@ -167,7 +167,8 @@ def engine_estimates(sample: CollectSample, n: int, benchmark) -> list[dict]:
     the collect / generation ratio `benchmark` measured at the nearest thought length (`ratio_cpu`).
     vllm: each sequence decodes to its own end (no batch padding); prefill: both prompts, one teacher-forced pass
     over prompt + thought for the states, and per forced exit the half block prefix caching cannot reuse; the
-    forced and answer tokens as on hf. Wall time from `vllm_ratio_cpu` when the benchmark holds one.
+    forced and answer tokens as on hf. Wall time from `vllm_ratio_cpu` (`collect --engine vllm`'s time over the same
+    row's plain hf generate(), so it scales the same measured generation time) when the benchmark holds one.
     """
     q = sample.questions
     per = {k: sample.cost[k] / q for k in COST_KEYS}
