@@ -1,57 +1,98 @@
-"""Trains the bundled tiny reasoner (a Qwen3ForCausalLM of ~2M parameters) on the arithmetic task traces.
+"""Trains the bundled tiny reasoner (a Qwen3ForCausalLM of a few M parameters) on the task families' traces.
+
+Two recipes share this one training loop:
+  v1  the arithmetic-only reasoner now bundled: 4 layers, hidden 192, 512 positions, 32 rows a step
+      (about half an hour on 2 cores);
+  v2  the multi-family reasoner (docs/reasoner.md): families last_digit, walk and long_chain, 4 layers,
+      hidden 192, 2,560 positions, 4,000 steps of ~2,300 padded tokens that are either long_chain rows or
+      rows of the short families (about 3 hours on one shared core).
+Each step's rows mix full traces, truncated traces ending in a forced exit (answering the cut thought's
+last stated answer), and no-think answers.
 
 Reproducible from --seed (weights and every batch are functions of it), resumable from the checkpoint
-it writes every --ckpt-every steps, CPU-friendly (about half an hour on 2 cores), works on GPU too.
+it writes every --ckpt-minutes (atomic: one safetensors file, step and settings in its metadata).
 
-    python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner --seed 0 --steps 2000
-    python scripts/train_reasoner.py --out ... --resume          # picks up OUT/checkpoint.pt
+    python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner --seed 0          # v1
+    nice -n 10 python scripts/train_reasoner.py --recipe v2 --out /work/reasoner-v2 --threads 1
+    python scripts/train_reasoner.py --recipe v2 --out /work/reasoner-v2 --threads 1 --resume
 
-Writes OUT/{model.safetensors, config.json, generation_config.json, tokenizer.json, ...}.
+Writes OUT/{model.safetensors, config.json, generation_config.json, tokenizer.json, ...} at the end and
+OUT/snapshot/ (the same, loadable, for measuring progress) at every checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-from adaptive_think.bundled.tokenizer import build_tokenizer
+from adaptive_think.bundled.tokenizer import MAX_LENGTH, build_tokenizer
 from adaptive_think.tasks import make_questions
 from adaptive_think.tasks.completions import CLOSE, EXIT_TEXT, OPEN, answer_text
+from adaptive_think.tasks.families import make_family_questions
 from adaptive_think.tasks.parse import last_stated_answer
 
 IGNORE = -100
 NO_THINK_LEVELS = [1, 1, 1, 2, 2, 3, 4, 5, 6]
+LONG = "long_chain"
+SHORT = ("last_digit", "walk")
+# Defaults per recipe for every flag left unset.
+RECIPES = {
+    "v1": dict(steps=2000, batch_size=32, lr=2e-3, warmup=100, hidden=192, layers=4, heads=6, threads=2,
+               p_no_think=0.2, p_truncated=0.3),
+    "v2": dict(steps=4000, batch_tokens=2304, lr=2e-3, warmup=150, hidden=192, layers=4, heads=6, threads=1,
+               p_no_think=0.15, p_truncated=0.35, p_long_step=0.55),
+}
+CHECKPOINT = "checkpoint.safetensors"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # run
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="v1")
     p.add_argument("--out", type=Path, default=Path("adaptive_think/bundled/reasoner"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (the dev box is shared)")
+    p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
+    p.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint at least this often")
+    p.add_argument("--log-every", type=int, default=10, help="steps between log lines")
+    p.add_argument("--threads", type=int, help="CPU threads (the dev box is shared)")
+    p.add_argument("--stop-after-minutes", type=float, help="checkpoint and exit after this long (a session's share)")
     # optimisation
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="v1: rows a step")
+    p.add_argument("--batch-tokens", type=int, help="v2: padded tokens a step (rows are added until reached)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int)
     # model shape
-    p.add_argument("--hidden", type=int, default=192)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=6)
-    # data mixture: the rest of each batch is full traces
-    p.add_argument("--p-no-think", type=float, default=0.2)
-    p.add_argument("--p-truncated", type=float, default=0.3)
-    return p.parse_args()
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--layers", type=int)
+    p.add_argument("--heads", type=int)
+    # data mixture: the rest of each step's rows are full traces
+    p.add_argument("--p-no-think", type=float)
+    p.add_argument("--p-truncated", type=float)
+    p.add_argument("--p-long-step", type=float, help="v2: share of steps made of long_chain rows")
+    args = p.parse_args(argv)
+    for key, value in RECIPES[args.recipe].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.p_no_think + args.p_truncated > 1 or min(args.p_no_think, args.p_truncated) < 0:
+        p.error("--p-no-think and --p-truncated must be >= 0 and sum to at most 1")
+    if args.hidden % args.heads:
+        p.error(f"--hidden {args.hidden} must be a multiple of --heads {args.heads}")
+    return args
+
+
+def tokenizer_version(args) -> int:
+    return 1 if args.recipe == "v1" else 2
 
 
 def make_model(vocab_size: int, tok, args) -> Qwen3ForCausalLM:
@@ -63,7 +104,7 @@ def make_model(vocab_size: int, tok, args) -> Qwen3ForCausalLM:
         num_attention_heads=args.heads,
         num_key_value_heads=args.heads,
         head_dim=args.hidden // args.heads,
-        max_position_embeddings=512,
+        max_position_embeddings=MAX_LENGTH[tokenizer_version(args)],
         rope_theta=10000.0,
         tie_word_embeddings=True,
         bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
@@ -103,21 +144,52 @@ def encode_example(tok, q, kind: str, rng: random.Random) -> tuple[list[int], li
     return ids, labels
 
 
-def make_batch(tok, args, step: int) -> dict[str, torch.Tensor]:
-    """The batch of `step`: a pure function of (seed, step), so resuming replays the same data."""
-    rng = random.Random(args.seed * 1_000_003 + step)
+def pick_kind(rng: random.Random, args) -> str:
+    r = rng.random()
+    return "no_think" if r < args.p_no_think else "truncated" if r < args.p_no_think + args.p_truncated else "full"
+
+
+def rows_v1(tok, args, rng: random.Random) -> list[tuple[list[int], list[int]]]:
     questions = make_questions(args.batch_size, seed=rng.randrange(2**31))
     # No-think answers are learnable only for easy levels; lean the no-think share towards them.
     easy = make_questions(args.batch_size, seed=rng.randrange(2**31), levels=NO_THINK_LEVELS)
     rows = []
     for q, q_easy in zip(questions, easy):
-        r = rng.random()
-        kind = "no_think" if r < args.p_no_think else "truncated" if r < args.p_no_think + args.p_truncated else "full"
+        kind = pick_kind(rng, args)
         rows.append(encode_example(tok, q_easy if kind == "no_think" else q, kind, rng))
+    return rows
+
+
+def rows_v2(tok, args, rng: random.Random) -> list[tuple[list[int], list[int]]]:
+    """Rows until the padded batch reaches --batch-tokens: long_chain rows, or rows of the short families
+    (one kind per step keeps padding low). No-think rows go in the short steps only (a short row padded to a
+    long one's width is wasted work) and come from every family, easy levels first."""
+    families = [LONG] if rng.random() < args.p_long_step else list(SHORT)
+    rows, width = [], 0
+    while not rows or width * (len(rows) + 1) <= args.batch_tokens:
+        kind = pick_kind(rng, args)
+        if kind == "no_think" and families == [LONG]:
+            kind = "full"
+        if kind == "no_think":
+            q = make_family_questions(1, rng.randrange(2**31), levels=[rng.choice(NO_THINK_LEVELS)])[0]
+        else:
+            q = make_family_questions(1, rng.randrange(2**31), families=[rng.choice(families)])[0]
+        row = encode_example(tok, q, kind, rng)
+        if rows and max(width, len(row[0])) * (len(rows) + 1) > args.batch_tokens:
+            break
+        rows.append(row)
+        width = max(width, len(row[0]))
+    return rows
+
+
+def make_batch(tok, args, step: int) -> dict[str, torch.Tensor]:
+    """The batch of `step`: a pure function of (seed, step), so resuming replays the same data."""
+    rng = random.Random(args.seed * 1_000_003 + step)
+    rows = rows_v1(tok, args, rng) if args.recipe == "v1" else rows_v2(tok, args, rng)
     width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), tok.pad_token_id)
-    labels = torch.full((len(rows), width), IGNORE)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    input_ids = torch.full((len(rows), width), tok.pad_token_id)  # [B, T]
+    labels = torch.full((len(rows), width), IGNORE)  # [B, T]
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, T]
     for i, (ids, lab) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids)
         labels[i, : len(lab)] = torch.tensor(lab)
@@ -132,33 +204,86 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def save_checkpoint(path: Path, model, opt, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-write never leaves a torn checkpoint
+def _settings(args) -> dict:
+    keep = ("recipe", "seed", "steps", "batch_size", "batch_tokens", "lr", "warmup", "hidden", "layers", "heads",
+            "p_no_think", "p_truncated", "p_long_step")
+    return {k: getattr(args, k, None) for k in keep}
 
 
-def main() -> None:
-    args = parse_args()
+def save_checkpoint(out: Path, model, opt, step: int, args, tok) -> None:
+    """Weights, AdamW moments and the step in one safetensors file (atomic), plus a loadable snapshot."""
+    # clone: tied embeddings share storage, which safetensors refuses to write twice
+    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    for i, state in opt.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"opt.{i}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    meta = {"step": str(step), "settings": json.dumps(_settings(args))}
+    tmp = out / (CHECKPOINT + ".tmp")
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, out / CHECKPOINT)  # a crash mid-write never leaves a torn checkpoint
+    save_model(out / "snapshot", model, tok)
+
+
+def load_checkpoint(out: Path, model, opt, args) -> int:
+    """Restore weights and optimizer state; the step to continue from. Refuses a checkpoint of other settings."""
+    from safetensors import safe_open
+
+    path = out / CHECKPOINT
+    with safe_open(path, "pt") as fh:
+        meta = fh.metadata()
+    saved = json.loads(meta["settings"])
+    if saved != _settings(args):
+        diff = {k: (saved.get(k), v) for k, v in _settings(args).items() if saved.get(k) != v}
+        raise SystemExit(f"{path} was written with other settings (saved, now): {diff}; rerun with the same flags "
+                         "or pick another --out")
+    tensors = load_file(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = opt.state_dict()
+    moments: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, key = k.split(".", 2)
+            moments.setdefault(int(i), {})[key] = v
+    state["state"] = moments
+    opt.load_state_dict(state)
+    return int(meta["step"])
+
+
+def save_model(folder: Path, model, tok) -> None:
+    """save_pretrained into a fresh folder, swapped in whole."""
+    model.generation_config = GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=model.config.bos_token_id, do_sample=False, max_new_tokens=model.config.max_position_embeddings // 2,
+    )
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer()
+    tok = build_tokenizer(tokenizer_version(args))
     model = make_model(len(tok), tok, args).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    ckpt, start = args.out / "checkpoint.pt", 0
-    if args.resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
+    start = 0
+    if args.resume and (args.out / CHECKPOINT).exists():
+        start = load_checkpoint(args.out, model, opt, args)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{n_params / 1e6:.2f}M parameters, vocab {len(tok)}, device {device}, from step {start}")
+    print(f"recipe {args.recipe}: {n_params / 1e6:.2f}M parameters, vocab {len(tok)}, device {device}, "
+          f"threads {args.threads}, from step {start} of {args.steps}", flush=True)
 
     model.train()
-    t0, bar = time.time(), tqdm(range(start, args.steps), initial=start, total=args.steps)
-    for step in bar:
+    t0 = last_ckpt = time.time()
+    window_loss, window_tokens, window_t = 0.0, 0, time.time()
+    for step in range(start, args.steps):
         batch = {k: v.to(device) for k, v in make_batch(tok, args, step).items()}
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
@@ -167,19 +292,31 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % args.ckpt_every == 0 and step + 1 < args.steps:
-            save_checkpoint(ckpt, model, opt, step + 1)
+        window_loss += loss.item()
+        window_tokens += batch["input_ids"].numel()
+        if (step + 1) % args.log_every == 0:
+            dt = time.time() - window_t
+            print(f"step {step + 1} loss {window_loss / args.log_every:.4f} lr {lr_at(step, args):.2e} "
+                  f"{window_tokens / dt:.0f} tok/s elapsed {(time.time() - t0) / 60:.1f} min", flush=True)
+            window_loss, window_tokens, window_t = 0.0, 0, time.time()
+        done = step + 1 == args.steps
+        out_of_time = args.stop_after_minutes is not None and time.time() - t0 > 60 * args.stop_after_minutes
+        if not done and (time.time() - last_ckpt > 60 * args.ckpt_minutes or out_of_time):
+            save_checkpoint(args.out, model, opt, step + 1, args, tok)
+            last_ckpt = time.time()
+            print(f"checkpoint at step {step + 1}", flush=True)
+        if out_of_time and not done:
+            print(f"stopping after {args.stop_after_minutes} min; continue with --resume", flush=True)
+            return
 
     model.eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        bos_token_id=model.config.bos_token_id, do_sample=False, max_new_tokens=256,
-    )
-    model.save_pretrained(args.out, safe_serialization=True)
-    tok.save_pretrained(args.out)
-    ckpt.unlink(missing_ok=True)
-    print(f"trained {args.steps - start} steps in {(time.time() - t0) / 60:.1f} min -> {args.out}")
+    save_model(args.out / "final", model, tok)
+    for f in (args.out / "final").iterdir():
+        os.replace(f, args.out / f.name)
+    (args.out / "final").rmdir()
+    shutil.rmtree(args.out / "snapshot", ignore_errors=True)
+    (args.out / CHECKPOINT).unlink(missing_ok=True)
+    print(f"trained {args.steps - start} steps in {(time.time() - t0) / 60:.1f} min -> {args.out}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Builds the bundled reasoner's word-level tokenizer and its Qwen3-style chat template.
 
 Every word, number 0..99, punctuation mark and newline is one token (a leading space is part of the
-token, so decoding is plain concatenation and round-trips exactly). `<think>`/`</think>` are single-id
+token, so decoding is plain concatenation and round-trips exactly). Version 2 (the multi-family reasoner)
+writes every digit as its own token, so numbers of any length stay in the vocabulary, and builds its
+closed vocabulary from every task family. `<think>`/`</think>` are single-id
 added tokens, as in Qwen3. Called by scripts/train_reasoner.py; run `python -m
-adaptive_think.bundled.tokenizer OUT_DIR` to write just the tokenizer.
+adaptive_think.bundled.tokenizer OUT_DIR [VERSION]` to write just the tokenizer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ PAD, IM_START, IM_END, THINK, END_THINK, UNK = (
 )
 # One token per word / number / symbol, with its leading space; newlines are tokens of their own.
 SPLIT = Regex(r" ?[A-Za-z]+| ?\d+| ?[^\sA-Za-z\d]|\n|\s")
+SPLIT_V2 = Regex(r" ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\n|\s")
+# Longest prompt + thought + answer the version-2 reasoner is built for (the long family reaches ~2,100).
+MAX_LENGTH = {1: 512, 2: 2560}
 
 # Qwen3's shape: thinking on, the prompt ends at "assistant\n" and the model opens <think> itself;
 # enable_thinking=False appends the empty think block, so the model answers directly.
@@ -34,24 +39,31 @@ CHAT_TEMPLATE = (
 )
 
 
-def _corpus() -> list[str]:
-    """Every text the model sees: questions, traces and completions from the task family, plus chat."""
+def _corpus(version: int) -> list[str]:
+    """Every text the model sees: questions, traces and completions from the task families, plus chat."""
     from adaptive_think.tasks import make_questions
     from adaptive_think.tasks.completions import full_completion
+    from adaptive_think.tasks.families import make_family_questions
 
     texts = ["user", "assistant", "system", "\n"]
     texts += [str(i) for i in range(100)] + [f" {i}" for i in range(100)]
-    for q in make_questions(3000, seed=12345):
+    questions = make_questions(3000, seed=12345) if version == 1 else make_family_questions(3000, seed=12345)
+    for q in questions:
         texts += [q.question, full_completion(q)]
     return texts
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The tokenizer with a closed vocabulary built from the task family (deterministic)."""
+def build_tokenizer(version: int = 1) -> PreTrainedTokenizerFast:
+    """The tokenizer with a closed vocabulary built from the task families (deterministic).
+
+    version 1: the arithmetic-only reasoner's (numbers 0..99 are tokens); 2: the multi-family one's.
+    """
+    if version not in MAX_LENGTH:
+        raise ValueError(f"tokenizer version must be one of {sorted(MAX_LENGTH)}, got {version!r}")
     specials = [PAD, IM_START, IM_END, THINK, END_THINK, UNK]
-    splitter = pre_tokenizers.Split(SPLIT, behavior="isolated")
+    splitter = pre_tokenizers.Split(SPLIT if version == 1 else SPLIT_V2, behavior="isolated")
     words: set[str] = set()
-    for text in _corpus():
+    for text in _corpus(version):
         for part in (THINK, END_THINK):
             text = text.replace(part, "\n")
         words.update(piece for piece, _ in splitter.pre_tokenize_str(text))
@@ -71,12 +83,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         unk_token=UNK,
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
-        model_max_length=512,
+        model_max_length=MAX_LENGTH[version],
         padding_side="left",
     )
 
 
 if __name__ == "__main__":
-    tok = build_tokenizer()
+    tok = build_tokenizer(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
     tok.save_pretrained(sys.argv[1] if len(sys.argv) > 1 else "tokenizer_out")
     print(f"vocab {len(tok)}")

@@ -29,3 +29,8 @@ class Question:
     thought: str
     settled_char: int
     slip: bool
+
+    @property
+    def category(self) -> str:
+        """The question's family name, as question files and strata call it."""
+        return self.family

@@ -41,7 +41,7 @@ def bundled_items(n: int, seed: int, levels=None) -> list[Item]:
 
     levels = sorted(set(levels)) if levels else list(range(1, 7))
     tag = "" if levels == list(range(1, 7)) else "L" + "".join(map(str, levels))
-    return [Item(f"s{seed}{tag}-{i}", q.question, q.answer, q.level)
+    return [Item(f"s{seed}{tag}-{i}", q.question, q.answer, q.level, q.category)
             for i, q in enumerate(make_questions(n, seed, levels))]
 
 

@@ -1,0 +1,70 @@
+"""The task families the bundled reasoner answers, by name, and questions drawn across them.
+
+    last_digit  chained last-digit arithmetic, 1-6 operations (tasks/arithmetic.py): short thoughts
+    walk        following arrows between digits, 3-13 arrows (tasks/walk.py): table lookups
+    long_chain  10-25 labelled last-digit operations checked in 2-6 passes (tasks/chain.py): long thoughts
+
+Every family answers "The answer is N." after the think block and has its own checker, `checker_for(name)`.
+
+    from adaptive_think.tasks.families import make_family_questions, checker_for
+    qs = make_family_questions(30, seed=1)                 # 10 per family, levels mixed evenly
+    checker_for(qs[0].category)(text, qs[0].answer)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from . import arithmetic, chain, walk
+from .parse import parse_answer
+from .question import Question
+
+# name -> random_question(rng, level); the order is the family index used to mix them.
+FAMILIES: dict[str, Callable[[random.Random, int], Question]] = {
+    arithmetic.FAMILY: arithmetic.random_question,
+    walk.FAMILY: walk.random_question,
+    chain.FAMILY: chain.random_question,
+}
+
+
+def _digit_checker(name: str) -> Callable[[str, str], bool]:
+    def check(text: str, answer: str) -> bool:
+        got = parse_answer(text)
+        return got is not None and len(got) == 1 and got == str(answer).strip()
+
+    check.__name__ = f"check_{name}"
+    check.__doc__ = f"True when `text` answers the {name} question with its one-digit `answer` after the think block."
+    return check
+
+
+CHECKERS: dict[str, Callable[[str, str], bool]] = {name: _digit_checker(name) for name in FAMILIES}
+
+
+def checker_for(family: str) -> Callable[[str, str], bool]:
+    """The checker `fn(text, answer) -> bool` of a family (a question's `category`); clear error otherwise."""
+    if family not in CHECKERS:
+        raise ValueError(f"unknown task family {family!r}; the families are {', '.join(FAMILIES)}")
+    return CHECKERS[family]
+
+
+def make_family_questions(n: int, seed: int, families=None, levels=range(1, 7)) -> list[Question]:
+    """`n` questions deterministic from `seed`: (family, level) pairs cycled evenly, shuffled, then drawn.
+
+    `families`: names from FAMILIES (default all). One family alone gives other questions than
+    `arithmetic.make_questions` with the same seed (that one keeps its own sequence).
+
+    >>> sorted({q.category for q in make_family_questions(6, seed=0)})
+    ['last_digit', 'long_chain', 'walk']
+    """
+    families, levels = list(families or FAMILIES), list(levels)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown task families {unknown}; the families are {', '.join(FAMILIES)}")
+    if n < 0 or not families or not levels or any(not 1 <= lv <= 6 for lv in levels):
+        raise ValueError(f"need n >= 0, some families and levels within 1..6, got n={n}, levels={levels}")
+    rng = random.Random(seed)
+    pairs = [(f, lv) for lv in levels for f in families]
+    plan = [pairs[i % len(pairs)] for i in range(n)]
+    rng.shuffle(plan)
+    return [FAMILIES[f](rng, lv) for f, lv in plan]
