@@ -32,6 +32,7 @@ from transformers import DynamicCache
 
 from adaptive_think.controller.logit_score import checkpoint_scores
 from adaptive_think.engines.args import eos_token_ids, resolve
+from adaptive_think.engines.graph import _cache_kwarg
 from adaptive_think.engines.layer_hook import LayerCapture
 from adaptive_think.markers import ThinkMarkers
 from adaptive_think.training.branches import generate_only_setting
@@ -65,6 +66,15 @@ def check_vllm_kwargs(kwargs: dict) -> dict:
                          "tensor_parallel_size (--tensor-parallel-size) to spread one engine over several GPUs, or "
                          "collect with --engine hf over several processes (scripts/collect_probe_data.py).")
     return dict(kwargs)
+
+
+def check_decoding(model, cfg: CollectConfig) -> None:
+    """A ValueError when the model's generation_config asks for a logits processor only generate() applies: the vLLM
+    engine would decode otherwise than the hf engine."""
+    setting = generate_only_setting(model, cfg.sampling)
+    if setting is not None:
+        raise ValueError(f"{NEEDED_BY} cannot reproduce the hf engine's decoding: {setting}. Collect with "
+                         "--engine hf, or clear that setting in the model's generation_config.json.")
 
 
 def vllm_engine(model_path, model, **kwargs):
@@ -113,7 +123,7 @@ def teacher_forced(model, sequences: list[list[int]], starts: list[int], needs: 
     ([n, L, 0] without `states`) and logit scores [n, 2] (close-margin, entropy score). Step t is position
     starts[b] + t of sequences[b] (prompt + generated tokens; starts[b]: the prompt's last token)."""
     capture = LayerCapture(model, layers, device=model.device, every_position=True) if states else None
-    dev = model.device
+    dev, cache_kw = model.device, _cache_kwarg(model)
     out_states, out_scores = [], []
     try:
         for seq, p0, n in zip(sequences, starts, needs):
@@ -121,13 +131,13 @@ def teacher_forced(model, sequences: list[list[int]], starts: list[int], needs: 
             if capture is not None:
                 capture.enabled = False  # the prompt before its last token: only its keys and values are needed
             if p0 > 0:
-                model(input_ids=torch.tensor([seq[:p0]], device=dev), past_key_values=cache, use_cache=True,
-                      logits_to_keep=1)
+                model(input_ids=torch.tensor([seq[:p0]], device=dev), use_cache=True, logits_to_keep=1,
+                      **{cache_kw: cache})
             if capture is not None:
                 capture.enabled = True
             for lo in range(p0, p0 + n, chunk):
                 ids = torch.tensor([seq[lo : min(lo + chunk, p0 + n)]], device=dev)  # [1, c]
-                logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0]  # [c, V]
+                logits = model(input_ids=ids, use_cache=True, **{cache_kw: cache}).logits[0]  # [c, V]
                 scores.append(torch.stack(list(checkpoint_scores(logits.float(), close_id).values()), -1).cpu())
                 if capture is not None:
                     kept.append(capture.stacked()[0].transpose(0, 1).to("cpu", torch.float16))  # [c, L, D]
@@ -174,7 +184,7 @@ def collect_batch_vllm(llm, model, tokenizer, markers: ThinkMarkers, items: list
     needs = plan.steps_needed(B)
     starts = [len(p) - 1 for p in prompts]
     states, scores = teacher_forced(model, [p + g for p, g in zip(prompts, gen)], starts, needs, layers,
-                                    markers.close_ids[0], cfg.states)
+                                    markers.close_ids[0], cfg.states, TEACHER_CHUNK)
     count_batch(cost, plan, forced, answers, no_think_out, generated=sum(map(len, thoughts)),
                 prefilled=computed + exit_computed + sum(s + n for s, n in zip(starts, needs)))
     return finish_batch(plan, tokenizer, markers, items, checker, cfg, layers, states, scores, answers)
@@ -185,8 +195,5 @@ def collect_vllm(llm, model, tokenizer, items: list[Item], out, checker, cfg: Co
     """collect.collect with vLLM's engine `llm` (vllm_engine) generating and `model`, its hf twin, replaying each
     thought for states and scores; kwargs: collect()'s (think_tokens, rank, world, progress, doctor, log)."""
     cfg = cfg or CollectConfig()
-    setting = generate_only_setting(model, cfg.sampling)
-    if setting is not None:
-        raise ValueError(f"{NEEDED_BY} cannot reproduce the hf engine's decoding: {setting}. Collect with "
-                         "--engine hf, or clear that setting in the model's generation_config.json.")
+    check_decoding(model, cfg)
     return collect(model, tokenizer, items, out, checker, cfg, batch_fn=partial(collect_batch_vllm, llm), **kwargs)
