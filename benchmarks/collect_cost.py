@@ -17,7 +17,8 @@ and, for reference, vLLM's plain generation of the same thoughts; the process CP
 (`*_proc_s`), and the rows add vllm collect / hf collect and vllm collect / generate. `--no-vllm` skips it.
 
     python benchmarks/collect_cost.py --lengths 128 512 2048 --out benchmarks/results/collect_cost_cpu.json
-    OMP_NUM_THREADS=1 python benchmarks/collect_cost.py --lengths 128 512 --out benchmarks/results/collect_cost_vllm_cpu.json
+    OMP_NUM_THREADS=1 python benchmarks/collect_cost.py --lengths 128 512 \\
+        --out benchmarks/results/collect_cost_vllm_cpu.json                     # in the vLLM venv
 """
 
 from __future__ import annotations
@@ -135,11 +136,12 @@ def vllm_rows(llm, model, tok, items, cfg, T: int, proc: dict) -> dict:
         summary, _, vc_wall = timed(lambda: collect_vllm(llm, model, tok, items, Path(tmp) / "v", lambda t, a: False,
                                                          cfg, progress=False, log=lambda _: None),
                                     proc, "vllm_collect_proc_s")
+    ratio = lambda a, b: round(proc[a] / proc[b], 2)  # noqa: E731
     return dict(proc, vllm_generated_tokens=[len(o.outputs[0].token_ids) for o in outs],
                 vllm_generate_wall_s=round(vg_wall, 2), vllm_collect_wall_s=round(vc_wall, 2),
-                vllm_collect_over_hf_collect_proc=round(proc["vllm_collect_proc_s"] / proc["collect_proc_s"], 2),
-                vllm_collect_over_generate_proc=round(proc["vllm_collect_proc_s"] / proc["generate_proc_s"], 2),
-                vllm_collect_over_vllm_generate_proc=round(proc["vllm_collect_proc_s"] / proc["vllm_generate_proc_s"], 2),
+                vllm_collect_over_hf_collect_proc=ratio("vllm_collect_proc_s", "collect_proc_s"),
+                vllm_collect_over_generate_proc=ratio("vllm_collect_proc_s", "generate_proc_s"),
+                vllm_collect_over_vllm_generate_proc=ratio("vllm_collect_proc_s", "vllm_generate_proc_s"),
                 vllm_bytes_per_question=summary["cost"]["bytes_per_question"], vllm_cost=summary["cost"])
 
 

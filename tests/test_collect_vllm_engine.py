@@ -56,7 +56,8 @@ def tiny():
 @pytest.mark.parametrize("chunk", [512, 5])
 def test_the_vllm_engines_records_and_states_equal_the_hf_engines(tiny, tmp_path, monkeypatch, chunk):
     tok, model = tiny
-    monkeypatch.setattr(collect_vllm, "sampling_params", lambda model, cfg, max_tokens, eos, key: {"max_tokens": max_tokens})
+    monkeypatch.setattr(collect_vllm, "sampling_params",
+                        lambda model, cfg, max_tokens, eos, key: {"max_tokens": max_tokens})
     monkeypatch.setattr(collect_vllm, "TEACHER_CHUNK", chunk)  # 5: every thought replayed in several forwards
 
     def checker(text, answer):  # any change in any answer token is likely to flip it

@@ -135,14 +135,16 @@ def vllm_kwargs_from_args(args) -> dict | None:
     try:
         kwargs = json.loads(args.vllm_kwargs) if args.vllm_kwargs else {}
     except json.JSONDecodeError as err:
-        raise ValueError(f"--vllm-kwargs is not valid JSON ({err}); e.g. '{{\"kv_cache_memory_bytes\": 4e9}}'.") from None
+        raise ValueError(f"--vllm-kwargs is not valid JSON ({err}); "
+                         "e.g. '{\"kv_cache_memory_bytes\": 4e9}'.") from None
     if not isinstance(kwargs, dict):
         raise ValueError(f"--vllm-kwargs must be a JSON object of LLM() arguments, got {args.vllm_kwargs!r}.")
     if "kv_cache_memory_bytes" in kwargs:  # JSON writes 4e9 as a float
         kwargs["kv_cache_memory_bytes"] = int(kwargs["kv_cache_memory_bytes"])
     if args.tensor_parallel_size is not None:
         if "tensor_parallel_size" in kwargs:
-            raise ValueError("tensor_parallel_size is given twice (--tensor-parallel-size and --vllm-kwargs); keep one.")
+            raise ValueError("tensor_parallel_size is given twice (--tensor-parallel-size and --vllm-kwargs); "
+                             "keep one.")
         kwargs["tensor_parallel_size"] = args.tensor_parallel_size
     return check_vllm_kwargs(kwargs)
 
