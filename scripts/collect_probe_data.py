@@ -55,6 +55,9 @@ def main() -> int:
     items, checker = collect_cmd.items_from_args(args)
     device = process_device(env, args.device, args.device_map)
     cfg = collect_cmd.config_from_args(args)
+    if args.engine != "hf":
+        raise ValueError("collect_probe_data.py runs the hf engine on several processes; for --engine vllm run "
+                         "`adaptive-think collect --engine vllm` once (--tensor-parallel-size N for N GPUs).")
     model, tok = load_model_and_tokenizer(args.model, device, args.dtype, args.device_map)
     # the ranks meet once, at the end, so a long wait for the slowest rank is normal
     meet = env.world > 1 and "MASTER_ADDR" in os.environ

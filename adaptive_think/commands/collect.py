@@ -4,11 +4,13 @@
     adaptive-think collect --model DIR --questions q.jsonl --checker boxed --out runs/c
     adaptive-think collect --model DIR --questions q.jsonl --checker mypkg.check:is_right --out runs/c
     adaptive-think collect --model bundled --n 1200 --seed 21 --out runs/c-sampled --do-sample --temperature 0.6 --top-p 0.95
+    adaptive-think collect --model DIR --questions q.jsonl --out runs/c --engine vllm --tensor-parallel-size 2
 
 A sampled collection labels checkpoints under the decoding users sample with; `train-probe` calibrates
 each effort rung on every decoding mode it is given, so the rung holds under each.
 
-Re-running the same command resumes an interrupted run. Several GPUs: see scripts/collect_probe_data.py.
+Re-running the same command resumes an interrupted run. Several GPUs: see scripts/collect_probe_data.py, or
+`--engine vllm` with vLLM's tensor parallelism (docs/training.md, "Collecting on vLLM").
 """
 
 from __future__ import annotations
@@ -62,6 +64,16 @@ def add_arguments(p):
     dev.add_argument("--device", default="auto")
     dev.add_argument("--dtype", default="auto")
     dev.add_argument("--device-map", default=None, help='e.g. "auto" to spread a large model over GPUs')
+    eng = p.add_argument_group("engine")
+    eng.add_argument("--engine", choices=("hf", "vllm"), default="hf",
+                     help="hf: generate() with the states recorded as it decodes (default); vllm: thoughts and forced "
+                          "exits through vLLM's offline engine with prefix caching, states from one hf forward over "
+                          "each thought (needs vLLM installed)")
+    eng.add_argument("--tensor-parallel-size", type=int, default=None, metavar="N",
+                     help="--engine vllm: vLLM's tensor_parallel_size (one engine over N GPUs)")
+    eng.add_argument("--vllm-kwargs", default=None, metavar="JSON",
+                     help='--engine vllm: more vLLM LLM() arguments, e.g. \'{"kv_cache_memory_bytes": 4e9, '
+                          '"max_model_len": 8192}\' (the CPU build needs kv_cache_memory_bytes)')
 
 
 def items_from_args(args):
@@ -114,14 +126,58 @@ def doctor_command(args) -> str:
     return shlex.join(parts)
 
 
+def vllm_kwargs_from_args(args) -> dict | None:
+    """The vLLM LLM() arguments of --engine vllm (None for --engine hf, which refuses vLLM flags)."""
+    given = [flag for flag, value in (("--tensor-parallel-size", args.tensor_parallel_size),
+                                      ("--vllm-kwargs", args.vllm_kwargs)) if value is not None]
+    if getattr(args, "engine", "hf") != "vllm":
+        if given:
+            raise ValueError(f"{' and '.join(given)} set{'s' if len(given) == 1 else ''} up the vLLM engine; add "
+                             "--engine vllm, or drop it for the hf engine.")
+        return None
+    from adaptive_think.training.collect_vllm import check_vllm_kwargs
+
+    try:
+        kwargs = json.loads(args.vllm_kwargs) if args.vllm_kwargs else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--vllm-kwargs is not valid JSON ({err}); "
+                         "e.g. '{\"kv_cache_memory_bytes\": 4e9}'.") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--vllm-kwargs must be a JSON object of LLM() arguments, got {args.vllm_kwargs!r}.")
+    if "kv_cache_memory_bytes" in kwargs:  # JSON writes 4e9 as a float
+        kwargs["kv_cache_memory_bytes"] = int(kwargs["kv_cache_memory_bytes"])
+    if args.tensor_parallel_size is not None:
+        if "tensor_parallel_size" in kwargs:
+            raise ValueError("tensor_parallel_size is given twice (--tensor-parallel-size and --vllm-kwargs); "
+                             "keep one.")
+        kwargs["tensor_parallel_size"] = args.tensor_parallel_size
+    return check_vllm_kwargs(kwargs)
+
+
 def run(args) -> int:
-    from adaptive_think.loading import load_model_and_tokenizer
+    from adaptive_think.loading import load_model_and_tokenizer, resolve_model_path
     from adaptive_think.training.collect import collect
 
     items, checker = items_from_args(args)
     cfg = config_from_args(args)  # bad flags fail before the model loads
+    vllm_kwargs = vllm_kwargs_from_args(args)
+    if vllm_kwargs is not None:
+        from adaptive_think.integrations.vllm import require_vllm
+        from adaptive_think.training.collect_vllm import NEEDED_BY
+
+        try:  # before loading anything
+            require_vllm(NEEDED_BY)
+        except ImportError as err:
+            raise ValueError(f"{err} Or collect without it: --engine hf (the default).") from None
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.device_map)
-    summary = collect(model, tok, items, args.out, checker, cfg,
-                      think_tokens=tuple(args.think_tokens) if args.think_tokens else None, doctor=doctor_command(args))
+    kwargs = dict(think_tokens=tuple(args.think_tokens) if args.think_tokens else None, doctor=doctor_command(args))
+    if vllm_kwargs is None:
+        summary = collect(model, tok, items, args.out, checker, cfg, **kwargs)
+    else:
+        from adaptive_think.training.collect_vllm import check_decoding, collect_vllm, vllm_engine
+
+        check_decoding(model, cfg)  # before the engine starts
+        llm = vllm_engine(resolve_model_path(args.model), model, **vllm_kwargs)
+        summary = collect_vllm(llm, model, tok, items, args.out, checker, cfg, **kwargs)
     print(json.dumps(summary))
     return 0

@@ -33,10 +33,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
+def layer_output(output) -> torch.Tensor:
+    """A decoder layer's output (a tensor or a tuple starting with one) -> its hidden states [B, S, D]."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 def last_position(output) -> torch.Tensor:
-    """A decoder layer's output (a tensor or a tuple starting with one) [B, S, D] -> [B, D], a view."""
-    out = output[0] if isinstance(output, (tuple, list)) else output
-    return out[:, -1, :]
+    """A decoder layer's output [B, S, D] -> [B, D], a view."""
+    return layer_output(output)[:, -1, :]
 
 
 class LayerCapture:
@@ -44,10 +48,12 @@ class LayerCapture:
 
     layers: one index or a sequence of indices (negative counts from the end). device: where the kept
     states go (None: stay on their layer's device). into: a [B, D] buffer (one layer only) that the hook
-    copies into; the hook only acts while `enabled`.
+    copies into; the hook only acts while `enabled`. every_position: keep each layer's whole output [B, S, D]
+    instead of its last position (a teacher-forced pass over a known sequence).
     """
 
-    def __init__(self, model: nn.Module, layers: int | Sequence[int], device=None, into: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, layers: int | Sequence[int], device=None, into: torch.Tensor | None = None,
+                 every_position: bool = False):
         mods = decoder_layers(model)
         wanted = [layers] if isinstance(layers, int) else list(layers)
         for layer in wanted:
@@ -59,6 +65,7 @@ class LayerCapture:
         self.layer = self.layers[0]
         self.device = torch.device(device) if device is not None else None
         self.into = into
+        self.every_position = every_position
         self.enabled = True
         self.states: dict[int, torch.Tensor] = {}
         self._handles = [mods[layer].register_forward_hook(self._hook(layer)) for layer in self.layers]
@@ -67,7 +74,7 @@ class LayerCapture:
         def hook(module, args, output):
             if not self.enabled:
                 return
-            h = last_position(output)  # [B, D]
+            h = layer_output(output) if self.every_position else last_position(output)  # [B, S, D] or [B, D]
             if self.into is not None:
                 self.into.copy_(h, non_blocking=True)  # copy_ crosses devices itself
             elif self.device is not None and h.device != self.device:
@@ -83,7 +90,8 @@ class LayerCapture:
         return self.into if self.into is not None else self.states.get(self.layer)
 
     def stacked(self) -> torch.Tensor:
-        """[B, L, D]: the kept states of every layer, in the order given (all on `device`)."""
+        """[B, L, D] ([B, L, S, D] with every_position): the kept states of every layer, in the order given (all on
+        `device`)."""
         return torch.stack([self.states[layer] for layer in self.layers], 1)
 
     def remove(self) -> None:

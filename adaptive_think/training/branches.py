@@ -51,6 +51,11 @@ def shared_route_refusal(model, cache, sampling: dict | None) -> str | None:
     """Why the exit answers of this generation cannot be decoded on its cache, or None when they can."""
     if not isinstance(cache, DynamicCache) or not all(type(layer) is DynamicLayer for layer in cache.layers):
         return "its cache has sliding-window or other non-plain layers"  # a custom mask would bypass their windows
+    return generate_only_setting(model, sampling)
+
+
+def generate_only_setting(model, sampling: dict | None) -> str | None:
+    """The model's generation_config setting whose logits processor only generate() applies (None: none is on)."""
     config = model.generation_config
     for name, off in dict(_GENERATE_ONLY, **(_SAMPLING_ONLY if sampling else {})).items():
         value = getattr(config, name, None)

@@ -122,11 +122,16 @@ class CollectConfig:
         return sorted({lo + round(i * (n_layers - 1 - lo) / max(count - 1, 1)) for i in range(count)})
 
 
+def derived_seed(cfg: CollectConfig, key: str) -> int:
+    """A 64-bit seed from the run's sampling seed and `key` (a question id, ...): the same on every resume."""
+    digest = hashlib.sha256(f"{cfg.sampling_seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def _seed_batch(cfg: CollectConfig, first_id: str) -> None:
     """Seed torch's generator for one batch from the run's seed and the batch's first question (resumable)."""
     if cfg.sampling:
-        digest = hashlib.sha256(f"{cfg.sampling_seed}:{first_id}".encode()).digest()
-        torch.manual_seed(int.from_bytes(digest[:8], "little"))
+        torch.manual_seed(derived_seed(cfg, first_id))
 
 
 class _StepRecorder(LogitsProcessor):
@@ -199,13 +204,122 @@ def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def batch_prompts(tokenizer, markers: ThinkMarkers, items: list[Item], cfg: CollectConfig):
+    """(thinking prompts, no-think prompts, forced exit tokens) of one batch, as token ids: what both engines feed."""
+    exit_ids = tuple(tokenizer.encode(cfg.exit_text, add_special_tokens=False)) if cfg.exit_text else ()
+    prompts = [tokenizer.encode(chat_prompt(tokenizer, it.question), add_special_tokens=False) for it in items]
+    no_think = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, cfg.exit_text), add_special_tokens=False)
+                for it in items]
+    return prompts, no_think, list(markers.close_ids) + list(exit_ids)
+
+
+@dataclass
+class BatchPlan:
+    """What one batch records, decided from its generations alone (no states yet): the records (scores and exit
+    labels still to fill), the decode step whose state and logits each record keeps, the steps whose states
+    `--token-states` keeps, and the forced exits to decode. A step t is the forward that read the t-th fed
+    token: the prompt's last token at t = 0, generated token t - 1 after."""
+
+    records: list[dict]
+    picks: list[tuple[int, int]]  # (row, step) of each record, in record order
+    spans: list[tuple[int, range]]  # (row, steps) of each question's kept thought-token states
+    exits: list[tuple[int, int, int]]  # (record index, row, generated index of the last token before the exit)
+
+    def steps_needed(self, rows: int) -> list[int]:
+        """Per row, how many leading decode steps the records read (an engine computes no state past them)."""
+        need = [0] * rows
+        for b, t in self.picks:
+            need[b] = max(need[b], t + 1)
+        for b, steps in self.spans:
+            if len(steps):
+                need[b] = max(need[b], steps[-1] + 1)
+        return need
+
+
+def plan_batch(tokenizer, markers: ThinkMarkers, items: list[Item], checker, cfg: CollectConfig,
+               prompts: list[list[int]], gen: list[list[int]], no_think_out: list[list[int]],
+               boundary: torch.Tensor) -> BatchPlan:
+    """The records of one batch from its generations: gen [B][T] (each row padded to the batch's T decode steps
+    as generate() pads finished rows) and the no-think answers."""
+    records, picks, spans, exits = [], [], [], []
+    for b, it in enumerate(items):
+        g = gen[b]
+        body, close = thought_span(prompts[b], g, markers)
+        full_text = _decode(tokenizer, g)
+        full_ok = close >= 0 and bool(checker(full_text, it.answer))
+        thought_len = (close - body) if close >= 0 else (len(g) - body if body is not None else 0)
+        nothink_text = markers.close_text + _decode(tokenizer, no_think_out[b])
+        nothink_ok = bool(checker(nothink_text, it.answer))
+        base = dict(qid=it.id, qhash=question_hash(it.question), level=it.level, full_correct=full_ok,
+                    nothink_correct=nothink_ok, thought_len=thought_len, closed=close >= 0, opened=body is not None,
+                    full_parsed=read_or_none(checker, full_text) if close >= 0 else None,
+                    nothink_parsed=read_or_none(checker, nothink_text),
+                    **({"category": it.category} if it.category else {}))  # what --strata category reads
+        # the end of the raw output, for diagnosing a checker that reads nothing
+        records.append(dict(base, kind=KIND_PROMPT, pos=0, label=nothink_ok, boundary=False,
+                            output_tail=full_text[-OUTPUT_TAIL_CHARS:]))
+        picks.append((b, 0))
+        if body is None:
+            continue
+        if cfg.token_states:  # the state that has just read thought token j (step body + j + 1), every S-th j
+            n, s = max(0, min(thought_len, len(g) - 1 - body)), cfg.token_stride
+            kept = range(body + s, body + 1 + n, s)  # the states that have read s, 2s, ... <= n thought tokens
+            records[-1]["thought_states"] = len(kept)
+            if s > 1:
+                records[-1]["thought_stride"] = s
+            spans.append((b, kept))
+        # the last generated token was never fed back, so it has no hidden state
+        for j in range(min(thought_len, len(g) - 1 - body)):
+            gi = body + j  # generated index of the j-th thought token
+            is_b = bool(boundary[g[gi]]) if g[gi] < boundary.numel() else False
+            periodic = cfg.every > 0 and (j + 1) % cfg.every == 0
+            if not (periodic or is_b or j == thought_len - 1):  # the last one: exit = natural close
+                continue
+            records.append(dict(base, kind=KIND_THOUGHT, pos=j + 1, label=None, boundary=is_b))
+            picks.append((b, gi + 1))  # step gi + 1 sees token gi as its last
+            exits.append((len(records) - 1, b, gi))
+    return BatchPlan(records, picks, spans, exits)
+
+
+def finish_batch(plan: BatchPlan, tokenizer, markers: ThinkMarkers, items: list[Item], checker, cfg: CollectConfig,
+                 layers: list[int], states: list[torch.Tensor], scores: list[torch.Tensor], answers: list[list[int]]):
+    """(records, hidden [N, L, D], thought states [M, L, D] or None) of a planned batch, given per row its decode
+    steps' states [n_b, L, D] and logit scores [n_b, 2] (at least `plan.steps_needed` of them) and the exits'
+    answer tokens."""
+    records = plan.records
+    for rec, (b, t) in zip(records, plan.picks):
+        rec.update(_logit_fields(scores[b][t]))
+    answer_of = {it.id: it.answer for it in items}
+    for (ri, _, _), ans in zip(plan.exits, answers):
+        text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
+        records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))
+    width = states[0].shape[-1] if states else 0
+    empty = torch.zeros(0, len(layers), width, dtype=torch.float16)
+    rows = [states[b][t] for b, t in plan.picks]
+    thought_rows = [states[b][steps.start : steps.stop : steps.step] for b, steps in plan.spans]
+    thought = torch.cat(thought_rows) if thought_rows else empty
+    return records, (torch.stack(rows) if rows else empty), (thought if cfg.token_states else None)
+
+
+def count_batch(cost: dict | None, plan: BatchPlan, forced: list[int], answers: list[list[int]],
+                no_think_out: list[list[int]], generated: int, prefilled: int) -> None:
+    """Add one batch's token counts to `cost` (COST_KEYS): `generated` decode positions, `prefilled` prompt tokens
+    the engine computed (what it reused from a cache not counted)."""
+    if cost is None:
+        return
+    cost["generated_tokens"] += generated
+    cost["prefill_tokens"] += prefilled
+    cost["nothink_tokens"] += sum(map(len, no_think_out))
+    cost["forced_exits"] += len(plan.exits)
+    cost["exit_tokens"] += sum(len(forced) + len(a) for a in answers)
+
+
 @torch.no_grad()
 def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], checker, cfg: CollectConfig,
                   layers: list[int], boundary: torch.Tensor, cost: dict | None = None):
     """Records and hidden states [N, L, D] for one batch of questions; adds its token counts to `cost` (COST_KEYS)."""
     pad = tokenizer.pad_token_id
-    exit_ids = tuple(tokenizer.encode(cfg.exit_text, add_special_tokens=False)) if cfg.exit_text else ()
-    prompts = [tokenizer.encode(chat_prompt(tokenizer, it.question), add_special_tokens=False) for it in items]
+    prompts, no_think, forced = batch_prompts(tokenizer, markers, items, cfg)
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
     mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
@@ -225,68 +339,18 @@ def collect_batch(model, tokenizer, markers: ThinkMarkers, items: list[Item], ch
     cache = out["cache"] if "cache" in out else out["past_key_values"]  # the field's name before transformers 5.2x
     del out
 
-    no_think = [tokenizer.encode(no_think_prompt(tokenizer, it.question, markers, cfg.exit_text), add_special_tokens=False)
-                for it in items]
     no_think_out = continuations(model, tokenizer, no_think, cfg.max_answer_tokens, cfg.batch_size, cfg.sampling)
-
-    records, rows, exits, thought_rows = [], [], [], []
-    for b, it in enumerate(items):
-        g = gen[b]
-        body, close = thought_span(prompts[b], g, markers)
-        full_text = _decode(tokenizer, g)
-        full_ok = close >= 0 and bool(checker(full_text, it.answer))
-        thought_len = (close - body) if close >= 0 else (len(g) - body if body is not None else 0)
-        nothink_text = markers.close_text + _decode(tokenizer, no_think_out[b])
-        nothink_ok = bool(checker(nothink_text, it.answer))
-        base = dict(qid=it.id, qhash=question_hash(it.question), level=it.level, full_correct=full_ok,
-                    nothink_correct=nothink_ok, thought_len=thought_len, closed=close >= 0, opened=body is not None,
-                    full_parsed=read_or_none(checker, full_text) if close >= 0 else None,
-                    nothink_parsed=read_or_none(checker, nothink_text),
-                    **({"category": it.category} if it.category else {}))  # what --strata category reads
-        # the end of the raw output, for diagnosing a checker that reads nothing
-        records.append(dict(base, kind=KIND_PROMPT, pos=0, label=nothink_ok, boundary=False,
-                            output_tail=full_text[-OUTPUT_TAIL_CHARS:], **_logit_fields(step_scores[b, 0])))
-        rows.append(steps[b, 0])
-        if body is None:
-            continue
-        if cfg.token_states:  # the state that has just read thought token j (step body + j + 1), every S-th j
-            n, s = max(0, min(thought_len, steps.shape[1] - 1 - body)), cfg.token_stride
-            kept = steps[b, body + s : body + 1 + n : s]  # the states that have read s, 2s, ... <= n thought tokens
-            records[-1]["thought_states"] = kept.shape[0]
-            if s > 1:
-                records[-1]["thought_stride"] = s
-            thought_rows.append(kept)
-        # the last generated token was never fed back, so it has no hidden state
-        for j in range(min(thought_len, steps.shape[1] - 1 - body)):
-            gi = body + j  # generated index of the j-th thought token
-            is_b = bool(boundary[g[gi]]) if g[gi] < boundary.numel() else False
-            periodic = cfg.every > 0 and (j + 1) % cfg.every == 0
-            if not (periodic or is_b or j == thought_len - 1):  # the last one: exit = natural close
-                continue
-            records.append(dict(base, kind=KIND_THOUGHT, pos=j + 1, label=None, boundary=is_b,
-                                **_logit_fields(step_scores[b, gi + 1])))
-            rows.append(steps[b, gi + 1])  # step gi + 1 sees token gi as its last
-            exits.append((len(records) - 1, b, gi))
-    answer_of = {it.id: it.answer for it in items}
-    forced = list(markers.close_ids) + list(exit_ids)
-    answers = exit_answers(model, tokenizer, cache, prompts, width, gen, [e[1:] for e in exits], forced, cfg, cost)
-    if cost is not None:
-        cost["generated_tokens"] += len(items) * steps.shape[1]  # decode positions, finished rows included
-        cost["prefill_tokens"] += sum(map(len, prompts)) + sum(map(len, no_think))
-        cost["nothink_tokens"] += sum(map(len, no_think_out))
-        cost["forced_exits"] += len(exits)
-        cost["exit_tokens"] += sum(len(forced) + len(a) for a in answers)
-    for (ri, _, _), ans in zip(exits, answers):
-        text = markers.close_text + cfg.exit_text + _decode(tokenizer, ans)
-        records[ri]["label"] = bool(checker(text, answer_of[records[ri]["qid"]]))
-    empty = torch.zeros(0, len(layers), steps.shape[-1], dtype=steps.dtype)
-    thought = torch.cat(thought_rows) if thought_rows else empty
-    return records, (torch.stack(rows) if rows else empty), (thought if cfg.token_states else None)
+    plan = plan_batch(tokenizer, markers, items, checker, cfg, prompts, gen, no_think_out, boundary)
+    answers = exit_answers(model, tokenizer, cache, prompts, width, gen, [e[1:] for e in plan.exits], forced, cfg, cost)
+    count_batch(cost, plan, forced, answers, no_think_out, generated=len(items) * steps.shape[1],  # finished rows too
+                prefilled=sum(map(len, prompts)) + sum(map(len, no_think)))
+    return finish_batch(plan, tokenizer, markers, items, checker, cfg, layers, list(steps), list(step_scores), answers)
 
 
 def collect(model, tokenizer, items: list[Item], out, checker: Callable[[str, str], bool],
             cfg: CollectConfig | None = None, think_tokens=None, rank: int = 0, world: int = 1,
-            progress: bool = True, doctor: str = DOCTOR, log: Callable[[str], None] | None = None) -> dict:
+            progress: bool = True, doctor: str = DOCTOR, log: Callable[[str], None] | None = None,
+            batch_fn: Callable | None = None, engine: str = "hf") -> dict:
     """Collect labelled checkpoints for `items` into folder `out`, resuming a previous run there.
 
     With world > 1 (several processes, see scripts/collect_probe_data.py), this process takes every
@@ -294,6 +358,9 @@ def collect(model, tokenizer, items: list[Item], out, checker: Callable[[str, st
     rank and folder fails at once. Prints the collection's health after the first batch and at the end
     (`log`, default: a line under the progress bar); raises `CollectionUnusable`, naming `doctor` (the
     command to run), when the data cannot train a probe. Returns a summary dict.
+
+    batch_fn: what collects one batch, with `collect_batch`'s arguments and results (None: `collect_batch`, the hf
+    engine; collect_vllm.py passes its own); engine: its name, for the cost line.
     """
     cfg = cfg or CollectConfig()
     log = log or tqdm.write
@@ -303,7 +370,7 @@ def collect(model, tokenizer, items: list[Item], out, checker: Callable[[str, st
     out.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(lock_path(out, rank), f"collection rank {rank} in {out}"):
         return _collect_locked(model, tokenizer, items, out, checker, cfg, think_tokens, rank, world, progress,
-                               doctor, log)
+                               doctor, log, batch_fn, engine)
 
 
 def _check(summary: dict, head: str, markers: ThinkMarkers, cfg: CollectConfig, doctor: str, sample: str | None):
@@ -317,7 +384,7 @@ def _check(summary: dict, head: str, markers: ThinkMarkers, cfg: CollectConfig, 
 
 
 def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectConfig, think_tokens, rank: int,
-                    world: int, progress: bool, doctor: str, log) -> dict:
+                    world: int, progress: bool, doctor: str, log, batch_fn=None, engine: str = "hf") -> dict:
     clean_orphans(out, rank)
     markers = resolve_markers(tokenizer, think_tokens)
     n_layers = model_fingerprint(model)["num_hidden_layers"]
@@ -348,6 +415,7 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
     t0 = time.time()
     cost = dict.fromkeys(COST_KEYS, 0)
     pending_recs, pending_hidden, pending_thought, pending_ids = [], [], [], []
+    batch_fn = batch_fn or collect_batch  # looked up now: tests wrap the module's collect_batch
 
     def flush():
         if not pending_ids:
@@ -366,7 +434,7 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
 
     for i in range(0, len(todo), cfg.batch_size):
         batch = todo[i : i + cfg.batch_size]
-        recs, hidden, thought = collect_batch(model, tokenizer, markers, batch, checker, cfg, layers, boundary, cost)
+        recs, hidden, thought = batch_fn(model, tokenizer, markers, batch, checker, cfg, layers, boundary, cost)
         if i == 0:  # a resumed run judges this batch together with what it collected before
             first = summarise(rank_records(out, index) + recs)
             log(f"{who}, first batch: {format_summary(first)}")
@@ -388,7 +456,7 @@ def _collect_locked(model, tokenizer, items, out: Path, checker, cfg: CollectCon
         sample = next((r.get("output_tail") for r in records if r["kind"] == KIND_PROMPT), None)
         _check(health, f"collect finished ({health['questions']} questions in {out}), but no probe can be trained on them",
                markers, cfg, doctor, sample)
-    cost = dict(cost, engine="hf", questions=len(todo), wall_s=round(time.time() - t0, 1),
+    cost = dict(cost, engine=engine, questions=len(todo), wall_s=round(time.time() - t0, 1),
                 thought_tokens=health["mean_thought_len"],
                 bytes_per_question=round(sum((out / f"{n}{ext}").stat().st_size for n in index["shards"]
                                              for ext in (".safetensors", ".json")) / max(len(index["done"]), 1)))

