@@ -140,7 +140,8 @@ def vllm_rows(llm, model, tok, items, cfg, T: int, proc: dict) -> dict:
     return dict(proc, vllm_generated_tokens=[len(o.outputs[0].token_ids) for o in outs],
                 vllm_generate_wall_s=round(vg_wall, 2), vllm_collect_wall_s=round(vc_wall, 2),
                 vllm_collect_over_hf_collect_proc=ratio("vllm_collect_proc_s", "collect_proc_s"),
-                vllm_collect_over_generate_proc=ratio("vllm_collect_proc_s", "generate_proc_s"),
+                # what doctor scales its measured generation time by for the vllm engine
+                vllm_ratio_cpu=ratio("vllm_collect_proc_s", "generate_proc_s"),
                 vllm_collect_over_vllm_generate_proc=ratio("vllm_collect_proc_s", "vllm_generate_proc_s"),
                 vllm_bytes_per_question=summary["cost"]["bytes_per_question"], vllm_cost=summary["cost"])
 

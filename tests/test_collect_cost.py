@@ -7,7 +7,8 @@ import json
 import pytest
 
 from adaptive_think.training.collect import COST_KEYS, CollectConfig, collect, format_cost
-from adaptive_think.training.doctor import VLLM_BLOCK, CollectSample, DoctorConfig, engine_estimates, examine
+from adaptive_think.training.doctor import (COST_BENCHMARK, VLLM_BLOCK, CollectSample, DoctorConfig, engine_estimates,
+                                          examine, measured_ratio)
 from adaptive_think.training.health import KIND_PROMPT
 from adaptive_think.training.items import Item, load_checker
 from tiny import make_scripted, make_tokenizer
@@ -102,3 +103,19 @@ def test_collect_ends_with_its_own_accounting(tmp_path):
     assert lines[-1] == f"collect, cost: {format_cost(cost)}"
     assert cost["engine"] == "hf" and cost["thought_tokens"] == summary["health"]["mean_thought_len"] == 6.0
     assert lines[-1].startswith("collect, cost: 4 questions in ") and "(hf engine): thoughts of 6 tokens; in all " in lines[-1]
+
+
+def test_shipped_benchmarks_give_both_engines_a_wall_time():
+    # doctor's default files: the hf engine's ratio and vLLM's, each from its own benchmark run
+    hf, vllm = engine_estimates(SAMPLE, 1000, COST_BENCHMARK)
+    assert "collect_cost_cpu.json" in hf["wall_basis"] and hf["wall_s"] is not None
+    assert "collect_cost_vllm_cpu.json" in vllm["wall_basis"] and vllm["wall_s"] is not None
+
+
+def test_measured_ratio_reads_the_nearest_row_across_files(tmp_path):
+    a = benchmark(tmp_path, [{"T": 128, "ratio_cpu": 1.5}])
+    b = tmp_path / "other.json"
+    b.write_text(json.dumps({"rows": [{"T": 512, "vllm_ratio_cpu": 0.9}, {"T": 2048, "vllm_ratio_cpu": 0.7}]}))
+    assert measured_ratio([a, str(b)], 600.0, "vllm_ratio_cpu") == (0.9, 512, "other.json")
+    assert measured_ratio([a, str(b)], 600.0, "ratio_cpu") == (1.5, 128, "collect_cost_cpu.json")
+    assert measured_ratio([a], 600.0, "vllm_ratio_cpu") is None

@@ -32,7 +32,8 @@ from adaptive_think.training.thoughts import no_think_prompt, read_or_none, thou
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 # collect's time over plain generation of the same thoughts, measured by benchmarks/collect_cost.py per thought length
-COST_BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "collect_cost_cpu.json"
+_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+COST_BENCHMARK = (str(_RESULTS / "collect_cost_cpu.json"), str(_RESULTS / "collect_cost_vllm_cpu.json"))
 # tokens per KV block in vLLM: prefix caching reuses whole blocks, so an exit prompt re-prefills its prefix's last,
 # partial block (on average half a block) besides its own tokens
 VLLM_BLOCK = 16
@@ -48,7 +49,8 @@ class DoctorConfig:
     exit_text: str = "\n\n"  # written after the close marker of a skipped thought
     every: int = 8  # collect's checkpoint interval, for the cost estimate
     collect_n: int = 1000  # questions the cost estimate is for (collect's --n default)
-    cost_benchmark: str = str(COST_BENCHMARK)  # collect / generation ratios the wall-time estimate rests on
+    # files of collect / generation ratios the wall-time estimate rests on (the hf engine's, vLLM's)
+    cost_benchmark: tuple = COST_BENCHMARK
 
     def __post_init__(self):
         for name in ("samples", "max_new_tokens", "max_answer_tokens", "collect_n"):
@@ -145,21 +147,23 @@ class CollectSample:
     row_bytes: int
 
 
-def measured_ratio(path, thought: float, key: str) -> tuple[float, int] | None:
-    """(ratio, T) from the row of benchmark file `path` whose thought length T is nearest `thought` (log scale) among
-    rows that hold `key`; None when the file or the key is missing."""
-    try:
-        rows = json.loads(Path(path).read_text())["rows"]
-    except (OSError, ValueError, KeyError):
-        return None
-    rows = [r for r in rows if key in r]
+def measured_ratio(paths, thought: float, key: str) -> tuple[float, int, str] | None:
+    """(ratio, T, file name) from the row of the benchmark files `paths` (one path or several) whose thought length
+    T is nearest `thought` (log scale) among rows that hold `key`; None when no file holds the key."""
+    rows = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        try:
+            rows += [(r, Path(path).name) for r in json.loads(Path(path).read_text())["rows"] if key in r]
+        except (OSError, ValueError, KeyError):
+            continue
     if not rows:
         return None
-    row = min(rows, key=lambda r: abs(math.log(r["T"] / max(thought, 1.0))))
-    return float(row[key]), int(row["T"])
+    row, name = min(rows, key=lambda rn: abs(math.log(rn[0]["T"] / max(thought, 1.0))))
+    return float(row[key]), int(row["T"]), name
 
 
 def engine_estimates(sample: CollectSample, n: int, benchmark) -> list[dict]:
+    # benchmark: one benchmark file or several (COST_BENCHMARK)
     """collect's cost accounting (format_cost) for `n` questions, per engine, scaled from the sample.
 
     hf: the sample's own counts (decode positions of the batch, prompts, forced exits on the thought's cache or
@@ -182,12 +186,13 @@ def engine_estimates(sample: CollectSample, n: int, benchmark) -> list[dict]:
                                             ("vllm", "vllm_ratio_cpu", sample.own_tokens, vllm_prefill)):
         found = measured_ratio(benchmark, sample.thought_tokens, key)
         if found is None:
-            wall, basis = None, f"no {key} in {Path(benchmark).name} to scale this machine's generation time by"
+            names = " or ".join(Path(p).name for p in ([benchmark] if isinstance(benchmark, (str, Path)) else benchmark))
+            wall, basis = None, f"no {key} in {names} to scale this machine's generation time by"
         else:
-            ratio, t = found
+            ratio, t, name = found
             wall = sample.seconds * n * ratio
             basis = (f"{sample.seconds:.2f} s of generation per question here, batch {q}, x {ratio:.2f}, the collect / "
-                     f"generation ratio {Path(benchmark).name} measured at T = {t}; collect's larger batches take "
+                     f"generation ratio {name} measured at T = {t}; collect's larger batches take "
                      "less per question")
         out.append(dict(shared, engine=engine, generated_tokens=generated * n, prefill_tokens=prefill * n,
                         wall_s=wall, wall_basis=basis))
