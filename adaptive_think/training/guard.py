@@ -138,6 +138,7 @@ def guard_from_collection(probe, hidden: torch.Tensor, fit_rows: torch.Tensor, c
     """The guard train-probe fits from its collection's prompt-end states at the chosen layer (fit: training
     questions, calibration: calibration questions); None, with a note, when too few calibration prompts."""
     x = features(probe, hidden)
+    cal_rows = cal_rows & torch.isfinite(x).all(-1)  # a non-finite prompt state has no score to rank
     n_cal = int(cal_rows.sum())
     try:
         conformal_rank(n_cal, alpha)
