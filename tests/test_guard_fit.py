@@ -145,3 +145,25 @@ def test_guard_refuses_bad_shapes():
         Guard(torch.zeros(4), torch.zeros(2, 3), torch.ones(2), 1.0, 1.0, 0.1, 1, 1)
     with pytest.raises(ValueError, match="variances must be positive"):
         Guard(torch.zeros(4), torch.zeros(2, 4), torch.zeros(2), 1.0, 1.0, 0.1, 1, 1)
+
+
+def test_vllm_requests_with_bad_guard_settings_are_refused_up_front(tmp_path, monkeypatch):
+    """The frontend check (no vLLM needed): a guard the served probe lacks, a fallback rung it does not have."""
+    from types import SimpleNamespace
+
+    from adaptive_think.integrations.vllm.context import validate_request
+    from adaptive_think.integrations.vllm.requests import ENV_VAR, ServingSettings
+
+    plain = Probe.random_for(MODEL, layer=1, width=8, seed=1)
+    plain.save_pretrained(tmp_path / "plain")
+    _guarded_probe().save_pretrained(tmp_path / "guarded")
+
+    def request(folder, fields):
+        monkeypatch.setenv(ENV_VAR, ServingSettings(probe=str(tmp_path / folder)).to_json())
+        return validate_request(SimpleNamespace(extra_args={"adaptive_think": fields}, temperature=0.0))
+
+    with pytest.raises(ValueError, match="needs a probe with an out-of-distribution guard"):
+        request("plain", {"policy": "probe", "guard": True})
+    with pytest.raises(ValueError, match="guard_fallback='high' is neither 'full' nor an effort rung"):
+        request("guarded", {"policy": "probe", "guard_fallback": "high"})
+    assert request("guarded", {"policy": "probe", "guard": "true"}).guard is True

@@ -124,7 +124,7 @@ def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequ
         if threshold is None or skip is None:
             raise ValueError("ThinkConfig.threshold / skip_threshold of None take the probe's calibrated values, but "
                              "the probe given carries none (bare ProbeTensors): set both in the ThinkConfig.")
-        guard_t, fallback = _guard_settings(config, probe, config.decoding or decoding)
+        guard_t, fallback = guard_settings(config, probe, config.decoding or decoding)
     else:
         threshold, skip = NEVER, NEVER
         guard_t, fallback = NO_GUARD, (NEVER, NEVER)
@@ -137,7 +137,7 @@ def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequ
     )
 
 
-def _guard_settings(config: ThinkConfig, probe, decoding: str) -> tuple[float, tuple[float, float]]:
+def guard_settings(config: ThinkConfig, probe, decoding: str) -> tuple[float, tuple[float, float]]:
     """A probe row's guard threshold (NO_GUARD when off) and the (ready, skip) thresholds it falls back to."""
     guard = getattr(probe, "guard", None)
     if config.guard is False or (config.guard is None and guard is None):

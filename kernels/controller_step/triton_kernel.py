@@ -266,8 +266,12 @@ def _guard_reduce(z, coef_ptr, units, umask, R: tl.constexpr):
 @triton.jit
 def _tile_share(acc, probe_ptr, head, units, umask, PROBE: tl.constexpr):
     """A finished tile's share of its head's logit (ready / skip) or of the guard's score (head 2)."""
-    if PROBE.GUARD and head == 2:
-        share = _guard_reduce(acc, probe_ptr + PROBE.GCOEF, units, umask, PROBE.R)
+    if PROBE.GUARD:
+        if head == 2:
+            share = _guard_reduce(acc, probe_ptr + PROBE.GCOEF, units, umask, PROBE.R)
+        else:
+            share = _activate_reduce(acc, probe_ptr + tl.where(head == 0, PROBE.RB1, PROBE.SB1),
+                                     probe_ptr + tl.where(head == 0, PROBE.RW2, PROBE.SW2), units, umask, PROBE.RELU)
     else:
         share = _activate_reduce(acc, probe_ptr + tl.where(head == 0, PROBE.RB1, PROBE.SB1),
                                  probe_ptr + tl.where(head == 0, PROBE.RW2, PROBE.SW2), units, umask, PROBE.RELU)
