@@ -194,3 +194,21 @@ def test_guard_scores_are_the_low_rank_mahalanobis_distance():
     p = y @ dirs.t()
     want = (p**2 / var).sum(-1) + ((y - p @ dirs) ** 2).sum(-1) / res
     torch.testing.assert_close(guard_scores(x, t), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.kernels
+@pytest.mark.parametrize("B, D, H, R", [(1, 1024, 256, 8), (33, 4096, 256, 16), (200, 2560, 64, 32)],
+                         ids=["B1-D1024-R8", "B33-D4096-R16", "B200-D2560-R32"])
+def test_guard_step_matches_reference_on_the_gpu(B, D, H, R):
+    """The compiled kernel (GPU tiling, tf32x3 dots) against the reference on real model widths."""
+    gen = torch.Generator().manual_seed(B + R)
+    spec, params, state, hidden, tok = _guard_case(gen, B, D, H, R, 0, torch.bfloat16, None)
+    cuda = torch.device("cuda")
+    spec = ControllerSpec(**{k: (v.to(cuda) if torch.is_tensor(v) else v) for k, v in vars(spec).items()})
+    spec.probe = spec.probe.to(cuda)
+    params, state, hidden, tok = params.to(cuda), state.to(cuda), hidden.to(cuda), tok.to(cuda)
+    want = state.clone()
+    controller_step_reference(hidden, tok, want, params, spec)
+    _triton_step(hidden, tok, state, params, spec)
+    assert_states_equal(state, want, 1e-4, 1e-4, where=f"B{B}-D{D}-R{R}")
