@@ -77,6 +77,38 @@ def guard_flags_through_controller(model, tok, probe, questions: list[str], batc
     return verdicts
 
 
+def thinking_saved(model, tok, probe, items, batch_size: int = 64) -> dict:
+    """Accuracy and mean thinking tokens of full thinking and of the probe's default rung with the guard off and
+    on, over `items` (greedy, hf engine): what the guard's false alarms cost in thinking saved."""
+    from adaptive_think import AdaptiveThinker, ThinkConfig
+    from adaptive_think.loading import chat_prompt
+    from adaptive_think.tasks import is_correct
+
+    thinker = AdaptiveThinker(model, tok, probe=probe)
+    configs = {"full": ThinkConfig(), "probe_guard_off": ThinkConfig(policy="probe", guard=False),
+               "probe_guard_on": ThinkConfig(policy="probe")}
+    out = {}
+    for name, config in configs.items():
+        right, tokens, fallbacks = 0, 0, 0
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            enc = tok([chat_prompt(tok, it.question) for it in chunk], return_tensors="pt", padding=True,
+                      add_special_tokens=False)
+            seq = thinker.generate(**enc, think=config, max_new_tokens=400, do_sample=False)
+            texts = tok.batch_decode(seq[:, enc["input_ids"].shape[1]:], skip_special_tokens=False)
+            right += sum(is_correct(t, it.answer) for t, it in zip(texts, chunk))
+            tokens += sum(r.think_tokens for r in thinker.last_reports)
+            fallbacks += sum(r.guard == "fallback" for r in thinker.last_reports)
+        out[name] = {"accuracy": round(right / len(items), 4), "think_tokens_mean": round(tokens / len(items), 2),
+                     "fallbacks": fallbacks}
+    full = out["full"]["think_tokens_mean"]
+    for name in ("probe_guard_off", "probe_guard_on"):
+        out[name]["thinking_saved"] = round(1 - out[name]["think_tokens_mean"] / full, 4)
+    out["guard_cost_points_of_thinking_saved"] = round(
+        100 * (out["probe_guard_off"]["thinking_saved"] - out["probe_guard_on"]["thinking_saved"]), 2)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fit-n", type=int, default=1000)
@@ -85,8 +117,12 @@ def main(argv=None) -> int:
     p.add_argument("--fresh-seed", type=int, default=909)
     p.add_argument("--ood-n", type=int, default=200, help="prompts per out-of-distribution kind")
     p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--rank", type=int, default=None, help="default: fit-guard's")
+    p.add_argument("--sweep-ranks", type=int, nargs="*", default=[4, 8, 16, 32, 64],
+                   help="also record false alarms and flag rates of guards of these ranks (same fit and calibration)")
     p.add_argument("--check-n", type=int, default=64, help="rows per set run through the controller")
+    p.add_argument("--saving-n", type=int, default=600,
+                   help="fresh questions answered with the guard off and on (what false alarms cost; 0: skip)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -94,10 +130,11 @@ def main(argv=None) -> int:
     from adaptive_think.files import atomic_write
     from adaptive_think.loading import load_model_and_tokenizer
     from adaptive_think.probe.probe import Probe
-    from adaptive_think.training.guard import features, fit_guard, prompt_states, split_for_guard
+    from adaptive_think.training.guard import DEFAULT_RANK, features, fit_guard, prompt_states, split_for_guard
     from adaptive_think.training.items import bundled_items
 
     t0 = time.time()
+    args.rank = DEFAULT_RANK if args.rank is None else args.rank
     model, tok = load_model_and_tokenizer("bundled", "cpu")
     probe = Probe.from_pretrained(probe_path())
     quiet = lambda m: None  # noqa: E731
@@ -125,8 +162,16 @@ def main(argv=None) -> int:
         by_level[str(lvl)] = round(float(flags[rows].float().mean()), 4)
     ood = {}
     ood_questions = ood_prompts(args.ood_n, args.fresh_seed + 1)
+    x_ood = {kind: x_of(questions) for kind, questions in ood_questions.items()}
+    x_fresh = x_of(fresh)
+    sweep = {}
+    for rank in args.sweep_ranks:
+        g = fit_guard(x[fit_rows], x[cal_rows], rank=rank, alpha=args.alpha)
+        sweep[str(rank)] = {"false_alarm_rate": round(float((g.score(x_fresh) > g.threshold).float().mean()), 4),
+                            **{kind: round(float((g.score(v) > g.threshold).float().mean()), 4)
+                               for kind, v in x_ood.items()}}
     for kind, questions in ood_questions.items():
-        s = guard.score(x_of(questions))
+        s = guard.score(x_ood[kind])
         ood[kind] = {"n": len(questions), "flag_rate": round(float((s > guard.threshold).float().mean()), 4),
                      "median_score": round(float(s.median()), 1), "example": questions[0]}
     # the controller's own verdicts (hf engine) agree with the offline scores on a sample of each set
@@ -137,6 +182,8 @@ def main(argv=None) -> int:
     offline_ood = (guard.score(x_of(check_ood)) > guard.threshold).tolist()
     agree = ([v == "fallback" for v in verdict_fresh] == flags[: args.check_n].tolist()
              and [v == "fallback" for v in verdict_ood] == offline_ood)
+    fresh_items = bundled_items(args.fresh_n, args.fresh_seed)[: args.saving_n]
+    saving = thinking_saved(model, tok, probe, fresh_items) if args.saving_n else None
     result = {
         "what": "out-of-distribution guard of the bundled probe (prompt-end state, layer %d)" % probe.layer,
         "guard": {"rank": guard.rank, "alpha": guard.alpha, "threshold": guard.threshold, "n_fit": guard.n_fit,
@@ -149,6 +196,8 @@ def main(argv=None) -> int:
                             "alpha": args.alpha, "binomial_sd": round(sd, 4), "by_level": by_level,
                             "median_score": round(float(fresh_scores.median()), 1)},
         "out_of_distribution": ood,
+        "rank_sweep": sweep,
+        "thinking_saved_in_distribution": saving,
         "controller_check": {"rows": len(check_fresh) + len(check_ood), "engine": "hf",
                              "reports_match_offline_scores": bool(agree),
                              "fallback_in_distribution": sum(v == "fallback" for v in verdict_fresh),

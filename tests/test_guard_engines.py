@@ -63,3 +63,30 @@ def test_guarded_and_unguarded_rows_mix_on_both_engines():
     assert torch.equal(out[1], out[3])
     assert {k: reports[1][k] for k in ("think_tokens", "ended_by", "decision_step")} == \
         {k: reports[3][k] for k in ("think_tokens", "ended_by", "decision_step")}
+
+
+def test_fit_guard_from_the_cli(tmp_path, capsys):
+    """fit-guard on a saved tiny model: the written probe carries a guard whose threshold is the conformal quantile
+    of its calibration prompts; too few calibration questions for alpha are refused with the count needed."""
+    import json
+
+    from adaptive_think.cli import main
+    from adaptive_think.training.guard import conformal_threshold, split_for_guard
+
+    MODEL.save_pretrained(tmp_path / "model")
+    TOK.save_pretrained(tmp_path / "model")
+    PROBE.save_pretrained(tmp_path / "probe")
+    texts = [f"check {i % 10} , {i // 10} and {(7 * i) % 10} again . so" for i in range(40)]  # 40 distinct
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"question": q, "answer": "1"}) + "\n" for q in texts))
+    common = ["fit-guard", "--model", str(tmp_path / "model"), "--probe", str(tmp_path / "probe"), "--questions",
+              str(questions), "--checker", "exact", "--rank", "3", "--seed", "4"]
+    assert main([*common, "--alpha", "0.1", "--out", str(tmp_path / "out")]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    guard = Probe.from_pretrained(tmp_path / "out").guard
+    assert printed["n_calibration"] == guard.n_calibration == 20 and guard.rank == 3
+    _, cal = split_for_guard(40, 0.5, 4)
+    x = features(PROBE, prompt_states(MODEL, TOK, [texts[i] for i in cal], PROBE.layer, log=lambda m: None))
+    assert guard.threshold == conformal_threshold(guard.score(x), 0.1)  # the 19th smallest of 20
+    assert main([*common, "--alpha", "0.04", "--out", str(tmp_path / "bad")]) == 2
+    assert "20 calibration questions are too few for alpha=0.04" in capsys.readouterr().err
