@@ -87,6 +87,9 @@ def thinking_saved(model, tok, probe, items, batch_size: int = 64) -> dict:
     thinker = AdaptiveThinker(model, tok, probe=probe)
     configs = {"full": ThinkConfig(), "probe_guard_off": ThinkConfig(policy="probe", guard=False),
                "probe_guard_on": ThinkConfig(policy="probe")}
+    if probe.efforts and probe.efforts[0] != probe.default_effort:  # the most conservative rung as the fallback
+        configs["probe_guard_on_fallback_" + probe.efforts[0]] = ThinkConfig(policy="probe",
+                                                                             guard_fallback=probe.efforts[0])
     out = {}
     for name, config in configs.items():
         right, tokens, fallbacks = 0, 0, 0
@@ -102,7 +105,7 @@ def thinking_saved(model, tok, probe, items, batch_size: int = 64) -> dict:
         out[name] = {"accuracy": round(right / len(items), 4), "think_tokens_mean": round(tokens / len(items), 2),
                      "fallbacks": fallbacks}
     full = out["full"]["think_tokens_mean"]
-    for name in ("probe_guard_off", "probe_guard_on"):
+    for name in [n for n in configs if n != "full"]:
         out[name]["thinking_saved"] = round(1 - out[name]["think_tokens_mean"] / full, 4)
     out["guard_cost_points_of_thinking_saved"] = round(
         100 * (out["probe_guard_off"]["thinking_saved"] - out["probe_guard_on"]["thinking_saved"]), 2)
