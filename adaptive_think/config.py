@@ -44,6 +44,12 @@ class ThinkConfig:
         probe's calibrated setting for policy "probe" (its thresholds were calibrated that way).
     allow_skip: let the probe skip thinking at the end of the prompt.
     trace: keep each row's per-step score in the report.
+    guard: the probe's out-of-distribution guard (policy "probe"): a row whose prompt-end state lies outside
+        the region the probe was trained on falls back to `guard_fallback`, and its report says so
+        (`guard="fallback"`). None: on when the probe carries a guard; True: required (an error without one);
+        False: off.
+    guard_fallback: what a flagged row does instead: "full" (no skip, no probe stop; the row's
+        max_think_tokens still caps it) or the name of one of the probe's effort rungs (e.g. "high").
     """
 
     policy: str = "full"
@@ -60,6 +66,8 @@ class ThinkConfig:
     stop_at_boundary: bool | None = None
     allow_skip: bool = True
     trace: bool = False
+    guard: bool | None = None
+    guard_fallback: str = "full"
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -107,6 +115,15 @@ class ThinkConfig:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 raise ValueError(f"ThinkConfig.{name} must be a string, got {type(v).__name__}.")
+        if self.guard is not None and not isinstance(self.guard, bool):
+            raise ValueError(f"ThinkConfig.guard must be True, False or None (the probe's own), got {self.guard!r}.")
+        if not isinstance(self.guard_fallback, str) or not self.guard_fallback:
+            raise ValueError(f'ThinkConfig.guard_fallback must be "full" or an effort rung name such as "high", got '
+                             f"{self.guard_fallback!r}.")
+        if self.policy != "probe" and (self.guard is not None or self.guard_fallback != "full"):
+            raise ValueError(f'ThinkConfig.guard / guard_fallback only apply to policy="probe" (got policy="{self.policy}").')
+        if self.guard is False and self.guard_fallback != "full":
+            raise ValueError("ThinkConfig.guard_fallback has no effect with guard=False; drop one of them.")
         if self.stop_text and self.policy in ("full", "none"):
             raise ValueError(
                 f'ThinkConfig.stop_text only applies when the controller stops a thought (policy "budget" or "probe"); '

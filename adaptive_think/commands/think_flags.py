@@ -24,6 +24,10 @@ def add_think_arguments(p: argparse.ArgumentParser, default_policy: str = "full"
     g.add_argument("--stop-at-boundary", action=argparse.BooleanOptionalAction, default=None,
                    help="stop only at the end of a sentence (default: the probe's calibrated setting)")
     g.add_argument("--no-skip", dest="allow_skip", action="store_false", help="never skip thinking")
+    g.add_argument("--guard", action=argparse.BooleanOptionalAction, default=None,
+                   help="the probe's out-of-distribution guard (default: on when the probe carries one)")
+    g.add_argument("--guard-fallback", default="full",
+                   help="what a row the guard flags does: full (default; the budget still caps) or an effort rung")
     g.add_argument("--think-tokens", nargs=2, metavar=("OPEN", "CLOSE"), default=None,
                    help="think markers for a model the registry does not know")
 
@@ -39,4 +43,5 @@ def think_config_from_args(args: argparse.Namespace) -> ThinkConfig:
         exit_text=_unescape(args.exit_text), stop_text=_unescape(args.stop_text),
         threshold=args.threshold, skip_threshold=args.skip_threshold, effort=args.effort, smoothing=args.smoothing,
         patience=args.patience, stop_at_boundary=args.stop_at_boundary, allow_skip=args.allow_skip,
+        guard=args.guard, guard_fallback=args.guard_fallback,
     )

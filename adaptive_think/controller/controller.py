@@ -31,6 +31,7 @@ import torch
 from adaptive_think.config import ThinkConfig
 from adaptive_think.controller.params import (
     MIN_FORCE_CAPACITY,
+    P_GUARD_THRESHOLD,
     P_TRACE,
     RowParams,
     needed_capacity,
@@ -67,10 +68,14 @@ class ThinkReport:
     decision_step: int  # generated-token index at which the latest block ended (-1: never ended / prompt did)
     blocks: int = 1  # think blocks opened (by the prompt, the model or a forced skip); > 1: interleaved thinking
     scores: list[float] | None = field(default=None, repr=False)  # per-step score when ThinkConfig.trace
+    # the out-of-distribution guard: "off" (the row has none), "pass" (its prompt-end state was in distribution)
+    # or "fallback" (it was not: the row ran its ThinkConfig.guard_fallback instead of the probe's decisions)
+    guard: str = "off"
+    guard_score: float | None = None  # the guard's score of the row's prompt-end state (None: not scored)
 
     def to_dict(self) -> dict:
         return {"think_tokens": self.think_tokens, "ended_by": self.ended_by, "decision_step": self.decision_step,
-                "blocks": self.blocks}
+                "blocks": self.blocks, "guard": self.guard, "guard_score": self.guard_score}
 
 
 def boundary_mask(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -296,9 +301,11 @@ class ThinkController:
         if self.state is None:
             return []
         ints = self.state.ints.tolist()
-        count, ended, dstep, blocks, steps = (ints[INT_FIELDS.index(n)] for n in
-                                              ("think_count", "ended_by", "decision_step", "blocks", "step"))
+        count, ended, dstep, blocks, steps, guard = (ints[INT_FIELDS.index(n)] for n in (
+            "think_count", "ended_by", "decision_step", "blocks", "step", "guard"))
         traced = self.params.ints[P_TRACE].tolist()
+        guarded = torch.isfinite(self.params.floats[P_GUARD_THRESHOLD]).tolist()
+        guard_score = self.state.guard_score.tolist()
         trace = torch.stack(self._trace, 1).tolist() if self._trace else None  # [B, T]
         out = []
         for i in range(len(count)):
@@ -311,5 +318,7 @@ class ThinkController:
             scores = None
             if traced[i]:
                 scores = trace[i][len(trace[i]) - steps[i]:] if trace is not None and steps[i] > 0 else []
-            out.append(ThinkReport(count[i], why, dstep[i], blocks[i], scores))
+            verdict = "fallback" if guard[i] else "pass" if guarded[i] else "off"
+            g = guard_score[i] if guard_score[i] == guard_score[i] else None  # NaN: not scored
+            out.append(ThinkReport(count[i], why, dstep[i], blocks[i], scores, verdict, g))
         return out

@@ -29,6 +29,7 @@ from adaptive_think.controller.state import ControllerSpec, ControllerState, Pro
 PROBE_FIELDS = ("mean", "inv_std", "ready_w1", "ready_b1", "ready_w2", "ready_b2", "skip_w1", "skip_b1", "skip_w2",
                 "skip_b2")
 MEMORY_FIELDS = ("memory_w", "memory_b")
+GUARD_FIELDS = ("guard_mean", "guard_dirs", "guard_coef")
 _SPEC_FIELDS = ("open_ids", "open_fail", "close_ids", "close_fail", "eos_ids", "is_boundary")
 
 # the packed buffers hang off the objects themselves: a dict keyed by a tensor compares keys with `==`, a host
@@ -46,12 +47,14 @@ def layout():
     return Layout(
         PHASE=S.S_PHASE, THINK_COUNT=S.S_THINK_COUNT, STREAK=S.S_STREAK, CURSOR=S.S_CURSOR,
         OPEN_MATCH=S.S_OPEN_MATCH, CLOSE_MATCH=S.S_CLOSE_MATCH, ENDED_BY=S.S_ENDED_BY,
-        DECISION_STEP=S.S_DECISION_STEP, STEP=S.S_STEP, BLOCKS=S.S_BLOCKS,
-        EMA=S.S_EMA, SCORE=S.S_SCORE, MEMORY=S.NS_FLOAT,
+        DECISION_STEP=S.S_DECISION_STEP, STEP=S.S_STEP, BLOCKS=S.S_BLOCKS, GUARD=S.S_GUARD,
+        EMA=S.S_EMA, SCORE=S.S_SCORE, GUARD_SCORE=S.S_GUARD_SCORE, MEMORY=S.NS_FLOAT,
         POLICY=P.P_POLICY, MIN_THINK=P.P_MIN_THINK, MAX_THINK=P.P_MAX_THINK, PATIENCE=P.P_PATIENCE,
         BOUNDARY_ONLY=P.P_BOUNDARY_ONLY, SKIP_CLOSE=P.P_SKIP_CLOSE, SKIP_END=P.P_SKIP_END,
         STOP_CLOSE=P.P_STOP_CLOSE, STOP_END=P.P_STOP_END,
         THRESHOLD=P.P_THRESHOLD, SKIP_THRESHOLD=P.P_SKIP_THRESHOLD, ALPHA=P.P_ALPHA,
+        GUARD_THRESHOLD=P.P_GUARD_THRESHOLD, FALLBACK_THRESHOLD=P.P_FALLBACK_THRESHOLD,
+        FALLBACK_SKIP_THRESHOLD=P.P_FALLBACK_SKIP_THRESHOLD,
         PROMPT=S.PROMPT, THINKING=S.THINKING, CLOSING=S.CLOSING, ANSWERING=S.ANSWERING, DONE=S.DONE,
         ENDED_NONE=S.ENDED_NONE, ENDED_NATURAL=S.ENDED_NATURAL, ENDED_BUDGET=S.ENDED_BUDGET,
         ENDED_PROBE=S.ENDED_PROBE, ENDED_SKIPPED=S.ENDED_SKIPPED,
@@ -94,7 +97,8 @@ def _rebind(obj, names: tuple[str, ...], dtype_of, align: int, buffer_dtype) -> 
 
 def _cached(obj, names):
     packed = getattr(obj, _PACKED_ATTR, None)
-    if packed is not None and all(getattr(obj, n) is v for n, v in zip(names, packed.views)):
+    if packed is not None and len(names) == len(packed.views) and all(getattr(obj, n) is v for n, v in
+                                                                      zip(names, packed.views)):
         return packed
     return None
 
@@ -103,7 +107,8 @@ def packed_probe(probe: ProbeTensors):
     """(fp32 buffer, ProbeLayout) of a probe; packed once, its fields views of the buffer from then on."""
     from adaptive_think.kernels.controller_step.triton_kernel import ProbeLayout
 
-    names = PROBE_FIELDS + (MEMORY_FIELDS if probe.memory_w is not None else ())
+    has_guard = probe.guard_dirs is not None
+    names = PROBE_FIELDS + (MEMORY_FIELDS if probe.memory_w is not None else ()) + (GUARD_FIELDS if has_guard else ())
     packed = _cached(probe, names)
     if packed is None:
         buffer, off = _rebind(probe, names, lambda t: torch.float32, _ALIGN, torch.float32)
@@ -112,7 +117,8 @@ def packed_probe(probe: ProbeTensors):
                           RELU=bool(probe.relu), MEAN=off["mean"], INV_STD=off["inv_std"], RW1=off["ready_w1"],
                           RB1=off["ready_b1"], RW2=off["ready_w2"], RB2=off["ready_b2"], SW1=off["skip_w1"],
                           SB1=off["skip_b1"], SW2=off["skip_w2"], SB2=off["skip_b2"], MW=off.get("memory_w", 0),
-                          MB=off.get("memory_b", 0))
+                          MB=off.get("memory_b", 0), GUARD=has_guard, R=probe.guard_rank or 0,
+                          GMEAN=off.get("guard_mean", 0), GDIRS=off.get("guard_dirs", 0), GCOEF=off.get("guard_coef", 0))
         packed = _Packed(buffer, lay, tuple(getattr(probe, n) for n in names))
         setattr(probe, _PACKED_ATTR, packed)
     elif packed.layout.RELU != bool(probe.relu):
@@ -227,6 +233,18 @@ def check_inputs(hidden, last_token, state: ControllerState, params: RowParams, 
     if k:
         need(p.memory_w.shape == (k, d) and p.memory_b.shape == (k,), f"probe memory shapes: memory_w [K, {d}], "
              f"memory_b [K]; got {tuple(p.memory_w.shape)}, {tuple(p.memory_b.shape)}")
+    guard = [getattr(p, n) for n in GUARD_FIELDS]
+    need(all(t is None for t in guard) or all(t is not None for t in guard),
+         "a probe's guard needs all of guard_mean [D], guard_dirs [R, D] and guard_coef [R + 1]")
+    if p.guard_dirs is not None:
+        r = p.guard_rank
+        for name in GUARD_FIELDS:
+            t = getattr(p, name)
+            need(t.dtype == torch.float32 and t.device == device and t.is_contiguous(),
+                 f"probe.{name} must be a contiguous fp32 tensor on {device} (use ProbeTensors.to(device))")
+        need(p.guard_mean.shape == (d,) and p.guard_dirs.shape == (r, d) and p.guard_coef.shape == (r + 1,),
+             f"probe guard shapes: guard_mean [{d}], guard_dirs [R, {d}], guard_coef [R + 1]; got "
+             f"{tuple(p.guard_mean.shape)}, {tuple(p.guard_dirs.shape)}, {tuple(p.guard_coef.shape)}")
 
 
 def controller_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor, state: ControllerState,

@@ -6,7 +6,8 @@ kernel both read:
 
 - `ints`   [NP_INT, B] int32: policy code, min / max thinking tokens, patience, boundary-only flag, trace flag
            and where each segment of the row's forced-token buffer starts and ends (rows P_*);
-- `floats` [NP_FLOAT, B] fp32: ready threshold, skip threshold (2.0 = never skip), EMA weight;
+- `floats` [NP_FLOAT, B] fp32: ready threshold, skip threshold (2.0 = never skip), EMA weight, the guard's
+           threshold (inf = no guard) and the fallback's ready / skip thresholds a flagged row runs instead;
 - `force`  [B, F] int64: the row's forced sequences, padded with -1 to the capacity F:
 
       [open, empty-block text, close, exit] [stop text, close, exit]
@@ -49,9 +50,13 @@ NP_INT = 10
 P_THRESHOLD = 0  # ready-score threshold of a probe stop
 P_SKIP_THRESHOLD = 1  # skip-score threshold at the row's step 0 (> 1: never skips)
 P_ALPHA = 2  # EMA weight of the newest ready score (1 = no smoothing)
-NP_FLOAT = 3
+P_GUARD_THRESHOLD = 3  # a probe row whose guard score at its step 0 exceeds this falls back (inf: no guard)
+P_FALLBACK_THRESHOLD = 4  # the ready threshold of a row the guard flagged (NEVER: full thinking)
+P_FALLBACK_SKIP_THRESHOLD = 5  # its skip threshold (NEVER: no skip)
+NP_FLOAT = 6
 
 NEVER = 2.0  # a threshold no probability reaches
+NO_GUARD = float("inf")  # a guard threshold no score passes (a NaN score never passes either)
 MIN_FORCE_CAPACITY = 64  # default width of the forced-token buffer (engines key captured steps on shapes)
 
 
@@ -70,6 +75,9 @@ class RowSettings:
     trace: bool
     exit_ids: tuple[int, ...]
     stop_ids: tuple[int, ...]
+    guard_threshold: float = NO_GUARD
+    fallback_threshold: float = NEVER
+    fallback_skip_threshold: float = NEVER
 
 
 def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequence[int]] | None = None,
@@ -116,14 +124,34 @@ def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequ
         if threshold is None or skip is None:
             raise ValueError("ThinkConfig.threshold / skip_threshold of None take the probe's calibrated values, but "
                              "the probe given carries none (bare ProbeTensors): set both in the ThinkConfig.")
+        guard_t, fallback = guard_settings(config, probe, config.decoding or decoding)
     else:
         threshold, skip = NEVER, NEVER
+        guard_t, fallback = NO_GUARD, (NEVER, NEVER)
     return RowSettings(
         policy=POLICY_CODES[config.policy], min_think=config.min_think_tokens, max_think=max_think,
         threshold=float(threshold), skip_threshold=float(skip) if config.allow_skip else NEVER,
         alpha=float(config.smoothing), patience=config.patience, boundary_only=bool(boundary) and is_probe,
-        trace=bool(config.trace), exit_ids=exit_ids, stop_ids=stop_ids,
+        trace=bool(config.trace), exit_ids=exit_ids, stop_ids=stop_ids, guard_threshold=float(guard_t),
+        fallback_threshold=float(fallback[0]), fallback_skip_threshold=float(fallback[1]) if config.allow_skip else NEVER,
     )
+
+
+def guard_settings(config: ThinkConfig, probe, decoding: str) -> tuple[float, tuple[float, float]]:
+    """A probe row's guard threshold (NO_GUARD when off) and the (ready, skip) thresholds it falls back to."""
+    guard = getattr(probe, "guard", None)
+    if config.guard is False or (config.guard is None and guard is None):
+        return NO_GUARD, (NEVER, NEVER)
+    if guard is None:
+        raise ValueError("ThinkConfig(guard=True) needs a probe with an out-of-distribution guard; fit one with "
+                         "`adaptive-think fit-guard --model M --probe P --out P2`, or leave guard=None (use the "
+                         "probe's guard when it has one).")
+    if config.guard_fallback == "full":
+        return float(guard.threshold), (NEVER, NEVER)
+    if not hasattr(probe, "thresholds") or config.guard_fallback not in probe.efforts:
+        raise ValueError(f"ThinkConfig.guard_fallback={config.guard_fallback!r} is neither 'full' nor an effort rung "
+                         f"of this probe ({getattr(probe, 'efforts', [])}).")
+    return float(guard.threshold), probe.thresholds(config.guard_fallback, decoding)
 
 
 def force_row(row: RowSettings, open_ids, empty_ids, close_ids) -> tuple[list[int], tuple[int, int, int, int]]:
@@ -155,7 +183,8 @@ class RowParams(PackedBuffers):
                 )
             ints.append([r.policy, r.min_think, r.max_think, r.patience, int(r.boundary_only), int(r.trace),
                          skip_close, skip_end, stop_close, stop_end])
-            floats.append([r.threshold, r.skip_threshold, r.alpha])
+            floats.append([r.threshold, r.skip_threshold, r.alpha, r.guard_threshold, r.fallback_threshold,
+                           r.fallback_skip_threshold])
             force.append(seq + [-1] * (capacity - len(seq)))
         return cls(torch.tensor(ints, dtype=torch.int32).t().contiguous().to(device),
                    torch.tensor(floats, dtype=torch.float32).t().contiguous().to(device),

@@ -44,15 +44,17 @@ S_ENDED_BY = 6  # ENDED_* code of the latest block
 S_DECISION_STEP = 7  # the row's step at which its latest block ended (-1: not yet / the prompt closed it)
 S_STEP = 8  # the row's own decode step (0 = its prompt's last position)
 S_BLOCKS = 9  # think blocks opened so far (by the prompt, the model, or a forced skip)
-NS_INT = 10
+S_GUARD = 10  # 1: the out-of-distribution guard flagged the row at its step 0, so it runs its fallback thresholds
+NS_INT = 11
 # Rows of `ControllerState.floats` [NS_FLOAT, B] fp32.
 S_EMA = 0  # smoothed ready score
 S_SCORE = 1  # this step's raw score (skip head at the row's step 0, ready head after; NaN without a probe)
-NS_FLOAT = 2
+S_GUARD_SCORE = 2  # the guard's score of the row's prompt-end state (set at step 0; NaN: not scored)
+NS_FLOAT = 3
 
 INT_FIELDS = ("phase", "think_count", "streak", "cursor", "open_match", "close_match", "ended_by", "decision_step",
-              "step", "blocks")
-FLOAT_FIELDS = ("ema", "score")
+              "step", "blocks", "guard")
+FLOAT_FIELDS = ("ema", "score", "guard_score")
 # Rows NS_FLOAT.. of `ControllerState.floats` hold a probe's memory (K running maxima, see ProbeTensors); a fresh
 # row or a new think block starts them here, below any feature a trained probe produces
 NO_MEMORY = -30.0
@@ -82,6 +84,11 @@ class ProbeTensors:
     # head reads [x, m] (ready_w1 is [H, D + K]); None for a memoryless probe
     memory_w: torch.Tensor | None = None  # [K, D]
     memory_b: torch.Tensor | None = None  # [K]
+    # an out-of-distribution guard (probe/guard.py) on the same features x: y = x - guard_mean, p = guard_dirs y,
+    # score = sum_j guard_coef[j] p_j^2 + guard_coef[R] |y|^2 (a low-rank Mahalanobis distance); None: no guard
+    guard_mean: torch.Tensor | None = None  # [D]
+    guard_dirs: torch.Tensor | None = None  # [R, D] orthonormal rows
+    guard_coef: torch.Tensor | None = None  # [R + 1]
 
     def to(self, device) -> "ProbeTensors":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -95,6 +102,11 @@ class ProbeTensors:
     def memory_size(self) -> int:
         """K, the running maxima a row keeps (0: no memory)."""
         return 0 if self.memory_w is None else int(self.memory_w.shape[0])
+
+    @property
+    def guard_rank(self) -> int | None:
+        """R, the guard's principal directions (None: no guard; 0: a guard of the residual term alone)."""
+        return None if self.guard_dirs is None else int(self.guard_dirs.shape[0])
 
 
 # Training-free ready scores read from the step's logits (a score file's head kind, see probe/probe.py).
@@ -222,6 +234,7 @@ class ControllerState(PackedBuffers):
         for name, value in _INT_INIT.items():
             ints[INT_FIELDS.index(name)].fill_(value)
         floats = torch.zeros(NS_FLOAT + memory_size, batch_size, dtype=torch.float32, device=device)
+        floats[S_GUARD_SCORE].fill_(float("nan"))
         floats[NS_FLOAT:].fill_(NO_MEMORY)
         return cls(ints, floats, torch.full((batch_size,), -1, dtype=torch.int64, device=device))
 

@@ -12,10 +12,13 @@ policy parameters (`RowParams`) and its own step counter (docs/design.md, "The c
    - THINKING: count the token as thinking unless it is eos, match the close marker (the model's own
      close: `natural`); markers are matched with KMP failure links, so self-overlapping markers are found;
    - eos ends the row (DONE).
-2. score: ready head every step, skip head at the row's step 0 (probe rows only; NaN elsewhere); with a
+2. score: ready head every step, skip head and the out-of-distribution guard at the row's step 0 (probe rows
+   only; NaN elsewhere); with a
    training-free logit score (`spec.score`) both come from the step's precomputed score [B] instead
    (controller/logit_score.py), the skip one only when the score file keeps it;
-3. decide: skip (a row's step 0 for probe / none; policy none also skips every later block at once),
+3. decide: the guard first (a probe row whose guard score at its step 0 exceeds its guard threshold is flagged
+   and runs its fallback thresholds from then on, this step's skip decision included), then skip (a row's
+   step 0 for probe / none; policy none also skips every later block at once),
    budget (the row's count reaches max_think minus its stop text), or probe stop (min tokens, EMA
    smoothing, patience, optionally only after a boundary token);
 4. write the token to force (`state.forced`, -1 for none) and advance every row's step.
@@ -33,6 +36,9 @@ import torch
 from adaptive_think.controller.params import (
     P_ALPHA,
     P_BOUNDARY_ONLY,
+    P_FALLBACK_SKIP_THRESHOLD,
+    P_FALLBACK_THRESHOLD,
+    P_GUARD_THRESHOLD,
     P_MAX_THINK,
     P_MIN_THINK,
     P_PATIENCE,
@@ -105,6 +111,19 @@ def feature_scores(x: torch.Tensor, probe: ProbeTensors, memory: torch.Tensor | 
     return ready, skip
 
 
+def guard_scores(x: torch.Tensor, probe: ProbeTensors) -> torch.Tensor:
+    """The guard's score of features x [B, D] fp32 (normalised as the heads read them) -> [B] fp32.
+
+    y = x - guard_mean, p = guard_dirs y [B, R]: score = sum_j coef_j p_j^2 + coef_R |y|^2. With coef_j =
+    1/var_j - 1/res_var and coef_R = 1/res_var this is sum_j p_j^2 / var_j + |y - U^T p|^2 / res_var, the
+    Mahalanobis distance under R principal directions plus an isotropic residual (probe/guard.py fits it).
+    """
+    y = x - probe.guard_mean  # [B, D]
+    p = y @ probe.guard_dirs.t()  # [B, R]
+    coef = probe.guard_coef
+    return (p * p) @ coef[:-1] + (y * y).sum(-1) * coef[-1]
+
+
 def kmp_advance(match: torch.Tensor, token: torch.Tensor, marker: torch.Tensor, fail: torch.Tensor) -> torch.Tensor:
     """[B] marker tokens matched after `token` [B], from `match` [B] (KMP: fall back along `fail`, then advance)."""
     n = marker.numel()
@@ -125,6 +144,7 @@ def observe(tok: torch.Tensor, obs: torch.Tensor, state: ControllerState, spec: 
     """
     s = dict(zip(INT_FIELDS, state.ints.unbind(0)))  # [B] views, one op
     s["ema"] = state.ema
+    s["guard_score"] = state.guard_score
     p = params.ints.unbind(0)
     phase, step = s["phase"], s["step"]
     lo, lc = spec.open_ids.numel(), spec.close_ids.numel()
@@ -163,14 +183,14 @@ def observe(tok: torch.Tensor, obs: torch.Tensor, state: ControllerState, spec: 
     phase_new = torch.where(is_eos, DONE, phase_new)
     return dict(phase=phase_new, think_count=think_count, streak=streak, cursor=cursor, open_match=open_match,
                 close_match=close_match, ended_by=ended_by, decision_step=decision_step, step=step, blocks=blocks,
-                ema=ema), opened
+                ema=ema, guard=s["guard"], guard_score=s["guard_score"]), opened
 
 
 def _write(state: ControllerState, o: dict[str, torch.Tensor], score: torch.Tensor | None = None,
            memory: torch.Tensor | None = None) -> None:
     """Store the updated fields: one copy per packed buffer (memory [K, B]: a probe's new running maxima)."""
     state.ints.copy_(torch.stack([o[name] for name in INT_FIELDS]))
-    floats = [o["ema"][None], (state.score if score is None else score)[None]]
+    floats = [o["ema"][None], (state.score if score is None else score)[None], o["guard_score"][None]]
     if memory is not None:
         floats.append(memory)
     state.floats[: sum(f.shape[0] for f in floats)].copy_(torch.cat(floats))
@@ -215,6 +235,7 @@ def controller_step_reference(
     # 2. scores (probe rows only)
     is_probe = p[P_POLICY] == POLICY_PROBE
     nan = torch.full_like(state.ema, float("nan"))
+    guard = nan
     memory = None
     if spec.probe is not None and hidden is not None:
         x = normalised(hidden, spec.probe)  # [B, D]
@@ -227,6 +248,8 @@ def controller_step_reference(
             memory = torch.where(reads_thought[None], torch.maximum(memory, feats), memory)
         ready, skip = feature_scores(x, spec.probe, None if memory is None else memory.t())
         ready, skip = torch.where(is_probe, ready, nan), torch.where(is_probe, skip, nan)
+        if spec.probe.guard_dirs is not None:
+            guard = torch.where(is_probe, guard_scores(x, spec.probe), nan)
     elif spec.score is not None and score is not None:
         ready = torch.where(is_probe, score.float(), nan)
         skip = ready if spec.score.skip else nan
@@ -236,14 +259,19 @@ def controller_step_reference(
 
     # 3. decide
     open_row = (seen == PROMPT) | (seen == THINKING)
-    wants_skip = (is_probe & (skip >= pf[P_SKIP_THRESHOLD])) | (p[P_POLICY] == POLICY_NONE)  # NaN never skips
+    # the guard reads the prompt's end only; a flagged row keeps its fallback thresholds for the whole request
+    flagged = first & open_row & is_probe & (guard > pf[P_GUARD_THRESHOLD])  # NaN never flags
+    guarded = (o["guard"] != 0) | flagged
+    threshold = torch.where(guarded, pf[P_FALLBACK_THRESHOLD], pf[P_THRESHOLD])
+    skip_threshold = torch.where(guarded, pf[P_FALLBACK_SKIP_THRESHOLD], pf[P_SKIP_THRESHOLD])
+    wants_skip = (is_probe & (skip >= skip_threshold)) | (p[P_POLICY] == POLICY_NONE)  # NaN never skips
     do_skip = (first & open_row & wants_skip) | (opened & (p[P_POLICY] == POLICY_NONE))
 
     in_thought = (seen == THINKING) & ~do_skip
     valid = ~torch.isnan(ready)
     alpha = pf[P_ALPHA]
     ema = torch.where(in_thought & valid, alpha * ready + (1.0 - alpha) * o["ema"], o["ema"])
-    over = in_thought & (think_count >= p[P_MIN_THINK]) & valid & (ema >= pf[P_THRESHOLD])  # NaN compares False
+    over = in_thought & (think_count >= p[P_MIN_THINK]) & valid & (ema >= threshold)  # NaN compares False
     streak = torch.where(over, o["streak"] + 1, torch.where(in_thought, 0, o["streak"]))
 
     stop_len = p[P_STOP_CLOSE] - p[P_SKIP_END]
@@ -278,6 +306,7 @@ def controller_step_reference(
     forced = torch.where(phase == CLOSING, params.force.gather(1, at)[:, 0], -1)
 
     o.update(phase=phase, think_count=think_count, streak=streak, cursor=cursor, close_match=close_match,
-             ended_by=ended_by, decision_step=decision_step, step=step + 1, blocks=blocks, ema=ema)
+             ended_by=ended_by, decision_step=decision_step, step=step + 1, blocks=blocks, ema=ema,
+             guard=guarded.to(o["guard"].dtype), guard_score=torch.where(first, guard, o["guard_score"]))
     _write(state, o, score, memory)
     state.forced.copy_(forced)

@@ -6,7 +6,8 @@ was trained on). Never pickles. Format 2 adds an effort ladder (`ladder`: calibr
 see ladder.py) and `default_effort`; the top-level thresholds are the default rung's. Format 3 is a probe
 with memory (`memory_size` K; weights `memory_w` [K, D], `memory_b` [K], and a ready head that reads D + K
 features, see memory.py); a memoryless probe is still written as format 2. Format 1 files (one calibrated
-point, no ladder) still load.
+point, no ladder) still load. Format 5 is a probe carrying an out-of-distribution guard (guard.py: tensors
+`guard_*` beside the heads' and a `guard` section); a probe without one is written as before.
 
 A score file (format 4) is a probe without weights: its head `kind` is a training-free score read from the
 step's logits ("close-margin" or "entropy", controller/logit_score.py), calibrated into the same ladder
@@ -30,12 +31,15 @@ from safetensors.torch import load_file, save_file
 
 from adaptive_think.controller.state import SCORE_KINDS, LogitScore, ProbeTensors
 from adaptive_think.files import atomic_write
+from adaptive_think.probe.guard import WEIGHT_NAMES as GUARD_WEIGHTS
+from adaptive_think.probe.guard import Guard
 from adaptive_think.probe.ladder import Rung, select_rung
 
 FORMAT_VERSION = 2
 MEMORY_FORMAT_VERSION = 3  # written only by probes with memory, which older readers cannot run
 SCORE_FORMAT_VERSION = 4  # written only by score files (no weights), which older readers cannot run
-READABLE_VERSIONS = (1, 2, 3, 4)
+GUARD_FORMAT_VERSION = 5  # written only by probes with a guard, which older readers cannot run
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 WEIGHTS_NAME = "probe.safetensors"
 CONFIG_NAME = "probe.json"
 HEADS = ("ready", "skip")
@@ -74,6 +78,7 @@ class Probe:
     default_effort: str | None = None  # the rung the top-level thresholds come from
     # a score file: the same score at the prompt's end is the skip score ("close-margin"), or None: never skips
     skip_kind: str | None = None
+    guard: Guard | None = None  # out-of-distribution guard of the prompt-end state (guard.py); None: none
 
     def __post_init__(self):
         if self.ladder and self.default_effort not in {r.name for r in self.ladder}:
@@ -89,6 +94,8 @@ class Probe:
                 raise ValueError(f"skip_kind={self.skip_kind!r}: a {self.kind!r} score file skips on its own score "
                                  f"({self.kind!r}) or not at all (None).")
             return
+        if self.guard is not None and self.reads_logits:
+            raise ValueError("A guard reads the probe layer's hidden state; a score file has none.")
         if self.skip_kind is not None:
             raise ValueError("skip_kind belongs to score files (kind 'close-margin' / 'entropy'), not trained heads.")
         missing = [k for k in self.weight_names() if k not in self.weights]
@@ -98,6 +105,8 @@ class Probe:
         for name in ("mean", "inv_std"):
             if tuple(self.weights[name].shape) != (d,):
                 raise ValueError(f"Probe weight {name} has shape {tuple(self.weights[name].shape)}, expected ({d},).")
+        if self.guard is not None and self.guard.mean.shape[0] != d:
+            raise ValueError(f"The probe's guard is for hidden size {self.guard.mean.shape[0]}, its heads for {d}.")
         if ("memory_w" in self.weights) != ("memory_b" in self.weights):
             raise ValueError("Probe weights hold one of memory_w / memory_b without the other.")
         k = self.memory_size
@@ -160,7 +169,10 @@ class Probe:
         if self.reads_logits:
             raise ValueError(f"A {self.kind!r} score file has no weights: the controller reads its score from the "
                              "logits (Probe.logit_score).")
-        w = {k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in self.weights.items()}
+        w = dict(self.weights)
+        if self.guard is not None:
+            w.update(self.guard.tensors())
+        w = {k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in w.items()}
         return ProbeTensors(relu=self.kind == "mlp", **w)
 
     def score(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,8 +285,9 @@ class Probe:
                           "entropy": "exp(-entropy of the next-token distribution, nats)"}[self.kind],
                 **common,
             }
+        version = MEMORY_FORMAT_VERSION if self.memory_size else FORMAT_VERSION
         return {
-            "format_version": MEMORY_FORMAT_VERSION if self.memory_size else FORMAT_VERSION,
+            "format_version": GUARD_FORMAT_VERSION if self.guard is not None else version,
             "memory_size": self.memory_size,
             "layer": self.layer,
             "kind": self.kind,
@@ -284,6 +297,7 @@ class Probe:
             "activation": "relu" if self.kind == "mlp" else "identity",
             "normalisation": "x = (h - mean) * inv_std",
             **common,
+            **({"guard": self.guard.config()} if self.guard is not None else {}),
         }
 
     def save_pretrained(self, folder) -> Path:
@@ -294,7 +308,8 @@ class Probe:
             if (folder / WEIGHTS_NAME).exists():
                 (folder / WEIGHTS_NAME).unlink()
         else:
-            tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.weights.items()}
+            w = {**self.weights, **(self.guard.weights() if self.guard is not None else {})}
+            tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in w.items()}
             atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         text = json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n"
         atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(text))
@@ -345,13 +360,17 @@ class Probe:
             weights = load_file(str(w_path))
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{str(w_path)!r} is corrupt or truncated ({err}). Re-save the probe.") from None
+        guard = None
+        if cfg.get("guard") is not None or any(n in weights for n in GUARD_WEIGHTS):
+            guard = Guard.from_file(weights, cfg.get("guard"), str(folder))
+            weights = {k: v for k, v in weights.items() if k not in GUARD_WEIGHTS}
         probe = cls(
             layer=int(cfg["layer"]), kind=cfg["kind"], weights=weights, fingerprint=cfg["model_fingerprint"],
             ready_threshold=float(cfg["thresholds"]["ready"]), skip_threshold=float(cfg["thresholds"]["skip"]),
             calibration=cfg.get("calibration", {}), provenance=cfg.get("provenance", {}),
             policy_defaults=cfg.get("policy_defaults", {"exit_text": "\n\n", "stop_at_boundary": True}),
             ladder=[Rung.from_dict(r, str(cfg_path)) for r in cfg.get("ladder") or []],
-            default_effort=cfg.get("default_effort"),
+            default_effort=cfg.get("default_effort"), guard=guard,
         )
         if probe.memory_size != cfg.get("memory_size", 0):
             raise ValueError(f"{str(folder)!r}: weights hold {probe.memory_size} memory features, probe.json says "

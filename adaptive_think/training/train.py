@@ -25,7 +25,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from adaptive_think.training.calibrate_ladder import calibrate_ladder
-from adaptive_think.training.splits import (TRAIN, VAL, assign_parts, calibration_only_summary, question_identity,
+from adaptive_think.training.guard import guard_from_collection
+from adaptive_think.training.splits import (CALIB, TRAIN, VAL, assign_parts, calibration_only_summary, question_identity,
                                             seen_questions, split_questions)
 from adaptive_think.training.train_config import TrainConfig
 from adaptive_think.training.memory import ThoughtSet, fit_memory_head, thought_key
@@ -196,5 +197,8 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
         probe.provenance["calibration_only"] = extra
     ready_l, skip_l = collection_scores(probe, hidden, records)  # as the controller scores them online
     calibrate_ladder(probe, records, ready_l, skip_l, part, rungs, cfg.skip_share, cfg.family_wise, log, cfg.strata)
+    # the out-of-distribution guard, from the prompt-end states of the chosen layer (training/guard.py)
+    probe.guard = guard_from_collection(probe, hidden[f"layer{layer}"], prompt & is_train,
+                                        prompt & torch.tensor([p == CALIB for p in part]), log=log)
     probe.provenance["train_seconds"] = round(time.time() - t0, 1)
     return probe

@@ -28,6 +28,10 @@ Design:
 - The skip head is read at a row's step 0 only: its tiles compute only when a row of their B tile is at step
   0, and the state machine sums its partials only for those rows. Programs read the steps before any ticket,
   so none can see the increment the state machine writes.
+- A probe with a guard (`ProbeLayout.GUARD`): a third head (grid axis 2 = 3) of R + 1 units on y = x - guard_mean:
+  units 0..R-1 project y on the guard's directions, unit R accumulates |y|^2 over the chunks; a finished tile
+  writes sum_j coef_j p_j^2 + coef_R |y|^2 (`_guard_reduce`). Like the skip head it runs at a row's step 0 only;
+  the machine compares the sum with the row's guard threshold and, over it, runs the fallback thresholds.
 - A probe with memory (K > 0): the memory features `memory_w x + memory_b` and the ready head's x-part are both
   linear in x, so the ready tiles compute the H + K units together (units H.. read memory_w's rows). They park
   the pre-activation rather than finish it: the head reads [x, m], m the row's new running maxima, known only
@@ -66,9 +70,11 @@ class Layout(NamedTuple):
     DECISION_STEP: int
     STEP: int
     BLOCKS: int
+    GUARD: int
     # ControllerState.floats rows (MEMORY: the first of a probe's K running maxima)
     EMA: int
     SCORE: int
+    GUARD_SCORE: int
     MEMORY: int
     # RowParams.ints rows
     POLICY: int
@@ -84,6 +90,9 @@ class Layout(NamedTuple):
     THRESHOLD: int
     SKIP_THRESHOLD: int
     ALPHA: int
+    GUARD_THRESHOLD: int
+    FALLBACK_THRESHOLD: int
+    FALLBACK_SKIP_THRESHOLD: int
     # phases, reasons, policies, the maxima of an empty memory
     PROMPT: int
     THINKING: int
@@ -120,6 +129,8 @@ class ProbeLayout(NamedTuple):
 
     ready_w1 is [H, D + K] (its last K columns read the memory), skip_w1 [HS, D], memory_w [K, D].
     SCORE (with D = 0): 1 = a precomputed logit score [B] is the ready score, 2 = the skip score as well.
+    GUARD: the probe has an out-of-distribution guard of rank R (guard_mean [D] at GMEAN, guard_dirs [R, D] at
+    GDIRS, guard_coef [R + 1] at GCOEF).
     """
 
     D: int
@@ -140,6 +151,11 @@ class ProbeLayout(NamedTuple):
     MW: int
     MB: int
     SCORE: int = 0
+    GUARD: bool = False
+    R: int = 0
+    GMEAN: int = 0
+    GDIRS: int = 0
+    GCOEF: int = 0
 
 
 NO_PROBE = ProbeLayout(*([0] * 4), False, *([0] * 12))
@@ -161,6 +177,7 @@ class Tiling(NamedTuple):
     ONE_LEVEL: bool  # chunks go straight to the launch's ticket (only with N_SPLITS > 1)
     Z_PARTS: int  # parked pre-activation parts the machine sums: N_SPLITS with ONE_LEVEL, else 1
     DOT: str  # tl.dot input precision
+    N_HEADS: int = 2  # ready, skip (and the guard)
 
 
 def tiling(batch: int, probe: ProbeLayout, on_gpu: bool, levels: int | None = None) -> Tiling:
@@ -168,6 +185,7 @@ def tiling(batch: int, probe: ProbeLayout, on_gpu: bool, levels: int | None = No
     last program's share of parked chunks is small, i.e. small batches)."""
     if probe.D == 0:
         return Tiling(16, 16, 16, 16, 1, 1, 1, min(256, triton.next_power_of_2(batch)), 16, 16, False, 1, "ieee")
+    n_heads = 3 if probe.GUARD else 2
     block_b = 16 if batch <= 16 else 32 if batch <= 32 else 64
     block_h = 16
     if on_gpu:  # chunks of 512 features: at D = 4096, 8 x (units / 16) programs per head, each reading 32 KB of W1
@@ -177,9 +195,9 @@ def tiling(batch: int, probe: ProbeLayout, on_gpu: bool, levels: int | None = No
     block_d = min(block_d, max(16, triton.next_power_of_2(probe.D)))
     d_chunk = max(block_d, min(d_chunk, triton.cdiv(probe.D, block_d) * block_d))
     n_splits = triton.cdiv(probe.D, d_chunk)
-    n_h_tiles = triton.cdiv(max(probe.H + probe.K, probe.HS), block_h)
+    n_h_tiles = triton.cdiv(max(probe.H + probe.K, probe.HS, probe.R + 1 if probe.GUARD else 0), block_h)
     if levels is None:  # the last program reads every chunk's z of both heads: keep that under 32 KB
-        levels = 1 if batch * n_splits * n_h_tiles * block_h * 2 <= 8192 else 2
+        levels = 1 if batch * n_splits * n_h_tiles * block_h * n_heads <= 8192 else 2
     if levels not in (1, 2):
         raise ValueError(f"levels must be 1 or 2 (reduction levels), got {levels!r}")
     one_level = levels == 1 and n_splits > 1
@@ -195,19 +213,20 @@ def tiling(batch: int, probe: ProbeLayout, on_gpu: bool, levels: int | None = No
     block_hm = max(16, min(triton.next_power_of_2(max(probe.H, probe.HS)), budget // block_r))
     return Tiling(block_b, block_h, block_d, d_chunk, n_splits, n_h_tiles, triton.next_power_of_2(n_h_tiles),
                   block_r, block_hm, block_k, one_level, n_splits if one_level else 1,
-                  "tf32x3" if on_gpu else "ieee")
+                  "tf32x3" if on_gpu else "ieee", n_heads)
 
 
 def workspace_size(batch: int, t: Tiling) -> int:
     """fp32 words of the workspace (`_regions`): tickets, tile shares of the logits, parked pre-activations."""
     n_b_tiles = triton.cdiv(batch, t.BLOCK_B)
     units = t.N_H_TILES * t.BLOCK_H
-    return 1 + 2 * t.N_H_TILES * n_b_tiles + 2 * t.N_H_TILES * batch + 2 * t.N_SPLITS * batch * units
+    h = t.N_HEADS
+    return 1 + h * t.N_H_TILES * n_b_tiles + h * t.N_H_TILES * batch + h * t.N_SPLITS * batch * units
 
 
 def workspace_tickets(batch: int, t: Tiling) -> int:
     """How many of the workspace's first words are int32 tickets (each back at 0 after every launch)."""
-    return 1 + 2 * t.N_H_TILES * triton.cdiv(batch, t.BLOCK_B)
+    return 1 + t.N_HEADS * t.N_H_TILES * triton.cdiv(batch, t.BLOCK_B)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -215,12 +234,13 @@ def workspace_tickets(batch: int, t: Tiling) -> int:
 
 @triton.jit
 def _regions(work_ptr, B, TILE: tl.constexpr):
-    """The workspace's parts: tickets int32 [1 + 2 * N_H_TILES * b tiles] (the launch's first, then each
-    (head, h tile, b tile)'s), shares fp32 [2, N_H_TILES, B], parked z fp32 [2, N_SPLITS, B, N_H_TILES * BLOCK_H]."""
+    """The workspace's parts: tickets int32 [1 + N_HEADS * N_H_TILES * b tiles] (the launch's first, then each
+    (head, h tile, b tile)'s), shares fp32 [N_HEADS, N_H_TILES, B], parked z fp32 [N_HEADS, N_SPLITS, B,
+    N_H_TILES * BLOCK_H]."""
     n_b_tiles = tl.cdiv(B, TILE.BLOCK_B)
     tickets = work_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
-    shares = work_ptr + 1 + 2 * TILE.N_H_TILES * n_b_tiles
-    zpark = shares + 2 * TILE.N_H_TILES * B
+    shares = work_ptr + 1 + TILE.N_HEADS * TILE.N_H_TILES * n_b_tiles
+    zpark = shares + TILE.N_HEADS * TILE.N_H_TILES * B
     return tickets, shares, zpark
 
 
@@ -236,6 +256,29 @@ def _activate_reduce(z, b1_ptr, w2_ptr, units, umask, RELU: tl.constexpr):
 
 
 @triton.jit
+def _guard_reduce(z, coef_ptr, units, umask, R: tl.constexpr):
+    """sum_u coef[u] * (z[:, u]^2 for the R projections, z[:, R] = |y|^2 as it is) over z [R rows, U] -> [rows]."""
+    coef = tl.load(coef_ptr + units, mask=umask, other=0.0)
+    act = tl.where(units[None, :] < R, z * z, z)
+    return tl.sum(tl.where(umask[None, :], act * coef[None, :], 0.0), axis=1)
+
+
+@triton.jit
+def _tile_share(acc, probe_ptr, head, units, umask, PROBE: tl.constexpr):
+    """A finished tile's share of its head's logit (ready / skip) or of the guard's score (head 2)."""
+    if PROBE.GUARD:
+        if head == 2:
+            share = _guard_reduce(acc, probe_ptr + PROBE.GCOEF, units, umask, PROBE.R)
+        else:
+            share = _activate_reduce(acc, probe_ptr + tl.where(head == 0, PROBE.RB1, PROBE.SB1),
+                                     probe_ptr + tl.where(head == 0, PROBE.RW2, PROBE.SW2), units, umask, PROBE.RELU)
+    else:
+        share = _activate_reduce(acc, probe_ptr + tl.where(head == 0, PROBE.RB1, PROBE.SB1),
+                                 probe_ptr + tl.where(head == 0, PROBE.RW2, PROBE.SW2), units, umask, PROBE.RELU)
+    return share
+
+
+@triton.jit
 def _head_tile(hidden_ptr, stride_h, probe_ptr, tickets, shares, zpark, B, pid_h, pid_b, pid_d, head,
                PROBE: tl.constexpr, TILE: tl.constexpr):
     """z = W1[h tile, d chunk] . x[b tile, d chunk], parked or finished; returns whether this program arrives at
@@ -243,15 +286,21 @@ def _head_tile(hidden_ptr, stride_h, probe_ptr, tickets, shares, zpark, B, pid_h
 
     Units of the ready head (head 0): H rows of ready_w1 (row stride D + K), then with memory the K rows of
     memory_w; its z is parked for the state machine when the probe has memory. Skip head (head 1): HS rows.
+    Guard (head 2): R rows of guard_dirs on y = x - guard_mean, and unit R summing y^2 (no weights).
     """
     UNITS: tl.constexpr = TILE.N_H_TILES * TILE.BLOCK_H
     rows = pid_b * TILE.BLOCK_B + tl.arange(0, TILE.BLOCK_B)  # [BB]
     rmask = rows < B
     units = pid_h * TILE.BLOCK_H + tl.arange(0, TILE.BLOCK_H)  # [BH]
-    umask = units < tl.where(head == 0, PROBE.H + PROBE.K, PROBE.HS)
+    umask = units < tl.where(head == 0, PROBE.H + PROBE.K, tl.where(head == 1, PROBE.HS, PROBE.R + 1))
     ready_row = tl.where(units < PROBE.H, PROBE.RW1 + units * (PROBE.D + PROBE.K), PROBE.MW + (units - PROBE.H) * PROBE.D)
-    w_row = tl.where(head == 0, ready_row, PROBE.SW1 + units * PROBE.D)  # [BH] offset of each unit's weights
+    other_row = tl.where(head == 1, PROBE.SW1 + units * PROBE.D, PROBE.GDIRS + units * PROBE.D)
+    w_row = tl.where(head == 0, ready_row, other_row)  # [BH] offset of each unit's weights
+    # the units with weights: the guard's unit R has none
+    wmask = units < tl.where(head == 0, PROBE.H + PROBE.K, tl.where(head == 1, PROBE.HS, PROBE.R))
+    on_guard = tl.where(head == 2, 1.0, 0.0)  # 1.0 on the guard's head (read only when the probe has one)
     acc = tl.zeros([TILE.BLOCK_B, TILE.BLOCK_H], dtype=tl.float32)
+    ysq = tl.zeros([TILE.BLOCK_B], dtype=tl.float32)
     for d0 in range(0, TILE.D_CHUNK, TILE.BLOCK_D):
         ds = pid_d * TILE.D_CHUNK + d0 + tl.arange(0, TILE.BLOCK_D)  # [BD]
         dmask = ds < PROBE.D
@@ -260,8 +309,16 @@ def _head_tile(hidden_ptr, stride_h, probe_ptr, tickets, shares, zpark, B, pid_h
         mean = tl.load(probe_ptr + PROBE.MEAN + ds, mask=dmask, other=0.0)
         inv_std = tl.load(probe_ptr + PROBE.INV_STD + ds, mask=dmask, other=0.0)
         x = (h - mean[None, :]) * inv_std[None, :]  # same op order as the reference
-        w = tl.load(probe_ptr + w_row[:, None] + ds[None, :], mask=umask[:, None] & dmask[None, :], other=0.0)
+        if PROBE.GUARD:
+            # y = x - guard_mean on head 2 (x - 0 elsewhere: exact)
+            x = x - (tl.load(probe_ptr + PROBE.GMEAN + ds, mask=dmask, other=0.0) * on_guard)[None, :]
+            # unit R of the guard: |y|^2 (padded rows and features are 0)
+            ysq += tl.sum(tl.where(rmask[:, None] & dmask[None, :], x * x, 0.0), axis=1)  # [BB]
+        w = tl.load(probe_ptr + w_row[:, None] + ds[None, :], mask=wmask[:, None] & dmask[None, :], other=0.0)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=TILE.DOT)  # [BB, BH]
+    if PROBE.GUARD:  # the guard's unit R holds |y|^2 (its dot column, 0 * y, would be NaN on an inf row)
+        is_norm = tl.where(units == PROBE.R, on_guard, 0.0)  # [BH]
+        acc = tl.where(is_norm[None, :] > 0.5, ysq[:, None], acc)
     park = (head == 0) & (PROBE.K > 0)  # the ready head of a probe with memory: the machine finishes it
     zrow = zpark + (head * TILE.N_SPLITS * B + rows[:, None]) * UNITS + units[None, :]  # [BB, BH], chunk 0
     arrives = pid_d >= 0  # true
@@ -281,16 +338,13 @@ def _head_tile(hidden_ptr, stride_h, probe_ptr, tickets, shares, zpark, B, pid_h
                 if park:
                     tl.store(zrow, acc, mask=rmask[:, None])
                 else:
-                    share = _activate_reduce(acc, probe_ptr + tl.where(head == 0, PROBE.RB1, PROBE.SB1),
-                                             probe_ptr + tl.where(head == 0, PROBE.RW2, PROBE.SW2), units, umask,
-                                             PROBE.RELU)
+                    share = _tile_share(acc, probe_ptr, head, units, umask, PROBE)
                     tl.store(shares + (head * TILE.N_H_TILES + pid_h) * B + rows, share, mask=rmask)
                 tl.atomic_xchg(tickets + 1 + (head * TILE.N_H_TILES + pid_h) * tl.cdiv(B, TILE.BLOCK_B) + pid_b, 0)
     elif park:
         tl.store(zrow, acc, mask=rmask[:, None])
     else:
-        share = _activate_reduce(acc, probe_ptr + tl.where(head == 0, PROBE.RB1, PROBE.SB1),
-                                 probe_ptr + tl.where(head == 0, PROBE.RW2, PROBE.SW2), units, umask, PROBE.RELU)
+        share = _tile_share(acc, probe_ptr, head, units, umask, PROBE)
         tl.store(shares + (head * TILE.N_H_TILES + pid_h) * B + rows, share, mask=rmask)
     return arrives
 
@@ -372,6 +426,25 @@ def _head_logit(probe_ptr, shares, zpark, memory, rows, mask, B, HEAD: tl.conste
 
 
 @triton.jit
+def _guard_score(probe_ptr, shares, zpark, rows, mask, B, PROBE: tl.constexpr, TILE: tl.constexpr):
+    """The guard's score [R] for the rows where mask holds: from the tile shares, or (one level) from the parked
+    z of every chunk, summed here BLOCK_HM units at a time."""
+    if TILE.ONE_LEVEL:
+        total = tl.zeros([TILE.BLOCK_R], dtype=tl.float32)
+        for j0 in range(0, PROBE.R + 1, TILE.BLOCK_HM):
+            units = j0 + tl.arange(0, TILE.BLOCK_HM)
+            umask = units < PROBE.R + 1
+            z = _parked(zpark, 2, rows, mask, units, umask, B, TILE)
+            total += _guard_reduce(z, probe_ptr + PROBE.GCOEF, units, umask, PROBE.R)
+    else:
+        ts = tl.arange(0, TILE.BLOCK_T)
+        at = shares + (2 * TILE.N_H_TILES + ts[:, None]) * B + rows[None, :]  # [BT, R]
+        part = tl.load(at, mask=(ts < TILE.N_H_TILES)[:, None] & mask[None, :], other=0.0, cache_modifier=".cg")
+        total = tl.sum(part, axis=0)
+    return total
+
+
+@triton.jit
 def _kmp_advance(match, tok, marker_ptr, fail_ptr, N: tl.constexpr, rmask):
     """[R] marker tokens matched after tok, from match (KMP; the steps of the reference's kmp_advance)."""
     k = tl.minimum(tl.maximum(match, 0), N - 1)  # a stored match is always < N
@@ -409,7 +482,9 @@ def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, s
         decision_step = tl.load(st_ptr + L.DECISION_STEP * B + rows, mask=rmask, other=0)
         step = tl.load(st_ptr + L.STEP * B + rows, mask=rmask, other=0)
         blocks = tl.load(st_ptr + L.BLOCKS * B + rows, mask=rmask, other=0)
+        guard = tl.load(st_ptr + L.GUARD * B + rows, mask=rmask, other=0)
         ema = tl.load(sf_ptr + L.EMA * B + rows, mask=rmask, other=0.0)
+        guard_score = tl.load(sf_ptr + L.GUARD_SCORE * B + rows, mask=rmask, other=0.0)
         policy = tl.load(pi_ptr + L.POLICY * B + rows, mask=rmask, other=0)
         min_think = tl.load(pi_ptr + L.MIN_THINK * B + rows, mask=rmask, other=0)
         max_think = tl.load(pi_ptr + L.MAX_THINK * B + rows, mask=rmask, other=0)
@@ -422,6 +497,9 @@ def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, s
         threshold = tl.load(pf_ptr + L.THRESHOLD * B + rows, mask=rmask, other=2.0)
         skip_threshold = tl.load(pf_ptr + L.SKIP_THRESHOLD * B + rows, mask=rmask, other=2.0)
         alpha = tl.load(pf_ptr + L.ALPHA * B + rows, mask=rmask, other=1.0)
+        guard_threshold = tl.load(pf_ptr + L.GUARD_THRESHOLD * B + rows, mask=rmask, other=float("inf"))
+        fallback_threshold = tl.load(pf_ptr + L.FALLBACK_THRESHOLD * B + rows, mask=rmask, other=2.0)
+        fallback_skip_threshold = tl.load(pf_ptr + L.FALLBACK_SKIP_THRESHOLD * B + rows, mask=rmask, other=2.0)
         first = step == 0
         obs = step != 0
 
@@ -480,19 +558,31 @@ def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, s
             if tl.sum((first & rmask).to(tl.int32), axis=0) > 0:
                 skip = _head_logit(probe_ptr, shares, zpark, memory, rows, rmask & first, B, 1, PROBE, TILE)
             skip = tl.where(is_probe, skip, nan)
+            g = nan
+            if PROBE.GUARD:  # read at a row's step 0 alone, like the skip head
+                if tl.sum((first & rmask).to(tl.int32), axis=0) > 0:
+                    g = _guard_score(probe_ptr, shares, zpark, rows, rmask & first, B, PROBE, TILE)
+                g = tl.where(is_probe, g, nan)
         elif PROBE.SCORE > 0:
             ready = tl.where(is_probe, tl.load(hidden_ptr + rows, mask=rmask, other=0.0), nan)
             if PROBE.SCORE == 2:
                 skip = ready
             else:
                 skip = nan
+            g = nan
         else:
             ready = nan
             skip = nan
+            g = nan
         score = tl.where(first, skip, ready)
 
         # 3. decide
         open_row = (seen == L.PROMPT) | (seen == L.THINKING)
+        # the guard reads the prompt's end only; a flagged row keeps its fallback thresholds for the whole request
+        flagged = first & open_row & is_probe & (g > guard_threshold)  # NaN never flags
+        guarded = (guard != 0) | flagged
+        threshold = tl.where(guarded, fallback_threshold, threshold)
+        skip_threshold = tl.where(guarded, fallback_skip_threshold, skip_threshold)
         wants_skip = (is_probe & (skip >= skip_threshold)) | (policy == L.POLICY_NONE)  # NaN never skips
         do_skip = (first & open_row & wants_skip) | (opened & (policy == L.POLICY_NONE))
 
@@ -541,7 +631,9 @@ def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, s
         tl.store(st_ptr + L.DECISION_STEP * B + rows, decision_step, mask=rmask)
         tl.store(st_ptr + L.STEP * B + rows, step + 1, mask=rmask)
         tl.store(st_ptr + L.BLOCKS * B + rows, blocks, mask=rmask)
+        tl.store(st_ptr + L.GUARD * B + rows, guarded.to(tl.int32), mask=rmask)
         tl.store(sf_ptr + L.EMA * B + rows, ema, mask=rmask)
+        tl.store(sf_ptr + L.GUARD_SCORE * B + rows, tl.where(first, g, guard_score), mask=rmask)
         tl.store(sf_ptr + L.SCORE * B + rows, score, mask=rmask)
         tl.store(forced_ptr + rows, forced.to(tl.int64), mask=rmask)
 
@@ -595,7 +687,7 @@ def launch(hidden: torch.Tensor | None, last_token: torch.Tensor, probe: torch.T
     batch = state[0].shape[1]
     use_probe = probe_layout.D > 0
     if use_probe:
-        grid = (t.N_H_TILES, t.N_SPLITS * triton.cdiv(batch, t.BLOCK_B), 2)
+        grid = (t.N_H_TILES, t.N_SPLITS * triton.cdiv(batch, t.BLOCK_B), t.N_HEADS)
         hargs = (hidden, hidden.stride(0))
     elif probe_layout.SCORE > 0:
         grid = (1, 1, 1)

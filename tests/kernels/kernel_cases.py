@@ -58,6 +58,16 @@ def random_probe(d: int, h: int, gen: torch.Generator, relu: bool = True, device
     return probe.to(device)
 
 
+def with_random_guard(probe: ProbeTensors, r: int, gen: torch.Generator) -> ProbeTensors:
+    """`probe` (CPU) plus a guard of rank R: orthonormal directions, a mean off the origin, positive weights."""
+    d = probe.hidden_size
+    dirs = torch.linalg.qr(torch.randn(d, max(r, 1), generator=gen))[0].t()[:r].contiguous()  # [R, D]
+    probe.guard_mean = torch.randn(d, generator=gen) * 0.3
+    probe.guard_dirs = dirs
+    probe.guard_coef = torch.rand(r + 1, generator=gen) + 0.1
+    return probe
+
+
 def random_marker(gen: torch.Generator, pool: list[int], length: int) -> list[int]:
     """A marker of `length` tokens from a pool of 2; about half repeat a token (self-overlapping markers)."""
     a, b = pool
@@ -205,7 +215,7 @@ def assert_states_equal(got: ControllerState, want: ControllerState, atol: float
 
 __all__ = [
     "TokenStreams", "assert_states_equal", "garble", "random_hidden", "random_params", "random_probe", "random_row",
-    "random_spec", "random_state", "with_random_memory",
+    "random_spec", "random_state", "with_random_guard", "with_random_memory",
 ]
 
 

@@ -113,6 +113,20 @@ def served_efforts(settings: ServingSettings) -> list[str] | None:
     return _EFFORTS_CACHE[settings.probe]
 
 
+_PROBE_CACHE: dict[str, object] = {}
+
+
+def served_probe(settings: ServingSettings):
+    """The served probe (a `Probe`), read once per folder; None without one."""
+    if settings.probe is None:
+        return None
+    if settings.probe not in _PROBE_CACHE:
+        from adaptive_think.probe import Probe
+
+        _PROBE_CACHE[settings.probe] = Probe.from_pretrained(settings.probe)
+    return _PROBE_CACHE[settings.probe]
+
+
 def validate_request(sampling_params) -> ThinkConfig | None:
     """The request's ThinkConfig, or ValueError saying what is wrong (vLLM answers HTTP 400 with it)."""
     settings = current_settings()
@@ -126,6 +140,11 @@ def validate_request(sampling_params) -> ThinkConfig | None:
         # the probe's thresholds calibrated for how this request decodes (vLLM samples above temperature 1e-5)
         sampled = float(getattr(sampling_params, "temperature", 0.0) or 0.0) > 1e-5
         config = dataclasses.replace(config, decoding=decoding_of({"do_sample": sampled}))
+    if config.policy == "probe" and (config.guard is not None or config.guard_fallback != "full"):
+        from adaptive_think.controller.params import guard_settings
+
+        # refused here, not in the engine: a guard the served probe lacks, a fallback rung it does not have
+        guard_settings(config, served_probe(settings), config.decoding)
     texts = (config.exit_text or "") + (getattr(config, "stop_text", None) or "")
     if len(texts) > MAX_TEXT_CHARS:
         raise ValueError(f"adaptive_think exit_text and stop_text hold {len(texts)} characters together; at most "

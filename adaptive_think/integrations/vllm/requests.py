@@ -88,7 +88,7 @@ def current_settings() -> ServingSettings:
 def _field_types() -> dict[str, type]:
     hints = {"max_think_tokens": int, "min_think_tokens": int, "patience": int, "smoothing": float,
              "threshold": float, "skip_threshold": float, "stop_at_boundary": bool, "allow_skip": bool,
-             "trace": bool}
+             "trace": bool, "guard": bool}
     return {f.name: hints.get(f.name, str) for f in dataclasses.fields(ThinkConfig)}
 
 
