@@ -46,8 +46,7 @@ class MemoryBudget:
         nbytes = int(nbytes)
         if not self.fits(nbytes):
             raise ValueError(f"{what} needs {nbytes / 2**20:.1f} MB, but the memory budget has "
-                             f"{max(self.free(), 0) / 2**20:.1f} MB of {self.limit / 2**20:.1f} MB left: raise "
-                             "--max-memory (or lower --chunk-rows, the rows summed per gradient chunk).")
+                             f"{max(self.free(), 0) / 2**20:.1f} MB of {self.limit / 2**20:.1f} MB left: raise --max-memory.")
         self.held += nbytes
         self.peak = max(self.peak, self.held)
         try:

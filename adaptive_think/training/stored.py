@@ -11,7 +11,7 @@ Rows are copied out of the file (safetensors `safe_open`, opened per span and cl
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,15 +57,13 @@ class _Source:
         while i < len(idx):
             shard = bisect_right(self.starts, idx[i]) - 1
             lo, end = idx[i], min(idx[i] + span, self.starts[shard + 1])
-            j = i
-            while j < len(idx) and idx[j] < end:
-                j += 1
+            j = bisect_left(idx, end, i)
             hi = idx[j - 1] + 1
             with self.budget.hold((hi - lo) * self.row_bytes, f"reading rows of {self.key}"):
                 path, base = self.parts[shard][0], self.starts[shard]
                 with safe_open(str(path), framework="pt") as f:
                     block = f.get_slice(self.key)[lo - base : hi - base]  # [hi - lo, D]
-                out[order[i:j]] = block[torch.tensor(idx[i:j]) - lo]
+                out[order[i:j]] = block[index[order[i:j]] - lo]
             i = j
         return out
 
@@ -98,8 +96,9 @@ class StoredTensor:
         if isinstance(key, tuple) or isinstance(key, int):
             raise TypeError("A StoredTensor is indexed by rows only (a slice, a list or a tensor of rows); read it "
                             "(.read() / .float()) for anything else.")
-        if isinstance(key, slice) and self._index is None:
-            return StoredTensor(self._source, torch.arange(self._source.rows)[key])
+        if isinstance(key, slice):  # its own small index, not a view into an index of every row
+            rows = torch.arange(*key.indices(len(self)))
+            return StoredTensor(self._source, rows if self._index is None else self._index[rows])
         return StoredTensor(self._source, self._rows()[torch.as_tensor(key)])
 
     def read(self) -> torch.Tensor:
