@@ -52,6 +52,7 @@ def assert_same_probe(a, b, exact: bool, atol: float = 0.0):
             torch.testing.assert_close(a.weights[k], b.weights[k], rtol=0, atol=atol)
 
 
+@pytest.mark.slow
 def test_budget_bounds_what_is_held_and_changes_nothing(token_collection, unlimited):
     states, _, _ = open_collection(token_collection)
     thought_bytes = min(v.nbytes() for k, v in states.items() if k.startswith(THOUGHT_PREFIX))
@@ -65,6 +66,7 @@ def test_budget_bounds_what_is_held_and_changes_nothing(token_collection, unlimi
     assert big.provenance["hidden_state_peak_bytes"] >= thought_bytes
 
 
+@pytest.mark.slow
 def test_chunked_gradients_match_the_full_batch(token_collection, unlimited):
     chunked = unlimited
     full = train(token_collection, TrainConfig(**{**CFG.__dict__, "chunk_rows": 10**9}))
