@@ -8,6 +8,7 @@ import torch
 from adaptive_think.training.budget import MemoryBudget
 from adaptive_think.training.heads import fit_head
 from adaptive_think.training.memory import ThoughtSet, fit_memory_head, memory_batches
+from adaptive_think.training.rows import Rows, column_stats, working_bytes
 from adaptive_think.training.shards import THOUGHT_PREFIX, load_collection, open_collection, write_shard
 from adaptive_think.training.train import train_probe
 from adaptive_think.training.train_config import TrainConfig
@@ -129,3 +130,24 @@ def test_stored_rows_read_across_shards_within_the_budget(tmp_path):
         open_collection(tmp_path, MemoryBudget(5))[0]["layer1"][[1]].read()
     with pytest.raises(ValueError, match="positive"):
         MemoryBudget.gigabytes(0)
+
+
+def test_budget_changes_no_bit_of_a_fitted_head(tmp_path):
+    torch.manual_seed(1)
+    for i, n in enumerate((50, 70, 40)):  # three shards of checkpoint rows
+        write_shard(tmp_path, 0, i, {"layer1": torch.randn(n, 6)}, [{"qid": f"q{i}-{j}", "kind": 1} for j in range(n)])
+    (tmp_path / "index-r0.json").write_text(
+        '{"version": 1, "settings": {"layers": [1]}, "shards": ["shard-r0-00000", "shard-r0-00001", '
+        '"shard-r0-00002"], "done": []}')
+    cfg = TrainConfig(epochs=100, width=8, chunk_rows=16)
+    heads = []
+    for budget in (MemoryBudget(None), MemoryBudget(working_bytes(16, 6, 8) + 6 * 2 * 3)):
+        states, _, _ = open_collection(tmp_path, budget)
+        h = states["layer1"]
+        y = h[torch.arange(len(h))].float()[:, 0] > 0
+        mean, std = column_stats(h, torch.arange(0, 120), 16, budget)
+        train, val = (Rows(h, idx, mean, std, y[idx], 16, budget, 8) for idx in (torch.arange(120), torch.arange(120, 160)))
+        heads.append(fit_head(train, None, val, None, "mlp", cfg, 4.0)[0])
+    assert budget.peak <= budget.limit
+    for p, q in zip(heads[0].parameters(), heads[1].parameters()):
+        assert torch.equal(p, q)  # read in spans of three rows, or whole: the same chunks, the same bits
