@@ -83,13 +83,12 @@ def probe_summary(folder: Path) -> dict:
             "hidden_state_peak_mb": round(cfg["provenance"].get("hidden_state_peak_bytes", 0) / 2**20, 1) or None}
 
 
-def max_weight_diff(a: Path, b: Path) -> float:
+def max_weight_diff(a: Path, b: Path) -> dict:
+    """{weight name: the largest |difference|} of two probes (inf where one lacks a weight)."""
     from safetensors.torch import load_file
 
     wa, wb = load_file(str(a / "probe.safetensors")), load_file(str(b / "probe.safetensors"))
-    if wa.keys() != wb.keys():
-        return float("inf")
-    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+    return {k: float((wa[k].double() - wb[k].double()).abs().max()) if k in wb else float("inf") for k in sorted(wa)}
 
 
 def main() -> int:
@@ -133,7 +132,8 @@ def main() -> int:
     print(f"{'run':48s} {'peak RSS MB':>12s} {'wall s':>8s}  same as first  max |dw|")
     for name, r in runs.items():
         print(f"{name:48s} {r['peak_rss_mb']:12.1f} {r['wall_s']:8.1f}  "
-              f"{str(r.get('same_choice_and_thresholds_as_first', '')):13s}  {r.get('max_weight_diff_vs_first', '')}")
+              f"{str(r.get('same_choice_and_thresholds_as_first', '')):13s}  "
+              f"{max(r.get('max_weight_diff_vs_first', {'': ''}).values())}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

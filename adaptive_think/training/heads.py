@@ -60,16 +60,17 @@ def fit_head(x, y, xv, yv, kind: str, cfg, neg_weight: float = 1.0):
         return total
 
     best, best_state = float("inf"), None
-    for _ in range(cfg.epochs):
-        opt.zero_grad()
-        loss = loss_over(train, backward=True)
-        opt.step()
-        with torch.no_grad():
-            vloss = loss_over(val, backward=False).item() if len(val) else loss.item()
-        if vloss < best:
-            best, best_state = vloss, {k: v.clone() for k, v in head.state_dict().items()}
-    head.load_state_dict(best_state)
-    score = auroc(head_logits(head, val), val.y) if len(val) else float("nan")
+    with train.kept(), val.kept():  # in memory across epochs when the budget allows
+        for _ in range(cfg.epochs):
+            opt.zero_grad()
+            loss = loss_over(train, backward=True)
+            opt.step()
+            with torch.no_grad():
+                vloss = loss_over(val, backward=False).item() if len(val) else loss.item()
+            if vloss < best:
+                best, best_state = vloss, {k: v.clone() for k, v in head.state_dict().items()}
+        head.load_state_dict(best_state)
+        score = auroc(head_logits(head, val), val.y) if len(val) else float("nan")
     return head, score
 
 

@@ -149,12 +149,24 @@ def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cf
     head = MemoryHead(mean.shape[0], k, cfg.width)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    d, kept = mean.shape[0], {}
+    # the padded batches in memory across epochs when they fit the budget beside one batch's working set
+    size = sum(len(qs) * max(len(data.states[q]) for q in qs) * (d + 3) * 4 for p in batches for qs in batches[p])
+    spare = max(batch_bytes(len(qs), max(len(data.states[q]) for q in qs), d, k, cfg.width)
+                for p in batches for qs in batches[p])
+    keep = budget.fits(size + spare)
+
     def loss_over(p: str, backward: bool) -> torch.Tensor:
         out = torch.zeros(())
-        for qs in batches[p]:
+        for j, qs in enumerate(batches[p]):
             longest = max(len(data.states[q]) for q in qs)
-            with budget.hold(batch_bytes(len(qs), longest, mean.shape[0], k, cfg.width), "a batch of thoughts"):
-                x, mask, y, w = data.batch(qs, records, mean, std, cfg.neg_weight)
+            with budget.hold(batch_bytes(len(qs), longest, d, k, cfg.width), "a batch of thoughts"):
+                b = kept.get((p, j))
+                if b is None:
+                    b = data.batch(qs, records, mean, std, cfg.neg_weight)
+                    if keep:
+                        kept[(p, j)] = b
+                x, mask, y, w = b
                 loss = (F.binary_cross_entropy_with_logits(head(x, mask), y, reduction="none") * w).sum() / total[p]
                 if backward:
                     loss.backward()
@@ -162,14 +174,16 @@ def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cf
         return out
 
     best, best_state = float("inf"), None
-    for _ in range(cfg.epochs):
-        opt.zero_grad()
-        loss_over("train", backward=True)
-        opt.step()
-        with torch.no_grad():
-            v = loss_over("val", backward=False).item()
-        if v < best:
-            best, best_state = v, {name: t.clone() for name, t in head.state_dict().items()}
+    with budget.hold(size if keep else 0, "batches of thoughts in memory"):
+        for _ in range(cfg.epochs):
+            opt.zero_grad()
+            loss_over("train", backward=True)
+            opt.step()
+            with torch.no_grad():
+                v = loss_over("val", backward=False).item()
+            if v < best:
+                best, best_state = v, {name: t.clone() for name, t in head.state_dict().items()}
+        kept.clear()
     head.load_state_dict(best_state)
     return head, best
 

@@ -9,7 +9,7 @@ rows came from or on the budget.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -41,6 +41,7 @@ class Rows:
             raise ValueError(f"chunk_rows={chunk_rows} must be at least 1.")
         self.h, self.index, self.mean, self.std, self.y = h, index, mean, std, y
         self.chunk_rows, self.budget, self.width = chunk_rows, budget, width
+        self._kept: list | None = None  # the chunks, while `kept` holds them
 
     @classmethod
     def of_tensor(cls, x: torch.Tensor, y: torch.Tensor | None, chunk_rows: int) -> "Rows":
@@ -54,8 +55,26 @@ class Rows:
     def __len__(self) -> int:
         return len(self.index)
 
+    @contextmanager
+    def kept(self):
+        """Inside the block, the normalised chunks are computed once and kept, when they fit the budget (with one
+        chunk's working set to spare); a pass over them many times (every epoch) then reads nothing."""
+        size = len(self.index) * (self.dim * 4 + 8)
+        if self._kept is not None or not self.budget.fits(size + working_bytes(self.chunk_rows, self.dim, self.width)):
+            yield
+            return
+        with self.budget.hold(size, "normalised rows in memory"):
+            self._kept = list(self.chunks())
+            try:
+                yield
+            finally:
+                self._kept = None
+
     def chunks(self):
         """Yields (x [r, D] fp32, y [r] or None) per chunk, in row order; the chunk is held in the budget."""
+        if self._kept is not None:
+            yield from self._kept
+            return
         for lo in range(0, len(self.index), self.chunk_rows):
             idx = self.index[lo : lo + self.chunk_rows]
             with self.budget.hold(working_bytes(len(idx), self.dim, self.width), "a chunk of rows"):
