@@ -11,6 +11,11 @@ collected on, so `eval` can leave them out.
 
 Several collections of one model train one probe; a sampled collection makes every rung hold under
 sampling as well as greedy decoding (calibrate.py tests each decoding mode).
+
+Hidden states stay in the collection's shards and are read one layer at a time (stored.py), within a memory
+budget (`--max-memory`, budget.py): a layer, the normalised rows and the thought batches stay in memory while
+they fit, else they are read again chunk by chunk. Every full-batch gradient is summed over chunks of
+`chunk_rows` rows in a fixed order (rows.py), so the probe is the same whatever the budget.
 """
 
 from __future__ import annotations
