@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
-from adaptive_think.controller.state import NO_MEMORY
+from adaptive_think.controller.state import NO_MEMORY, NS_FLOAT
 from adaptive_think.engines.layer_hook import decoder_layers
 from adaptive_think.probe import Probe
 from adaptive_think.training.memory import MemoryHead, ThoughtSet, checkpoint_scores
@@ -127,7 +127,7 @@ def test_memory_restarts_with_each_block(impl):
     ctl = thinker.controller(never, {}, with_probe=True)
     assert ctl.memory_size == K
     state = ctl.begin(torch.tensor([TOK.encode("the answer is", add_special_tokens=False)]))
-    assert state.floats.shape[0] == 2 + K and torch.all(state.memory == NO_MEMORY)
+    assert state.floats.shape[0] == NS_FLOAT + K and torch.all(state.memory == NO_MEMORY)
     word = TOK.encode("so", add_special_tokens=False)[0]
     g = torch.Generator().manual_seed(3)
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 
-from adaptive_think.commands.train_probe import add_calib_data_argument, add_calibration_arguments, ladder_summary
+from adaptive_think.commands.train_probe import (add_calib_data_argument, add_calibration_arguments, add_memory_argument,
+                                                 ladder_summary)
 
 HELP = "re-calibrate a trained probe's effort ladder (heads unchanged), e.g. on more calibration questions"
 
@@ -26,6 +27,7 @@ def add_arguments(p):
     p.add_argument("--data", required=True, nargs="+", help="the collection folders the probe was trained on")
     p.add_argument("--out", required=True, help="probe folder to write (may not be the probe's own folder)")
     add_calib_data_argument(p)
+    add_memory_argument(p)
     add_calibration_arguments(p, defaults=False)
 
 
@@ -33,6 +35,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from adaptive_think.commands.eval import load_probe
+    from adaptive_think.training.budget import MemoryBudget
     from adaptive_think.training.calibrate_ladder import recalibrate
 
     probe, where = load_probe(args.probe)
@@ -40,7 +43,7 @@ def run(args) -> int:
         raise ValueError(f"--out {args.out} is the probe's own folder: write the re-calibrated probe elsewhere "
                          "and compare before replacing it.")
     recalibrate(probe, args.data, args.calib_data, rungs=args.efforts, delta=args.delta, skip_share=args.skip_share,
-                family_wise=args.family_wise, strata=args.strata)
+                family_wise=args.family_wise, strata=args.strata, budget=MemoryBudget.gigabytes(args.max_memory))
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))
     return 0

@@ -22,6 +22,7 @@ def add_arguments(p):
                         "(collect --do-sample ...) to calibrate every rung under sampling too")
     p.add_argument("--out", required=True, help="probe folder to write (probe.safetensors + probe.json)")
     add_calib_data_argument(p)
+    add_memory_argument(p)
     g = p.add_argument_group("training")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--width", type=int, default=64, help="MLP hidden width")
@@ -46,6 +47,15 @@ def add_calib_data_argument(p):
     p.add_argument("--calib-data", nargs="+", default=[], metavar="DIR",
                    help="calibration-only collection(s) of the same model: every question is a calibration question "
                         "(never trained on); more of them tighten each rung's bound")
+
+
+def add_memory_argument(p):
+    from adaptive_think.training.budget import DEFAULT_MAX_MEMORY_GB
+
+    p.add_argument("--max-memory", type=float, default=DEFAULT_MAX_MEMORY_GB, metavar="GB",
+                   help="the most GB of hidden states held in memory at once (default "
+                        f"{DEFAULT_MAX_MEMORY_GB:g}); the rest is read from the collection's shards as needed. The "
+                        "probe does not depend on it; a larger budget reads the disk less often")
 
 
 def add_calibration_arguments(p, defaults: bool = True):
@@ -87,6 +97,7 @@ def _strata_spec(text: str) -> str:
 
 
 def run(args) -> int:
+    from adaptive_think.training.budget import MemoryBudget
     from adaptive_think.training.train_config import TrainConfig
     from adaptive_think.training.train import train_probe
 
@@ -96,7 +107,7 @@ def run(args) -> int:
                       ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share,
                       neg_weight=args.neg_weight, memory=args.memory, family_wise=args.family_wise,
                       strata=args.strata)
-    probe = train_probe(args.data, cfg, calib_data=args.calib_data)
+    probe = train_probe(args.data, cfg, calib_data=args.calib_data, budget=MemoryBudget.gigabytes(args.max_memory))
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))
     return 0

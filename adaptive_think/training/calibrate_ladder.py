@@ -87,16 +87,17 @@ def _log_strata(report: dict, log) -> None:
 
 
 def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = None, skip_share: float | None = None,
-                family_wise: bool = True, log=print, strata: str | None = None):
+                family_wise: bool = True, log=print, strata: str | None = None, budget=None):
     """Re-run the ladder's calibration of a trained `probe` (heads unchanged) and return it.
 
     data: the collection folders the probe was trained on (exactly those: the train / validation / calibration
     split is reproduced from them); calib_data: calibration-only collections. rungs (["name:epsilon[:delta]"]) /
     delta / skip_share / strata ("none" | "level" | "category" | "length:K"): None keeps the probe's own (a probe
-    that records no strata was calibrated without: "none").
+    that records no strata was calibrated without: "none"). budget: budget.MemoryBudget of the hidden states read
+    to score the checkpoints (None: no limit).
     """
     from adaptive_think.training.scoring import collection_scores
-    from adaptive_think.training.shards import load_collections
+    from adaptive_think.training.shards import open_collections
     from adaptive_think.training.splits import seen_questions, split_questions
     from adaptive_think.training.train_config import TrainConfig
 
@@ -107,7 +108,7 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     if not tc or not seen.get("complete"):
         raise ValueError("This probe does not record how it was trained (train_config) or which questions it was "
                          "collected on (questions_seen): retrain it with `adaptive-think train-probe` instead.")
-    hidden, records, settings = load_collections(data + calib_data)
+    hidden, records, settings = open_collections(data + calib_data, budget)
     theirs = settings["fingerprint"]
     if theirs != probe.fingerprint:
         raise ValueError(f"The collections come from model {theirs}, the probe from {probe.fingerprint}.")
@@ -133,7 +134,7 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     split = split_questions([question_identity(r) for r in records if r["source"] < len(data)], cfg.seed,
                             cfg.val_fraction, cfg.calib_fraction)
     part = assign_parts(records, len(data), split)
-    ready, skip = collection_scores(probe, hidden, records)
+    ready, skip = collection_scores(probe, hidden, records, cfg.chunk_rows)
     del hidden
     calibrate_ladder(probe, records, ready, skip, part, ladder_spec, cfg.skip_share, family_wise, log, cfg.strata)
     prov = dict(prov)

@@ -24,7 +24,7 @@ from adaptive_think.training.calibrate_ladder import CALIB, VAL, calibrate_ladde
 from adaptive_think.training.health import KIND_PROMPT
 from adaptive_think.training.metrics import auroc
 from adaptive_think.training.scoring import record_scores
-from adaptive_think.training.shards import load_collections
+from adaptive_think.training.shards import open_collections
 
 SKIP_AUROC_MIN = 0.6  # a skip score that separates less than this is dropped (the file then never skips)
 
@@ -73,7 +73,7 @@ def calibrate_score(data, kind: str, efforts=DEFAULT_RUNGS, delta: float = 0.1, 
         raise ValueError(f"skip={skip!r} must be 'auto', 'yes' or 'no'.")
     t0 = time.time()
     folders = [data] if isinstance(data, str) else list(data)
-    _, records, settings = load_collections(folders)
+    _, records, settings = open_collections(folders)  # records only: no hidden state is read
     rungs = parse_rungs(efforts, delta)
     split = split_path_calib([question_identity(r) for r in records], seed, path_fraction)
     part = [split[question_identity(r)] for r in records]

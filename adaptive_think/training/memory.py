@@ -131,30 +131,90 @@ class ThoughtSet:
         return x, mask, y, w
 
 
-def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cfg) -> tuple[MemoryHead, float]:
+def memory_batches(data: ThoughtSet, questions: list, chunk_rows: int) -> list[list]:
+    """`questions` in order, cut into batches of at most `chunk_rows` padded thought tokens (one thought at least):
+    the same cut whatever the memory budget, so the summed gradient is too."""
+    out, batch, longest = [], [], 0
+    for q in questions:
+        n = len(data.states[q])
+        if batch and (len(batch) + 1) * max(longest, n) > chunk_rows:
+            out.append(batch)
+            batch, longest = [], 0
+        batch.append(q)
+        longest = max(longest, n)
+    return out + ([batch] if batch else [])
+
+
+def batch_bytes(n_questions: int, longest: int, d: int, k: int, width: int) -> int:
+    """Estimated bytes one batch of thoughts needs while the head trains on it: the fp16 reads, the padded fp32
+    features, the memory features and the concatenated input with their gradients, the hidden units."""
+    return n_questions * longest * (d * (2 + 4 + 4 * 2) + k * 4 * 3 + width * 4 * 3)
+
+
+def memory_reserve(data: ThoughtSet, cfg) -> int:
+    """The budget the batches of `fit_memory_head` need beside the thought states themselves."""
+    d = next((s.shape[1] for s in data.states.values()), 0)
+    batches = memory_batches(data, sorted(data.states), cfg.chunk_rows)
+    return max((batch_bytes(len(b), max(len(data.states[q]) for q in b), d, cfg.memory, cfg.width) for b in batches),
+               default=0)
+
+
+def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cfg,
+                    budget=None) -> tuple[MemoryHead, float]:
     """Full-batch AdamW on the weighted BCE of every labelled checkpoint (cfg: TrainConfig); keeps the epoch with
-    the best validation loss. part: question key -> "train" | "val" | "calib". Returns (head, val loss)."""
+    the best validation loss. part: question key -> "train" | "val" | "calib". The loss and its gradient are summed
+    over batches of thoughts (`memory_batches`), whose states are read one batch at a time within `budget`
+    (budget.MemoryBudget; None: no limit). Returns (head, val loss)."""
+    from adaptive_think.training.budget import MemoryBudget
+
+    budget = budget or MemoryBudget(None)
     groups = {p: sorted(q for q in data.states if part[q] == p) for p in ("train", "val")}
     if not groups["train"] or not groups["val"]:
         raise ValueError("Too few questions with thought-token states to fit a head with memory; collect more.")
-    train, val = (data.batch(groups[p], records, mean, std, cfg.neg_weight) for p in ("train", "val"))
+    batches = {p: memory_batches(data, groups[p], cfg.chunk_rows) for p in groups}
+    # the loss is a weighted mean over every checkpoint of the group: its total weight, from the records alone
+    # (one weight per thought position, the last record's there, as `ThoughtSet.batch` places them)
+    total = {p: sum(sum({records[i]["pos"]: 1.0 if records[i]["label"] else cfg.neg_weight
+                         for i in data.rows[q]}.values()) for q in groups[p]) for p in groups}
     torch.manual_seed(cfg.seed)
     head = MemoryHead(mean.shape[0], k, cfg.width)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def loss_of(b):
-        x, mask, y, w = b
-        return (F.binary_cross_entropy_with_logits(head(x, mask), y, reduction="none") * w).sum() / w.sum()
+    d, kept = mean.shape[0], {}
+    # the padded batches in memory across epochs when they fit the budget beside one batch's working set
+    size = sum(len(qs) * max(len(data.states[q]) for q in qs) * (d + 3) * 4 for p in batches for qs in batches[p])
+    spare = max(batch_bytes(len(qs), max(len(data.states[q]) for q in qs), d, k, cfg.width)
+                for p in batches for qs in batches[p])
+    keep = budget.fits(size + spare)
+
+    def loss_over(p: str, backward: bool) -> torch.Tensor:
+        out = torch.zeros(())
+        for j, qs in enumerate(batches[p]):
+            longest = max(len(data.states[q]) for q in qs)
+            with budget.hold(batch_bytes(len(qs), longest, d, k, cfg.width), "a batch of thoughts"):
+                b = kept.get((p, j))
+                if b is None:
+                    b = data.batch(qs, records, mean, std, cfg.neg_weight)
+                    if keep:
+                        kept[(p, j)] = b
+                x, mask, y, w = b
+                loss = (F.binary_cross_entropy_with_logits(head(x, mask), y, reduction="none") * w).sum() / total[p]
+                if backward:
+                    loss.backward()
+                out += loss.detach()
+        return out
 
     best, best_state = float("inf"), None
-    for _ in range(cfg.epochs):
-        opt.zero_grad()
-        loss_of(train).backward()
-        opt.step()
-        with torch.no_grad():
-            v = loss_of(val).item()
-        if v < best:
-            best, best_state = v, {name: t.clone() for name, t in head.state_dict().items()}
+    with budget.hold(size if keep else 0, "batches of thoughts in memory"):
+        for _ in range(cfg.epochs):
+            opt.zero_grad()
+            loss_over("train", backward=True)
+            opt.step()
+            with torch.no_grad():
+                v = loss_over("val", backward=False).item()
+            if v < best:
+                best, best_state = v, {name: t.clone() for name, t in head.state_dict().items()}
+        kept.clear()
     head.load_state_dict(best_state)
     return head, best
 

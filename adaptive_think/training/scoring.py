@@ -15,6 +15,8 @@ import torch
 
 from adaptive_think.training.health import KIND_PROMPT
 from adaptive_think.training.memory import ThoughtSet
+from adaptive_think.training.rows import Rows, budget_of, resident, working_bytes
+from adaptive_think.training.shards import THOUGHT_PREFIX
 
 
 # the record field holding each training-free score (training/collect.py writes them)
@@ -35,31 +37,48 @@ def record_scores(kind: str, records: list[dict], skip: bool) -> tuple[list[floa
     return ready, skips
 
 
+SCORE_ROWS = 8192  # rows scored at once (a fixed cut: a row's score does not depend on the budget)
+
+
 @torch.no_grad()
-def collection_scores(probe, hidden: dict[str, torch.Tensor], records: list[dict]) -> tuple[list[float], list[float]]:
-    """(ready, skip) score of every record (NaN where the head does not apply or the thought has no states)."""
+def collection_scores(probe, hidden, records: list[dict], chunk_rows: int = SCORE_ROWS) -> tuple[list[float], list[float]]:
+    """(ready, skip) score of every record (NaN where the head does not apply or the thought has no states).
+
+    hidden: StoredStates (stored.py; read `chunk_rows` rows at a time, within its budget) or {name: tensor}.
+    """
     if probe.reads_logits:
         return record_scores(probe.kind, records, probe.skip_kind is not None)
     key = f"layer{probe.layer}"
     if key not in hidden:
         raise ValueError(f"The collection holds layers {sorted(hidden)} but the probe reads layer {probe.layer}: "
                          f"collect with --layers {probe.layer}.")
-    h = hidden[key]
+    h, budget = hidden[key], budget_of(hidden)
+    d = h.shape[1]
     if not probe.memory_size:
-        ready, skip = probe.score(h.float())
-        return ready.tolist(), skip.tolist()
+        ready, skip = [], []
+        with resident(hidden, key, working_bytes(chunk_rows, d, probe.width)):
+            for x, _ in Rows(h, torch.arange(len(h)), None, None, None, chunk_rows, budget, probe.width).chunks():
+                r, s = probe.score(x)
+                ready += r.tolist()
+                skip += s.tolist()
+        return ready, skip
     thoughts = ThoughtSet.from_collection(hidden, records, probe.layer)
     if not thoughts.states:
         raise ValueError("This probe has memory, so it scores whole thoughts, but the collection holds no "
                          "thought-token states: collect it with --token-states.")
     ready = [float("nan")] * len(records)
-    for q, states in thoughts.states.items():
-        scores = probe.score_thought(states.float())
-        for i in thoughts.rows[q]:
-            ready[i] = scores[thoughts.at[i]].item()
+    longest = max(len(s) for s in thoughts.states.values())
+    with resident(hidden, f"{THOUGHT_PREFIX}{probe.layer}", working_bytes(longest, d, probe.width)):
+        for q, states in thoughts.states.items():
+            with budget.hold(working_bytes(len(states), d, probe.width), "a thought's states"):
+                scores = probe.score_thought(states.float())
+            for i in thoughts.rows[q]:
+                ready[i] = scores[thoughts.at[i]].item()
     skip = [float("nan")] * len(records)
-    prompts = [i for i, r in enumerate(records) if r["kind"] == KIND_PROMPT]
-    if prompts:
-        for i, s in zip(prompts, probe.skip_score(h[prompts].float()).tolist()):
+    prompts = torch.tensor([i for i, r in enumerate(records) if r["kind"] == KIND_PROMPT], dtype=torch.long)
+    at = 0
+    for x, _ in Rows(h, prompts, None, None, None, chunk_rows, budget, probe.width).chunks():
+        for i, s in zip(prompts[at : at + len(x)].tolist(), probe.skip_score(x).tolist()):
             skip[i] = s
+        at += len(x)
     return ready, skip

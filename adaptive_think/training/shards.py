@@ -15,10 +15,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from adaptive_think.config import decoding_of
 from adaptive_think.files import atomic_write
+from adaptive_think.training.budget import MemoryBudget
+from adaptive_think.training.stored import StoredStates
 
 INDEX_VERSION = 1
 # tensors of every thought token's state (`collect --token-states`), apart from the checkpoint rows `layer{l}`
@@ -96,56 +98,69 @@ def _number_thought_rows(records: list[dict], rows: int, start: int, where) -> N
                          "the collection is corrupt (delete the folder to start over).")
 
 
-def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
-    """All shards named by every rank's index: ({"layer{l}": [N, D] fp32}, records [N], settings).
+def open_collection(folder, budget: MemoryBudget | None = None) -> tuple[StoredStates, list[dict], dict]:
+    """Every shard named by every rank's index: (StoredStates {"layer{l}": [N, D]}, records [N], settings).
 
-    A collection made with token states also holds {"thought_layer{l}": [M, D] fp16}: the `thought_states` rows of a
-    question's thought tokens start at its prompt record's `thought_start`.
+    The hidden states stay on disk until read (stored.py). A collection made with token states also holds
+    "thought_layer{l}" [M, D]: the `thought_states` rows of a question's thought tokens start at its prompt
+    record's `thought_start`.
     """
     folder = Path(folder)
+    budget = budget or MemoryBudget(None)
+    files, records = [], []
     indexes = _read_indexes(folder)
-    hidden: dict[str, list[torch.Tensor]] = {}
-    records: list[dict] = []
     for _, index in indexes:
         for name in index["shards"]:
-            tensors = load_file(str(folder / f"{name}.safetensors"))
-            recs = json.loads((folder / f"{name}.json").read_text())
-            thought = [k for k in tensors if k.startswith(THOUGHT_PREFIX)]
-            if thought or any("thought_states" in r for r in recs):
-                done = sum(len(v) for v in hidden.get(thought[0], [])) if thought else 0
-                _number_thought_rows(recs, tensors[thought[0]].shape[0] if thought else 0, done, folder / name)
-            for k, v in tensors.items():  # thought-token states stay fp16: there are many of them
-                hidden.setdefault(k, []).append(v if k.startswith(THOUGHT_PREFIX) else v.float())
-            records.extend(recs)
+            files.append(folder / f"{name}.safetensors")
+            records.append(json.loads((folder / f"{name}.json").read_text()))
+    states = StoredStates.of_shards(files, budget)
+    thought = next((k for k in states if k.startswith(THOUGHT_PREFIX)), None)
+    done = 0
+    for path, recs in zip(files, records):
+        if thought is not None or any("thought_states" in r for r in recs):
+            rows = dict(states[thought]._source.parts).get(path, 0) if thought else 0
+            _number_thought_rows(recs, rows, done, path.with_suffix(""))
+            done += rows
+    records = [r for recs in records for r in recs]
     if not records:
         raise ValueError(f"The collection in {folder} holds no records yet.")
-    return {k: torch.cat(v) for k, v in hidden.items()}, records, indexes[0][1]["settings"]
+    return states, records, indexes[0][1]["settings"]
+
+
+def load_collection(folder) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
+    """`open_collection` read into memory: ({"layer{l}": [N, D] fp32, "thought_layer{l}": [M, D] fp16}, records,
+    settings)."""
+    states, records, settings = open_collection(folder)
+    return states.load_all(), records, settings
 
 
 # settings that must agree for collections to train one probe: the same model, markers and hidden states
 _SHARED_SETTINGS = ("layers", "fingerprint", "markers", "exit_text")
 
 
-def load_collections(folders) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
-    """Several collections of one model as one: ({"layer{l}": [N, D]}, records [N], settings).
+def open_collections(folders, budget: MemoryBudget | None = None) -> tuple[StoredStates, list[dict], dict]:
+    """Several collections of one model as one: (StoredStates {"layer{l}": [N, D]}, records [N], settings).
 
     Every record gains `decoding` ("greedy" | "sampled", from its collection's settings) and `source` (the
     folder's position); settings are the first folder's, plus `collections` (one summary per folder).
     Collections must share layers, model, markers and exit text; a question id collected twice under
     the same decoding is refused (each draw of a question must be one question of the calibration).
+    The hidden states stay on disk until read, within `budget` (stored.py).
     """
     folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
     if not folders:
         raise ValueError("No collection folders given.")
-    hidden: dict[str, list[torch.Tensor]] = {}
+    budget = budget or MemoryBudget(None)
+    parts: list[StoredStates] = []
     records: list[dict] = []
     first, summaries, seen = None, [], {}
+    before = 0  # thought rows of earlier folders come first in the merged states
     for i, folder in enumerate(folders):
-        h, recs, settings = load_collection(folder)
-        before = next((sum(len(v) for v in vs) for k, vs in hidden.items() if k.startswith(THOUGHT_PREFIX)), 0)
-        for r in recs:  # thought rows of earlier folders come first in the merged tensors
+        h, recs, settings = open_collection(folder, budget)
+        for r in recs:
             if "thought_start" in r:
                 r["thought_start"] += before
+        before += next((len(v) for k, v in h.items() if k.startswith(THOUGHT_PREFIX)), 0)
         settings = {"sampling": {}, **settings}  # collections made before sampling existed were greedy
         mode = decoding_of(settings["sampling"])
         if first is None:
@@ -164,11 +179,17 @@ def load_collections(folders) -> tuple[dict[str, torch.Tensor], list[dict], dict
                 seen[key] = folder
             r["decoding"], r["source"] = mode, i
         records.extend(recs)
-        for k, v in h.items():
-            hidden.setdefault(k, []).append(v)
+        parts.append(h)
         summaries.append({"data": str(folder), "decoding": mode, "sampling": settings["sampling"],
                           "questions": sum(r["kind"] == 0 for r in recs), "records": len(recs)})
-    return {k: torch.cat(v) for k, v in hidden.items()}, records, dict(first, collections=summaries)
+    return StoredStates.concat(parts, budget), records, dict(first, collections=summaries)
+
+
+def load_collections(folders) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
+    """`open_collections` read into memory: ({"layer{l}": [N, D] fp32, "thought_layer{l}": [M, D] fp16}, records,
+    settings)."""
+    states, records, settings = open_collections(folders)
+    return states.load_all(), records, settings
 
 
 def rank_records(folder: Path, index: dict) -> list[dict]:

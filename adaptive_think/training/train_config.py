@@ -34,6 +34,9 @@ class TrainConfig:
     family_wise: bool = True
     # strata of the calibration questions in each of which every rung's test must pass (strata.py)
     strata: str = "none"
+    # rows (checkpoints; padded thought tokens for a head with memory) per chunk of a full-batch gradient: sums
+    # run chunk by chunk in this fixed cut, so the heads do not depend on --max-memory (budget.py)
+    chunk_rows: int = 8192
 
     def rungs(self) -> list[tuple[str, float, float]]:
         """(name, epsilon, delta) of every rung to calibrate, most conservative first."""
@@ -47,5 +50,7 @@ class TrainConfig:
             raise ValueError(f"memory={self.memory!r} must be a whole number >= 0 (the features a ready head with "
                              "memory keeps; 0 for none).")
         parse_strata(self.strata)
+        if not (isinstance(self.chunk_rows, int) and self.chunk_rows >= 1):
+            raise ValueError(f"chunk_rows={self.chunk_rows!r} must be a whole number >= 1 (rows per gradient chunk).")
         specs = (f"custom:{self.epsilon}",) if self.epsilon is not None else self.efforts
         return parse_rungs(specs, self.delta)
