@@ -134,16 +134,14 @@ class PostHocTrials:
                     break
         longer = []  # stops whose trial ran out of tokens before the row's answer budget: decode them further
         for r, (t, a) in stops.items():
-            budget = ev.max_new_tokens - t - len(forced)
-            if budget > len(a) and not (a and a[-1] in ev.eos):
+            if ev.max_new_tokens - t - len(forced) > len(a) and not (a and a[-1] in ev.eos):
                 longer.append(r)
-            gens[r] = (g.gen[r][:t] + forced + a[: max(budget, 0)])[: ev.max_new_tokens]
+            gens[r] = (g.gen[r][:t] + forced + a)[: ev.max_new_tokens]  # the live run stops at its token budget
         if longer:
             cuts = [(r, len(g.prompts[r]) + stops[r][0] - 1) for r in longer]
             budget = max(ev.max_new_tokens - stops[r][0] - len(forced) for r in longer)
             answers = prefix_answers(ev.model, [p + row for p, row in zip(g.prompts, g.gen)], cuts, forced, budget,
                                      ev.eos, ev.tok.pad_token_id, rows_per_prefill=ev.batch_size)
             for r, a in zip(longer, answers):
-                t = stops[r][0]
-                gens[r] = (g.gen[r][:t] + forced + a[: ev.max_new_tokens - t - len(forced)])[: ev.max_new_tokens]
+                gens[r] = (g.gen[r][: stops[r][0]] + forced + a)[: ev.max_new_tokens]
         return gens, trial
