@@ -48,10 +48,10 @@ def test_oracle_on_the_shared_prefix_equals_re_prefilling_on_a_random_qwen3(monk
     tok = make_tokenizer(think_special=False)
     tok.chat_template = R1_TEMPLATE
     model = make_model("qwen3", len(tok), layers=3)
-    model.generation_config.eos_token_id = [1, 5, 9, 14, 22, 31]  # frequent enough that some answers end early
+    model.generation_config.eos_token_id = [1, 9, 31]  # frequent enough that some answers end early
     markers = resolve_markers(tok, MARKERS)
     rng = random.Random(3)
-    words = [w for w in tok.get_vocab() if w.isalnum()] + ["."] * 6  # "." is a step boundary
+    words = sorted(w for w in tok.get_vocab() if w.isalnum()) + ["."] * 6  # "." is a step boundary
     items, rows = [], []
     for i, q in enumerate(["the answer is 3", "so 4 , 5 and 6 is the answer", "x", "wait 7 8 9 check again ok"]):
         prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,

@@ -164,6 +164,8 @@ class Evaluator:
                 thinker = self._thinker(spec)
                 out = thinker.generate(**batch, think=self._think_config(spec), engine=self.engine, **kw)
                 gens, reports = out[:, plen:].tolist(), thinker.last_reports
+                if spec.kind == "full":
+                    self.posthoc.offer(bi, batch, gens)  # the trial policies' greedy thought too (trials.py)
             for r, it in enumerate(chunk):
                 gen = gens[r]
                 n = next((j + 1 for j, t in enumerate(gen) if t in self.eos), len(gen))

@@ -4,7 +4,9 @@ Under greedy decoding a trial reads the thought and never changes it, so a trial
 full thought up to the check where its rule stops, then the forced exit and the greedy answer after it. Instead of
 a full generate() of prompt + thought-so-far at every check (re-prefilling the prefix each time, as the live
 processors in baselines.py do), each batch's full thought is generated once, the live processor's own check points
-are replayed on it, the trial answers at all of them decode as branches of one prefill of the thought
+are replayed on it (the `full` policy's own generation when it ran before on the hf engine: generate() with a
+processor that changes nothing, so the same tokens), the trial answers at all of them decode as branches of one
+prefill of the thought
 (training/branches.py), and each policy's rule (the processor's `decide`) then picks its stop. The answer after
 the stop is the trial itself when it ended within the row's budget, else one more branch there. One generation
 and one set of trials serve every trial policy with the same check points (confidence:X and consistency:M share
@@ -62,8 +64,25 @@ class PostHocTrials:
 
     def __init__(self, ev):
         self.ev = ev
-        self._gens: dict[int, _Generation] = {}
-        self._trials: dict[tuple[int, int | None], _Trials | None] = {}  # None: this batch needs the live route
+        self._gens: dict[tuple[int, int], _Generation] = {}  # (batch, max_new_tokens) ->
+        self._trials: dict[tuple, _Trials | None] = {}  # None: this batch needs the live route
+
+    @staticmethod
+    def _prompts(batch) -> list[list[int]] | None:
+        """Each row's prompt without its left padding; None when the batch is not left-padded (the branches' slots
+        would not line up)."""
+        mask = batch["attention_mask"]
+        pads = (mask.shape[1] - mask.sum(-1)).tolist()
+        if any(not bool(mask[r, p:].all()) for r, p in enumerate(pads)):
+            return None
+        return [batch["input_ids"][r, p:].tolist() for r, p in enumerate(pads)]
+
+    def offer(self, bi: int, batch, gens: list[list[int]]) -> None:
+        """The `full` policy's generation of batch `bi` (ids as generate() returned them): on the hf engine under
+        greedy it is the thought every trial policy writes up to its stop, so they need not generate it again."""
+        prompts = self._prompts(batch)
+        if self.ev.engine == "hf" and not self.ev.sampling.get("do_sample") and prompts is not None:
+            self._gens[(bi, self.ev.max_new_tokens)] = _Generation(prompts, [list(g) for g in gens])
 
     def refusal(self) -> str | None:
         """Why no batch can take this route, or None."""
@@ -73,20 +92,19 @@ class PostHocTrials:
 
     @torch.no_grad()
     def _generation(self, bi: int, batch) -> _Generation | None:
-        if bi not in self._gens:
-            ev, mask = self.ev, batch["attention_mask"]
-            plen = batch["input_ids"].shape[1]
-            pads = (plen - mask.sum(-1)).tolist()
-            if any(not bool(mask[r, p:].all()) for r, p in enumerate(pads)):
-                return None  # not left-padded: the branches' slots would not line up
+        ev = self.ev
+        key = (bi, ev.max_new_tokens)
+        if key not in self._gens:
+            prompts = self._prompts(batch)
+            if prompts is None:
+                return None
             # the live route's generate() call, without its processor (greedy: the same thought up to any stop)
             out = ev.model.generate(**batch, max_new_tokens=ev.max_new_tokens, **ev.sampling)
-            self._gens[bi] = _Generation([batch["input_ids"][r, p:].tolist() for r, p in enumerate(pads)],
-                                         out[:, plen:].tolist())
-        return self._gens[bi]
+            self._gens[key] = _Generation(prompts, out[:, batch["input_ids"].shape[1]:].tolist())
+        return self._gens[key]
 
     def _checks(self, proc: TextStopProcessor, bi: int, batch, plen: int, inside: list[bool]) -> _Trials | None:
-        key = (bi, proc.every)
+        key = (bi, proc.every, self.ev.max_new_tokens, proc.max_answer_tokens)
         if key in self._trials:
             return self._trials[key]
         g = self._generation(bi, batch)
@@ -123,7 +141,7 @@ class PostHocTrials:
         tr = self._checks(proc, bi, batch, plen, inside)
         if tr is None:
             return None
-        ev, g = self.ev, self._gens[bi]
+        ev, g = self.ev, self._gens[(bi, self.ev.max_new_tokens)]
         forced = list(ev.markers.close_ids) + list(ev.exit_ids)
         gens, trial, stops = [list(row) for row in g.gen], [0] * len(g.gen), {}
         for r in range(len(g.gen)):
