@@ -62,6 +62,32 @@ def test_promise_report_per_level_and_per_length_bin():
         promise_report(full_rows, {"effort:low": [True]}, probe)
 
 
+def test_promise_report_of_training_free_score_rungs_per_level_and_per_their_own_strata():
+    """score-effort:KIND:NAME rungs are checked against their own file's epsilon and strata, beside the probe's."""
+    score = Probe.training_free("close-margin", make_model("qwen3", len(make_tokenizer())))
+    cal = {"strata": {"by": "length", "spec": "length:2", "cuts": [30]}}
+    score.set_ladder([Rung("high", 0.02, 0.1, 0.4, 2.0, cal), Rung("low", 0.3, 0.1, 0.1, 2.0, cal)], "high")
+    probe = _probe({"by": "level", "spec": "level"})
+    full_rows = [dict(level=1 + i // 4, think=10 if i % 2 else 100, correct=i != 7) for i in range(8)]
+    outcomes = {"full": [i != 7 for i in range(8)], "effort:high": [True] * 8,
+                "score-effort:close-margin:low": [True, False, True, True, False, True, True, True],
+                "score-effort:close-margin:high": [True] * 8, "score:close-margin:0.05": [False] * 8,
+                "score-effort:entropy:low": [False] * 8}  # no entropy file passed: not a rung here
+    rep = promise_report(full_rows, outcomes, probe, {"close-margin": score})
+    assert set(rep) == {"effort:high", "score-effort:close-margin:low", "score-effort:close-margin:high"}
+    low = rep["score-effort:close-margin:low"]
+    assert (low["rung"], low["epsilon"], low["strata"]) == ("low", 0.3, "length:2")
+    assert low["pooled"]["lost"] == 2 and low["pooled"]["interval"] == list(binom_interval(2, 8))
+    assert {k: v["lost"] for k, v in low["per_level"].items()} == {"level 1": 1, "level 2": 1}
+    # questions 1, 3, 5, 7 think 10 tokens (bin 1), the others 100 (bin 2); question 1 and 4 are lost
+    assert {k: (v["n"], v["lost"]) for k, v in low["per_stratum"].items()} == {"length bin 1 [0, 30)": (4, 1),
+                                                                               "length bin 2 [30, inf)": (4, 1)}
+    assert rep["score-effort:close-margin:high"]["epsilon"] == 0.02 and "per_stratum" not in rep["effort:high"]
+    assert "score-effort:close-margin:low" in format_promise(rep, "greedy")
+    assert promise_report(full_rows, outcomes, None, {"close-margin": score}).keys() == {
+        "score-effort:close-margin:low", "score-effort:close-margin:high"}  # score files without a probe
+
+
 def test_eval_levels_and_the_promise_from_the_cli(tmp_path, capsys, monkeypatch):
     import adaptive_think.evaluation.run as run_mod
 

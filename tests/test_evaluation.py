@@ -184,6 +184,10 @@ def test_eval_cli_runs_training_free_scores_beside_the_baselines(tmp_path, capsy
     assert res["score-effort:close-margin:low"]["think_tokens_mean"] <= res["full"]["think_tokens_mean"]
     assert [r["name"] for r in payload["score_files"]["close-margin"]["rungs"]] == ["low"]
     assert "score-effort:close-margin:low" in payload["oracle_share"]
+    # the score rung's promise beside the others: loss against full thinking with its interval, vs its epsilon
+    prom = payload["promise"]["score-effort:close-margin:low"]
+    assert (prom["rung"], prom["epsilon"], prom["pooled"]["n"]) == ("low", 0.3, 6) and prom["per_level"]
+    assert set(payload["promise"]) == {"score-effort:close-margin:low"}
     assert set(payload["vs_full_scores"]) == {"score-effort:close-margin:low", "score:close-margin:0.05",
                                               "score:entropy:0.3"}
     assert payload["pareto_score_rungs"]["close-margin"]["beaten"] + \

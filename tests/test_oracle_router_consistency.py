@@ -49,7 +49,12 @@ class AnswerTable:
         return torch.cat([input_ids, new], 1)
 
 
-def test_oracle_on_a_hand_made_thought():
+def test_oracle_on_a_hand_made_thought(monkeypatch):
+    from adaptive_think.evaluation import oracle
+
+    # the stand-in answers through generate() only: the oracle's re-prefill route (its shared-prefix route is
+    # checked against this one on real models in test_eval_shared_prefix.py)
+    monkeypatch.setattr(oracle, "prefix_answers", lambda *a, **k: None)
     tok = make_tokenizer()
     markers = resolve_markers(tok)
     thought = tok.encode("so.wait.check.yes.", add_special_tokens=False)  # boundaries after 2, 4, 6, 8 tokens

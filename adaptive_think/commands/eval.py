@@ -7,9 +7,10 @@
     adaptive-think eval --model DIR --score-file runs/score --n 300 --policies full score-effort:close-margin:high \
         score:entropy:0.3 oracle
 
-With a probe, every rung run beside `full` is checked against its promise (evaluation/promise.py): the
-questions it loses against full thinking, with an exact 95% interval against its epsilon, on the evaluated mix
-(--levels picks one), per level, and per the strata the probe was calibrated with.
+With a probe or a score file, every rung run beside `full` (effort:NAME, probe, score-effort:KIND:NAME) is checked
+against its promise (evaluation/promise.py): the questions it loses against full thinking, with an exact 95%
+interval against its epsilon, on the evaluated mix (--levels picks one), per level, and per the strata its file
+was calibrated with.
 
 Every requested policy is checked before anything is generated; with no --policies, the default sweep
 leaves out what cannot run here and says so. Questions the probe was collected on are left out unless
@@ -180,13 +181,15 @@ def run(args) -> int:
         payload["probe_default_effort"] = probe.default_effort
         payload["vs_full"] = {k: vs_full(results, k) for k in results
                               if k in ("probe", "router", "oracle") or k.startswith(("effort:", "stops:"))}
-        payload["promise"] = promise_report(ev.full_rows or [], ev.outcomes, probe)
+    if probe is not None or score_probes:  # every rung run beside `full`, the probe's and the score files'
+        payload["promise"] = promise_report(ev.full_rows or [], ev.outcomes, probe, score_probes)
     print(format_table(results))
     print(format_levels(results, [k for k in results if k in ("full", "oracle", "router", "probe")
                                   or k.startswith(("effort:", "stops:", "score-effort:"))]))
-    if probe is not None:
+    if probe is not None or score_probes:
         print(format_promise(payload["promise"], decoding_of(sampling)) if payload["promise"] else
-              "promise: not checked (it needs the `full` policy and at least one effort:NAME or probe policy)")
+              "promise: not checked (it needs the `full` policy and at least one effort:NAME, probe or "
+              "score-effort:KIND:NAME policy)")
     for key in ("pareto", "pareto_rungs_only", "pareto_score_rungs", "oracle_share", "vs_full", "vs_full_scores"):
         if payload.get(key):
             print(f"{key}: {json.dumps(payload[key])}")

@@ -5,6 +5,10 @@
   and stop when its mean token probability passes a threshold; trial tokens count as forward tokens.
 - `consistency` (Dynasor-CoT's certaindex): at each step boundary (or every k thinking tokens), decode a
   trial answer the same way and stop once the last m trial answers agree; trial tokens count too.
+
+Under greedy decoding `eval` decides the trial baselines after the fact on the full thought instead
+(trials.py: the same check points, rules and counts, the trials decoded on a shared prefix); these
+processors are the live route it falls back to (sampling, models the shared route cannot serve).
 """
 
 from __future__ import annotations
@@ -124,6 +128,16 @@ class TrialAnswers(TextStopProcessor):
         return toks, probs
 
 
+    def decide(self, row: int, tokens: list[int], probs: torch.Tensor) -> bool:
+        """Stop row `row` after this trial answer (its tokens up to eos, their top-1 probabilities [n])? Called once
+        per check, in order (the live route here, the post-hoc route in trials.py)."""
+        raise NotImplementedError
+
+    def should_stop(self, rows, input_ids):
+        toks, probs = self.trials(rows, input_ids)
+        return [self.decide(r, t, p) for r, t, p in zip(rows, toks, probs)]
+
+
 class ConfidenceStop(TrialAnswers):
     """DEER-style: stop when the trial answer's mean token probability >= threshold."""
 
@@ -131,9 +145,8 @@ class ConfidenceStop(TrialAnswers):
         super().__init__(*args, **kw)
         self.threshold = threshold
 
-    def should_stop(self, rows, input_ids):
-        _, probs = self.trials(rows, input_ids)
-        return [float(p.mean()) >= self.threshold for p in probs]
+    def decide(self, row, tokens, probs):
+        return float(probs.mean()) >= self.threshold
 
 
 class ConsistencyStop(TrialAnswers):
@@ -150,12 +163,8 @@ class ConsistencyStop(TrialAnswers):
         got = self.parse(self.m.close_text + text) if self.parse is not None else None
         return got if got is not None else " ".join(text.split())
 
-    def should_stop(self, rows, input_ids):
-        toks, _ = self.trials(rows, input_ids)
-        out = []
-        for r, t in zip(rows, toks):
-            hist = self.history.setdefault(r, [])
-            hist.append(self.answer_of(t))
-            last = hist[-self.agree :]
-            out.append(len(last) == self.agree and last[0] != "" and all(a == last[0] for a in last))
-        return out
+    def decide(self, row, tokens, probs):
+        hist = self.history.setdefault(row, [])
+        hist.append(self.answer_of(tokens))
+        last = hist[-self.agree :]
+        return len(last) == self.agree and last[0] != "" and all(a == last[0] for a in last)

@@ -1,5 +1,8 @@
 """Each effort rung against its promise on the evaluated questions: pooled, per level and per the probe's strata.
 
+The rungs are the probe's (`effort:NAME`, `probe`) and each calibrated training-free score file's
+(`score-effort:KIND:NAME`, checked against that file's epsilon and per that file's strata).
+
 The loss is what calibration bounds: the share of questions that full thinking answers right and the rung does
 not (paired on the same questions, same decoding). Each loss comes with its exact (Clopper-Pearson) 95%
 interval and a verdict against the rung's epsilon: `below` (the whole interval is below epsilon), `above` (the
@@ -7,6 +10,7 @@ whole interval is above: the promise is broken here), `consistent` otherwise (to
 The pooled row is the evaluated mix: `eval --levels 4 5 6` evaluates a hard-only mix.
 
     report = promise_report(full_rows, {"effort:high": [True, False, ...]}, probe)
+    report = promise_report(full_rows, outcomes, probe, {"close-margin": score_file})   # score rungs too
 """
 
 from __future__ import annotations
@@ -30,13 +34,21 @@ def loss_row(full: list[bool], ok: list[bool], epsilon: float) -> dict:
             "accuracy_points_lost": 100 * (sum(full) - sum(ok)) / n}
 
 
-def _rung_of(name: str, probe):
-    """The ladder rung a policy name runs ("effort:NAME", or "probe": the default rung); None for other policies."""
-    by_name = {r.name: r for r in probe.ladder}
-    if name == "probe":
-        return by_name.get(probe.default_effort)
-    kind, _, rung = name.partition(":")
-    return by_name.get(rung) if kind == "effort" else None
+def _rung_of(name: str, probe, score_probes: dict | None = None):
+    """(rung, the file it belongs to) a policy name runs: "effort:NAME" or "probe" (the default rung) of the probe,
+    "score-effort:KIND:NAME" of the KIND score file; (None, None) for other policies or files not passed."""
+    kind, _, rest = name.partition(":")
+    if kind == "score-effort":
+        score, _, rung = rest.partition(":")
+        owner = (score_probes or {}).get(score)
+    else:
+        owner, rung = probe, probe.default_effort if probe is not None and name == "probe" else rest
+        if kind not in ("effort", "probe") or (kind == "probe" and rest):
+            return None, None
+    if owner is None or not owner.ladder:
+        return None, None
+    got = {r.name: r for r in owner.ladder}.get(rung)
+    return (got, owner) if got is not None else (None, None)
 
 
 def _probe_strata(probe):
@@ -48,22 +60,24 @@ def _probe_strata(probe):
     return None
 
 
-def promise_report(full_rows: list[dict], outcomes: dict[str, list[bool]], probe) -> dict:
+def promise_report(full_rows: list[dict], outcomes: dict[str, list[bool]], probe,
+                   score_probes: dict | None = None) -> dict:
     """{policy: {rung, epsilon, pooled, per_level, per_stratum?}} for every rung policy with per-question outcomes.
 
     full_rows: the `full` run's rows (level, category, think, correct), in question order; outcomes: each policy's
-    per-question correctness in the same order. per_stratum: the probe's own strata where they are not levels
+    per-question correctness in the same order. per_stratum: the rung's own file's strata where they are not levels
     (thought-length bins placed by its calibration, read from the full run's thought; categories).
+    score_probes: {kind: calibrated score file} whose rungs `score-effort:KIND:NAME` are checked the same way.
     """
-    if probe is None or not probe.ladder or not full_rows:
+    if not full_rows:
         return {}
-    strata = _probe_strata(probe)
     full = [bool(r["correct"]) for r in full_rows]
     out = {}
     for name, ok in outcomes.items():
-        rung = _rung_of(name, probe)
+        rung, owner = _rung_of(name, probe, score_probes)
         if rung is None:
             continue
+        strata = _probe_strata(owner)
         if len(ok) != len(full):
             raise ValueError(f"{name}: {len(ok)} outcomes for {len(full)} full-thinking rows; run them on the same "
                              "questions.")

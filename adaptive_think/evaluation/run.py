@@ -3,7 +3,8 @@
 Per policy: accuracy, mean thinking tokens, mean forward tokens (everything the model decoded,
 trial answers included), skip rate, wall-clock; per difficulty level too. Greedy by default; with
 sampling settings every policy decodes under the same settings and the same seed. The `oracle` row is
-computed from the full thoughts (oracle.py). Training-free score policies (`score:KIND:X`, `score-effort:KIND:NAME`)
+computed from the full thoughts (oracle.py); under greedy decoding the trial-answer baselines are decided on
+each batch's full thought (trials.py). Training-free score policies (`score:KIND:X`, `score-effort:KIND:NAME`)
 run through a thinker of their own holding the score file (calibrated, from `score_probes`, or uncalibrated). report.py prints, compares and plots the results.
 
     adaptive-think eval --model bundled --probe bundled --n 300 --seed 2024 --json runs/eval.json
@@ -25,6 +26,7 @@ from adaptive_think.engines.args import eos_token_ids
 from adaptive_think.evaluation.baselines import ConfidenceStop, ConsistencyStop, MarkerStop
 from adaptive_think.evaluation.policies import PolicySpec, parse_policy
 from adaptive_think.evaluation.report import summarise
+from adaptive_think.evaluation.trials import PostHocTrials
 from adaptive_think.loading import chat_prompt
 from adaptive_think.markers import find_subsequence
 from adaptive_think.thinker import AdaptiveThinker
@@ -67,6 +69,7 @@ class Evaluator:
         self.exit_ids = tokenizer.encode(exit_text, add_special_tokens=False) if exit_text else []
         self.boundary = boundary_mask(tokenizer, self.thinker.vocab_size)
         self.eos = set(eos_token_ids(model))
+        self.posthoc = PostHocTrials(self)  # greedy trial baselines on the full thought (trials.py)
 
     def _batches(self):
         for i in range(0, len(self.items), self.batch_size):
@@ -133,23 +136,38 @@ class Evaluator:
         rows = []
         torch.manual_seed(self.sampling_seed)  # every policy samples from the same seed
         t0 = time.perf_counter()
-        for chunk, batch in tqdm(list(self._batches()), desc=f"eval {spec.name}", disable=not self.progress, leave=False):
+        trial_route = None
+        if spec.kind in ("confidence", "consistency"):  # decided on the full greedy thought where that is exact
+            why = self.posthoc.refusal()
+            trial_route = {"route": "post-hoc" if why is None else "live", **({"why": why} if why else {})}
+        batches = list(self._batches())
+        for bi, (chunk, batch) in enumerate(tqdm(batches, desc=f"eval {spec.name}", disable=not self.progress,
+                                                 leave=False)):
             plen = batch["input_ids"].shape[1]
             inside = [find_subsequence(p, self.markers.open_ids) > find_subsequence(p, self.markers.close_ids)
                       for p in batch["input_ids"].tolist()]
             trial = [0] * len(chunk)
             reports = None
             kw = dict(max_new_tokens=self.max_new_tokens, **self.sampling)
-            if spec.kind in ("marker", "confidence", "consistency"):
+            post = None
+            if trial_route is not None and trial_route["route"] == "post-hoc":
+                post = self.posthoc.run(self._processor(spec, plen, inside), bi, batch, plen, inside)
+                if post is None:
+                    trial_route.setdefault("live_batches", []).append(bi)
+            if post is not None:
+                gens, trial = post
+            elif spec.kind in ("marker", "confidence", "consistency"):
                 proc = self._processor(spec, plen, inside)
                 out = self.model.generate(**batch, logits_processor=[proc], **kw)
-                trial = proc.trial_tokens
+                gens, trial = out[:, plen:].tolist(), proc.trial_tokens
             else:
                 thinker = self._thinker(spec)
                 out = thinker.generate(**batch, think=self._think_config(spec), engine=self.engine, **kw)
-                reports = thinker.last_reports
+                gens, reports = out[:, plen:].tolist(), thinker.last_reports
+                if spec.kind == "full":
+                    self.posthoc.offer(bi, batch, gens)  # the trial policies' greedy thought too (trials.py)
             for r, it in enumerate(chunk):
-                gen = out[r, plen:].tolist()
+                gen = gens[r]
                 n = next((j + 1 for j, t in enumerate(gen) if t in self.eos), len(gen))
                 gen = gen[:n]
                 think, had_block = think_tokens_of(gen, self.markers, inside[r], self.tok)
@@ -165,7 +183,10 @@ class Evaluator:
         self.outcomes[spec.name] = [r["correct"] for r in rows]
         if spec.kind == "full":
             self.full_rows = rows
-        return summarise(rows, wall)
+        out = summarise(rows, wall)
+        if trial_route is not None:
+            out["trials"] = trial_route  # how the trial answers were decoded (evaluation/trials.py)
+        return out
 
     def oracle(self) -> dict:
         """The oracle row from the last `full` run: full's accuracy, the oracle's thinking (oracle.py)."""

@@ -22,6 +22,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from adaptive_think.engines.args import resolve
 from adaptive_think.engines.graph import _cache_kwarg
+from adaptive_think.kernels.logit_stats import logit_stats
 
 # generation_config settings whose logits processors only generate() applies: with any of them on, a model's
 # exit answers are decoded by re-prefilling through generate() instead (name -> values meaning "off")
@@ -106,16 +107,20 @@ def group_size(model, forced: int, answer: int, rows: int) -> int:
 @torch.no_grad()
 def branch_answers(model, cache: DynamicCache, pads: list[int], branches: list[Branch], forced: list[int],
                    max_new_tokens: int, eos_ids, pad_id: int, sampling: dict | None = None,
-                   group: int | None = None) -> list[list[int]]:
+                   group: int | None = None, top_probs: bool = False):
     """Each branch's answer tokens (up to and including its first eos), as generate() would decode them after
     `prompt + thought[:cut] + forced`. The cache (B rows, left-padded by `pads`) is consumed: it is cropped.
 
     cache: the generation's, holding every slot a branch ends at. sampling: generate() kwargs ({}: greedy),
     drawn from torch's default generator. group: branches per row per forward (None: `group_size`).
+    top_probs: return (answers, probs) instead, probs[i] an fp32 tensor [len(answers[i])] of the top-1 probability
+    of each answer step's logits (what a greedy trial answer's confidence reads, see evaluation/trials.py).
     """
     out: list[list[int] | None] = [None] * len(branches)
+    probs: list[torch.Tensor | None] = [None] * len(branches)
     if not branches or max_new_tokens < 1:
-        return [[] for _ in branches]
+        empty = [[] for _ in branches]
+        return (empty, [torch.zeros(0) for _ in branches]) if top_probs else empty
     forced = list(forced)
     if not forced:
         raise ValueError("branch_answers needs at least one forced token (the close marker).")
@@ -142,12 +147,15 @@ def branch_answers(model, cache: DynamicCache, pads: list[int], branches: list[B
         cut = int(ends.max()) + 1
         cache.crop(cut - cache.get_seq_length())  # drops later prefix slots and the last group's answers
         pad = torch.tensor([pads[r] for r in rows_k], device=dev)  # [B]
-        tokens = _decode_group(model, cache, ends, pad, forced, max_new_tokens, eos, pad_id, sampling, warpers)
+        tokens, top = _decode_group(model, cache, ends, pad, forced, max_new_tokens, eos, pad_id, sampling, warpers,
+                                    top_probs)
         for b, row in enumerate(idx):
             for j, i in enumerate(row):
                 if i >= 0:
                     out[i] = until_eos(tokens[b][j], set(eos_ids))
-    return out
+                    if top_probs:
+                        probs[i] = top[b, j, : len(out[i])]
+    return (out, probs) if top_probs else out
 
 
 def until_eos(ids: list[int], eos: set[int]) -> list[int]:
@@ -156,8 +164,9 @@ def until_eos(ids: list[int], eos: set[int]) -> list[int]:
 
 
 def _decode_group(model, cache, ends: torch.Tensor, pads: torch.Tensor, forced: list[int], steps: int,
-                  eos: torch.Tensor, pad_id: int, sampling, warpers) -> list[list[list[int]]]:
-    """Decode one group: ends [B, G] (slot of each branch's last prefix token, -1: no branch). -> [B][G][steps]."""
+                  eos: torch.Tensor, pad_id: int, sampling, warpers, top_probs: bool = False):
+    """Decode one group: ends [B, G] (slot of each branch's last prefix token, -1: no branch).
+    -> (tokens [B][G][n], top-1 probabilities [B, G, n] fp32 on the host, or None unless top_probs)."""
     dev = ends.device
     B, G = ends.shape
     nf = len(forced)
@@ -172,7 +181,7 @@ def _decode_group(model, cache, ends: torch.Tensor, pads: torch.Tensor, forced: 
     pos = ((ends - pads[:, None] + 1).clamp(min=0)[:, :, None] + torch.arange(nf, device=dev)).view(B, G * nf)
     keep = torch.arange(G, device=dev) * nf + nf - 1  # logits of each branch's last forced token
     unfinished = ends >= 0  # [B, G]; no-branch slots are done from the start
-    produced, cache_kw = [], {_cache_kwarg(model): cache}
+    produced, tops, cache_kw = [], [], {_cache_kwarg(model): cache}
     for step in range(steps):
         own = (k_branch[None, :] == q_branch[:, None]) & (k_order[None, :] <= q_order[:, None])  # [Q, K_ans]
         seen = torch.cat([prefix.repeat_interleave(q_branch.numel() // G, dim=1), own.expand(B, -1, -1)], -1)
@@ -180,6 +189,9 @@ def _decode_group(model, cache, ends: torch.Tensor, pads: torch.Tensor, forced: 
         logits = model(input_ids=ids, attention_mask=mask[:, None], position_ids=pos, use_cache=True,
                        logits_to_keep=keep, **cache_kw).logits  # [B, G, V]
         nxt = _pick(logits.reshape(B * G, -1), sampling, warpers).view(B, G)
+        if top_probs:  # generate() scores in fp32; the top-1 probability is exp(max logit - log-sum-exp)
+            st = logit_stats(logits.reshape(B * G, -1).float())
+            tops.append(torch.exp(st.max_logit - st.lse).view(B, G))
         nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad_id))  # generate()'s finished rows emit pad
         produced.append(nxt)
         unfinished &= ~torch.isin(nxt, eos)
@@ -189,4 +201,62 @@ def _decode_group(model, cache, ends: torch.Tensor, pads: torch.Tensor, forced: 
         q_branch, q_order = torch.arange(G, device=dev), torch.full((G,), nf + step, device=dev)
         k_branch, k_order = torch.cat([k_branch, q_branch]), torch.cat([k_order, q_order])
         keep = 0  # every fed token is a branch's latest
-    return torch.stack(produced, -1).tolist()  # [B, G, n]
+    top = torch.stack(tops, -1).cpu() if top_probs else None  # [B, G, n]
+    return torch.stack(produced, -1).tolist(), top  # [B, G, n]
+
+
+def new_cache(model) -> DynamicCache:
+    """An empty cache built the way generate() builds its default one (the layer types come from the config)."""
+    return DynamicCache(config=model.config.get_text_config(decoder=True))
+
+
+@torch.no_grad()
+def prefill(model, sequences: list[list[int]], pad_id: int) -> tuple[DynamicCache, list[int]]:
+    """(cache, left pads) of one forward over `sequences`, left-padded into one batch, with the attention mask and
+    position ids generate() gives a left-padded prompt: each row's slots hold what its own prefill would."""
+    dev = next(model.parameters()).device
+    width = max(map(len, sequences))
+    pads = [width - len(s) for s in sequences]
+    ids = torch.tensor([[pad_id] * p + list(s) for p, s in zip(pads, sequences)], device=dev)  # [B, W]
+    mask = (torch.arange(width, device=dev)[None, :] >= torch.tensor(pads, device=dev)[:, None]).long()  # [B, W]
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # generate()'s positions for a left-padded prompt
+    cache = new_cache(model)
+    model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+          **{_cache_kwarg(model): cache})
+    return cache, pads
+
+
+def prefix_answers(model, prefixes: list[list[int]], cuts: list[tuple[int, int]], forced: list[int],
+                   max_new_tokens: int, eos_ids, pad_id: int, sampling: dict | None = None, rows_per_prefill: int = 16,
+                   top_probs: bool = False):
+    """The answer after each forced exit `(row, i)` (prefixes[row][: i + 1] + forced, then up to max_new_tokens
+    decoded, up to and including the first eos), as generate() would decode it after re-prefilling that sequence;
+    from one prefill of each row's prefix (rows_per_prefill rows a batch, each cut at its last exit) and the
+    branches of all its exits on that cache. None when `shared_route_refusal` refuses the model: the caller then
+    re-prefills each exit. top_probs: (answers, probs) as branch_answers returns them.
+
+        answers = prefix_answers(model, [prompt + thought], [(0, 30), (0, 41)], close + exit, 16, eos, pad)
+    """
+    if shared_route_refusal(model, new_cache(model), sampling) is not None:
+        return None
+    out: list = [None] * len(cuts)
+    probs: list = [None] * len(cuts)
+    by_row: dict[int, list[int]] = {}
+    for n, (row, i) in enumerate(cuts):
+        if not 0 <= i < len(prefixes[row]):
+            raise ValueError(f"cut {i} lies outside prefix {row} ({len(prefixes[row])} tokens).")
+        by_row.setdefault(row, []).append(n)
+    rows = sorted(by_row)
+    for k in range(0, len(rows), rows_per_prefill):
+        chunk = rows[k : k + rows_per_prefill]
+        last = [max(cuts[n][1] for n in by_row[r]) + 1 for r in chunk]  # nothing past a row's last exit is needed
+        cache, pads = prefill(model, [prefixes[r][:m] for r, m in zip(chunk, last)], pad_id)
+        mine = [n for r in chunk for n in by_row[r]]
+        local = {r: b for b, r in enumerate(chunk)}
+        got = branch_answers(model, cache, pads, [Branch(local[cuts[n][0]], pads[local[cuts[n][0]]] + cuts[n][1])
+                                                  for n in mine], forced, max_new_tokens, eos_ids, pad_id, sampling,
+                             top_probs=top_probs)
+        answers, tops = got if top_probs else (got, [None] * len(mine))
+        for n, a, p in zip(mine, answers, tops):
+            out[n], probs[n] = a, p
+    return (out, probs) if top_probs else out
