@@ -60,6 +60,11 @@ def thought_key(r: dict) -> tuple[str, str]:
     return r.get("decoding", "greedy"), r["qid"]
 
 
+def _read(rows):
+    """Rows as a tensor: a stored view (training/stored.py) is read from its shards, a tensor passes through."""
+    return rows if isinstance(rows, torch.Tensor) else rows.read()
+
+
 class ThoughtSet:
     """Per question: its thought-token states (one layer) and the rows of its labelled checkpoints.
 
@@ -108,11 +113,13 @@ class ThoughtSet:
                 checkpoints[thought_key(r)].append(i)
         positions = {}
         for q, s in strided.items():  # the kept states (read s, 2s, ... tokens) and every checkpoint's, in order
-            by_pos = {s * (t + 1): x for t, x in enumerate(states[q])}
-            for i in checkpoints[q]:
-                by_pos.setdefault(records[i]["pos"], hidden[f"layer{layer}"][i].to(states[q].dtype))
+            kept = _read(states[q])  # [n, D]
+            by_pos = {s * (t + 1): x for t, x in enumerate(kept)}
+            marks = _read(hidden[f"layer{layer}"][checkpoints[q]]) if checkpoints[q] else kept[:0]  # [c, D]
+            for i, x in zip(checkpoints[q], marks):
+                by_pos.setdefault(records[i]["pos"], x.to(kept.dtype))
             positions[q] = sorted(by_pos)
-            states[q] = torch.stack([by_pos[p] for p in positions[q]]) if by_pos else states[q]
+            states[q] = torch.stack([by_pos[p] for p in positions[q]]) if by_pos else kept
         return cls(states, records, positions)
 
     def batch(self, questions, records, mean, std, neg_weight: float = 1.0):

@@ -20,11 +20,11 @@ from safetensors.torch import save_file
 from adaptive_think.config import decoding_of
 from adaptive_think.files import atomic_write
 from adaptive_think.training.budget import MemoryBudget
-from adaptive_think.training.stored import StoredStates
+from adaptive_think.training.stored import THOUGHT_PREFIX, StoredStates
 
 INDEX_VERSION = 1
-# tensors of every thought token's state (`collect --token-states`), apart from the checkpoint rows `layer{l}`
-THOUGHT_PREFIX = "thought_layer"
+# THOUGHT_PREFIX (stored.py): tensors of every thought token's state (`collect --token-states`), apart from the
+# checkpoint rows `layer{l}`
 
 
 def index_path(folder: Path, rank: int) -> Path:

@@ -21,6 +21,8 @@ from safetensors import safe_open
 
 from adaptive_think.training.budget import MemoryBudget
 
+THOUGHT_PREFIX = "thought_layer"  # stored names of thought-token states: thought_layer{l}
+
 _DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 
 
@@ -170,6 +172,4 @@ class StoredStates(Mapping):
 
     def load_all(self) -> dict[str, torch.Tensor]:
         """Every name read into memory: "layer{l}" as fp32, thought-token states in their stored fp16."""
-        from adaptive_think.training.shards import THOUGHT_PREFIX
-
         return {k: (v.read() if k.startswith(THOUGHT_PREFIX) else v.float()) for k, v in self.items()}
