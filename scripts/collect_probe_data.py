@@ -55,6 +55,9 @@ def main() -> int:
     items, checker = collect_cmd.items_from_args(args)
     device = process_device(env, args.device, args.device_map)
     cfg = collect_cmd.config_from_args(args)
+    if collect_cmd.token_layers_from_args(args) == "auto":
+        raise ValueError("--token-layers auto runs its layer pass in `adaptive-think collect`; here give the layer "
+                         "it chose (OUT/layer-pass/choice.json), e.g. --token-layers 12.")
     if args.engine != "hf":
         raise ValueError("collect_probe_data.py runs the hf engine on several processes; for --engine vllm run "
                          "`adaptive-think collect --engine vllm` once (--tensor-parallel-size N for N GPUs).")

@@ -43,9 +43,13 @@ def add_arguments(p):
                      help="also keep every thought token's hidden state (for a head with memory; about 3x the disk)")
     out.add_argument("--no-states", dest="states", action="store_false",
                      help="keep no hidden states: labels and logit scores only (what `calibrate-score` needs)")
-    out.add_argument("--token-layers", type=int, nargs="+", default=None, metavar="L",
+    out.add_argument("--token-layers", nargs="+", default=None, metavar="L",
                      help="with --token-states: keep the token states of these layers only (e.g. the layer a first "
-                          "collection's train-probe chose); the disk then grows with one layer, not all candidates")
+                          "collection's train-probe chose); the disk then grows with one layer, not all candidates. "
+                          "auto: a layer pass over the first --layer-pass-questions questions (checkpoint states "
+                          "only, in OUT/layer-pass) chooses the layer by train-probe's layer sweep")
+    out.add_argument("--layer-pass-questions", type=int, default=None, metavar="N",
+                     help="with --token-layers auto: questions of the layer pass (default 64, at most those there are)")
     out.add_argument("--token-stride", type=int, default=1, metavar="S",
                      help="with --token-states: keep the state of every S-th thought token only (those that have read "
                           "S, 2S, ... tokens; checkpoint states are kept anyway): about 1/S of the token-state disk; "
@@ -94,18 +98,42 @@ def items_from_args(args):
     return bundled_items(args.n, args.seed, getattr(args, "levels", None)), load_checker(None)
 
 
+def token_layers_from_args(args) -> list[int] | str | None:
+    """--token-layers as given: layer numbers, "auto", or None."""
+    given = getattr(args, "token_layers", None)
+    if given is None:
+        if getattr(args, "layer_pass_questions", None) is not None:
+            raise ValueError("--layer-pass-questions sizes the layer pass of --token-layers auto; add "
+                             "--token-states --token-layers auto, or drop it.")
+        return None
+    if "auto" in given:
+        if len(given) > 1:
+            raise ValueError(f"--token-layers {' '.join(given)}: give layer numbers or auto, not both.")
+        return "auto"
+    if getattr(args, "layer_pass_questions", None) is not None:
+        raise ValueError("--layer-pass-questions sizes the layer pass of --token-layers auto; with layers given "
+                         f"({' '.join(given)}) there is none: drop it.")
+    try:
+        return [int(v) for v in given]
+    except ValueError:
+        raise ValueError(f"--token-layers {' '.join(given)}: give layer numbers (e.g. --token-layers 12) or "
+                         "auto.") from None
+
+
 def config_from_args(args):
     """The CollectConfig of the collection flags (shared with scripts/collect_probe_data.py)."""
     from adaptive_think.training.collect import CollectConfig
 
     sampling = sampling_from_args(args)
+    token_layers = token_layers_from_args(args)  # "auto": run() chooses it with a layer pass
     return CollectConfig(layers=args.layers, every=args.every, batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, max_answer_tokens=args.max_answer_tokens,
                          exit_text=args.exit_text.encode().decode("unicode_escape"),
                          shard_questions=args.shard_questions, fail_fast=args.fail_fast,
                          sampling=sampling if sampling.get("do_sample") else {},
                          sampling_seed=args.sampling_seed, token_states=args.token_states,
-                         states=getattr(args, "states", True), token_layers=args.token_layers,
+                         states=getattr(args, "states", True),
+                         token_layers=None if token_layers == "auto" else token_layers,
                          token_stride=args.token_stride)
 
 
@@ -160,6 +188,12 @@ def run(args) -> int:
 
     items, checker = items_from_args(args)
     cfg = config_from_args(args)  # bad flags fail before the model loads
+    auto = token_layers_from_args(args) == "auto"
+    if auto:
+        from adaptive_think.training.layer_pass import DEFAULT_QUESTIONS, collect_with_layer_pass, layer_pass_size
+
+        n_pass = layer_pass_size(cfg, DEFAULT_QUESTIONS if args.layer_pass_questions is None
+                                 else args.layer_pass_questions, len(items))
     vllm_kwargs = vllm_kwargs_from_args(args)
     if vllm_kwargs is not None:
         from adaptive_think.integrations.vllm import require_vllm
@@ -172,12 +206,19 @@ def run(args) -> int:
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.device_map)
     kwargs = dict(think_tokens=tuple(args.think_tokens) if args.think_tokens else None, doctor=doctor_command(args))
     if vllm_kwargs is None:
-        summary = collect(model, tok, items, args.out, checker, cfg, **kwargs)
+        def collect_fn(its, out, c):
+            return collect(model, tok, its, out, checker, c, **kwargs)
     else:
         from adaptive_think.training.collect_vllm import check_decoding, collect_vllm, vllm_engine
 
         check_decoding(model, cfg)  # before the engine starts
         llm = vllm_engine(resolve_model_path(args.model), model, **vllm_kwargs)
-        summary = collect_vllm(llm, model, tok, items, args.out, checker, cfg, **kwargs)
+
+        def collect_fn(its, out, c):
+            return collect_vllm(llm, model, tok, its, out, checker, c, **kwargs)
+    if auto:
+        summary = collect_with_layer_pass(collect_fn, items, args.out, cfg, n_pass)
+    else:
+        summary = collect_fn(items, args.out, cfg)
     print(json.dumps(summary))
     return 0
