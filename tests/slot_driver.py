@@ -51,6 +51,15 @@ def make_requests(n: int, configs: list, open_id: int, close_id: int, eos_id: in
     return out
 
 
+def admit_waiting(host, waiting: list[Request], free: list[int], running: dict, rng: random.Random) -> None:
+    """Admit waiting requests into free slots, each into a random one (so slots are recycled in any order)."""
+    while waiting and free:
+        slot = free.pop(rng.randrange(len(free)))
+        req = waiting.pop(0)
+        host.admit(slot, req, list(req.outputs))
+        running[slot] = {"req": req, "fed": 0, "fill": req.prompt + req.outputs}
+
+
 def run_engine(host, requests: list[Request], *, slots: int, vocab: int, dim: int, eos_id: int, max_new: int,
                max_chunk: int, preempt: float, seed: int, preemptable=lambda req: True) -> dict[int, list[int]]:
     """Every request's output tokens; preempt: chance per step that a running request (one `preemptable`
@@ -61,11 +70,7 @@ def run_engine(host, requests: list[Request], *, slots: int, vocab: int, dim: in
     free = list(range(slots))
     done: dict[int, list[int]] = {}
     while waiting or running:
-        while waiting and free:
-            slot = free.pop(rng.randrange(len(free)))  # recycle any free slot
-            req = waiting.pop(0)
-            host.admit(slot, req, list(req.outputs))
-            running[slot] = {"req": req, "fed": 0, "fill": req.prompt + req.outputs}
+        admit_waiting(host, waiting, free, running, rng)
         order = list(running)
         rng.shuffle(order)
         rows = []

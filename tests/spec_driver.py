@@ -27,7 +27,7 @@ import random
 
 import torch
 
-from tests.slot_driver import Request, hidden_at
+from tests.slot_driver import Request, admit_waiting, hidden_at
 
 PLACEHOLDER = -1
 
@@ -76,11 +76,7 @@ def run_speculative(host, requests: list[Request], *, slots: int, drafts: int, v
     reports: dict[int, object] = {}
     forced_at: set[int] = set()
     while waiting or running:
-        while waiting and free:
-            slot = free.pop(rng.randrange(len(free)))  # recycle any free slot
-            req = waiting.pop(0)
-            host.admit(slot, req, list(req.outputs))
-            running[slot] = {"req": req, "fed": 0, "fill": req.prompt + req.outputs}
+        admit_waiting(host, waiting, free, running, rng)
         order = list(running)
         rng.shuffle(order)
         plan = []  # per request: (slot, query tokens, query positions, number of logits rows, drafts, final)
