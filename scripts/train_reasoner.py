@@ -38,7 +38,7 @@ from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 from adaptive_think.bundled.tokenizer import MAX_LENGTH, build_tokenizer
 from adaptive_think.tasks import make_questions
 from adaptive_think.tasks.completions import CLOSE, EXIT_TEXT, OPEN, answer_text
-from adaptive_think.tasks.families import make_family_questions
+from adaptive_think.tasks.families import FAMILIES, make_family_questions
 from adaptive_think.tasks.parse import last_stated_answer
 
 IGNORE = -100
@@ -49,7 +49,7 @@ SHORT = ("last_digit", "walk")
 RECIPES = {
     "v1": dict(steps=2000, batch_size=32, lr=2e-3, warmup=100, hidden=192, layers=4, heads=6, threads=2,
                p_no_think=0.2, p_truncated=0.3),
-    "v2": dict(steps=4000, batch_tokens=2304, lr=2e-3, warmup=150, hidden=192, layers=4, heads=6, threads=1,
+    "v2": dict(steps=8000, batch_tokens=2304, lr=2e-3, warmup=150, hidden=192, layers=4, heads=6, threads=1,
                p_no_think=0.15, p_truncated=0.35, p_long_step=0.55),
 }
 CHECKPOINT = "checkpoint.safetensors"
@@ -170,10 +170,10 @@ def rows_v2(tok, args, rng: random.Random) -> list[tuple[list[int], list[int]]]:
         kind = pick_kind(rng, args)
         if kind == "no_think" and families == [LONG]:
             kind = "full"
-        if kind == "no_think":
-            q = make_family_questions(1, rng.randrange(2**31), levels=[rng.choice(NO_THINK_LEVELS)])[0]
-        else:
-            q = make_family_questions(1, rng.randrange(2**31), families=[rng.choice(families)])[0]
+        # Family and level are drawn here: one question of make_family_questions is always its first pair.
+        family = rng.choice(list(FAMILIES) if kind == "no_think" else families)
+        level = rng.choice(NO_THINK_LEVELS) if kind == "no_think" else rng.randint(1, 6)
+        q = make_family_questions(1, rng.randrange(2**31), families=[family], levels=[level])[0]
         row = encode_example(tok, q, kind, rng)
         if rows and max(width, len(row[0])) * (len(rows) + 1) > args.batch_tokens:
             break
