@@ -4,6 +4,7 @@
     accelerate launch --num_processes 4 scripts/collect_probe_data.py --model DIR ...      # runs torchrun
     torchrun --standalone --nproc_per_node 2 scripts/collect_probe_data.py --model bundled --n 60 --out runs/c --device cpu
     python scripts/collect_probe_data.py --model bundled --n 200 --out runs/c             # one process works too
+    torchrun --nproc_per_node 4 scripts/collect_probe_data.py --model DIR --engine vllm ...  # one vLLM engine a rank
 
 The rank and world size come from the launcher's environment (training/launch.py: torchrun / accelerate's
 RANK, WORLD_SIZE, LOCAL_RANK, or MPI's); each process uses the GPU of its local rank and writes its own
@@ -13,6 +14,10 @@ hostfile: use torchrun (or `accelerate launch --multi_gpu --num_processes N`, wh
 Under torchrun the ranks meet at the end over gloo, and rank 0 checks that every question was collected
 exactly once and prints the health of the whole collection. Re-running resumes every rank where it
 stopped (with the same number of processes). Same flags as `adaptive-think collect`.
+
+With --engine vllm every rank starts its own vLLM engine (data parallelism), on its own GPUs (local rank x
+--tensor-parallel-size onwards) or, on a CPU machine, its own slice of the cores; the engine does not see the
+launcher's variables, so each is a world of one.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ import os
 import sys
 from datetime import timedelta
 
+import torch
 import torch.distributed as dist
 
 from adaptive_think.commands import collect as collect_cmd
 from adaptive_think.loading import load_model_and_tokenizer
-from adaptive_think.training.collect import collect
 from adaptive_think.training.health import format_summary, summarise
-from adaptive_think.training.launch import launch_env, process_device
+from adaptive_think.training.launch import launch_env, process_device, rank_engine_env
 from adaptive_think.training.shards import load_records
 
 
@@ -58,26 +63,31 @@ def main() -> int:
     if collect_cmd.token_layers_from_args(args) == "auto":
         raise ValueError("--token-layers auto runs its layer pass in `adaptive-think collect`; here give the layer "
                          "it chose (OUT/layer-pass/choice.json), e.g. --token-layers 12.")
-    if args.engine != "hf":
-        raise ValueError("collect_probe_data.py runs the hf engine on several processes; for --engine vllm run "
-                         "`adaptive-think collect --engine vllm` once (--tensor-parallel-size N for N GPUs).")
+    vllm_kwargs = collect_cmd.vllm_kwargs_from_args(args)
+    engine_env = None
+    if vllm_kwargs is not None:
+        tp = int(vllm_kwargs.get("tensor_parallel_size", 1))
+        on_gpu = torch.cuda.is_available()
+        engine_env = rank_engine_env(env, tp, on_gpu, gpu_count=torch.cuda.device_count() if on_gpu else 0)
+        if on_gpu and args.device == "auto" and not args.device_map:
+            device = f"cuda:{env.local_rank * tp}"  # the hf twin sits on the first GPU of this rank's engine
     model, tok = load_model_and_tokenizer(args.model, device, args.dtype, args.device_map)
-    # the ranks meet once, at the end, so a long wait for the slowest rank is normal
-    meet = env.world > 1 and "MASTER_ADDR" in os.environ
-    if meet:
+    collect_fn = collect_cmd.make_collect_fn(args, model, tok, checker, cfg, vllm_kwargs, engine_env,
+                                             rank=env.rank, world=env.world, progress=env.local_rank == 0)
+    summary = collect_fn(items, args.out, cfg)
+    print(json.dumps({"rank": env.rank, "world": env.world, "launcher": env.launcher, **summary}), flush=True)
+    if env.world > 1 and "MASTER_ADDR" in os.environ:
+        # The ranks meet once, at the end (joining the group is the barrier), so a long wait for the slowest rank
+        # is normal; joining late also keeps the group out of the way of a vLLM engine's own.
+        if dist.is_initialized():
+            raise ValueError("torch.distributed was set up in this process by something else (a vLLM engine running "
+                             "in-process: leave VLLM_ENABLE_V1_MULTIPROCESSING on), so the ranks cannot meet.")
         dist.init_process_group("gloo", rank=env.rank, world_size=env.world, timeout=timedelta(hours=24))
-    try:
-        summary = collect(model, tok, items, args.out, checker, cfg,
-                          think_tokens=tuple(args.think_tokens) if args.think_tokens else None,
-                          rank=env.rank, world=env.world, progress=env.local_rank == 0,
-                          doctor=collect_cmd.doctor_command(args))
-        print(json.dumps({"rank": env.rank, "world": env.world, "launcher": env.launcher, **summary}), flush=True)
-        if meet:
+        try:
             dist.barrier()
             if env.rank == 0:
                 print(json.dumps(whole_collection(args.out, items, env.world)), flush=True)
-    finally:
-        if meet:
+        finally:
             dist.destroy_process_group()
     return 0
 

@@ -155,7 +155,8 @@ def doctor_command(args) -> str:
 
 
 def vllm_kwargs_from_args(args) -> dict | None:
-    """The vLLM LLM() arguments of --engine vllm (None for --engine hf, which refuses vLLM flags)."""
+    """The vLLM LLM() arguments of --engine vllm (None for --engine hf, which refuses vLLM flags); a clear error
+    when vLLM is not installed."""
     given = [flag for flag, value in (("--tensor-parallel-size", args.tensor_parallel_size),
                                       ("--vllm-kwargs", args.vllm_kwargs)) if value is not None]
     if getattr(args, "engine", "hf") != "vllm":
@@ -179,12 +180,39 @@ def vllm_kwargs_from_args(args) -> dict | None:
             raise ValueError("tensor_parallel_size is given twice (--tensor-parallel-size and --vllm-kwargs); "
                              "keep one.")
         kwargs["tensor_parallel_size"] = args.tensor_parallel_size
-    return check_vllm_kwargs(kwargs)
+    kwargs = check_vllm_kwargs(kwargs)
+    from adaptive_think.integrations.vllm import require_vllm
+    from adaptive_think.training.collect_vllm import NEEDED_BY
+
+    try:  # before loading anything
+        require_vllm(NEEDED_BY)
+    except ImportError as err:
+        raise ValueError(f"{err} Or collect without it: --engine hf (the default).") from None
+    return kwargs
+
+
+def make_collect_fn(args, model, tok, checker, cfg, vllm_kwargs: dict | None, engine_env: dict | None = None,
+                    **collect_kwargs):
+    """fn(items, out, cfg) -> summary: collect with the engine the flags chose. --engine vllm starts its engine
+    here, in the environment `engine_env` (training/launch.py rank_engine_env); collect_kwargs go to collect()."""
+    from adaptive_think.loading import resolve_model_path
+    from adaptive_think.training.collect import collect
+
+    kwargs = dict(think_tokens=tuple(args.think_tokens) if args.think_tokens else None, doctor=doctor_command(args),
+                  **collect_kwargs)
+    if vllm_kwargs is None:
+        return lambda its, out, c: collect(model, tok, its, out, checker, c, **kwargs)
+    from adaptive_think.training.collect_vllm import check_decoding, collect_vllm, vllm_engine
+    from adaptive_think.training.launch import patched_env
+
+    check_decoding(model, cfg)  # before the engine starts
+    with patched_env(engine_env or {}):
+        llm = vllm_engine(resolve_model_path(args.model), model, **vllm_kwargs)
+    return lambda its, out, c: collect_vllm(llm, model, tok, its, out, checker, c, **kwargs)
 
 
 def run(args) -> int:
-    from adaptive_think.loading import load_model_and_tokenizer, resolve_model_path
-    from adaptive_think.training.collect import collect
+    from adaptive_think.loading import load_model_and_tokenizer
 
     items, checker = items_from_args(args)
     cfg = config_from_args(args)  # bad flags fail before the model loads
@@ -195,27 +223,8 @@ def run(args) -> int:
         n_pass = layer_pass_size(cfg, DEFAULT_QUESTIONS if args.layer_pass_questions is None
                                  else args.layer_pass_questions, len(items))
     vllm_kwargs = vllm_kwargs_from_args(args)
-    if vllm_kwargs is not None:
-        from adaptive_think.integrations.vllm import require_vllm
-        from adaptive_think.training.collect_vllm import NEEDED_BY
-
-        try:  # before loading anything
-            require_vllm(NEEDED_BY)
-        except ImportError as err:
-            raise ValueError(f"{err} Or collect without it: --engine hf (the default).") from None
     model, tok = load_model_and_tokenizer(args.model, args.device, args.dtype, args.device_map)
-    kwargs = dict(think_tokens=tuple(args.think_tokens) if args.think_tokens else None, doctor=doctor_command(args))
-    if vllm_kwargs is None:
-        def collect_fn(its, out, c):
-            return collect(model, tok, its, out, checker, c, **kwargs)
-    else:
-        from adaptive_think.training.collect_vllm import check_decoding, collect_vllm, vllm_engine
-
-        check_decoding(model, cfg)  # before the engine starts
-        llm = vllm_engine(resolve_model_path(args.model), model, **vllm_kwargs)
-
-        def collect_fn(its, out, c):
-            return collect_vllm(llm, model, tok, its, out, checker, c, **kwargs)
+    collect_fn = make_collect_fn(args, model, tok, checker, cfg, vllm_kwargs)
     if auto:
         summary = collect_with_layer_pass(collect_fn, items, args.out, cfg, n_pass)
     else:

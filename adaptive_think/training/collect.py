@@ -204,6 +204,14 @@ def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def _without_padding(ids: list[int], pad: int | None) -> list[int]:
+    """A generation without the pads that fill a finished row to the batch's length (they depend on the batch)."""
+    end = len(ids)
+    while pad is not None and end and ids[end - 1] == pad:
+        end -= 1
+    return ids[:end]
+
+
 def batch_prompts(tokenizer, markers: ThinkMarkers, items: list[Item], cfg: CollectConfig):
     """(thinking prompts, no-think prompts, forced exit tokens) of one batch, as token ids: what both engines feed."""
     exit_ids = tuple(tokenizer.encode(cfg.exit_text, add_special_tokens=False)) if cfg.exit_text else ()
@@ -245,7 +253,7 @@ def plan_batch(tokenizer, markers: ThinkMarkers, items: list[Item], checker, cfg
     for b, it in enumerate(items):
         g = gen[b]
         body, close = thought_span(prompts[b], g, markers)
-        full_text = _decode(tokenizer, g)
+        full_text = _decode(tokenizer, _without_padding(g, tokenizer.pad_token_id))
         full_ok = close >= 0 and bool(checker(full_text, it.answer))
         thought_len = (close - body) if close >= 0 else (len(g) - body if body is not None else 0)
         nothink_text = markers.close_text + _decode(tokenizer, no_think_out[b])

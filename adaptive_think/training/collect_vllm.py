@@ -62,9 +62,9 @@ def check_vllm_kwargs(kwargs: dict) -> dict:
                          "cached prefix (without it each exit re-prefills the whole thought); drop the setting.")
     if int(kwargs.get("data_parallel_size", 1)) != 1:
         raise ValueError(f"data_parallel_size={kwargs['data_parallel_size']}: vLLM's offline engine runs data "
-                         "parallelism only as one process per rank, which this command does not launch. Use "
-                         "tensor_parallel_size (--tensor-parallel-size) to spread one engine over several GPUs, or "
-                         "collect with --engine hf over several processes (scripts/collect_probe_data.py).")
+                         "parallelism only as one process per rank. Launch the ranks instead, each with its own "
+                         "engine: torchrun --nproc_per_node N scripts/collect_probe_data.py --engine vllm ... "
+                         "(and --tensor-parallel-size to spread each engine over several GPUs).")
     return dict(kwargs)
 
 

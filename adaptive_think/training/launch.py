@@ -77,3 +77,73 @@ def process_device(launch: Launch, device: str, device_map: str | None) -> str:
         raise ValueError(f"local rank {launch.local_rank} has no GPU of its own ({count} visible): launch at most "
                          f"{count} processes per machine, or pass --device cpu.")
     return f"cuda:{launch.local_rank}"
+
+
+# torchrun's own variables: a per-rank vLLM engine must not read them (it is a world of one, not rank r of N)
+_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                  "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                  "TORCHELASTIC_USE_AGENT_STORE")
+
+
+def _id_list(ids: list[int]) -> str:
+    return ",".join(map(str, ids))
+
+
+def rank_engine_env(launch: Launch, tensor_parallel: int, on_gpu: bool, env=None, cpus=None,
+                    gpu_count: int | None = None) -> dict[str, str | None]:
+    """The environment a data-parallel rank's own vLLM engine starts in (name -> value, None = unset).
+
+    The launcher's variables are hidden, and the rank gets its own share of the machine: GPUs
+    local_rank * tp .. + tp (CUDA_VISIBLE_DEVICES), or on a CPU machine an equal slice of this process's cores
+    for vLLM's OpenMP threads (VLLM_CPU_OMP_THREADS_BIND, one list per tensor-parallel worker) unless set."""
+    env = os.environ if env is None else env
+    out: dict[str, str | None] = {name: None for name in _LAUNCHER_VARS if name in env}
+    if launch.world == 1:
+        return out
+    local_world = int(env.get("LOCAL_WORLD_SIZE", launch.world))
+    if on_gpu:
+        visible = (env["CUDA_VISIBLE_DEVICES"].split(",") if env.get("CUDA_VISIBLE_DEVICES")
+                   else [str(i) for i in range(gpu_count or 0)])
+        first = launch.local_rank * tensor_parallel
+        if first + tensor_parallel > len(visible):
+            raise ValueError(f"local rank {launch.local_rank} needs GPUs {first}..{first + tensor_parallel - 1} for "
+                             f"its engine (tensor parallel {tensor_parallel}), but {len(visible)} are visible: launch "
+                             f"at most {len(visible) // tensor_parallel} processes per machine.")
+        out["CUDA_VISIBLE_DEVICES"] = ",".join(visible[first:first + tensor_parallel])
+        return out
+    if env.get("VLLM_CPU_OMP_THREADS_BIND", "auto") != "auto":
+        return out  # the user bound the threads themselves
+    cores = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    per_rank = len(cores) // local_world
+    if per_rank < tensor_parallel:
+        raise ValueError(f"{local_world} processes x tensor parallel {tensor_parallel} engines need at least "
+                         f"{local_world * tensor_parallel} CPU cores, and this process may use {len(cores)}: launch "
+                         "fewer processes, or set VLLM_CPU_OMP_THREADS_BIND yourself.")
+    mine = cores[launch.local_rank * per_rank:(launch.local_rank + 1) * per_rank]
+    share = len(mine) // tensor_parallel
+    out["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(_id_list(mine[i * share:(i + 1) * share]) for i in range(tensor_parallel))
+    return out
+
+
+class patched_env:
+    """Set (value) or unset (None) environment variables for the duration of a `with` block."""
+
+    def __init__(self, changes: dict[str, str | None]):
+        self.changes, self.saved = changes, {}
+
+    def __enter__(self):
+        for name, value in self.changes.items():
+            self.saved[name] = os.environ.get(name)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        return self
+
+    def __exit__(self, *exc):
+        for name, value in self.saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        return False

@@ -8,6 +8,11 @@ where it stopped. Run in the vLLM venv: `python -m pytest -m vllm tests/vllm_int
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +20,7 @@ import torch
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed here; .ci/run runs these tests in its vLLM venv")
 
 from adaptive_think.bundled import reasoner_path  # noqa: E402
+from adaptive_think.cli import main  # noqa: E402
 from adaptive_think.loading import chat_prompt, load_model_and_tokenizer  # noqa: E402
 from adaptive_think.training import collect_vllm  # noqa: E402
 from adaptive_think.training.collect import CollectConfig, collect  # noqa: E402
@@ -81,3 +87,28 @@ def test_a_sampled_vllm_collection_is_seeded_and_resumes(engines, tmp_path, monk
     assert whole[1] == resumed[1]
     assert whole[0].keys() == resumed[0].keys() and all(torch.equal(whole[0][k], resumed[0][k]) for k in whole[0])
     assert whole[1] != reseeded[1]  # the draws follow the seed
+
+
+def test_data_parallel_ranks_each_run_their_own_engine(tmp_path):
+    """torchrun, two CPU processes, --engine vllm: each rank starts its own engine alone on its own core, and the
+    whole collection equals one hf-engine process's."""
+    root = Path(__file__).resolve().parents[2]
+    flags = ["--model", "bundled", "--n", "8", "--seed", "31", "--device", "cpu", "--batch-size", "4", "--every", "4",
+             "--max-new-tokens", "200", "--token-states"]
+    engine = ["--engine", "vllm", "--vllm-kwargs",
+              json.dumps({"kv_cache_memory_bytes": 2**25, "enforce_eager": True, "max_model_len": 512})]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--",
+           str(root / "scripts" / "collect_probe_data.py"), *flags, *engine, "--out", str(tmp_path / "dp")]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert sorted(d["rank"] for d in lines if "rank" in d) == [0, 1]
+    assert next(d for d in lines if "ranks" in d)["questions"] == 8
+    assert main(["collect", *flags, "--out", str(tmp_path / "hf")]) == 0
+    # records in question order, without thought_start (where a question's token states begin in its own rank's file)
+    same = lambda recs: [{k: v for k, v in r.items() if k != "thought_start"}  # noqa: E731
+                         for r in sorted(recs, key=lambda r: (r["qid"], r["kind"], r["pos"]))]
+    hf_states, hf_records, _ = load_collection(tmp_path / "hf")
+    states, records, _ = load_collection(tmp_path / "dp")
+    assert_same_records(same(hf_records), same(records))
+    assert len(records) > 8 and {k: v.shape for k, v in hf_states.items()} == {k: v.shape for k, v in states.items()}
