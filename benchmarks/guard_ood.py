@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--fresh-n", type=int, default=2000)
     p.add_argument("--fresh-seed", type=int, default=909)
     p.add_argument("--ood-n", type=int, default=200, help="prompts per out-of-distribution kind")
-    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--alpha", type=float, default=None, help="default: fit-guard's")
     p.add_argument("--rank", type=int, default=None, help="default: fit-guard's")
     p.add_argument("--sweep-ranks", type=int, nargs="*", default=[4, 8, 16, 32, 64],
                    help="also record false alarms and flag rates of guards of these ranks (same fit and calibration)")
@@ -133,11 +133,13 @@ def main(argv=None) -> int:
     from adaptive_think.files import atomic_write
     from adaptive_think.loading import load_model_and_tokenizer
     from adaptive_think.probe.probe import Probe
-    from adaptive_think.training.guard import DEFAULT_RANK, features, fit_guard, prompt_states, split_for_guard
+    from adaptive_think.training.guard import (DEFAULT_ALPHA, DEFAULT_RANK, features, fit_guard, prompt_states,
+                                               split_for_guard)
     from adaptive_think.training.items import bundled_items
 
     t0 = time.time()
     args.rank = DEFAULT_RANK if args.rank is None else args.rank
+    args.alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
     model, tok = load_model_and_tokenizer("bundled", "cpu")
     probe = Probe.from_pretrained(probe_path())
     quiet = lambda m: None  # noqa: E731
