@@ -72,11 +72,11 @@ def add_calibration_arguments(p, defaults: bool = True):
     c.add_argument("--skip-share", type=float, default=0.25 if defaults else None,
                    help=f"share of each rung's epsilon spent on skipping before early stops (default: {default('0.25')}): "
                         "easy questions then skip thinking outright; 0 orders thresholds by tokens saved per loss alone")
-    c.add_argument("--strata", type=_strata_spec, default="none" if defaults else None, metavar="BY",
+    c.add_argument("--strata", type=_strata_spec, default="length:2" if defaults else None, metavar="BY",
                    help="none | level | category | length:K: every rung must pass its test in each stratum of the "
                         "calibration questions (their level, their category, or K quantile bins of the full "
                         "thought's length), so that it keeps its promise on any mix of them "
-                        f"(default: {default('none')})")
+                        f"(default: {default('length:2')})")
     c.add_argument("--per-rung-delta", dest="family_wise", action="store_false",
                    help="test each rung under each decoding at its own DELTA (default: family-wise, each of the "
                         "rungs x decodings tests at DELTA / their number, so that all hold at once with "

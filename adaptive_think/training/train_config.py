@@ -32,8 +32,10 @@ class TrainConfig:
     memory: int = 0
     # every rung under every decoding mode holds at once with probability >= 1 - delta (calibrate_ladder.py)
     family_wise: bool = True
-    # strata of the calibration questions in each of which every rung's test must pass (strata.py)
-    strata: str = "none"
+    # strata of the calibration questions in each of which every rung's test must pass (strata.py): two bins of
+    # the full thought's length keep every rung within epsilon on easy-only and hard-only mixes, for well under a
+    # point of thinking saved (docs/training.md, "Calibration by strata")
+    strata: str = "length:2"
     # rows (checkpoints; padded thought tokens for a head with memory) per chunk of a full-batch gradient: sums
     # run chunk by chunk in this fixed cut, so the heads do not depend on --max-memory (budget.py)
     chunk_rows: int = 8192
