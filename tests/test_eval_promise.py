@@ -62,6 +62,21 @@ def test_promise_report_per_level_and_per_length_bin():
         promise_report(full_rows, {"effort:low": [True]}, probe)
 
 
+def test_promise_report_per_category_when_the_questions_mix_several():
+    probe = _probe({"by": "length", "spec": "length:2", "cuts": [50]})
+    full_rows = [dict(level=1, think=10, correct=True, category="walk" if i % 2 else "last_digit") for i in range(8)]
+    outcomes = {"effort:low": [True, False, True, False, True, True, True, True]}  # loses two walk questions
+    low = promise_report(full_rows, outcomes, probe)["effort:low"]
+    assert {k: (v["n"], v["lost"]) for k, v in low["per_category"].items()} == {"category last_digit": (4, 0),
+                                                                                "category walk": (4, 2)}
+    assert "category walk" in format_promise({"effort:low": low}, "greedy")
+    # one category, or strata that already are the categories: no second report
+    one = [dict(r, category="walk") for r in full_rows]
+    assert "per_category" not in promise_report(one, outcomes, probe)["effort:low"]
+    by_cat = promise_report(full_rows, outcomes, _probe({"by": "category", "spec": "category"}))["effort:low"]
+    assert "per_category" not in by_cat and set(by_cat["per_stratum"]) == {"category last_digit", "category walk"}
+
+
 def test_promise_report_of_training_free_score_rungs_per_level_and_per_their_own_strata():
     """score-effort:KIND:NAME rungs are checked against their own file's epsilon and strata, beside the probe's."""
     score = Probe.training_free("close-margin", make_model("qwen3", len(make_tokenizer())))

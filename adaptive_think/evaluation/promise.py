@@ -62,11 +62,13 @@ def _probe_strata(probe):
 
 def promise_report(full_rows: list[dict], outcomes: dict[str, list[bool]], probe,
                    score_probes: dict | None = None) -> dict:
-    """{policy: {rung, epsilon, pooled, per_level, per_stratum?}} for every rung policy with per-question outcomes.
+    """{policy: {rung, epsilon, pooled, per_level, per_stratum?, per_category?}} for every rung policy with
+    per-question outcomes.
 
     full_rows: the `full` run's rows (level, category, think, correct), in question order; outcomes: each policy's
     per-question correctness in the same order. per_stratum: the rung's own file's strata where they are not levels
-    (thought-length bins placed by its calibration, read from the full run's thought; categories).
+    (thought-length bins placed by its calibration, read from the full run's thought; categories). per_category:
+    each question category (a task family, a question file's "category") when the questions hold more than one.
     score_probes: {kind: calibrated score file} whose rungs `score-effort:KIND:NAME` are checked the same way.
     """
     if not full_rows:
@@ -86,6 +88,10 @@ def promise_report(full_rows: list[dict], outcomes: dict[str, list[bool]], probe
         if strata is not None and strata.by != "level":
             keys["per_stratum"] = [strata.label({"level": r["level"], "category": r.get("category"),
                                                  "length": r["think"]}) for r in full_rows]
+        categories = [r.get("category") or "(none)" for r in full_rows]
+        if len(set(categories)) > 1 and not (strata is not None and strata.by == "category"):
+            # a mix of task families or question sources: each is its own deployment, reported on its own
+            keys["per_category"] = [f"category {c}" for c in categories]
         for field, labels in keys.items():
             groups = defaultdict(list)
             for i, s in enumerate(labels):
@@ -105,7 +111,7 @@ def format_promise(report: dict, decoding: str) -> str:
     lines = [f"promise ({decoding}): questions lost against full thinking, exact 95% interval, vs epsilon"]
     for name, row in report.items():
         groups = [("all evaluated", row["pooled"])] + list(row["per_level"].items())
-        groups += list(row.get("per_stratum", {}).items())
+        groups += list(row.get("per_stratum", {}).items()) + list(row.get("per_category", {}).items())
         for label, g in groups:
             lo, hi = g["interval"]
             lines.append(f"  {name:14s} {label:26s} n {g['n']:5d}  lost {g['lost']:4d} = {g['loss']:.4f} "
