@@ -12,6 +12,7 @@ them): launch with torchrun or srun + torchrun.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -85,10 +86,6 @@ _LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP
                   "TORCHELASTIC_USE_AGENT_STORE")
 
 
-def _id_list(ids: list[int]) -> str:
-    return ",".join(map(str, ids))
-
-
 def rank_engine_env(launch: Launch, tensor_parallel: int, on_gpu: bool, env=None, cpus=None,
                     gpu_count: int | None = None) -> dict[str, str | None]:
     """The environment a data-parallel rank's own vLLM engine starts in (name -> value, None = unset).
@@ -121,29 +118,26 @@ def rank_engine_env(launch: Launch, tensor_parallel: int, on_gpu: bool, env=None
                          "fewer processes, or set VLLM_CPU_OMP_THREADS_BIND yourself.")
     mine = cores[launch.local_rank * per_rank:(launch.local_rank + 1) * per_rank]
     share = len(mine) // tensor_parallel
-    out["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(_id_list(mine[i * share:(i + 1) * share]) for i in range(tensor_parallel))
+    out["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, mine[i * share:(i + 1) * share]))
+                                             for i in range(tensor_parallel))
     return out
 
 
-class patched_env:
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+@contextmanager
+def patched_env(changes: dict[str, str | None]):
     """Set (value) or unset (None) environment variables for the duration of a `with` block."""
-
-    def __init__(self, changes: dict[str, str | None]):
-        self.changes, self.saved = changes, {}
-
-    def __enter__(self):
-        for name, value in self.changes.items():
-            self.saved[name] = os.environ.get(name)
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        return self
-
-    def __exit__(self, *exc):
-        for name, value in self.saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        return False
+    saved = {name: os.environ.get(name) for name in changes}
+    try:
+        for name, value in changes.items():
+            _set_env(name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            _set_env(name, value)
