@@ -4,6 +4,7 @@ thinks as a budget row does (fallback "full" under its budget) and says so; an u
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from adaptive_think import AdaptiveThinker, ThinkConfig
@@ -90,3 +91,40 @@ def test_fit_guard_from_the_cli(tmp_path, capsys):
     assert guard.threshold == conformal_threshold(guard.score(x), 0.1)  # the 19th smallest of 20
     assert main([*common, "--alpha", "0.04", "--out", str(tmp_path / "bad")]) == 2
     assert "20 calibration questions are too few for alpha=0.04" in capsys.readouterr().err
+
+
+def test_eval_runs_probe_policies_with_and_without_the_guard_and_reports_per_category():
+    """eval: a flagged row falls back (counted in guard_fallback_rate, per category too); POLICY+noguard runs the
+    same policy with the guard off, its own family on the plot, held to the same rung's promise."""
+    from adaptive_think.evaluation.policies import parse_policy
+    from adaptive_think.evaluation.promise import _rung_of
+    from adaptive_think.evaluation.report import _family
+    from adaptive_think.evaluation.run import Evaluator
+    from adaptive_think.training.items import Item
+
+    import copy
+
+    probe = copy.deepcopy(PROBE)
+    probe.policy_defaults = {**probe.policy_defaults, "stop_at_boundary": False}  # probe:0.0 stops at once
+    items = [Item("a", IN, "1", 1, "seen"), Item("b", OUT, "1", 1, "unseen"), Item("c", IN, "1", 2, "seen")]
+    ev = Evaluator(MODEL, RAW, items, lambda text, answer: False, probe=probe, batch_size=3, max_new_tokens=16,
+                   progress=False)
+    spec = parse_policy("probe:0.0")
+    guarded, unguarded = ev.run(spec), ev.run(parse_policy("probe:0.0+noguard"))
+    assert guarded["guard_fallback_rate"] == 1 / 3 and "guard_fallback_rate" not in unguarded
+    assert guarded["per_category"]["unseen"]["guard_fallback_rate"] == 1.0
+    assert guarded["per_category"]["seen"]["guard_fallback_rate"] == 0.0 and guarded["per_category"]["seen"]["n"] == 2
+    # the unseen row thinks under the guard (fallback "full") and skips at once without it; the seen rows skip both ways
+    # the unseen row thinks to the end under the guard (fallback "full") and stops at once without it
+    assert guarded["per_category"]["unseen"]["think_tokens_mean"] == 16  # the prompt opened the thought
+    assert unguarded["per_category"]["unseen"]["think_tokens_mean"] == 0
+    assert guarded["per_category"]["seen"] == {k: v for k, v in unguarded["per_category"]["seen"].items()} | {
+        "guard_fallback_rate": 0.0}
+    assert parse_policy("effort:high+noguard").guard is False and parse_policy("effort:high").guard is None
+    assert _family("effort:high+noguard") == "effort+noguard" and _family("effort:high") == "effort"
+    from adaptive_think.bundled import probe_path
+
+    shipped = Probe.from_pretrained(probe_path())
+    assert _rung_of("effort:high+noguard", shipped)[0].name == "high" and _rung_of("effort:high+noguard", shipped)[1] is shipped
+    with pytest.raises(ValueError, match=r"\+noguard turns a probe's guard off, so it applies to probe, effort"):
+        parse_policy("budget:8+noguard")

@@ -146,3 +146,16 @@ def test_bundled_levels_and_their_ids(capsys, tmp_path):
     assert bundled_items(6, 3)[0].id == "s3-0"
     assert main(["collect", "--model", "bundled", "--questions", "q.jsonl", "--levels", "2", "--out", str(tmp_path)]) != 0
     assert "--levels picks bundled questions" in capsys.readouterr().err
+
+
+def test_bundled_families_their_categories_and_ids(capsys, tmp_path):
+    mixed = bundled_items(12, 3, levels=[4], families=["walk", "long_chain", "walk"])
+    assert sorted(it.category for it in mixed) == ["long_chain"] * 6 + ["walk"] * 6
+    assert {it.level for it in mixed} == {4} and all(it.id.startswith("s3L4Fwalk+long_chain-") for it in mixed)
+    # a family-draw's ids never collide with the default draw's, whatever questions it holds
+    assert bundled_items(1, 3, families=["last_digit"])[0].id == "s3Flast_digit-0"
+    with pytest.raises(ValueError, match="unknown task family code; --families takes last_digit, walk, long_chain"):
+        bundled_items(3, 3, families=["code"])
+    assert main(["collect", "--model", "bundled", "--questions", "q.jsonl", "--families", "walk",
+                 "--out", str(tmp_path)]) != 0
+    assert "--families picks bundled questions" in capsys.readouterr().err

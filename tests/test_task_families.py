@@ -92,11 +92,11 @@ def test_settled_char_is_where_the_answer_stops_changing(family):
 def test_chain_slip_is_decided_by_the_running_value_not_the_operation():
     # the same step "- 9" slips when the running value is 1 (9 - 1 = 8 >= BORROW_GAP) and not when it is 8
     slipped = chain.build_question(1, [("-", 9)], level=1)
-    assert slipped.slip and "a: 1 - 9 = 8" in slipped.thought and slipped.answer == "2"
+    assert slipped.slip and "a - 9: 1 to 8" in slipped.thought and slipped.answer == "2"
     assert not chain.build_question(8, [("-", 9)], level=1).slip
     # the value a slip reads is made mid-thought: 3 + 9 = 2 sets up 2 - 9, a borrow slip at step b
     q = chain.build_question(3, [("+", 9), ("-", 9)], level=1)
-    assert "b: 2 - 9 = 7" in q.thought and q.answer == "3" and chain.pass_slips(q)[0] == ["borrow"]
+    assert "b - 9: 2 to 7" in q.thought and q.answer == "3" and chain.pass_slips(q)[0] == ["borrow"]
     assert chain.slipped_value(9, "*", 8, "tens") == 7 and chain.slipped_value(9, "+", 8, "carry") == 8
 
 
@@ -179,3 +179,18 @@ def test_v2_tokenizer_keeps_arithmetic_pieces_and_knows_every_family(tok2):
     assert build_tokenizer(2).get_vocab() == tok2.get_vocab()
     with pytest.raises(ValueError, match="tokenizer version"):
         build_tokenizer(3)
+
+
+def test_a_closed_vocabulary_answers_the_families_it_encodes(capsys):
+    from adaptive_think.cli import main
+    from adaptive_think.commands.demo import demo_questions
+    from adaptive_think.tasks.families import families_answered_by
+
+    v1, v2 = build_tokenizer(1), build_tokenizer(2)
+    assert families_answered_by(v1) == ["last_digit"] and families_answered_by(v2) == list(FAMILIES)
+    # the one-family reasoner's demo keeps that family's own question sequence; v2's mixes every family
+    assert [q.question for q in demo_questions(v1, 3, 7)] == [q.question for q in make_questions(3, 7)]
+    assert {q.category for q in demo_questions(v2, 6, 7)} == set(FAMILIES)
+    assert {q.category for q in demo_questions(v2, 4, 7, ["long_chain"])} == {"long_chain"}
+    assert main(["demo", "--families", "walk"]) == 2  # the shipped v1 reasoner never saw a walk
+    assert "the bundled reasoner was not trained on that family (it answers last_digit)" in capsys.readouterr().err

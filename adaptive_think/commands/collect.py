@@ -34,6 +34,7 @@ def add_arguments(p):
     src.add_argument("--seed", type=int, default=11, help="seed of the bundled questions")
     src.add_argument("--levels", type=int, nargs="+", default=None, choices=range(1, 7), metavar="L",
                      help="bundled questions of these levels only (1-6; default: all, mixed evenly)")
+    add_families_argument(src)
     out = p.add_argument_group("collection")
     out.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     out.add_argument("--layers", type=int, nargs="*", default=None, help="candidate layers (default: spread)")
@@ -80,13 +81,21 @@ def add_arguments(p):
                           '"max_model_len": 8192}\' (the CPU build needs kv_cache_memory_bytes)')
 
 
+def add_families_argument(group) -> None:
+    """--families: which bundled task families the questions come from (one definition for every command)."""
+    group.add_argument("--families", nargs="+", default=None, metavar="NAME",
+                       help="bundled questions of these task families, mixed evenly (last_digit walk long_chain; "
+                            "the multi-family reasoner answers all three). Default: the first family, last_digit")
+
+
 def items_from_args(args):
     from adaptive_think.training.items import bundled_items, check_answers, load_checker, load_jsonl
 
     think_tokens = tuple(args.think_tokens) if getattr(args, "think_tokens", None) else None
     if args.questions:
-        if getattr(args, "levels", None):
-            raise ValueError("--levels picks bundled questions; a --questions file is used as it is.")
+        for flag in ("levels", "families"):
+            if getattr(args, flag, None):
+                raise ValueError(f"--{flag} picks bundled questions; a --questions file is used as it is.")
         if args.checker is None:
             print("note: no --checker given; answers are compared by the default 'the answer is N' parser "
                   "(built-in: --checker boxed | last-number | exact | choice)")
@@ -95,7 +104,8 @@ def items_from_args(args):
         return items, checker
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}.")
-    return bundled_items(args.n, args.seed, getattr(args, "levels", None)), load_checker(None)
+    return (bundled_items(args.n, args.seed, getattr(args, "levels", None), getattr(args, "families", None)),
+            load_checker(None))
 
 
 def token_layers_from_args(args) -> list[int] | str | None:

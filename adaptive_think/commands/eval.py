@@ -6,11 +6,18 @@
     adaptive-think eval --model bundled --probe bundled --n 600 --seed 9001 --levels 4 5 6 --policies full effort:high
     adaptive-think eval --model DIR --score-file runs/score --n 300 --policies full score-effort:close-margin:high \
         score:entropy:0.3 oracle
+    adaptive-think eval --model DIR --probe runs/probe --families last_digit walk long_chain \
+        --policies full effort:high effort:high+noguard oracle
 
 With a probe or a score file, every rung run beside `full` (effort:NAME, probe, score-effort:KIND:NAME) is checked
 against its promise (evaluation/promise.py): the questions it loses against full thinking, with an exact 95%
 interval against its epsilon, on the evaluated mix (--levels picks one), per level, and per the strata its file
 was calibrated with.
+
+Questions of several task families (--families) or categories are also reported per family: accuracy, thinking,
+skips, each rung's share of the oracle's saving and its promise. A probe carrying an out-of-distribution guard runs
+with it (the share of rows that fell back is reported); `POLICY+noguard` runs the same probe policy with the guard
+off, so a family the probe never saw shows what the guard is worth there.
 
 Every requested policy is checked before anything is generated; with no --policies, the default sweep
 leaves out what cannot run here and says so. Questions the probe was collected on are left out unless
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import warnings
 
+from adaptive_think.commands.collect import add_families_argument
 from adaptive_think.commands.sampling_flags import add_sampling_arguments, sampling_from_args
 from adaptive_think.config import decoding_of
 
@@ -45,9 +53,10 @@ def add_arguments(p):
     p.add_argument("--levels", type=int, nargs="+", default=None, choices=range(1, 7), metavar="L",
                    help="bundled questions of these levels only (1-6; default: all, mixed evenly): the mix on which "
                         "each rung is checked against its promise, e.g. --levels 4 5 6 for the hard questions")
+    add_families_argument(p)
     p.add_argument("--policies", nargs="*", default=None,
                    help="e.g. full none budget:32 marker confidence:0.95 consistency:3 router effort:high probe:0.7 "
-                        "oracle (default: a sweep of each family that applies)")
+                        "effort:high+noguard (the guard off) oracle (default: a sweep of each family that applies)")
     p.add_argument("--include-seen", action="store_true",
                    help="keep questions the probe was collected / calibrated on (left out by default)")
     p.add_argument("--json", default=None, help="write the results here")
@@ -98,7 +107,8 @@ def run(args) -> int:
     from adaptive_think.evaluation.heldout import exclude_seen
     from adaptive_think.evaluation.policies import check_policies, default_policies, parse_policy
     from adaptive_think.evaluation.promise import format_promise, promise_report
-    from adaptive_think.evaluation.report import format_levels, format_table, oracle_shares, pareto_check, plot, vs_full, write_json
+    from adaptive_think.evaluation.report import (format_levels, format_table, oracle_shares, oracle_shares_by_category,
+                                                 pareto_check, plot, vs_full, write_json)
     from adaptive_think.evaluation.run import Evaluator, evaluate
     from adaptive_think.loading import load_model_and_tokenizer
 
@@ -153,6 +163,8 @@ def run(args) -> int:
                "left_out_of_default_sweep": left_out, "policies": results,
                "pareto": pareto_check(results), "pareto_rungs_only": pareto_check(results, ("effort",)),
                "oracle_share": oracle_shares(results)}
+    if oracle_shares_by_category(results):
+        payload["oracle_share_per_category"] = oracle_shares_by_category(results)
     scored = [k for k in results if k.startswith(("score:", "score-effort:"))]
     if scored:
         payload["vs_full_scores"] = {k: vs_full(results, k) for k in scored}
@@ -184,13 +196,17 @@ def run(args) -> int:
     if probe is not None or score_probes:  # every rung run beside `full`, the probe's and the score files'
         payload["promise"] = promise_report(ev.full_rows or [], ev.outcomes, probe, score_probes)
     print(format_table(results))
-    print(format_levels(results, [k for k in results if k in ("full", "oracle", "router", "probe")
-                                  or k.startswith(("effort:", "stops:", "score-effort:"))]))
+    shown = [k for k in results if k in ("full", "oracle", "router", "probe") or k.startswith(
+        ("probe+", "router+", "effort:", "stops:", "score-effort:"))]
+    print(format_levels(results, shown))
+    if any("per_category" in results[k] for k in shown):  # questions of several task families (or sources)
+        print(format_levels(results, shown, by="category"))
     if probe is not None or score_probes:
         print(format_promise(payload["promise"], decoding_of(sampling)) if payload["promise"] else
               "promise: not checked (it needs the `full` policy and at least one effort:NAME, probe or "
               "score-effort:KIND:NAME policy)")
-    for key in ("pareto", "pareto_rungs_only", "pareto_score_rungs", "oracle_share", "vs_full", "vs_full_scores"):
+    for key in ("pareto", "pareto_rungs_only", "pareto_score_rungs", "oracle_share", "oracle_share_per_category",
+                "vs_full", "vs_full_scores"):
         if payload.get(key):
             print(f"{key}: {json.dumps(payload[key])}")
     if args.json:

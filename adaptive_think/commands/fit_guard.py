@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from adaptive_think.commands.collect import add_families_argument
+
 HELP = "fit and calibrate a probe's out-of-distribution guard (one prefill per question)"
 
 
@@ -28,6 +30,7 @@ def add_arguments(p):
     src.add_argument("--seed", type=int, default=5, help="seed of the bundled questions and of the fit/calibration split")
     src.add_argument("--levels", type=int, nargs="+", default=None, choices=range(1, 7), metavar="L",
                      help="bundled questions of these levels only (default: all)")
+    add_families_argument(src)
     g = p.add_argument_group("guard")
     g.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"false-alarm rate: at most this share of in-distribution rows falls back (default {DEFAULT_ALPHA})")
@@ -61,7 +64,8 @@ def run(args) -> int:
     hidden = prompt_states(model, tok, [it.question for it in items], probe.layer, args.batch_size,
                            log=lambda m: None)
     x = features(probe, hidden)
-    source = args.questions or f"bundled n={args.n} seed={args.seed} levels={args.levels or 'all'}"
+    source = args.questions or (f"bundled n={args.n} seed={args.seed} levels={args.levels or 'all'}"
+                                f"{' families=' + ','.join(args.families) if args.families else ''}")
     probe.guard = fit_guard(x[fit_rows], x[cal_rows], rank=args.rank, alpha=args.alpha,
                             provenance={"fitted_by": "fit-guard", "questions": source, "split_seed": args.seed,
                                         "calib_fraction": args.calib_fraction})

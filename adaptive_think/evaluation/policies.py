@@ -13,13 +13,15 @@
     score:KIND:X     training-free score KIND (close-margin | entropy) with ready threshold X, uncalibrated
                      (no accuracy guarantee, never skips; needs no file)
     score-effort:KIND:NAME  rung NAME of the calibrated score file of KIND (eval --score-file)
+    POLICY+noguard   a probe policy (probe, probe:X, effort:NAME, stops:NAME, router) with the probe's
+                     out-of-distribution guard off: what the probe alone does where it was never trained
 
 `check_policies` says, before anything is generated, which requested policies cannot run here and why.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from adaptive_think.controller.state import SCORE_KINDS
 
@@ -28,6 +30,7 @@ KINDS = ("full", "none", "budget", "marker", "confidence", "probe", "effort", "s
 SCORE_SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)  # default uncalibrated thresholds of each score file's kind
 NO_VALUE = ("full", "none", "marker", "router", "oracle")
 NEEDS_PROBE = ("probe", "effort", "stops", "router")
+NO_GUARD = "+noguard"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class PolicySpec:
     effort: str | None = None  # effort:NAME
     every: int | None = None  # consistency:M:K, trial interval in thinking tokens (None: step boundaries)
     score: str | None = None  # score:KIND:X and score-effort:KIND:NAME, the training-free score's kind
+    guard: bool | None = None  # False: the probe's guard off (POLICY+noguard); None: the probe's own
 
 
 def _number(text: str, value: str) -> float:
@@ -48,6 +52,12 @@ def _number(text: str, value: str) -> float:
 
 
 def parse_policy(text: str) -> PolicySpec:
+    if text.endswith(NO_GUARD):
+        spec = parse_policy(text[: -len(NO_GUARD)])
+        if spec.kind not in NEEDS_PROBE:
+            raise ValueError(f"Policy {text!r}: {NO_GUARD} turns a probe's guard off, so it applies to "
+                             f"{', '.join(NEEDS_PROBE)} only (e.g. effort:high{NO_GUARD}).")
+        return replace(spec, name=text, guard=False)
     kind, _, value = text.partition(":")
     if kind not in KINDS:
         raise ValueError(f"Unknown policy {text!r}; use one of {KINDS}, with a value where it takes one (budget:64).")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from adaptive_think.evaluation.policies import NO_GUARD
 from adaptive_think.training.metrics import binom_interval
 from adaptive_think.training.strata import natural_order, strata_from_record
 
@@ -36,7 +37,9 @@ def loss_row(full: list[bool], ok: list[bool], epsilon: float) -> dict:
 
 def _rung_of(name: str, probe, score_probes: dict | None = None):
     """(rung, the file it belongs to) a policy name runs: "effort:NAME" or "probe" (the default rung) of the probe,
-    "score-effort:KIND:NAME" of the KIND score file; (None, None) for other policies or files not passed."""
+    "score-effort:KIND:NAME" of the KIND score file; (None, None) for other policies or files not passed. A rung run
+    with the guard off (NAME+noguard) is held to the same promise."""
+    name = name.removesuffix(NO_GUARD)
     kind, _, rest = name.partition(":")
     if kind == "score-effort":
         score, _, rung = rest.partition(":")

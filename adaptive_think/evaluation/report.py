@@ -8,28 +8,39 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from adaptive_think.evaluation.policies import NO_GUARD
+
 BASELINES = ("budget", "marker", "confidence", "consistency", "router")
 PROBE_FAMILY = ("probe", "effort", "stops")
 
 
 def summarise(rows: list[dict], wall: float) -> dict:
-    """accuracy, think_tokens_mean, forward_tokens_mean, skip_rate (overall and per level), wall_s."""
+    """accuracy, think_tokens_mean, forward_tokens_mean, skip_rate (overall, per level and, when the questions
+    mix categories such as task families, per category), wall_s; guard_fallback_rate where a guard scored rows."""
     def agg(rs):
         n = len(rs)
-        return {"n": n, "accuracy": sum(r["correct"] for r in rs) / n, "think_tokens_mean": sum(r["think"] for r in rs) / n,
-                "forward_tokens_mean": sum(r["forward"] for r in rs) / n, "skip_rate": sum(r["skipped"] for r in rs) / n}
+        out = {"n": n, "accuracy": sum(r["correct"] for r in rs) / n, "think_tokens_mean": sum(r["think"] for r in rs) / n,
+               "forward_tokens_mean": sum(r["forward"] for r in rs) / n, "skip_rate": sum(r["skipped"] for r in rs) / n}
+        guarded = [r["guard_fallback"] for r in rs if "guard_fallback" in r]
+        if guarded:
+            out["guard_fallback_rate"] = sum(guarded) / len(guarded)
+        return out
 
     out = agg(rows)
     out["wall_s"] = round(wall, 3)
-    by_level = defaultdict(list)
-    for r in rows:
-        by_level[r["level"]].append(r)
-    out["per_level"] = {str(k): agg(v) for k, v in sorted(by_level.items())}
+    for key, field in (("per_level", "level"), ("per_category", "category")):
+        groups = defaultdict(list)
+        for r in rows:
+            groups[r.get(field, "")].append(r)
+        if field == "level" or len(groups) > 1:
+            out[key] = {str(k): agg(v) for k, v in sorted(groups.items())}
     return out
 
 
 def _family(name: str) -> str:
     """A policy's family on the plot and in the Pareto checks: a score policy's family names its score kind."""
+    if name.endswith(NO_GUARD):  # the guard-off copies are their own family: never mixed into the guarded ones
+        return _family(name[: -len(NO_GUARD)]) + NO_GUARD
     parts = name.split(":")
     return ":".join(parts[:2]) if parts[0] in ("score", "score-effort") else parts[0]
 
@@ -68,15 +79,27 @@ def pareto_check(results: dict, family: tuple[str, ...] = PROBE_FAMILY) -> dict:
     return {"dominates_all": not not_beaten, "beaten": beaten, "not_beaten": not_beaten}
 
 
-def oracle_shares(results: dict) -> dict:
-    """Per probe rung and score-file rung: (full - rung) / (full - oracle) in thinking tokens; {} without full and
-    oracle."""
-    full, oracle = results.get("full"), results.get("oracle")
+def oracle_shares(results: dict, category: str | None = None) -> dict:
+    """Per probe rung and score-file rung: (full - rung) / (full - oracle) in thinking tokens, over all questions or
+    over one `category` (a task family) of them; {} without full and oracle. Guard-off copies are rungs too."""
+    def part(v):
+        return v if category is None else v.get("per_category", {}).get(category)
+
+    full, oracle = part(results.get("full") or {}), part(results.get("oracle") or {})
     if not full or not oracle:
         return {}
     room = full["think_tokens_mean"] - oracle["think_tokens_mean"]
+    rungs = {k: part(v) for k, v in results.items()
+             if k in ("probe", "router") or _family(k).removesuffix(NO_GUARD) in ("probe", "effort", "stops")
+             or score_rungs(k)}
     return {k: (full["think_tokens_mean"] - v["think_tokens_mean"]) / room if room > 0 else None
-            for k, v in results.items() if k in ("probe", "router") or _family(k) in ("effort", "stops") or score_rungs(k)}
+            for k, v in rungs.items() if v}
+
+
+def oracle_shares_by_category(results: dict) -> dict:
+    """{category: oracle_shares over its questions} when the questions mix categories; {} otherwise."""
+    cats = (results.get("full") or {}).get("per_category", {})
+    return {c: oracle_shares(results, c) for c in cats}
 
 
 def vs_full(results: dict, name: str) -> dict | None:
@@ -99,19 +122,28 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def format_levels(results: dict, names) -> str:
-    """Accuracy / thinking tokens / skip rate per difficulty level of the named policies."""
-    rows = [n for n in names if n in results]
+def format_levels(results: dict, names, by: str = "level") -> str:
+    """Accuracy / thinking tokens / skip rate (and the guard's fallback rate where it ran) per difficulty level,
+    or per category (`by="category"`, e.g. task family), of the named policies; "" when there is nothing to show."""
+    key = f"per_{by}"
+    rows = [n for n in names if n in results and key in results[n]]
     if not rows:
         return ""
-    levels = sorted({lv for n in rows for lv in results[n]["per_level"]}, key=int)
-    lines = [f"{'per level':18s} " + " ".join(f"{'L' + lv + ' acc/think/skip':>22s}" for lv in levels)]
+    groups = sorted({g for n in rows for g in results[n][key]}, key=lambda g: (len(g), g) if by == "level" else g)
+    guard = any("guard_fallback_rate" in v for n in rows for v in results[n][key].values())
+    what = "acc/think/skip" + ("/guard" if guard else "")
+    width = 22 + 6 * guard
+    head = (lambda g: f"L{g} {what}") if by == "level" else (lambda g: f"{g} {what}")
+    lines = [f"{'per ' + by:22s} " + " ".join(f"{head(g):>{width}s}" for g in groups)]
     for n in rows:
         cells = []
-        for lv in levels:
-            v = results[n]["per_level"].get(lv)
-            cells.append(f"{v['accuracy']:7.3f}/{v['think_tokens_mean']:6.1f}/{v['skip_rate']:5.2f}" if v else " " * 20)
-        lines.append(f"{n:18s} " + " ".join(f"{c:>22s}" for c in cells))
+        for g in groups:
+            v = results[n][key].get(g)
+            cell = f"{v['accuracy']:7.3f}/{v['think_tokens_mean']:6.1f}/{v['skip_rate']:5.2f}" if v else ""
+            if v and guard:
+                cell += f"/{v['guard_fallback_rate']:5.2f}" if "guard_fallback_rate" in v else "/    -"
+            cells.append(cell)
+        lines.append(f"{n:22s} " + " ".join(f"{c:>{width}s}" for c in cells))
     return "\n".join(lines)
 
 

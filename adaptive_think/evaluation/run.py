@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -95,6 +96,10 @@ class Evaluator:
         return self._score_thinkers[key]
 
     def _think_config(self, spec: PolicySpec) -> ThinkConfig:
+        config = self._base_config(spec)
+        return replace(config, guard=False) if spec.guard is False else config
+
+    def _base_config(self, spec: PolicySpec) -> ThinkConfig:
         if spec.kind == "score":
             # an uncalibrated score file carries no exit text: the one every other policy here forces
             return ThinkConfig(policy="probe", threshold=spec.value, exit_text=self.exit_text, stop_at_boundary=True)
@@ -175,6 +180,8 @@ class Evaluator:
                 skipped = reports[r].ended_by == "skipped" if reports is not None else (had_block and think == 0)
                 row = dict(level=it.level, category=it.category, correct=bool(self.checker(text, it.answer)),
                            think=think, forward=n + trial[r], skipped=skipped)
+                if reports is not None and reports[r].guard != "off":
+                    row["guard_fallback"] = reports[r].guard == "fallback"  # the row ran its guard_fallback
                 if spec.kind == "full":
                     mask = batch["attention_mask"][r].bool()
                     row.update(prompt=batch["input_ids"][r][mask].tolist(), gen=gen)
@@ -197,7 +204,7 @@ class Evaluator:
         t0 = time.perf_counter()
         points = oracle_points(self, self.full_rows)
         # the oracle writes the same answer as full thinking after a shorter thought
-        rows = [dict(level=r["level"], correct=r["correct"], think=p, forward=r["forward"] - (r["think"] - p),
+        rows = [dict(level=r["level"], category=r["category"], correct=r["correct"], think=p, forward=r["forward"] - (r["think"] - p),
                      skipped=p == 0) for r, p in zip(self.full_rows, points)]
         return summarise(rows, time.perf_counter() - t0)
 

@@ -1,8 +1,11 @@
 """Long chains of last-digit operations, checked over and over: the long-thought family (`long_chain`).
 
-A level-L question lists N = 7 + 3L labelled operations (`a + 4, b * 7, c - 2, ...`, letters a-z) to apply
-to a start digit, keeping only the last digit. Each trace line is one step, `c: 7 - 2 = 5`: it reads the
-previous line's value and the operation after its label in the question, so every step is local.
+A level-L question lists N = 7 + 3L labelled operations, one per line (`a + 4`, `b * 7`, `c - 2`, ...,
+letters a-z), to apply to a start digit, keeping only the last digit. Each trace line is one step,
+`c - 2: 7 to 5`: it copies the step's line from the question, then takes the previous line's value to the
+new one. The copy is the question's own tokens in the same order, so finding a step is a plain lookup
+(the previous token names the next), which a small model learns far sooner than reading an operand a few
+tokens after a label spelled otherwise.
 
 The thought is a series of passes over all N steps, each ending in a stated answer:
 - pass 1 is quick and slips in three ways, each decided by the running value at that step (so only the
@@ -31,6 +34,7 @@ from .question import Question
 from .settle import settled_char
 
 FAMILY = "long_chain"
+PREAMBLE = "Start at {start} and apply these steps in order, keeping only the last digit:"
 LABELS = string.ascii_lowercase
 BORROW_GAP = 7
 CARRY_SUM = 16
@@ -74,7 +78,7 @@ def slipped_value(a: int, op: str, b: int, kind: str) -> int:
 
 
 def run_pass(start: int, ops: list[tuple[str, int]], slips: set[str]) -> tuple[list[str], list[str]]:
-    """One pass: (lines `c: 7 - 2 = 5`, the slip kinds it made, in order); only kinds in `slips` happen."""
+    """One pass: (lines `c - 2: 7 to 5`, the slip kinds it made, in order); only kinds in `slips` happen."""
     lines, made, value = [], [], start
     for label, (op, b) in zip(LABELS, ops):
         kind = slip_kind(value, op, b)
@@ -83,13 +87,13 @@ def run_pass(start: int, ops: list[tuple[str, int]], slips: set[str]) -> tuple[l
             made.append(kind)
         else:
             new = apply_op(value, op, b)
-        lines.append(f"{label}: {value} {op} {b} = {new}")
+        lines.append(f"{label} {op} {b}: {value} to {new}")
         value = new
     return lines, made
 
 
 def _result(lines: list[str]) -> int:
-    return int(lines[-1].rsplit("= ", 1)[1])
+    return int(lines[-1].rsplit(" to ", 1)[1])
 
 
 def extra_checks(start: int, ops: list[tuple[str, int]]) -> int:
@@ -101,8 +105,8 @@ def build_question(start: int, ops: list[tuple[str, int]], level: int) -> Questi
     """The question, answer and trace for `start` followed by labelled `ops` (a list of (op, operand))."""
     if not 1 <= len(ops) <= len(LABELS):
         raise ValueError(f"a chain holds 1..{len(LABELS)} operations, got {len(ops)}")
-    steps = ", ".join(f"{label} {op} {b}" for label, (op, b) in zip(LABELS, ops))
-    text = f"Start at {start} and apply these steps in order, keeping only the last digit: {steps}."
+    steps = "\n".join(f"{label} {op} {b}" for label, (op, b) in zip(LABELS, ops))
+    text = f"{PREAMBLE.format(start=start)}\n{steps}"
     answer = _result(run_pass(start, ops, set())[0])
 
     # Passes 1, 2 and 3 (exact); keep them up to the first one from which every later one is right.
@@ -147,14 +151,15 @@ def pass_slips(q: Question) -> list[list[str]]:
 
 def parse_question(text: str) -> tuple[int, list[tuple[str, int]]]:
     """(start, ops) back from a question's text; ValueError when it is not a `long_chain` question."""
-    head, sep, steps = text.partition(" and apply these steps in order, keeping only the last digit: ")
-    if not sep or not head.startswith("Start at "):
+    head, *steps = text.split("\n")
+    start = head.removeprefix("Start at ").partition(" ")[0]
+    if not steps or not start.isdigit() or head != PREAMBLE.format(start=start):
         raise ValueError(f"not a {FAMILY} question: {text[:60]!r}")
     ops = []
-    for part in steps.rstrip(".").split(", "):
+    for part in steps:
         _, op, b = part.split(" ")
         ops.append((op, int(b)))
-    return int(head.removeprefix("Start at ")), ops
+    return int(start), ops
 
 
 if __name__ == "__main__":

@@ -48,6 +48,21 @@ def checker_for(family: str) -> Callable[[str, str], bool]:
     return CHECKERS[family]
 
 
+def families_answered_by(tokenizer) -> list[str]:
+    """The families whose questions `tokenizer` encodes without an unknown token: a closed-vocabulary reasoner (the
+    bundled ones) answers exactly those. A tokenizer without an unknown token encodes every family."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return list(FAMILIES)
+    out = []
+    for name, draw in FAMILIES.items():
+        q = draw(random.Random(0), 6)
+        # the question and the start of its thought hold every word of the family (and stay under any length cap)
+        if unk not in tokenizer(q.question + "\n" + q.thought[:300], add_special_tokens=False)["input_ids"]:
+            out.append(name)
+    return out
+
+
 def make_family_questions(n: int, seed: int, families=None, levels=range(1, 7)) -> list[Question]:
     """`n` questions deterministic from `seed`: (family, level) pairs cycled evenly, shuffled, then drawn.
 

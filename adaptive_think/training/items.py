@@ -32,17 +32,30 @@ def question_hash(question: str) -> str:
     return hashlib.sha256(" ".join(question.split()).encode("utf-8")).hexdigest()[:16]
 
 
-def bundled_items(n: int, seed: int, levels=None) -> list[Item]:
-    """`n` questions of the bundled task family drawn with `seed` (levels mixed evenly; `levels`: only these).
+def bundled_items(n: int, seed: int, levels=None, families=None) -> list[Item]:
+    """`n` questions of the bundled tasks drawn with `seed` (levels mixed evenly; `levels`: only these).
 
-    Ids name the seed (and the levels when not all six), so collections of different draws never collide.
+    `families`: draw from these task families (tasks/families.py: last_digit, walk, long_chain), mixed evenly,
+    each question's family as its category; None: the first family's own question sequence (`make_questions`).
+    Ids name the seed, the levels when not all six and the families, so different draws never collide.
     """
-    from adaptive_think.tasks import make_questions
-
     levels = sorted(set(levels)) if levels else list(range(1, 7))
     tag = "" if levels == list(range(1, 7)) else "L" + "".join(map(str, levels))
-    return [Item(f"s{seed}{tag}-{i}", q.question, q.answer, q.level, q.category)
-            for i, q in enumerate(make_questions(n, seed, levels))]
+    if families:
+        from adaptive_think.tasks.families import FAMILIES, make_family_questions
+
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown task famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
+                             f"--families takes {', '.join(FAMILIES)}")
+        families = list(dict.fromkeys(families))
+        questions = make_family_questions(n, seed, families=families, levels=levels)
+        tag += "F" + "+".join(families)
+    else:
+        from adaptive_think.tasks import make_questions
+
+        questions = make_questions(n, seed, levels)
+    return [Item(f"s{seed}{tag}-{i}", q.question, q.answer, q.level, q.category) for i, q in enumerate(questions)]
 
 
 def load_jsonl(path) -> list[Item]:
