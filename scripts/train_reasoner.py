@@ -4,8 +4,8 @@ Two recipes share this one training loop:
   v1  the arithmetic-only reasoner now bundled: 4 layers, hidden 192, 512 positions, 32 rows a step
       (about half an hour on 2 cores);
   v2  the multi-family reasoner (docs/reasoner.md): families last_digit, walk and long_chain, 4 layers,
-      hidden 192, 2,560 positions, 4,000 steps of ~2,300 padded tokens that are either long_chain rows or
-      rows of the short families (about 3 hours on one shared core).
+      hidden 192, 2,560 positions, 14,000 steps of ~2,300 padded tokens that are either long_chain rows or
+      rows of the short families (about 90 minutes on two idle cores).
 Each step's rows mix full traces, truncated traces ending in a forced exit (answering the cut thought's
 last stated answer), and no-think answers.
 
@@ -13,8 +13,8 @@ Reproducible from --seed (weights and every batch are functions of it), resumabl
 it writes every --ckpt-minutes (atomic: one safetensors file, step and settings in its metadata).
 
     python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner --seed 0          # v1
-    nice -n 10 python scripts/train_reasoner.py --recipe v2 --out /work/reasoner-v2 --threads 1
-    python scripts/train_reasoner.py --recipe v2 --out /work/reasoner-v2 --threads 1 --resume
+    python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2
+    python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2 --resume
 
 Writes OUT/{model.safetensors, config.json, generation_config.json, tokenizer.json, ...} at the end and
 OUT/snapshot/ (the same, loadable, for measuring progress) at every checkpoint.
