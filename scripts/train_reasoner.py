@@ -49,7 +49,7 @@ SHORT = ("last_digit", "walk")
 RECIPES = {
     "v1": dict(steps=2000, batch_size=32, lr=2e-3, warmup=100, hidden=192, layers=4, heads=6, threads=2,
                p_no_think=0.2, p_truncated=0.3),
-    "v2": dict(steps=14000, batch_tokens=2304, lr=2e-3, warmup=150, hidden=192, layers=4, heads=6, threads=2,
+    "v2": dict(steps=12000, batch_tokens=2304, lr=2e-3, warmup=150, hidden=192, layers=4, heads=6, threads=2,
                p_no_think=0.15, p_truncated=0.35, p_long_step=0.5),
 }
 CHECKPOINT = "checkpoint.safetensors"

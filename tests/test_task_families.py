@@ -128,7 +128,7 @@ def test_chain_settle_point_moves_and_verification_passes_follow_it():
     assert set(settle_pass) == {1, 2, 3} and min(settle_pass.values()) >= 15, settle_pass
     for q in qs:
         after = q.thought[q.settled_char :]
-        assert 2 <= after.count("Yes, the answer is") <= 4  # verification passes after the answer settled
+        assert 3 <= after.count("Yes, the answer is") <= 5  # verification passes after the answer settled
         assert "not" not in after
 
 
@@ -166,11 +166,12 @@ def test_truncated_completion_answers_the_cut_thoughts_belief():
     assert parse_answer(truncated_completion(q, 100)) == q.answer == "2"
 
 
-def test_v2_tokenizer_keeps_arithmetic_pieces_and_knows_every_family(tok2):
-    tok1 = build_tokenizer(1)
-    for q in make_questions(30, seed=0):
-        text = full_completion(q)
-        assert tok1.tokenize(text) == tok2.tokenize(text)
+def test_v2_tokenizer_merges_what_a_lookup_reads_and_knows_every_family(tok2):
+    # an operation with its operand, and a digit with the arrow word after it, are one token each
+    assert tok2.tokenize("c - 2: 5 to 3") == ["c", " - 2", ":", " 5 to", " 3"]
+    assert tok2.tokenize("Compute 3 * 4 from left to right") == ["Compute", " 3", " * 4", " from", " left", " to",
+                                                                 " right"]
+    assert tok2.tokenize("Arrows: 0 to 9, 1 to 4") == ["Arrows", ":", " 0 to", " 9", ",", " 1 to", " 4"]
     for q in make_family_questions(300, seed=9):
         ids = tok2(q.question + full_completion(q), add_special_tokens=False)["input_ids"]
         assert tok2.unk_token_id not in ids

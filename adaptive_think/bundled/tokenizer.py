@@ -20,7 +20,9 @@ PAD, IM_START, IM_END, THINK, END_THINK, UNK = (
 )
 # One token per word / number / symbol, with its leading space; newlines are tokens of their own.
 SPLIT = Regex(r" ?[A-Za-z]+| ?\d+| ?[^\sA-Za-z\d]|\n|\s")
-SPLIT_V2 = Regex(r" ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\n|\s")
+# Version 2 merges the pairs every lookup reads, so that a lookup is "find this token, copy the next one":
+# an operation with its operand (" - 2") and a digit with the arrow word after it (" 5 to").
+SPLIT_V2 = Regex(r" [+*-] \d(?!\d)| ?\d to(?![A-Za-z])| ?[A-Za-z]+| ?\d| ?[^\sA-Za-z\d]|\n|\s")
 # Longest prompt + thought + answer the version-2 reasoner is built for (the long family reaches ~2,100).
 MAX_LENGTH = {1: 512, 2: 2560}
 

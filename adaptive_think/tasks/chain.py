@@ -1,6 +1,6 @@
 """Long chains of last-digit operations, checked over and over: the long-thought family (`long_chain`).
 
-A level-L question lists N = 7 + 3L labelled operations, one per line (`a + 4`, `b * 7`, `c - 2`, ...,
+A level-L question lists N = 8 + 3L labelled operations, one per line (`a + 4`, `b * 7`, `c - 2`, ...,
 letters a-z), to apply to a start digit, keeping only the last digit. Each trace line is one step,
 `c - 2: 7 to 5`: it copies the step's line from the question, then takes the previous line's value to the
 new one. The copy is the question's own tokens in the same order, so finding a step is a plain lookup
@@ -53,8 +53,8 @@ PASS_SLIPS = ({"borrow", "carry", "tens"}, {"tens"})
 
 
 def n_ops(level: int) -> int:
-    """How many operations a level-`level` question chains (10 at level 1, 25 at level 6)."""
-    return 7 + 3 * level
+    """How many operations a level-`level` question chains (11 at level 1, 26 at level 6)."""
+    return 8 + 3 * level
 
 
 def slip_kind(a: int, op: str, b: int) -> str | None:
@@ -97,8 +97,8 @@ def _result(lines: list[str]) -> int:
 
 
 def extra_checks(start: int, ops: list[tuple[str, int]]) -> int:
-    """Verification passes after the answer has settled (2-4), a function of the question."""
-    return 2 + (start + len(ops) + sum(b for _, b in ops)) % 3
+    """Verification passes after the answer has settled (3-5), a function of the question."""
+    return 3 + (start + len(ops) + sum(b for _, b in ops)) % 3
 
 
 def build_question(start: int, ops: list[tuple[str, int]], level: int) -> Question:
