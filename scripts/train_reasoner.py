@@ -4,8 +4,8 @@ Two recipes share this one training loop:
   v1  the arithmetic-only reasoner now bundled: 4 layers, hidden 192, 512 positions, 32 rows a step
       (about half an hour on 2 cores);
   v2  the multi-family reasoner (docs/reasoner.md): families last_digit, walk and long_chain, 4 layers,
-      hidden 192, 2,560 positions, 14,000 steps of ~2,300 padded tokens that are either long_chain rows or
-      rows of the short families (about 90 minutes on two idle cores).
+      hidden 192, 2,560 positions, 12,000 steps of ~2,300 padded tokens that are either long_chain rows or
+      rows of the short families (about 75 minutes on two idle cores).
 Each step's rows mix full traces, truncated traces ending in a forced exit (answering the cut thought's
 last stated answer), and no-think answers.
 

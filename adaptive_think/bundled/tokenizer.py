@@ -2,8 +2,9 @@
 
 Every word, number 0..99, punctuation mark and newline is one token (a leading space is part of the
 token, so decoding is plain concatenation and round-trips exactly). Version 2 (the multi-family reasoner)
-writes every digit as its own token, so numbers of any length stay in the vocabulary, and builds its
-closed vocabulary from every task family. `<think>`/`</think>` are single-id
+writes every digit as its own token, so numbers of any length stay in the vocabulary, merges an operation
+with its operand (" - 2") and a digit with the word after it in an arrow (" 5 to"), so that each lookup a
+trace makes matches one token, and builds its closed vocabulary from every task family. `<think>`/`</think>` are single-id
 added tokens, as in Qwen3. Called by scripts/train_reasoner.py; run `python -m
 adaptive_think.bundled.tokenizer OUT_DIR [VERSION]` to write just the tokenizer.
 """

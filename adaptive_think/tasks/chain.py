@@ -15,9 +15,9 @@ The thought is a series of passes over all N steps, each ending in a stated answ
   carry   `a + b` with a + b >= CARRY_SUM writes one more than the last digit;
   tens    `a * b` with a * b >= TENS_PRODUCT writes the tens digit;
 - pass 2 is a check that still makes the `tens` slip; passes 3 and later are exact;
-- once a pass states the right answer and no later pass changes it, 2-4 more verification passes follow
+- once a pass states the right answer and no later pass changes it, 3-5 more verification passes follow
   (how many is a function of the question).
-So the settle point falls after pass 1, 2 or 3, and a thought holds 3-7 passes (median about 700 tokens).
+So the settle point falls after pass 1, 2 or 3, and a thought holds 4-8 passes (median about 700 tokens).
 A pass whose answer differs from the last one says "So the answer is Z, not Y."; an agreeing one says
 "Yes, the answer is Y.". Every thought ends on the right answer.
 
