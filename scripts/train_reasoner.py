@@ -15,6 +15,7 @@ it writes every --ckpt-minutes (atomic: one safetensors file, step and settings 
     python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner --seed 0          # v1
     python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2
     python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2 --resume
+    python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2-more --init-from runs/reasoner-v2 --seed 1
 
 Writes OUT/{model.safetensors, config.json, generation_config.json, tokenizer.json, ...} at the end and
 OUT/snapshot/ (the same, loadable, for measuring progress) at every checkpoint.
@@ -66,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=10, help="steps between log lines")
     p.add_argument("--threads", type=int, help="CPU threads (the dev box is shared)")
     p.add_argument("--stop-after-minutes", type=float, help="checkpoint and exit after this long (a session's share)")
+    p.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                   help="start from a finished model's weights (same recipe shape) with a fresh optimizer and this "
+                        "run's schedule: a longer schedule without training from zero (pass another --seed for "
+                        "fresh batches)")
     # optimisation
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int, help="v1: rows a step")
@@ -207,7 +212,23 @@ def lr_at(step: int, args) -> float:
 def _settings(args) -> dict:
     keep = ("recipe", "seed", "steps", "batch_size", "batch_tokens", "lr", "warmup", "hidden", "layers", "heads",
             "p_no_think", "p_truncated", "p_long_step")
-    return {k: getattr(args, k, None) for k in keep}
+    out = {k: getattr(args, k, None) for k in keep}
+    if getattr(args, "init_from", None) is not None:
+        out["init_from"] = str(args.init_from)
+    return out
+
+
+def init_weights(model, folder: Path) -> None:
+    """Copy a finished model's weights into `model`; a clear error when its shape or vocabulary differs."""
+    if not (folder / "model.safetensors").is_file():
+        raise SystemExit(f"--init-from {folder}: no model.safetensors there; point it at a finished run's folder")
+    src = Qwen3ForCausalLM.from_pretrained(folder)
+    shape = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
+    diff = {k: (getattr(src.config, k), getattr(model.config, k)) for k in shape
+            if getattr(src.config, k) != getattr(model.config, k)}
+    if diff:
+        raise SystemExit(f"--init-from {folder}: its model differs from this recipe's (theirs, this run's): {diff}")
+    model.load_state_dict(src.state_dict())
 
 
 def save_checkpoint(out: Path, model, opt, step: int, args, tok) -> None:
@@ -276,6 +297,8 @@ def main(argv=None) -> None:
     start = 0
     if args.resume and (args.out / CHECKPOINT).exists():
         start = load_checkpoint(args.out, model, opt, args)
+    elif args.init_from is not None:
+        init_weights(model, args.init_from)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"recipe {args.recipe}: {n_params / 1e6:.2f}M parameters, vocab {len(tok)}, device {device}, "
           f"threads {args.threads}, from step {start} of {args.steps}", flush=True)

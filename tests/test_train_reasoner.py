@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 _SPEC = importlib.util.spec_from_file_location("train_reasoner", Path(__file__).resolve().parents[1] / "scripts/train_reasoner.py")
@@ -39,3 +40,14 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
     straight, split = load_file(tmp_path / "straight/model.safetensors"), load_file(tmp_path / "split/model.safetensors")
     assert straight.keys() == split.keys() and all((straight[k] == split[k]).all() for k in straight)
     assert not (tmp_path / "split" / train_reasoner.CHECKPOINT).exists()
+
+
+def test_init_from_starts_at_a_finished_models_weights(tmp_path):
+    train_reasoner.main(TINY + ["--out", str(tmp_path / "first")])
+    # lr 0: the continued run never moves, so its weights are exactly the ones it started from
+    train_reasoner.main(TINY + ["--out", str(tmp_path / "more"), "--init-from", str(tmp_path / "first"), "--lr", "0"])
+    first, more = load_file(tmp_path / "first/model.safetensors"), load_file(tmp_path / "more/model.safetensors")
+    assert first.keys() == more.keys() and all((first[k] == more[k]).all() for k in first)
+    with pytest.raises(SystemExit, match="its model differs from this recipe's"):
+        train_reasoner.main(TINY + ["--hidden", "64", "--out", str(tmp_path / "wide"), "--init-from",
+                                    str(tmp_path / "first")])
