@@ -90,7 +90,7 @@ def oracle_shares(results: dict, category: str | None = None) -> dict:
         return {}
     room = full["think_tokens_mean"] - oracle["think_tokens_mean"]
     rungs = {k: part(v) for k, v in results.items()
-             if k in ("probe", "router") or _family(k).removesuffix(NO_GUARD) in ("probe", "effort", "stops")
+             if k.removesuffix(NO_GUARD) in ("probe", "router") or _family(k.removesuffix(NO_GUARD)) in ("effort", "stops")
              or score_rungs(k)}
     return {k: (full["think_tokens_mean"] - v["think_tokens_mean"]) / room if room > 0 else None
             for k, v in rungs.items() if v}
