@@ -7,7 +7,11 @@ Two recipes share this one training loop:
       hidden 192, 2,560 positions, 12,000 steps of ~2,300 padded tokens that are either long_chain rows or
       rows of the short families (about 75 minutes on two idle cores).
 Each step's rows mix full traces, truncated traces ending in a forced exit (answering the cut thought's
-last stated answer), and no-think answers.
+last stated answer), and no-think answers. v2 adds lookup drills (--p-drill): a question's own lines
+recalled in shuffled order, round after round, trained on the recalled value only. Traces read the
+question in order, which lets a small model get by on where a line sits instead of what it says; the
+shuffled drill rewards only the content lookup (label -> operation, digit -> arrow) that a long trace needs
+to get right a hundred times in a row.
 
 Reproducible from --seed (weights and every batch are functions of it), resumable from the checkpoint
 it writes every --ckpt-minutes (atomic: one safetensors file, step and settings in its metadata).
@@ -37,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
 from adaptive_think.bundled.tokenizer import MAX_LENGTH, build_tokenizer
-from adaptive_think.tasks import make_questions
+from adaptive_think.tasks import chain, make_questions, walk
 from adaptive_think.tasks.completions import CLOSE, EXIT_TEXT, OPEN, answer_text
 from adaptive_think.tasks.families import FAMILIES, make_family_questions
 from adaptive_think.tasks.parse import last_stated_answer
@@ -51,7 +55,7 @@ RECIPES = {
     "v1": dict(steps=2000, batch_size=32, lr=2e-3, warmup=100, hidden=192, layers=4, heads=6, threads=2,
                p_no_think=0.2, p_truncated=0.3),
     "v2": dict(steps=12000, batch_tokens=2304, lr=2e-3, warmup=150, hidden=192, layers=4, heads=6, threads=2,
-               p_no_think=0.15, p_truncated=0.35, p_long_step=0.5),
+               p_no_think=0.15, p_truncated=0.35, p_long_step=0.5, p_drill=0.0),
 }
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -85,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--p-no-think", type=float)
     p.add_argument("--p-truncated", type=float)
     p.add_argument("--p-long-step", type=float, help="v2: share of steps made of long_chain rows")
+    p.add_argument("--p-drill", type=float, help="v2: share of rows that are shuffled lookup drills")
     args = p.parse_args(argv)
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key, None) is None:
@@ -149,6 +154,34 @@ def encode_example(tok, q, kind: str, rng: random.Random) -> tuple[list[int], li
     return ids, labels
 
 
+def drill_example(tok, q, rng: random.Random) -> tuple[list[int], list[int]]:
+    """A lookup drill on a `long_chain` or `walk` question: its text, then rounds of its lines in shuffled
+    order (`o - 4`, `3: 6 to 2`), trained only on what each line looks up (the operation, the arrow's end)."""
+    if q.family == chain.FAMILY:
+        _, ops = chain.parse_question(q.question)
+        items = [(f"\n{label}", f" {op} {b}") for label, (op, b) in zip(chain.LABELS, ops)]
+        rounds = rng.randint(3, 12)
+    elif q.family == walk.FAMILY:
+        arrows, _, _ = walk.parse_question(q.question)
+        items = [(f"{d} to", f" {a}") for d, a in enumerate(arrows)]
+        rounds = rng.randint(4, 12)
+    else:
+        raise ValueError(f"no lookup drill for family {q.family!r}")
+    parts, n = [(q.question, False)], 0
+    for _ in range(rounds):
+        for key, value in rng.sample(items, len(items)):
+            if q.family == walk.FAMILY:
+                n += 1
+                key = f"\n{n}: {key}"
+            parts += [(key, False), (value, True)]
+    ids, labels = [], []
+    for text, trained in parts:
+        piece = tok(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if trained else [IGNORE] * len(piece)
+    return ids, labels
+
+
 def pick_kind(rng: random.Random, args) -> str:
     r = rng.random()
     return "no_think" if r < args.p_no_think else "truncated" if r < args.p_no_think + args.p_truncated else "full"
@@ -172,6 +205,16 @@ def rows_v2(tok, args, rng: random.Random) -> list[tuple[list[int], list[int]]]:
     families = [LONG] if rng.random() < args.p_long_step else list(SHORT)
     rows, width = [], 0
     while not rows or width * (len(rows) + 1) <= args.batch_tokens:
+        # Drawn only when drills are on, so runs without them replay their batches exactly.
+        if args.p_drill and rng.random() < args.p_drill:
+            family = LONG if families == [LONG] else walk.FAMILY
+            q = make_family_questions(1, rng.randrange(2**31), families=[family], levels=[rng.randint(1, 6)])[0]
+            row = drill_example(tok, q, rng)
+            if rows and max(width, len(row[0])) * (len(rows) + 1) > args.batch_tokens:
+                break
+            rows.append(row)
+            width = max(width, len(row[0]))
+            continue
         kind = pick_kind(rng, args)
         if kind == "no_think" and families == [LONG]:
             kind = "full"
@@ -213,6 +256,9 @@ def _settings(args) -> dict:
     keep = ("recipe", "seed", "steps", "batch_size", "batch_tokens", "lr", "warmup", "hidden", "layers", "heads",
             "p_no_think", "p_truncated", "p_long_step")
     out = {k: getattr(args, k, None) for k in keep}
+    # Only when on: checkpoints of runs without drills keep matching their flags.
+    if getattr(args, "p_drill", None):
+        out["p_drill"] = args.p_drill
     if getattr(args, "init_from", None) is not None:
         out["init_from"] = str(args.init_from)
     return out

@@ -51,3 +51,42 @@ def test_init_from_starts_at_a_finished_models_weights(tmp_path):
     with pytest.raises(SystemExit, match="its model differs from this recipe's"):
         train_reasoner.main(TINY + ["--hidden", "64", "--out", str(tmp_path / "wide"), "--init-from",
                                     str(tmp_path / "first")])
+
+
+@pytest.mark.parametrize("family", ["long_chain", "walk"])
+def test_a_lookup_drill_recalls_every_line_of_its_question_in_shuffled_rounds(family):
+    import random
+
+    from adaptive_think.tasks.families import make_family_questions
+
+    tok = train_reasoner.build_tokenizer(2)
+    q = make_family_questions(1, 11, families=[family], levels=[4])[0]
+    ids, labels = train_reasoner.drill_example(tok, q, random.Random(0))
+    text = tok.decode(ids)
+    assert text.startswith(q.question) and tok.unk_token_id not in ids
+    # Pieces encoded one by one give the ids of the whole text: training sees what inference would.
+    assert tok(text, add_special_tokens=False)["input_ids"] == ids
+    lines = text[len(q.question) + 1 :].split("\n")
+    if family == "long_chain":
+        truth = set(q.question.split("\n")[1:])
+        recalled = lines
+    else:
+        truth = {f"{d} to {a}" for d, a in enumerate(train_reasoner.walk.parse_question(q.question)[0])}
+        recalled = [line.split(": ", 1)[1] for line in lines]
+    # Every line is right, every round holds each of the question's lines once, and the order is shuffled.
+    rounds = [recalled[i : i + len(truth)] for i in range(0, len(recalled), len(truth))]
+    assert len(rounds) >= 3 and all(set(r) == truth and len(r) == len(truth) for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1
+    # Only the looked-up value is trained: one token a line.
+    trained = [tok.decode([i]) for i, lab in zip(ids, labels) if lab != train_reasoner.IGNORE]
+    assert trained == [" " + line.rsplit(" ", 1)[1] if family == "walk" else line[1:] for line in recalled]
+
+
+def test_drills_are_drawn_only_when_on_so_older_runs_replay_their_batches():
+    tok = train_reasoner.build_tokenizer(2)
+    off = train_reasoner.parse_args(TINY + ["--out", "unused"])
+    on = train_reasoner.parse_args(TINY + ["--out", "unused", "--p-drill", "1"])
+    assert "p_drill" not in train_reasoner._settings(off) and train_reasoner._settings(on)["p_drill"] == 1
+    batch = train_reasoner.make_batch(tok, on, 2)
+    assert not (batch["labels"][:, :20] != train_reasoner.IGNORE).any()  # a drill starts with its untrained question
+    assert "<think>" not in tok.decode(batch["input_ids"][0])
