@@ -19,7 +19,8 @@ it writes every --ckpt-minutes (atomic: one safetensors file, step and settings 
     python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner --seed 0          # v1
     python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2
     python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2 --resume
-    python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2-more --init-from runs/reasoner-v2 --seed 1
+    python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2-drill --init-from runs/reasoner-v2 \
+        --seed 2 --lr 1e-3 --warmup 50 --p-drill 0.3     # second stage: lookup drills on the trained model
 
 Writes OUT/{model.safetensors, config.json, generation_config.json, tokenizer.json, ...} at the end and
 OUT/snapshot/ (the same, loadable, for measuring progress) at every checkpoint.
