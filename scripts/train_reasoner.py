@@ -125,6 +125,16 @@ def make_model(vocab_size: int, tok, args) -> Qwen3ForCausalLM:
     return Qwen3ForCausalLM(config)
 
 
+def encode_parts(tok, parts: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    """Ids and labels of (text, trained?) segments; encoded one by one they give the ids of the whole text."""
+    ids, labels = [], []
+    for text, trained in parts:
+        piece = tok(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        labels += piece if trained else [IGNORE] * len(piece)
+    return ids, labels
+
+
 def encode_example(tok, q, kind: str, rng: random.Random) -> tuple[list[int], list[int]]:
     """Token ids and labels for one example; labels mask the prompt and any token the model did not write."""
     prompt = tok.apply_chat_template([{"role": "user", "content": q.question}], tokenize=False,
@@ -145,11 +155,7 @@ def encode_example(tok, q, kind: str, rng: random.Random) -> tuple[list[int], li
         # The forced close marker is masked; what follows it (the belief) is trained.
         parts = [(prompt, False), (f"{OPEN}\n{cut}", True), (CLOSE, False),
                  (f"{EXIT_TEXT}{answer_text(believed)}", True)]
-    ids, labels = [], []
-    for text, trained in parts:
-        piece = tok(text, add_special_tokens=False)["input_ids"]
-        ids += piece
-        labels += piece if trained else [IGNORE] * len(piece)
+    ids, labels = encode_parts(tok, parts)
     ids.append(tok.eos_token_id)
     labels.append(tok.eos_token_id)
     return ids, labels
@@ -175,12 +181,7 @@ def drill_example(tok, q, rng: random.Random) -> tuple[list[int], list[int]]:
                 n += 1
                 key = f"\n{n}: {key}"
             parts += [(key, False), (value, True)]
-    ids, labels = [], []
-    for text, trained in parts:
-        piece = tok(text, add_special_tokens=False)["input_ids"]
-        ids += piece
-        labels += piece if trained else [IGNORE] * len(piece)
-    return ids, labels
+    return encode_parts(tok, parts)
 
 
 def pick_kind(rng: random.Random, args) -> str:
