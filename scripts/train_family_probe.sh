@@ -33,7 +33,7 @@ adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" "$WORK/ld-s1
   --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 --skip-share 0.25 --neg-weight 4 \
   --ready-at-boundaries --strata category
 # Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
-RUNGS=(full effort:high effort:medium effort:low effort:high+noguard oracle)
+RUNGS=(full effort:high effort:medium effort:low effort:medium+noguard oracle)
 HELD=(full effort:high effort:medium effort:low effort:high+noguard effort:medium+noguard effort:low+noguard oracle)
 EV=(adaptive-think eval --model "$MODEL" --probe "$WORK/probe")
 "${EV[@]}" --families long_chain --n 120 --seed 20261207 --max-new-tokens 2200 --policies "${RUNGS[@]}" --json "$WORK/eval/long-g-s1.json" & pid=$!
