@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build a probe for the multi-family reasoner (docs/reasoner.md, v2): trained and calibrated on `last_digit` and
 # `long_chain`, with `walk` held out (the reasoner answers it, the probe never sees it), then evaluated per
-# family on fresh question seeds, with and without the out-of-distribution guard. About 75 minutes of collection
-# on two CPU cores (two collections side by side), minutes of training, about an hour of evaluation. Re-running
+# family on fresh question seeds, with and without the out-of-distribution guard. About 30 minutes of collection
+# on two CPU cores (two collections side by side), 5 of training, about 45 of evaluation. Re-running
 # resumes an interrupted collection.
 #   bash scripts/train_family_probe.sh MODEL_DIR [work_dir]
 set -euo pipefail
