@@ -58,6 +58,7 @@ def main() -> int:
     if env.note:
         print(f"note: {env.note}", file=sys.stderr, flush=True)
     items, checker = collect_cmd.items_from_args(args)
+    collect_cmd.fill_max_new_tokens(args, collect_cmd.COLLECT_DEFAULTS["max_new_tokens"])
     device = process_device(env, args.device, args.device_map)
     cfg = collect_cmd.config_from_args(args)
     if collect_cmd.token_layers_from_args(args) == "auto":

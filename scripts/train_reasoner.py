@@ -91,7 +91,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--p-truncated", type=float)
     p.add_argument("--p-long-step", type=float, help="v2: share of steps made of long_chain rows")
     p.add_argument("--p-drill", type=float, help="v2: share of rows that are shuffled lookup drills")
+    p.add_argument("--level-weight", action="append", default=[], metavar="FAMILY:LEVEL=W",
+                   help="v2: draw this family's traces and drills at LEVEL W times as often as another level "
+                        "(repeatable; e.g. long_chain:4=4 to work on one level's weakness)")
     args = p.parse_args(argv)
+    try:
+        args.level_weights = parse_level_weights(args.level_weight)
+    except ValueError as e:
+        p.error(str(e))
+    if args.level_weights and args.recipe != "v2":
+        p.error("--level-weight applies to the v2 recipe only")
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -100,6 +109,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.hidden % args.heads:
         p.error(f"--hidden {args.hidden} must be a multiple of --heads {args.heads}")
     return args
+
+
+def parse_level_weights(specs: list[str]) -> dict[str, list[float]]:
+    """`["long_chain:4=4"]` -> {"long_chain": [1, 1, 1, 4, 1, 1]}: per family, a weight for each level 1-6."""
+    out: dict[str, list[float]] = {}
+    for spec in specs:
+        try:
+            key, weight = spec.split("=")
+            family, level = key.split(":")
+            level, weight = int(level), float(weight)
+        except ValueError:
+            raise ValueError(f"--level-weight {spec!r}: expected FAMILY:LEVEL=W, e.g. long_chain:4=4") from None
+        if family not in FAMILIES:
+            raise ValueError(f"--level-weight {spec!r}: unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        if not 1 <= level <= 6 or weight <= 0:
+            raise ValueError(f"--level-weight {spec!r}: LEVEL must be 1-6 and W positive")
+        out.setdefault(family, [1.0] * 6)[level - 1] = weight
+    return out
+
+
+def draw_level(rng: random.Random, family: str, args) -> int:
+    """A trace's or drill's level: uniform 1-6 unless --level-weight reweights this family."""
+    weights = getattr(args, "level_weights", {}).get(family)
+    # The uniform draw stays rng.randint, so runs without weights replay their batches exactly.
+    return rng.choices(range(1, 7), weights=weights)[0] if weights else rng.randint(1, 6)
 
 
 def tokenizer_version(args) -> int:
@@ -210,7 +244,7 @@ def rows_v2(tok, args, rng: random.Random) -> list[tuple[list[int], list[int]]]:
         # Drawn only when drills are on, so runs without them replay their batches exactly.
         if args.p_drill and rng.random() < args.p_drill:
             family = LONG if families == [LONG] else walk.FAMILY
-            q = make_family_questions(1, rng.randrange(2**31), families=[family], levels=[rng.randint(1, 6)])[0]
+            q = make_family_questions(1, rng.randrange(2**31), families=[family], levels=[draw_level(rng, family, args)])[0]
             row = drill_example(tok, q, rng)
             if rows and max(width, len(row[0])) * (len(rows) + 1) > args.batch_tokens:
                 break
@@ -222,7 +256,7 @@ def rows_v2(tok, args, rng: random.Random) -> list[tuple[list[int], list[int]]]:
             kind = "full"
         # Family and level are drawn here: one question of make_family_questions is always its first pair.
         family = rng.choice(list(FAMILIES) if kind == "no_think" else families)
-        level = rng.choice(NO_THINK_LEVELS) if kind == "no_think" else rng.randint(1, 6)
+        level = rng.choice(NO_THINK_LEVELS) if kind == "no_think" else draw_level(rng, family, args)
         q = make_family_questions(1, rng.randrange(2**31), families=[family], levels=[level])[0]
         row = encode_example(tok, q, kind, rng)
         if rows and max(width, len(row[0])) * (len(rows) + 1) > args.batch_tokens:
@@ -261,6 +295,8 @@ def _settings(args) -> dict:
     # Only when on: checkpoints of runs without drills keep matching their flags.
     if getattr(args, "p_drill", None):
         out["p_drill"] = args.p_drill
+    if getattr(args, "level_weights", None):
+        out["level_weights"] = args.level_weights
     if getattr(args, "init_from", None) is not None:
         out["init_from"] = str(args.init_from)
     return out

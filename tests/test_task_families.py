@@ -195,3 +195,26 @@ def test_a_closed_vocabulary_answers_the_families_it_encodes(capsys):
     assert {q.category for q in demo_questions(v2, 4, 7, ["long_chain"])} == {"long_chain"}
     assert main(["demo", "--families", "walk"]) == 2  # the shipped v1 reasoner never saw a walk
     assert "the bundled reasoner was not trained on that family (it answers last_digit)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, floor", [("collect", 512), ("eval", 400)])
+def test_the_decode_budget_follows_the_families_so_a_long_thought_is_not_cut(command, floor, tok2):
+    from adaptive_think.cli import build_parser
+    from adaptive_think.commands.collect import fill_max_new_tokens
+    from adaptive_think.tasks.families import MAX_NEW_TOKENS
+
+    required = ["--model", "bundled"] + (["--out", "unused"] if command == "collect" else [])
+
+    def budget(*flags):
+        args = build_parser().parse_args([command, *required, *flags])
+        fill_max_new_tokens(args, floor)
+        return args.max_new_tokens
+
+    assert budget() == floor
+    assert budget("--families", "last_digit", "walk") == floor
+    assert budget("--families", "last_digit", "long_chain") == MAX_NEW_TOKENS["long_chain"]
+    assert budget("--families", "long_chain", "--max-new-tokens", "900") == 900  # given: kept
+    # the default holds every long_chain thought of the hardest level, with its answer
+    qs = make_family_questions(40, seed=5, families=["long_chain"], levels=[6])
+    longest = max(len(tok2(full_completion(q), add_special_tokens=False)["input_ids"]) for q in qs)
+    assert longest + 16 < MAX_NEW_TOKENS["long_chain"]

@@ -90,3 +90,29 @@ def test_drills_are_drawn_only_when_on_so_older_runs_replay_their_batches():
     batch = train_reasoner.make_batch(tok, on, 2)
     assert not (batch["labels"][:, :20] != train_reasoner.IGNORE).any()  # a drill starts with its untrained question
     assert "<think>" not in tok.decode(batch["input_ids"][0])
+
+
+def test_level_weights_shift_one_familys_levels_and_leave_unweighted_runs_unchanged():
+    import random
+    from collections import Counter
+
+    off = train_reasoner.parse_args(TINY + ["--out", "unused"])
+    on = train_reasoner.parse_args(TINY + ["--out", "unused", "--level-weight", "long_chain:4=5"])
+    assert on.level_weights == {"long_chain": [1.0, 1.0, 1.0, 5.0, 1.0, 1.0]}
+    assert "level_weights" not in train_reasoner._settings(off)
+    assert train_reasoner._settings(on)["level_weights"] == on.level_weights
+    rng = random.Random(0)
+    weighted = Counter(train_reasoner.draw_level(rng, "long_chain", on) for _ in range(2000))
+    assert 0.40 < weighted[4] / 2000 < 0.60  # 5 / 10 of the weight
+    other = Counter(train_reasoner.draw_level(rng, "walk", on) for _ in range(2000))
+    assert other[4] / 2000 < 0.25  # walk keeps its uniform draw
+    # With no weights the draw is the old rng.randint, so earlier runs' batches replay exactly.
+    a, b = random.Random(7), random.Random(7)
+    assert [train_reasoner.draw_level(a, "long_chain", off) for _ in range(50)] == [b.randint(1, 6) for _ in range(50)]
+
+
+@pytest.mark.parametrize("spec", ["long_chain:4", "long_chain=4", "chain:4=2", "long_chain:7=2", "walk:2=0"])
+def test_a_malformed_level_weight_is_refused_with_its_reason(spec, capsys):
+    with pytest.raises(SystemExit):
+        train_reasoner.parse_args(TINY + ["--out", "unused", "--level-weight", spec])
+    assert "--level-weight" in capsys.readouterr().err

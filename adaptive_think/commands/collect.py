@@ -56,7 +56,9 @@ def add_arguments(p):
                           "S, 2S, ... tokens; checkpoint states are kept anyway): about 1/S of the token-state disk; "
                           "a head with memory then takes its running maximum over these (default 1: every token)")
     out.add_argument("--batch-size", type=int, default=32)
-    out.add_argument("--max-new-tokens", type=int, default=COLLECT_DEFAULTS["max_new_tokens"])
+    out.add_argument("--max-new-tokens", type=int, default=None,
+                     help=f"thought + answer budget (default {COLLECT_DEFAULTS['max_new_tokens']}, or what --families "
+                          "needs: long_chain 2200)")
     out.add_argument("--max-answer-tokens", type=int, default=COLLECT_DEFAULTS["max_answer_tokens"])
     out.add_argument("--exit-text", default="\\n\\n")
     out.add_argument("--shard-questions", type=int, default=64)
@@ -86,6 +88,16 @@ def add_families_argument(group) -> None:
     group.add_argument("--families", nargs="+", default=None, metavar="NAME",
                        help="bundled questions of these task families, mixed evenly (last_digit walk long_chain; "
                             "the multi-family reasoner answers all three). Default: the first family, last_digit")
+
+
+def fill_max_new_tokens(args, floor: int) -> None:
+    """--max-new-tokens when not given: `floor`, or what the --families' thoughts need (long_chain runs ~2,000)."""
+    if args.max_new_tokens is None:
+        from adaptive_think.tasks.families import max_new_tokens_for
+
+        args.max_new_tokens = max_new_tokens_for(getattr(args, "families", None), floor)
+    elif args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
 
 
 def items_from_args(args):
@@ -225,6 +237,7 @@ def run(args) -> int:
     from adaptive_think.loading import load_model_and_tokenizer
 
     items, checker = items_from_args(args)
+    fill_max_new_tokens(args, COLLECT_DEFAULTS["max_new_tokens"])
     cfg = config_from_args(args)  # bad flags fail before the model loads
     auto = token_layers_from_args(args) == "auto"
     if auto:

@@ -39,6 +39,9 @@ from adaptive_think.config import decoding_of
 HELP = "compare thinking policies: accuracy, thinking and forward tokens, wall-clock"
 
 
+EVAL_MAX_NEW_TOKENS = 400
+
+
 def add_arguments(p):
     p.add_argument("--model", required=True, help="local model folder, or `bundled`")
     p.add_argument("--probe", default=None, help="probe folder, or `bundled` for the shipped probe")
@@ -62,7 +65,9 @@ def add_arguments(p):
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None, help="PNG of accuracy vs forward tokens (default: next to --json)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=400)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"thought + answer budget of every policy (default {EVAL_MAX_NEW_TOKENS}, or what --families "
+                        "needs: long_chain 2200)")
     p.add_argument("--exit-text", default="\\n\\n")
     p.add_argument("--engine", choices=("hf", "graph"), default="hf")
     p.add_argument("--device", default="auto")
@@ -103,7 +108,7 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from adaptive_think.commands.collect import items_from_args
+    from adaptive_think.commands.collect import fill_max_new_tokens, items_from_args
     from adaptive_think.evaluation.heldout import exclude_seen
     from adaptive_think.evaluation.policies import check_policies, default_policies, parse_policy
     from adaptive_think.evaluation.promise import format_promise, promise_report
@@ -134,6 +139,7 @@ def run(args) -> int:
         if left_out:
             print("left out of the default sweep: " + "; ".join(f"{k} ({v})" for k, v in left_out.items()))
     items, checker = items_from_args(args)
+    fill_max_new_tokens(args, EVAL_MAX_NEW_TOKENS)
     held_out = {"drawn": len(items), "excluded": 0, "how": "--include-seen: nothing excluded"}
     if not args.include_seen:
         items, held_out = exclude_seen(items, probe)

@@ -27,6 +27,20 @@ FAMILIES: dict[str, Callable[[random.Random, int], Question]] = {
     chain.FAMILY: chain.random_question,
 }
 
+# Thought + answer tokens that hold a whole full thought of the family with room to spare: the decode budget
+# eval and collect use when --max-new-tokens is not given (a cut thought would be labelled as a wrong one).
+MAX_NEW_TOKENS: dict[str, int] = {arithmetic.FAMILY: 256, walk.FAMILY: 384, chain.FAMILY: 2200}
+
+
+def max_new_tokens_for(families, floor: int) -> int:
+    """The decode budget for questions of `families` (None: the first family): `floor` or, when a family's
+    thoughts run longer, what that family needs.
+
+    >>> max_new_tokens_for(["last_digit", "long_chain"], floor=512)
+    2200
+    """
+    return max([floor, *(MAX_NEW_TOKENS[f] for f in families or () if f in MAX_NEW_TOKENS)])
+
 
 def _digit_checker(name: str) -> Callable[[str, str], bool]:
     def check(text: str, answer: str) -> bool:
