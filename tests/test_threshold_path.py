@@ -108,3 +108,34 @@ def test_the_whole_policy_keeps_its_promise_with_a_skip_leg():
     limit = next(k for k in range(trials + 1) if 1 - binom_cdf(k, trials, delta) <= 1e-3)
     assert fails <= limit
     assert naive_fails > limit  # the check has teeth: picking the pair by its empirical loss breaks it
+
+
+def _two_families():
+    """Short questions skipped at scores 0.9-0.5 (half of each score's skips lose) and long ones never skipped."""
+    short = [_question(0.9 - 0.1 * (i % 5), i < 10, 10, 0.5, 1) for i in range(20)]
+    long = [_question(0.0, False, 100, 0.97, 6) for _ in range(20)]
+    return short + long, ["short"] * 20 + ["long"] * 20
+
+
+def test_with_strata_the_skip_leg_spends_each_strata_share_not_the_pooled_budget():
+    qs, labels = _two_families()
+    # pooled, the leg may lose 2 questions: skipping at >= 0.81 loses the two 0.9 skippers without a no-think answer
+    assert _leg(build_path(qs, skip_losses=2))[-1][1] == 0.81
+    # per stratum, the short one's share is 1 (20 of 40 questions): the leg stops before 0.9
+    assert _leg(build_path(qs, skip_losses=2, labels=labels))[-1][1] == 0.905  # the grid step above 0.9
+
+
+def test_with_strata_a_step_is_costed_by_the_stratum_whose_loss_rate_rises_most():
+    # stratum a (10 questions): the ready step stops them all at half their thought, saving 500 tokens, losing one
+    a = [_question(0.0, False, 100, 0.9, 1) for _ in range(10)]
+    a[0]["cps"] = [(50, 0.9, False)]
+    # stratum b (90): the skip step skips 11 of them, saving 400 tokens, losing one
+    b = [_question(0.0, False, 100, 0.0, 2) for _ in range(90)]
+    b[0]["skip"] = 0.9
+    for q in b[1:11]:
+        q.update(skip=0.9, nothink=True, length=30)
+    grid = (0.9,)
+    # pooled: one loss either way, the ready step saves more tokens
+    assert build_path(a + b, grid=grid)[1] == (0.9, NEVER)
+    # per stratum: the ready step raises a's loss rate by 10 points, the skip step b's by 1.1
+    assert build_path(a + b, grid=grid, labels=["a"] * 10 + ["b"] * 90)[1] == (NEVER, 0.9)

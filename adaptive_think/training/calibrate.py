@@ -95,8 +95,10 @@ class _Tables:
     Index 0 of each table is NEVER; index k >= 1 is grid[k - 1].
     """
 
-    def __init__(self, qs, grid):
+    def __init__(self, qs, grid, groups: list[int] | None = None):
         thresholds = [NEVER] + list(grid)
+        self.group = torch.tensor(groups if groups is not None else [0] * len(qs), dtype=torch.long)  # [Q]
+        self.n_groups = int(self.group.max()) + 1 if len(qs) else 1
         stops = [[simulate_stop(q, t) for t in thresholds] for q in qs]
         self.stop_ok = torch.tensor([[ok for ok, _ in row] for row in stops], dtype=torch.bool)  # [Q, G+1]
         self.stop_tok = torch.tensor([[t for _, t in row] for row in stops], dtype=torch.float64)  # [Q, G+1]
@@ -112,8 +114,14 @@ class _Tables:
         tokens = torch.where(on, torch.zeros_like(self.stop_tok[:, i]), self.stop_tok[:, i])
         return int((self.full & ~ok).sum()), float(tokens.sum())
 
+    def group_losses(self, i: int, j: int) -> torch.Tensor:
+        """Questions lost in each group ([n_groups]) with the thresholds at indices i and j."""
+        on = self.skip_on[:, j]
+        lost = self.full & ~torch.where(on, self.nothink, self.stop_ok[:, i])
+        return torch.bincount(self.group, weights=lost.double(), minlength=self.n_groups)
 
-def build_path(qs, grid=PATH_GRID, skip_losses: float = 0.0) -> list[tuple[float, float]]:
+
+def build_path(qs, grid=PATH_GRID, skip_losses: float = 0.0, labels: list[str] | None = None) -> list[tuple[float, float]]:
     """(ready, skip) pairs from (NEVER, NEVER) to (grid[-1], grid[-1]), one grid step of one threshold at a
     time: the threshold whose way down (looking at every further step) saves thinking tokens on `qs` at the
     least cost in questions lost per token saved; among ways that lose nothing, the one saving most.
@@ -122,24 +130,35 @@ def build_path(qs, grid=PATH_GRID, skip_losses: float = 0.0) -> list[tuple[float
     A skip saves a short thought, so by cost per token it comes late; this first leg reserves part of a
     rung's error budget for it, so that easy questions skip thinking outright (as a hybrid model does).
     Without questions the two thresholds move in lockstep.
+
+    labels: each question's stratum, for a rung that must pass in every stratum. The skip leg then spends at most
+    each stratum's share of skip_losses (pro rata to its questions), and a step's cost is the largest rise of a
+    stratum's loss rate per share of tokens saved: a step whose losses fall in one stratum costs what it costs
+    that stratum, which is where the calibration's walk will stop.
     """
     if not qs:
         return [(NEVER, NEVER)] + [(t, t) for t in grid]
-    tab, last = _Tables(qs, grid), len(grid)
+    names = sorted(set(labels)) if labels is not None else [None]
+    groups = [names.index(g) for g in labels] if labels is not None else None
+    tab, last = _Tables(qs, grid, groups), len(grid)
+    sizes = torch.bincount(tab.group, minlength=tab.n_groups).double()  # [G]
     at = [0, 0]
     path = [(NEVER, NEVER)]
-    while skip_losses > 0 and at[1] < last and tab.totals(0, at[1] + 1)[0] <= skip_losses:  # ready at NEVER
-        at[1] += 1
+    allowed = skip_losses * sizes / len(qs)  # [G], the leg's budget per stratum
+    while skip_losses > 0 and at[1] < last and bool((tab.group_losses(0, at[1] + 1) <= allowed).all()):
+        at[1] += 1  # ready stays at NEVER
         path.append((NEVER, grid[at[1] - 1]))
     while at != [last, last]:
-        lost, tokens = tab.totals(*at)
+        lost, tokens = tab.group_losses(*at), tab.totals(*at)[1]
         best = None
         for head in (0, 1):
             for k in range(at[head] + 1, last + 1):
                 idx = list(at)
                 idx[head] = k
-                l2, t2 = tab.totals(*idx)
-                dl, ds = l2 - lost, tokens - t2
+                l2, t2 = tab.group_losses(*idx), tab.totals(*idx)[1]
+                # the worst stratum's rise in loss rate, against the share of all tokens saved (one stratum:
+                # questions lost per token saved, up to a constant)
+                dl, ds = float(((l2 - lost) / sizes).max()), (tokens - t2) / len(qs)
                 cost = dl / ds if ds > 0 else (0.0 if dl <= 0 else float("inf"))
                 key = (cost, -ds)
                 if best is None or key < best[0]:
@@ -239,14 +258,15 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
     modes = sorted({r.get("decoding", "greedy") for r, c in zip(records, is_calib) if c})
     if not modes:
         raise ValueError("No calibration questions: collect more questions or raise the calibration fraction.")
-    if path is None:
-        if path_from is not None and any(a and b for a, b in zip(path_from, is_calib)):
-            raise ValueError("The threshold path must come from other questions than the calibration ones.")
-        qs = questions_of(records, ready, skip, path_from) if path_from is not None else []
-        path = build_path(qs, skip_losses=skip_share * epsilon * len(qs))
     strata = parse_strata(strata)
+    if path_from is not None and any(a and b for a, b in zip(path_from, is_calib)):
+        raise ValueError("The threshold path must come from other questions than the calibration ones.")
+    path_qs = questions_of(records, ready, skip, path_from) if path_from is not None else []
     if strata.by == "length" and strata.cuts is None:
-        strata = strata.fit(questions_of(records, ready, skip, path_from) if path_from is not None else [])
+        strata = strata.fit(path_qs)
+    if path is None:
+        labels = [strata.label(q) for q in path_qs] if strata.by != "none" and path_qs else None
+        path = build_path(path_qs, skip_losses=skip_share * epsilon * len(path_qs), labels=labels)
     by_decoding = {}
     for mode in modes:
         qs = questions_of(records, ready, skip,

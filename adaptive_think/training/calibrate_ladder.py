@@ -44,11 +44,13 @@ def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float
         log(f"strata: {strata.spec}" + (f", cut points {list(strata.cuts)} from the full thought lengths of "
                                         f"{len(path_qs)} training and validation questions" if strata.by == "length"
                                         else "") + "; every rung must pass its test in each stratum")
+    # with strata the path's steps are costed per stratum, as the walk will test them
+    labels = [strata.label(q) for q in path_qs] if strata.by != "none" and path_qs else None
     modes = sorted({r.get("decoding", "greedy") for r, c in zip(records, is_cal) if c})
     tests = len(rungs) * len(modes) if family_wise else 1
     ladder = []
     for name, eps, dlt in rungs:
-        path = build_path(path_qs, skip_losses=skip_share * eps * len(path_qs))
+        path = build_path(path_qs, skip_losses=skip_share * eps * len(path_qs), labels=labels)
         result = calibrate(records, ready, skip, is_cal, eps, dlt / tests, path=path, strata=strata)
         result["skip_share"] = skip_share
         result["family"] = {"family_wise": family_wise, "tests": tests, "delta": dlt, "delta_per_test": dlt / tests}
