@@ -41,6 +41,6 @@ adaptive-think collect --model bundled --n 2400 --seed 16 --levels 2 3 4 5 6 --e
 adaptive-think train-probe --data "$WORK/greedy" "$WORK/greedy-L2-6" "$WORK/sampled" "$WORK/sampled-L2-6" \
   --calib-data "$WORK/calib-greedy-s15" "$WORK/calib-greedy-s16" "$WORK/calib-sampled-s15" "$WORK/calib-sampled-s16" \
   --out "$WORK/probe" --seed 0 --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 \
-  --skip-share 0.25 --neg-weight 4 --memory 8 --strata length:2
+  --skip-share 0.25 --neg-weight 4 --memory 8 --strata length:2 --path-cost pooled
 cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
 adaptive-think eval --model bundled --probe bundled --n 600 --seed 20261129 --json "$WORK/eval.json"

@@ -218,3 +218,23 @@ def test_never_is_kept_when_no_stratum_can_be_tested():
     got = calibrate(records, ready, [float("nan")] * len(records), [True] * len(records), EPS, DELTA, strata="level")
     assert (got["ready_threshold"], got["skip_threshold"]) == (NEVER, NEVER)
     assert got["by_decoding"]["greedy"]["strata"]["not_covered"] == ["level 1"]
+
+
+def test_path_cost_is_recorded_and_a_probe_without_one_recalibrates_on_the_pooled_path(leveled, tmp_path, capsys):
+    cfg = TrainConfig(seed=1, epochs=20, width=4, efforts=("high:0.4:0.3", "low:0.6:0.3"), calib_fraction=0.5,
+                      strata="level", path_cost="pooled")
+    pooled = train_probe(leveled, cfg, **QUIET)
+    assert pooled.provenance["train_config"]["path_cost"] == "pooled"
+    # an older probe records no path_cost: it was calibrated on the pooled path, and recalibrating reproduces it
+    pooled.provenance["train_config"].pop("path_cost")
+    pooled.save_pretrained(tmp_path / "old")
+    again = recalibrate(Probe.from_pretrained(tmp_path / "old"), [leveled], **QUIET)
+    assert [r.to_dict() for r in again.ladder] == [r.to_dict() for r in pooled.ladder]
+    assert again.provenance["train_config"]["path_cost"] == "pooled"
+    # --path-cost on the command line replaces it and is recorded
+    args = ["calibrate", "--probe", str(tmp_path / "old"), "--data", str(leveled), "--out", str(tmp_path / "new")]
+    assert main(args + ["--path-cost", "per-stratum"]) == 0
+    capsys.readouterr()
+    assert Probe.from_pretrained(tmp_path / "new").provenance["train_config"]["path_cost"] == "per-stratum"
+    with pytest.raises(ValueError, match="path_cost"):
+        TrainConfig(path_cost="cheapest").rungs()

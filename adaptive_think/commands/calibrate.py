@@ -7,7 +7,7 @@
 --data must be exactly the collections the probe was trained on (its probe.json lists them under
 provenance.data): their train / validation / calibration split is reproduced, the threshold path is ordered on
 the training and validation questions and the rungs are tested on the calibration split plus every question of
---calib-data. Flags not given (--efforts, --delta, --skip-share, --strata) keep the probe's own, so the same
+--calib-data. Flags not given (--efforts, --delta, --skip-share, --strata, --path-cost) keep the probe's own, so the same
 collections reproduce its ladder. The heads and their weights are unchanged; the ladder, and the questions the probe records as
 seen (so `eval` leaves them out), are replaced.
 """
@@ -43,7 +43,8 @@ def run(args) -> int:
         raise ValueError(f"--out {args.out} is the probe's own folder: write the re-calibrated probe elsewhere "
                          "and compare before replacing it.")
     recalibrate(probe, args.data, args.calib_data, rungs=args.efforts, delta=args.delta, skip_share=args.skip_share,
-                family_wise=args.family_wise, strata=args.strata, budget=MemoryBudget.gigabytes(args.max_memory))
+                family_wise=args.family_wise, strata=args.strata, budget=MemoryBudget.gigabytes(args.max_memory),
+                path_cost=args.path_cost)
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))
     return 0

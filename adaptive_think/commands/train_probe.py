@@ -77,6 +77,10 @@ def add_calibration_arguments(p, defaults: bool = True):
                         "calibration questions (their level, their category, or K quantile bins of the full "
                         "thought's length), so that it keeps its promise on any mix of them "
                         f"(default: {default('length:2')})")
+    c.add_argument("--path-cost", choices=("per-stratum", "pooled"), default="per-stratum" if defaults else None,
+                   help="how the threshold path prices a step under --strata: the largest rise of one stratum's loss "
+                        "rate (per-stratum, where the stratified test will stop) or questions lost over all (pooled) "
+                        f"(default: {default('per-stratum')})")
     c.add_argument("--per-rung-delta", dest="family_wise", action="store_false",
                    help="test each rung under each decoding at its own DELTA (default: family-wise, each of the "
                         "rungs x decodings tests at DELTA / their number, so that all hold at once with "
@@ -106,7 +110,7 @@ def run(args) -> int:
                       calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
                       ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share,
                       neg_weight=args.neg_weight, memory=args.memory, family_wise=args.family_wise,
-                      strata=args.strata)
+                      strata=args.strata, path_cost=args.path_cost)
     probe = train_probe(args.data, cfg, calib_data=args.calib_data, budget=MemoryBudget.gigabytes(args.max_memory))
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))

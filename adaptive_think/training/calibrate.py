@@ -243,7 +243,7 @@ def min_questions(epsilon: float, delta: float) -> int:
 
 
 def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path_from=None, path=None,
-              skip_share: float = 0.0, strata: Strata | str = "none") -> dict:
+              skip_share: float = 0.0, strata: Strata | str = "none", path_cost: str = "per-stratum") -> dict:
     """Thresholds for the ready and skip heads from the calibration questions' scores.
 
     path_from: a mask of records (never calibration ones) whose questions order the threshold pairs; None
@@ -251,7 +251,8 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
     first (build_path's skip_losses). path: an already built path (build_path) instead.
     Records carrying `decoding` are tested per decoding mode (see the module docstring). strata: "none", a
     spec ("level", "category", "length:K") or a Strata; length bins are placed on path_from's questions unless
-    the Strata already holds its cut points.
+    the Strata already holds its cut points. path_cost: "per-stratum" | "pooled", how build_path prices a step
+    under strata.
     """
     if not 0 < epsilon < 1 or not 0 < delta < 1:
         raise ValueError(f"epsilon={epsilon} and delta={delta} must both lie in (0, 1).")
@@ -265,7 +266,8 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
     if strata.by == "length" and strata.cuts is None:
         strata = strata.fit(path_qs)
     if path is None:
-        labels = [strata.label(q) for q in path_qs] if strata.by != "none" and path_qs else None
+        by_stratum = strata.by != "none" and path_cost == "per-stratum" and path_qs
+        labels = [strata.label(q) for q in path_qs] if by_stratum else None
         path = build_path(path_qs, skip_losses=skip_share * epsilon * len(path_qs), labels=labels)
     by_decoding = {}
     for mode in modes:

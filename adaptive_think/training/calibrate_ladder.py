@@ -28,9 +28,10 @@ from adaptive_think.training.splits import CALIB, TRAIN, VAL, assign_parts, cali
 from adaptive_think.training.strata import parse_strata
 
 def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float, family_wise: bool = True,
-                     log=print, strata="none") -> Rung:
+                     log=print, strata="none", path_cost: str = "per-stratum") -> Rung:
     """Calibrate `rungs` [(name, epsilon, delta)] on `part`'s calibration records; install them on `probe` and
-    return the default rung. strata: "none" | "level" | "category" | "length:K" (strata.py)."""
+    return the default rung. strata: "none" | "level" | "category" | "length:K" (strata.py); path_cost:
+    "per-stratum" | "pooled", how the threshold path prices a step under strata (calibrate.build_path)."""
     strata = parse_strata(strata)
     is_cal = [p == CALIB for p in part]
     if not any(is_cal):
@@ -45,7 +46,8 @@ def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float
                                         f"{len(path_qs)} training and validation questions" if strata.by == "length"
                                         else "") + "; every rung must pass its test in each stratum")
     # with strata the path's steps are costed per stratum, as the walk will test them
-    labels = [strata.label(q) for q in path_qs] if strata.by != "none" and path_qs else None
+    by_stratum = strata.by != "none" and path_cost == "per-stratum" and path_qs
+    labels = [strata.label(q) for q in path_qs] if by_stratum else None
     modes = sorted({r.get("decoding", "greedy") for r, c in zip(records, is_cal) if c})
     tests = len(rungs) * len(modes) if family_wise else 1
     ladder = []
@@ -89,13 +91,15 @@ def _log_strata(report: dict, log) -> None:
 
 
 def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = None, skip_share: float | None = None,
-                family_wise: bool = True, log=print, strata: str | None = None, budget=None):
+                family_wise: bool = True, log=print, strata: str | None = None, budget=None,
+                path_cost: str | None = None):
     """Re-run the ladder's calibration of a trained `probe` (heads unchanged) and return it.
 
     data: the collection folders the probe was trained on (exactly those: the train / validation / calibration
     split is reproduced from them); calib_data: calibration-only collections. rungs (["name:epsilon[:delta]"]) /
     delta / skip_share / strata ("none" | "level" | "category" | "length:K"): None keeps the probe's own (a probe
-    that records no strata was calibrated without: "none"). budget: budget.MemoryBudget of the hidden states read
+    that records no strata was calibrated without: "none") / path_cost ("per-stratum" | "pooled"; a probe that
+    records none was calibrated "pooled"). budget: budget.MemoryBudget of the hidden states read
     to score the checkpoints (None: no limit).
     """
     from adaptive_think.training.scoring import collection_scores
@@ -123,6 +127,10 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
                          f"{prov.get('data')}), and new collections as --calib-data.")
     keys = {f.name for f in TrainConfig.__dataclass_fields__.values()}
     cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in tc.items() if k in keys})
+    if "path_cost" not in tc:  # a probe that records no path_cost was calibrated on the pooled path
+        cfg.path_cost = "pooled"
+    if path_cost is not None:
+        cfg.path_cost = path_cost
     if rungs is not None:
         cfg.efforts, cfg.epsilon = tuple(rungs), None
     if delta is not None:
@@ -138,11 +146,12 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     part = assign_parts(records, len(data), split)
     ready, skip = collection_scores(probe, hidden, records, cfg.chunk_rows)
     del hidden
-    calibrate_ladder(probe, records, ready, skip, part, ladder_spec, cfg.skip_share, family_wise, log, cfg.strata)
+    calibrate_ladder(probe, records, ready, skip, part, ladder_spec, cfg.skip_share, family_wise, log, cfg.strata,
+                     cfg.path_cost)
     prov = dict(prov)
     tc = dict(tc)
     tc.update(efforts=list(cfg.efforts), epsilon=cfg.epsilon, delta=cfg.delta, skip_share=cfg.skip_share,
-              family_wise=family_wise, strata=cfg.strata)
+              family_wise=family_wise, strata=cfg.strata, path_cost=cfg.path_cost)
     prov["train_config"] = tc
     if calib_data:
         prov["calibration_only"] = calibration_only_summary(records, part, len(data), calib_data)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from adaptive_think.probe.ladder import DEFAULT_RUNGS, parse_rungs
 from adaptive_think.training.strata import parse_strata
 
+PATH_COSTS = ("per-stratum", "pooled")
+
 
 @dataclass
 class TrainConfig:
@@ -36,6 +38,9 @@ class TrainConfig:
     # the full thought's length keep every rung within epsilon on easy-only and hard-only mixes, for well under a
     # point of thinking saved (docs/training.md, "Calibration by strata")
     strata: str = "length:2"
+    # how the threshold path prices a step under strata: "per-stratum" (the largest rise of a stratum's loss rate,
+    # what the stratified test will see) or "pooled" (questions lost over all strata); calibrate.build_path
+    path_cost: str = "per-stratum"
     # rows (checkpoints; padded thought tokens for a head with memory) per chunk of a full-batch gradient: sums
     # run chunk by chunk in this fixed cut, so the heads do not depend on --max-memory (budget.py)
     chunk_rows: int = 8192
@@ -52,6 +57,8 @@ class TrainConfig:
             raise ValueError(f"memory={self.memory!r} must be a whole number >= 0 (the features a ready head with "
                              "memory keeps; 0 for none).")
         parse_strata(self.strata)
+        if self.path_cost not in PATH_COSTS:
+            raise ValueError(f"path_cost={self.path_cost!r} must be one of {', '.join(PATH_COSTS)}.")
         if not (isinstance(self.chunk_rows, int) and self.chunk_rows >= 1):
             raise ValueError(f"chunk_rows={self.chunk_rows!r} must be a whole number >= 1 (rows per gradient chunk).")
         specs = (f"custom:{self.epsilon}",) if self.epsilon is not None else self.efforts
