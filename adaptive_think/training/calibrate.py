@@ -168,6 +168,13 @@ def build_path(qs, grid=PATH_GRID, skip_losses: float = 0.0, labels: list[str] |
     return path
 
 
+def path_labels(path_qs, strata: Strata, path_cost: str) -> list[str] | None:
+    """build_path's `labels`: each path question's stratum when the path is priced per stratum, else None."""
+    if strata.by == "none" or path_cost != "per-stratum" or not path_qs:
+        return None
+    return [strata.label(q) for q in path_qs]
+
+
 def _walk(losses_at, path, sizes: list[int], epsilon: float, delta: float,
           labels: list[str] | None = None) -> tuple[int, list[dict], str | None]:
     """Walk `path` from conservative to aggressive; a pair passes when every group's test rejects (losses_at
@@ -266,9 +273,8 @@ def calibrate(records, ready, skip, is_calib, epsilon: float, delta: float, path
     if strata.by == "length" and strata.cuts is None:
         strata = strata.fit(path_qs)
     if path is None:
-        by_stratum = strata.by != "none" and path_cost == "per-stratum" and path_qs
-        labels = [strata.label(q) for q in path_qs] if by_stratum else None
-        path = build_path(path_qs, skip_losses=skip_share * epsilon * len(path_qs), labels=labels)
+        path = build_path(path_qs, skip_losses=skip_share * epsilon * len(path_qs),
+                          labels=path_labels(path_qs, strata, path_cost))
     by_decoding = {}
     for mode in modes:
         qs = questions_of(records, ready, skip,

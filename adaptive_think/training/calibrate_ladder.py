@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from adaptive_think.training.calibrate import build_path, calibrate, questions_of
+from adaptive_think.training.calibrate import build_path, calibrate, path_labels, questions_of
 from adaptive_think.probe.ladder import Rung, default_rung
 from adaptive_think.training.splits import CALIB, TRAIN, VAL, assign_parts, calibration_only_summary, question_identity
 from adaptive_think.training.strata import parse_strata
@@ -46,8 +46,7 @@ def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float
                                         f"{len(path_qs)} training and validation questions" if strata.by == "length"
                                         else "") + "; every rung must pass its test in each stratum")
     # with strata the path's steps are costed per stratum, as the walk will test them
-    by_stratum = strata.by != "none" and path_cost == "per-stratum" and path_qs
-    labels = [strata.label(q) for q in path_qs] if by_stratum else None
+    labels = path_labels(path_qs, strata, path_cost)
     modes = sorted({r.get("decoding", "greedy") for r, c in zip(records, is_cal) if c})
     tests = len(rungs) * len(modes) if family_wise else 1
     ladder = []
