@@ -60,3 +60,23 @@ def test_error_rates_count_exactly_the_misread_lookups():
     first = measure_lookups.trace_lookups(tok, ids, labels, chain.FAMILY)[0]
     one = measure_lookups.lookup_errors(Oracle(len(tok), {first}), tok, qs[:1])
     assert one["trace"]["wrong"] == 1 and one["trace"]["error"] == 1 / one["trace"]["lookups"]
+
+
+@pytest.mark.parametrize("family", [chain.FAMILY, walk.FAMILY])
+def test_errors_by_key_split_the_totals_and_blame_the_misread_key(family):
+    tok = build_tokenizer(2)
+    q = make_family_questions(1, 7, families=[family], levels=[4])[0]
+    ids, labels = measure_lookups.encode_example(tok, q, "full", random.Random(0))
+    lookups = measure_lookups.trace_lookups(tok, ids, labels, family)
+    misread = lookups[2]
+    key = measure_lookups.lookup_key(tok, ids, misread, family)
+    if family == chain.FAMILY:
+        assert key == chain.LABELS[2]  # the first pass reads steps a, b, c, ...
+    else:
+        assert key == q.thought.split("\n")[2].split(": ")[1].split(" to ")[0]  # the third arrow's digit
+    got = measure_lookups.lookup_errors(Oracle(len(tok), {misread}), tok, [q])
+    for kind in ("trace", "drill"):
+        by_key = got[kind]["by_key"]
+        assert sum(r["lookups"] for r in by_key.values()) == got[kind]["lookups"]
+        assert sum(r["wrong"] for r in by_key.values()) == got[kind]["wrong"]
+    assert {k: r["wrong"] for k, r in got["trace"]["by_key"].items() if r["wrong"]} == {key: 1}

@@ -218,3 +218,19 @@ def test_the_decode_budget_follows_the_families_so_a_long_thought_is_not_cut(com
     qs = make_family_questions(40, seed=5, families=["long_chain"], levels=[6])
     longest = max(len(tok2(full_completion(q), add_special_tokens=False)["input_ids"]) for q in qs)
     assert longest + 16 < MAX_NEW_TOKENS["long_chain"]
+
+
+def test_walk_tables_are_listed_in_a_drawn_order_and_parsed_by_digit():
+    arrows = [5, 2, 6, 0, 7, 8, 1, 3, 3, 4]
+    order = [3, 9, 0, 1, 8, 2, 7, 4, 6, 5]
+    q = walk.build_question(arrows, 2, level=1, order=order)
+    assert q.question.startswith("Arrows: 3 to 0, 9 to 4, 0 to 5,")
+    assert walk.parse_question(q.question) == (arrows, 2, 3)
+    assert q.thought == walk.build_question(arrows, 2, level=1).thought  # the order changes the text only
+    firsts = {walk.parse_question(q.question)[0] and q.question.split(" to ")[0] for q in
+              make_family_questions(60, seed=3, families=[walk.FAMILY])}
+    assert len(firsts) == 10  # every digit leads some table
+    with pytest.raises(ValueError, match="each digit 0-9 once"):
+        walk.build_question(arrows, 2, level=1, order=[0] * 10)
+    with pytest.raises(ValueError, match="arrow once"):
+        walk.parse_question(q.question.replace("9 to 4", "3 to 4"))

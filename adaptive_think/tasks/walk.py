@@ -1,7 +1,9 @@
 """Following arrows between digits: the table-lookup family (`walk`).
 
-A question gives each digit 0-9 an arrow to a digit (a random function) and asks where a walk of
-H = 2L + 1 arrows from a start digit ends (level L, so 3 to 13 arrows). Each trace line is one arrow,
+A question gives each digit 0-9 an arrow to a digit (a random function), listed in a random order, and asks
+where a walk of H = 2L + 1 arrows from a start digit ends (level L, so 3 to 13 arrows). The order is shuffled so
+that finding an arrow means matching its digit: in a table always listed 0-9, a small model learns to read an
+arrow by where it sits, and that reading fails on a few digits (scripts/measure_lookups.py --by-key). Each trace line is one arrow,
 `4: 6 to 2` (step number, from, to): it reads the previous line's digit and that digit's arrow in the
 question, so every step is one lookup.
 
@@ -50,12 +52,16 @@ def run_walk(arrows: list[int], start: int, n: int, quick: bool) -> tuple[list[s
     return lines, made, at
 
 
-def build_question(arrows: list[int], start: int, level: int) -> Question:
-    """The question, answer and trace for the arrow table `arrows` (arrows[d] = where d points)."""
+def build_question(arrows: list[int], start: int, level: int, order: list[int] | None = None) -> Question:
+    """The question, answer and trace for the arrow table `arrows` (arrows[d] = where d points), listed in
+    `order` (a permutation of the digits; default 0-9)."""
     if len(arrows) != MOD or any(not 0 <= a < MOD for a in arrows):
         raise ValueError(f"arrows must map each digit 0-9 to a digit, got {arrows}")
+    order = list(range(MOD)) if order is None else list(order)
+    if sorted(order) != list(range(MOD)):
+        raise ValueError(f"order must list each digit 0-9 once, got {order}")
     n = hops(level)
-    table = ", ".join(f"{d} to {a}" for d, a in enumerate(arrows))
+    table = ", ".join(f"{d} to {arrows[d]}" for d in order)
     text = f"Arrows: {table}. Start at {start} and follow {n} arrows. Where do you end?"
     quick, _, first = run_walk(arrows, start, n, quick=True)
     exact, _, answer = run_walk(arrows, start, n, quick=False)
@@ -73,7 +79,8 @@ def build_question(arrows: list[int], start: int, level: int) -> Question:
 def random_question(rng: random.Random, level: int) -> Question:
     """A level-`level` question drawn from `rng`."""
     arrows = [rng.randrange(MOD) for _ in range(MOD)]
-    return build_question(arrows, rng.randrange(MOD), level)
+    start = rng.randrange(MOD)
+    return build_question(arrows, start, level, order=rng.sample(range(MOD), MOD))
 
 
 def parse_question(text: str) -> tuple[list[int], int, int]:
@@ -81,7 +88,10 @@ def parse_question(text: str) -> tuple[list[int], int, int]:
     if not text.startswith("Arrows: ") or " arrows. Where do you end?" not in text:
         raise ValueError(f"not a {FAMILY} question: {text[:60]!r}")
     table, rest = text.removeprefix("Arrows: ").split(". Start at ")
-    arrows = [int(part.split(" to ")[1]) for part in table.split(", ")]
+    pairs = [tuple(int(x) for x in part.split(" to ")) for part in table.split(", ")]
+    if sorted(d for d, _ in pairs) != list(range(MOD)):
+        raise ValueError(f"a {FAMILY} question lists each digit's arrow once, got {table!r}")
+    arrows = [a for _, a in sorted(pairs)]
     start, n = rest.removesuffix(" arrows. Where do you end?").split(" and follow ")
     return arrows, int(start), int(n)
 
