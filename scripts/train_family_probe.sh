@@ -3,7 +3,8 @@
 # `long_chain`, with `walk` held out (the reasoner answers it, the probe never sees it), then evaluated per
 # family on fresh question seeds, with and without the out-of-distribution guard. About 40 minutes of collection
 # on two CPU cores (two collections side by side), 10 of training, about 45 of evaluation. Re-running
-# resumes an interrupted collection.
+# resumes an interrupted collection. SEEDS="S1 S2" picks the two evaluation question seeds (use seeds nobody has
+# looked at for figures you report).
 #   bash scripts/train_family_probe.sh MODEL_DIR [work_dir]
 set -euo pipefail
 MODEL=${1:?usage: bash scripts/train_family_probe.sh MODEL_DIR [work_dir]}
@@ -37,15 +38,16 @@ adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" "$WORK/ld-s1
   --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 --skip-share 0.25 --neg-weight 4 \
   --ready-at-boundaries --strata category --memory 8
 # Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
+read -r S1 S2 <<< "${SEEDS:-20261207 20261208}"
 RUNGS=(full effort:high effort:medium effort:low effort:medium+noguard oracle)
 HELD=(full effort:high effort:medium effort:low effort:high+noguard effort:medium+noguard effort:low+noguard oracle)
 EV=(adaptive-think eval --model "$MODEL" --probe "$WORK/probe")
-"${EV[@]}" --families long_chain --n 120 --seed 20261207 --max-new-tokens 2200 --policies "${RUNGS[@]}" --json "$WORK/eval/long-g-s1.json" & pid=$!
-"${EV[@]}" --families long_chain --n 120 --seed 20261208 --max-new-tokens 2200 --policies "${RUNGS[@]}" --json "$WORK/eval/long-g-s2.json"
+"${EV[@]}" --families long_chain --n 120 --seed $S1 --max-new-tokens 2200 --policies "${RUNGS[@]}" --json "$WORK/eval/long-g-s1.json" & pid=$!
+"${EV[@]}" --families long_chain --n 120 --seed $S2 --max-new-tokens 2200 --policies "${RUNGS[@]}" --json "$WORK/eval/long-g-s2.json"
 wait "$pid"
-"${EV[@]}" --families walk --n 600 --seed 20261207 --max-new-tokens 512 --policies "${HELD[@]}" --json "$WORK/eval/walk-g-s1.json" & pid=$!
-"${EV[@]}" --families last_digit --n 600 --seed 20261207 --max-new-tokens 512 --policies "${RUNGS[@]}" --json "$WORK/eval/ld-g-s1.json"
+"${EV[@]}" --families walk --n 600 --seed $S1 --max-new-tokens 512 --policies "${HELD[@]}" --json "$WORK/eval/walk-g-s1.json" & pid=$!
+"${EV[@]}" --families last_digit --n 600 --seed $S1 --max-new-tokens 512 --policies "${RUNGS[@]}" --json "$WORK/eval/ld-g-s1.json"
 wait "$pid"
-"${EV[@]}" --families long_chain --n 120 --seed 20261207 --max-new-tokens 2200 --policies "${RUNGS[@]}" "${SAMPLE[@]}" --json "$WORK/eval/long-s-s1.json" & pid=$!
-"${EV[@]}" --families walk --n 600 --seed 20261207 --max-new-tokens 512 --policies "${HELD[@]}" "${SAMPLE[@]}" --json "$WORK/eval/walk-s-s1.json"
+"${EV[@]}" --families long_chain --n 120 --seed $S1 --max-new-tokens 2200 --policies "${RUNGS[@]}" "${SAMPLE[@]}" --json "$WORK/eval/long-s-s1.json" & pid=$!
+"${EV[@]}" --families walk --n 600 --seed $S1 --max-new-tokens 512 --policies "${HELD[@]}" "${SAMPLE[@]}" --json "$WORK/eval/walk-s-s1.json"
 wait "$pid"
