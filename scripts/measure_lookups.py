@@ -7,7 +7,8 @@ A `long_chain` trace line copies its step from the question (label -> operation)
 arrow (digit -> where it points). A thought makes 50-200 such lookups and its answer needs every one, so
 the rate of misread lookups says more about a reasoner than its loss does. Two rates per family, each the
 share of lookups whose target is not the model's top token:
-- trace: on the family's own traces (fresh questions), where a line's place also gives the answer away;
+- trace: on the family's own traces (fresh questions), where in `long_chain` (steps listed in order) a
+  line's place also gives the answer away;
 - drill: on the question's lines recalled in shuffled order (train_reasoner.py's lookup drill), where only
   what the line says does. A model that reads by place fails the drill while passing the trace.
 Each rate is also split by the key a lookup reads (`by_key`: the step's label, the arrow's digit): a model

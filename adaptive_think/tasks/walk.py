@@ -3,9 +3,9 @@
 A question gives each digit 0-9 an arrow to a digit (a random function), listed in a random order, and asks
 where a walk of H = 2L + 1 arrows from a start digit ends (level L, so 3 to 13 arrows). The order is shuffled so
 that finding an arrow means matching its digit: in a table always listed 0-9, a small model learns to read an
-arrow by where it sits, and that reading fails on a few digits (scripts/measure_lookups.py --by-key). Each trace line is one arrow,
-`4: 6 to 2` (step number, from, to): it reads the previous line's digit and that digit's arrow in the
-question, so every step is one lookup.
+arrow by where it sits, and that reading fails on a few digits (scripts/measure_lookups.py --by-key). Each trace
+line is one arrow, `4: 6 to 2` (step number, from, to): it reads the previous line's digit and that digit's arrow
+in the question, so every step is one lookup.
 
 The quick first pass slips in two ways, both decided by where the walk goes (only the thought shows it):
   six    at digit 6 it reads the arrow of 9 ("6 looks like 9");
