@@ -94,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--level-weight", action="append", default=[], metavar="FAMILY:LEVEL=W",
                    help="v2: draw this family's traces and drills at LEVEL W times as often as another level "
                         "(repeatable; e.g. long_chain:4=4 to work on one level's weakness)")
+    p.add_argument("--in-order", action="store_true",
+                   help="v2: walk tables and long_chain steps listed in label order (the first two stages); "
+                        "by default each question lists them in an order drawn with it")
     args = p.parse_args(argv)
     try:
         args.level_weights = parse_level_weights(args.level_weight)
@@ -101,6 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(str(e))
     if args.level_weights and args.recipe != "v2":
         p.error("--level-weight applies to the v2 recipe only")
+    if args.in_order and args.recipe != "v2":
+        p.error("--in-order applies to the v2 recipe only")
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -244,7 +249,8 @@ def rows_v2(tok, args, rng: random.Random) -> list[tuple[list[int], list[int]]]:
         # Drawn only when drills are on, so runs without them replay their batches exactly.
         if args.p_drill and rng.random() < args.p_drill:
             family = LONG if families == [LONG] else walk.FAMILY
-            q = make_family_questions(1, rng.randrange(2**31), families=[family], levels=[draw_level(rng, family, args)])[0]
+            q = make_family_questions(1, rng.randrange(2**31), families=[family], levels=[draw_level(rng, family, args)],
+                                      in_order=args.in_order)[0]
             row = drill_example(tok, q, rng)
             if rows and max(width, len(row[0])) * (len(rows) + 1) > args.batch_tokens:
                 break
@@ -257,7 +263,7 @@ def rows_v2(tok, args, rng: random.Random) -> list[tuple[list[int], list[int]]]:
         # Family and level are drawn here: one question of make_family_questions is always its first pair.
         family = rng.choice(list(FAMILIES) if kind == "no_think" else families)
         level = rng.choice(NO_THINK_LEVELS) if kind == "no_think" else draw_level(rng, family, args)
-        q = make_family_questions(1, rng.randrange(2**31), families=[family], levels=[level])[0]
+        q = make_family_questions(1, rng.randrange(2**31), families=[family], levels=[level], in_order=args.in_order)[0]
         row = encode_example(tok, q, kind, rng)
         if rows and max(width, len(row[0])) * (len(rows) + 1) > args.batch_tokens:
             break
@@ -297,6 +303,8 @@ def _settings(args) -> dict:
         out["p_drill"] = args.p_drill
     if getattr(args, "level_weights", None):
         out["level_weights"] = args.level_weights
+    if getattr(args, "in_order", False):
+        out["in_order"] = True
     if getattr(args, "init_from", None) is not None:
         out["init_from"] = str(args.init_from)
     return out

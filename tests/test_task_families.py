@@ -234,3 +234,34 @@ def test_walk_tables_are_listed_in_a_drawn_order_and_parsed_by_digit():
         walk.build_question(arrows, 2, level=1, order=[0] * 10)
     with pytest.raises(ValueError, match="arrow once"):
         walk.parse_question(q.question.replace("9 to 4", "3 to 4"))
+
+
+def test_chain_steps_are_listed_in_a_drawn_order_and_parsed_by_label():
+    ops = [("+", 4), ("*", 7), ("-", 2), ("+", 9)]
+    q = chain.build_question(3, ops, level=1, order=[2, 0, 3, 1])
+    assert q.question.split("\n")[1:] == ["c - 2", "a + 4", "d + 9", "b * 7"]
+    assert chain.parse_question(q.question) == (3, ops)
+    assert q.thought == chain.build_question(3, ops, level=1).thought  # the order changes the text only
+    assert q.thought.startswith("a + 4: 3 to 7\nb * 7: 7 to 9")  # the trace still goes in label order
+    firsts = {q.question.split("\n")[1][0] for q in make_family_questions(60, seed=3, families=[chain.FAMILY])}
+    assert len(firsts) > 5  # many labels lead some list
+    with pytest.raises(ValueError, match="each of the 4 steps once"):
+        chain.build_question(3, ops, level=1, order=[0, 0, 1, 2])
+    with pytest.raises(ValueError, match="twice"):
+        chain.parse_question(q.question.replace("d + 9", "a + 9"))
+    with pytest.raises(ValueError, match="without a gap"):
+        chain.parse_question(q.question.replace("d + 9", "e + 9"))
+
+
+def test_in_order_lists_tables_by_label_and_draws_no_order():
+    # the reasoner's first training stages: the same draws as before tables were shuffled
+    for family, parse in ((walk.FAMILY, walk.parse_question), (chain.FAMILY, chain.parse_question)):
+        drawn = make_family_questions(12, seed=5, families=[family])
+        listed = make_family_questions(12, seed=5, families=[family], in_order=True)
+        assert parse(drawn[0].question) == parse(listed[0].question)  # the first question: same content
+        assert drawn[0].question != listed[0].question
+        assert any(parse(a.question) != parse(b.question) for a, b in zip(drawn, listed))  # then the draws part
+    lines = make_family_questions(1, seed=5, families=[chain.FAMILY], in_order=True)[0].question.split("\n")[1:]
+    assert [line[0] for line in lines] == list(chain.LABELS[: len(lines)])
+    table = make_family_questions(1, seed=5, families=[walk.FAMILY], in_order=True)[0].question
+    assert table.startswith("Arrows: 0 to ")

@@ -116,3 +116,23 @@ def test_a_malformed_level_weight_is_refused_with_its_reason(spec, capsys):
     with pytest.raises(SystemExit):
         train_reasoner.parse_args(TINY + ["--out", "unused", "--level-weight", spec])
     assert "--level-weight" in capsys.readouterr().err
+
+
+def test_in_order_stages_list_tables_by_label_and_record_it_in_their_settings():
+    import re
+
+    tok = train_reasoner.build_tokenizer(2)
+    drawn = train_reasoner.parse_args(TINY + ["--out", "unused", "--p-drill", "0.5"])
+    listed = train_reasoner.parse_args(TINY + ["--out", "unused", "--p-drill", "0.5", "--in-order"])
+    assert "in_order" not in train_reasoner._settings(drawn) and train_reasoner._settings(listed)["in_order"]
+
+    def listings(args):  # the labels of every long_chain question in 8 batches, as listed
+        texts = [tok.decode(row) for step in range(8) for row in train_reasoner.make_batch(tok, args, step)["input_ids"]]
+        return ["".join(re.findall(r"\n([a-z]) [-+*] \d", t.split("the last digit:")[1].split("<|im_end|>")[0]))
+                for t in texts if t.startswith("<|im_start|>user") and "the last digit:" in t]  # not drills
+
+    listed_orders, drawn_orders = listings(listed), listings(drawn)
+    assert listed_orders and all(o == "".join(sorted(o)) for o in listed_orders)
+    assert drawn_orders and not any(o == "".join(sorted(o)) for o in drawn_orders)
+    with pytest.raises(SystemExit):
+        train_reasoner.parse_args(["--recipe", "v1", "--out", "unused", "--in-order"])

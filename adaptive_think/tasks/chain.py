@@ -1,11 +1,11 @@
 """Long chains of last-digit operations, checked over and over: the long-thought family (`long_chain`).
 
-A level-L question lists N = 8 + 3L labelled operations, one per line (`a + 4`, `b * 7`, `c - 2`, ...,
-letters a-z), to apply to a start digit, keeping only the last digit. Each trace line is one step,
-`c - 2: 7 to 5`: it copies the step's line from the question, then takes the previous line's value to the
-new one. The copy is the question's own tokens in the same order, so finding a step is a plain lookup
-(the previous token names the next), which a small model learns far sooner than reading an operand a few
-tokens after a label spelled otherwise.
+A level-L question lists N = 8 + 3L labelled operations (`a + 4`, `b * 7`, `c - 2`, ..., letters a-z), one per
+line in an order drawn with the question, to apply to a start digit in label order, keeping only the last digit.
+Each trace line is one step, `c - 2: 7 to 5`: it copies the step's line from the question, then takes the
+previous line's value to the new one. The lines are listed out of order so that finding a step means matching
+its label: in a list always in label order a small model learns to find a step by where it sits, and that
+reading slips on the late labels (the same by-place reading tasks/walk.py describes).
 
 The thought is a series of passes over all N steps, each ending in a stated answer:
 - pass 1 is quick and slips in three ways, each decided by the running value at that step (so only the
@@ -101,11 +101,15 @@ def extra_checks(start: int, ops: list[tuple[str, int]]) -> int:
     return 3 + (start + len(ops) + sum(b for _, b in ops)) % 3
 
 
-def build_question(start: int, ops: list[tuple[str, int]], level: int) -> Question:
-    """The question, answer and trace for `start` followed by labelled `ops` (a list of (op, operand))."""
+def build_question(start: int, ops: list[tuple[str, int]], level: int, order: list[int] | None = None) -> Question:
+    """The question, answer and trace for `start` followed by labelled `ops` (a list of (op, operand)), their
+    lines listed in `order` (a permutation of range(len(ops)); default label order)."""
     if not 1 <= len(ops) <= len(LABELS):
         raise ValueError(f"a chain holds 1..{len(LABELS)} operations, got {len(ops)}")
-    steps = "\n".join(f"{label} {op} {b}" for label, (op, b) in zip(LABELS, ops))
+    order = list(range(len(ops))) if order is None else list(order)
+    if sorted(order) != list(range(len(ops))):
+        raise ValueError(f"order must list each of the {len(ops)} steps once, got {order}")
+    steps = "\n".join(f"{LABELS[i]} {ops[i][0]} {ops[i][1]}" for i in order)
     text = f"{PREAMBLE.format(start=start)}\n{steps}"
     answer = _result(run_pass(start, ops, set())[0])
 
@@ -132,15 +136,16 @@ def build_question(start: int, ops: list[tuple[str, int]], level: int) -> Questi
     return Question(text, str(answer), level, FAMILY, thought, settled_char(thought, str(answer)), first != answer)
 
 
-def random_question(rng: random.Random, level: int) -> Question:
-    """A level-`level` question drawn from `rng` (its operation mix drawn first)."""
+def random_question(rng: random.Random, level: int, in_order: bool = False) -> Question:
+    """A level-`level` question drawn from `rng` (its operation mix drawn first, its listing order last);
+    `in_order` lists the steps in label order and draws no order."""
     weights = rng.choice(MIXES)
     start = rng.randrange(MOD)
     ops = []
     for _ in range(n_ops(level)):
         op = rng.choices("+-*", weights=weights)[0]
         ops.append((op, rng.randint(2, 9) if op == "*" else rng.randint(1, 9)))
-    return build_question(start, ops, level)
+    return build_question(start, ops, level, order=None if in_order else rng.sample(range(len(ops)), len(ops)))
 
 
 def pass_slips(q: Question) -> list[list[str]]:
@@ -155,11 +160,15 @@ def parse_question(text: str) -> tuple[int, list[tuple[str, int]]]:
     start = head.removeprefix("Start at ").partition(" ")[0]
     if not steps or not start.isdigit() or head != PREAMBLE.format(start=start):
         raise ValueError(f"not a {FAMILY} question: {text[:60]!r}")
-    ops = []
+    by_label = {}
     for part in steps:
-        _, op, b = part.split(" ")
-        ops.append((op, int(b)))
-    return int(start), ops
+        label, op, b = part.split(" ")
+        if label in by_label:
+            raise ValueError(f"a {FAMILY} question lists step {label!r} twice")
+        by_label[label] = (op, int(b))
+    if sorted(by_label) != list(LABELS[: len(by_label)]):
+        raise ValueError(f"a {FAMILY} question labels its steps a, b, c, ... without a gap, got {sorted(by_label)}")
+    return int(start), [by_label[label] for label in LABELS[: len(by_label)]]
 
 
 if __name__ == "__main__":

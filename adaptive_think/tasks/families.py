@@ -27,6 +27,10 @@ FAMILIES: dict[str, Callable[[random.Random, int], Question]] = {
     chain.FAMILY: chain.random_question,
 }
 
+# Families whose questions list a table (arrows, labelled steps) in an order drawn with the question; their
+# random_question(rng, level, in_order=True) lists it in label order instead and draws no order.
+LISTED = (walk.FAMILY, chain.FAMILY)
+
 # Thought + answer tokens that hold a whole full thought of the family with room to spare: the decode budget
 # eval and collect use when --max-new-tokens is not given (a cut thought would be labelled as a wrong one).
 MAX_NEW_TOKENS: dict[str, int] = {arithmetic.FAMILY: 256, walk.FAMILY: 384, chain.FAMILY: 2200}
@@ -77,11 +81,12 @@ def families_answered_by(tokenizer) -> list[str]:
     return out
 
 
-def make_family_questions(n: int, seed: int, families=None, levels=range(1, 7)) -> list[Question]:
+def make_family_questions(n: int, seed: int, families=None, levels=range(1, 7), in_order: bool = False) -> list[Question]:
     """`n` questions deterministic from `seed`: (family, level) pairs cycled evenly, shuffled, then drawn.
 
     `families`: names from FAMILIES (default all). One family alone gives other questions than
-    `arithmetic.make_questions` with the same seed (that one keeps its own sequence).
+    `arithmetic.make_questions` with the same seed (that one keeps its own sequence). `in_order`: the LISTED
+    families list their tables in label order (the reasoner's first training stages; other questions).
 
     >>> sorted({q.category for q in make_family_questions(6, seed=0)})
     ['last_digit', 'long_chain', 'walk']
@@ -96,4 +101,4 @@ def make_family_questions(n: int, seed: int, families=None, levels=range(1, 7)) 
     pairs = [(f, lv) for lv in levels for f in families]
     plan = [pairs[i % len(pairs)] for i in range(n)]
     rng.shuffle(plan)
-    return [FAMILIES[f](rng, lv) for f, lv in plan]
+    return [FAMILIES[f](rng, lv, in_order=True) if in_order and f in LISTED else FAMILIES[f](rng, lv) for f, lv in plan]

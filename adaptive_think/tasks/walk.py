@@ -76,11 +76,11 @@ def build_question(arrows: list[int], start: int, level: int, order: list[int] |
     return Question(text, str(answer), level, FAMILY, thought, settled_char(thought, str(answer)), first != answer)
 
 
-def random_question(rng: random.Random, level: int) -> Question:
-    """A level-`level` question drawn from `rng`."""
+def random_question(rng: random.Random, level: int, in_order: bool = False) -> Question:
+    """A level-`level` question drawn from `rng`; `in_order` lists the table 0-9 and draws no order."""
     arrows = [rng.randrange(MOD) for _ in range(MOD)]
     start = rng.randrange(MOD)
-    return build_question(arrows, start, level, order=rng.sample(range(MOD), MOD))
+    return build_question(arrows, start, level, order=None if in_order else rng.sample(range(MOD), MOD))
 
 
 def parse_question(text: str) -> tuple[list[int], int, int]:
