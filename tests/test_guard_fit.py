@@ -14,7 +14,8 @@ from adaptive_think.controller.params import NEVER, NO_GUARD, resolve_config
 from adaptive_think.probe import Probe
 from adaptive_think.probe.guard import Guard
 from adaptive_think.probe.ladder import Rung
-from adaptive_think.training.guard import conformal_rank, conformal_threshold, fit_guard, fit_shape
+from adaptive_think.training.guard import (conformal_rank, conformal_threshold, fit_guard, fit_shape,
+                                          stratified_threshold)
 from tiny import make_model, make_tokenizer
 
 MODEL = make_model("qwen3", len(make_tokenizer()), seed=2)
@@ -71,6 +72,68 @@ def test_false_alarms_on_fresh_in_distribution_draws_are_at_most_alpha():
     # a shift of 8 sds along a weak direction (less than the strong directions' spread) is caught: the residual
     off = torch.linalg.qr(torch.randn(24, 24, generator=torch.Generator().manual_seed(99)))[0][:, 10] * 8.0
     assert float((guard.score(_gaussian(5000, gen, off)) > guard.threshold).float().mean()) > 0.9
+
+
+def test_stratified_threshold_holds_alpha_in_each_stratum_where_a_pooled_one_does_not():
+    """Two families: "far" prompts spread 1.3 times as wide as "near" ones. Calibrated pooled at alpha 0.05, "far"
+    falls back about twice as often as alpha; with strata each family's fresh draws fall back at most alpha (+ 3 sd)."""
+    gen = torch.Generator().manual_seed(3)
+
+    def far(n: int) -> torch.Tensor:
+        return (_gaussian(n, gen) - 1.5) * 1.3 + 1.5
+
+    fit = torch.cat([_gaussian(2000, gen), far(2000)])
+    cal = torch.cat([_gaussian(2000, gen), far(2000)])
+    labels = ["near"] * 2000 + ["far"] * 2000
+    pooled = fit_guard(fit, cal, rank=4, alpha=0.05)
+    strat = fit_guard(fit, cal, rank=4, alpha=0.05, cal_strata=labels)
+    fresh = {"near": _gaussian(50_000, gen), "far": far(50_000)}
+    rate = {name: {g: float((guard.score(x) > guard.threshold).float().mean()) for g, x in fresh.items()}
+            for name, guard in (("pooled", pooled), ("strat", strat))}
+    assert rate["pooled"]["far"] > 0.07  # the pooled promise holds for the mix only
+    sd = math.sqrt(0.05 * 0.95 / 2000)
+    assert all(r <= 0.05 + 3 * sd for r in rate["strat"].values()), rate
+    record = strat.provenance["stratified"]
+    assert set(record["strata"]) == {"far", "near"} and record["not_covered"] == []
+    assert strat.threshold == max(r["threshold"] for r in record["strata"].values())
+    # strata too small to rank alone (19 needed at alpha 0.05) are ranked together; alone and too small: uncovered
+    scores = torch.arange(60, dtype=torch.float32)
+    thr, rec = stratified_threshold(scores, ["a"] * 40 + ["b"] * 10 + ["c"] * 10, 0.05)
+    assert set(rec["strata"]) == {"a", "small strata: b, c"} and rec["strata"]["a"]["threshold"] == 38.0  # ceil(41 * 0.95) = 39th smallest
+    assert thr == 59.0  # b and c hold the 20 largest scores: their group's 20th smallest of 20
+    thr, rec = stratified_threshold(scores[:45], ["a"] * 40 + ["b"] * 5, 0.05)
+    assert rec["not_covered"] == ["b"] and thr == 38.0
+    with pytest.raises(ValueError, match="No stratum holds the 19"):
+        stratified_threshold(scores[:10], ["a"] * 5 + ["b"] * 5, 0.05)
+    with pytest.raises(ValueError, match="labels for"):
+        fit_guard(fit, cal, rank=4, alpha=0.05, cal_strata=labels[:10])
+
+
+def test_train_probe_stratifies_the_guard_by_its_calibration_strata():
+    from adaptive_think.training.guard import guard_from_collection
+    from adaptive_think.training.splits import CALIB, TRAIN
+    from adaptive_think.training.train import guard_strata
+
+    gen = torch.Generator().manual_seed(5)
+    n = 400
+    records = [{"kind": 0, "qid": f"q{i}", "level": 1 + i % 2, "category": "ab"[i % 2], "thought_len": 10 + i,
+                "full_correct": True, "nothink_correct": False} for i in range(n)]
+    part = [TRAIN if i < n // 2 else CALIB for i in range(n)]
+    rows = torch.arange(n)
+    assert guard_strata(records, [0.0] * n, [0.0] * n, part, rows, "none") is None
+    labels = guard_strata(records, [0.0] * n, [0.0] * n, part, rows, "category")
+    assert labels[:2] == ["category a", "category b"]
+    bins = guard_strata(records, [0.0] * n, [0.0] * n, part, rows, "length:2")  # cut at the training lengths' median
+    assert bins[0] == "length bin 1 [0, 110)" and bins[-1] == "length bin 2 [110, inf)"
+    # "b" prompts spread wider: its own threshold is the guard's
+    x = torch.cat([_gaussian(n, gen)[:, None], (_gaussian(n, gen)[:, None] - 1.5) * 1.5 + 1.5], 1).reshape(2 * n, 24)[:n]
+    probe = Probe.random_for(MODEL, layer=0, width=4, seed=0)
+    probe.weights["mean"], probe.weights["inv_std"] = torch.zeros(24), torch.ones(24)
+    cal = torch.tensor([p == CALIB for p in part])
+    guard = guard_from_collection(probe, x, ~cal, cal, rank=4, alpha=0.05, log=lambda m: None, strata=labels)
+    record = guard.provenance["stratified"]["strata"]
+    assert {g: r["n"] for g, r in record.items()} == {"category a": 100, "category b": 100}
+    assert guard.threshold == record["category b"]["threshold"] > record["category a"]["threshold"]
 
 
 def test_fit_refuses_too_few_calibration_states_and_bad_rank():

@@ -12,6 +12,13 @@ so that a fresh in-distribution question (exchangeable with the calibration ones
 probability at most alpha: at most alpha of in-distribution rows fall back. n must be at least
 ceil((n + 1)(1 - alpha)), i.e. n >= 1/alpha - 1; fewer calibration questions are refused.
 
+With strata (train-probe's --strata, e.g. one per task family), the threshold is the largest of the strata's own
+conformal thresholds, so at most alpha of EACH stratum's rows fall back, not only of their calibration mix: a
+pooled threshold lets a family whose prompts sit further from the mean fall back several times as often (on the
+multi-family reasoner, 6.8% of `long_chain` calibration prompts against 0.5% of `last_digit` ones at alpha 0.03).
+Strata too small to rank alone are ranked together as one group; a group still too small gets no threshold of
+its own and is recorded as not covered.
+
     adaptive-think fit-guard --model bundled --probe P --n 600 --seed 5 --alpha 0.05 --out P2
     guard = fit_guard(x_fit, x_cal, rank=8, alpha=0.05)      # x: [N, D] normalised prompt-end features
 """
@@ -55,6 +62,29 @@ def conformal_threshold(scores: torch.Tensor, alpha: float) -> float:
     return float(torch.sort(scores).values[k - 1])
 
 
+def stratified_threshold(scores: torch.Tensor, labels: list[str], alpha: float) -> tuple[float, dict]:
+    """(threshold, record) of calibration scores [n] in strata `labels`: the largest of the strata's conformal
+    thresholds (small strata pooled as one group, see the module doc). record: per stratum its count and threshold,
+    and the strata left uncovered."""
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    need = math.ceil(1 / alpha - 1 - 1e-9)
+    small = sorted(g for g, rows in groups.items() if len(rows) < need)
+    if len(small) > 1:
+        groups["small strata: " + ", ".join(small)] = [i for g in small for i in groups.pop(g)]
+    record, uncovered = {}, []
+    for g, rows in sorted(groups.items()):
+        if len(rows) < need:
+            uncovered.append(g)
+            continue
+        record[g] = {"n": len(rows), "threshold": conformal_threshold(scores[rows], alpha)}
+    if not record:
+        raise ValueError(f"No stratum holds the {need} calibration questions a conformal threshold at alpha={alpha} "
+                         f"needs (strata: { {g: len(r) for g, r in groups.items()} }). Use more questions or no strata.")
+    return max(r["threshold"] for r in record.values()), {"strata": record, "not_covered": uncovered}
+
+
 def fit_shape(x_fit: torch.Tensor, rank: int) -> dict:
     """Mean [D], top-`rank` directions [R, D] and variances [R], residual variance of states x_fit [N, D]."""
     n, d = x_fit.shape
@@ -75,8 +105,9 @@ def fit_shape(x_fit: torch.Tensor, rank: int) -> dict:
 
 
 def fit_guard(x_fit: torch.Tensor, x_cal: torch.Tensor, rank: int = DEFAULT_RANK, alpha: float = DEFAULT_ALPHA,
-              provenance: dict | None = None) -> Guard:
-    """A guard fitted on x_fit [N, D] and calibrated on the held-out x_cal [n, D] (normalised prompt-end features).
+              provenance: dict | None = None, cal_strata: list[str] | None = None) -> Guard:
+    """A guard fitted on x_fit [N, D] and calibrated on the held-out x_cal [n, D] (normalised prompt-end features);
+    `cal_strata` (one label per calibration row): at most alpha of each stratum falls back (stratified_threshold).
 
     Example:
         >>> guard = fit_guard(x[:300], x[300:], rank=32, alpha=0.05); probe.guard = guard
@@ -87,8 +118,13 @@ def fit_guard(x_fit: torch.Tensor, x_cal: torch.Tensor, rank: int = DEFAULT_RANK
     guard = Guard(threshold=float("inf"), alpha=alpha, n_fit=int(ok.sum()), n_calibration=int(x_cal.shape[0]),
                   provenance=dict(provenance or {}), **shape)
     scores = guard.score(x_cal)
-    guard.threshold = conformal_threshold(scores, alpha)
-    guard.provenance["conformal_rank"] = conformal_rank(x_cal.shape[0], alpha)
+    if cal_strata is None:
+        guard.threshold = conformal_threshold(scores, alpha)
+        guard.provenance["conformal_rank"] = conformal_rank(x_cal.shape[0], alpha)
+        return guard
+    if len(cal_strata) != x_cal.shape[0]:
+        raise ValueError(f"cal_strata holds {len(cal_strata)} labels for {x_cal.shape[0]} calibration rows.")
+    guard.threshold, guard.provenance["stratified"] = stratified_threshold(scores, list(cal_strata), alpha)
     return guard
 
 
@@ -134,9 +170,11 @@ def features(probe, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def guard_from_collection(probe, hidden: torch.Tensor, fit_rows: torch.Tensor, cal_rows: torch.Tensor,
-                          rank: int = DEFAULT_RANK, alpha: float = DEFAULT_ALPHA, log=print) -> Guard | None:
+                          rank: int = DEFAULT_RANK, alpha: float = DEFAULT_ALPHA, log=print,
+                          strata: list[str] | None = None) -> Guard | None:
     """The guard train-probe fits from its collection's prompt-end states at the chosen layer (fit: training
-    questions, calibration: calibration questions); None, with a note, when too few calibration prompts."""
+    questions, calibration: calibration questions); None, with a note, when too few calibration prompts.
+    strata: one label per row (None: one stratum), to hold alpha in each calibration stratum."""
     x = features(probe, hidden)
     cal_rows = cal_rows & torch.isfinite(x).all(-1)  # a non-finite prompt state has no score to rank
     n_cal = int(cal_rows.sum())
@@ -145,9 +183,14 @@ def guard_from_collection(probe, hidden: torch.Tensor, fit_rows: torch.Tensor, c
     except ValueError as err:
         log(f"no guard: {err}")
         return None
+    cal_strata = None if strata is None else [s for s, c in zip(strata, cal_rows.tolist()) if c]
     guard = fit_guard(x[fit_rows], x[cal_rows], rank=min(rank, x.shape[1] - 1), alpha=alpha,
                       provenance={"fitted_by": "train-probe", "fit": "training questions' prompts",
-                                  "calibration": "calibration questions' prompts"})
+                                  "calibration": "calibration questions' prompts"}, cal_strata=cal_strata)
     log(f"guard: rank {guard.rank}, threshold {guard.threshold:.2f} (alpha {alpha}, {guard.n_fit} fit / "
         f"{guard.n_calibration} calibration prompts)")
+    for g, r in guard.provenance.get("stratified", {}).get("strata", {}).items():
+        log(f"guard stratum {g}: {r['n']} calibration prompts, own threshold {r['threshold']:.2f}")
+    for g in guard.provenance.get("stratified", {}).get("not_covered", []):
+        log(f"guard stratum {g}: too few calibration prompts for a threshold of its own (not covered)")
     return guard

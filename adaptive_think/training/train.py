@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from adaptive_think.training.budget import MemoryBudget
+from adaptive_think.training.calibrate import questions_of
 from adaptive_think.training.calibrate_ladder import calibrate_ladder
 from adaptive_think.training.guard import guard_from_collection
 from adaptive_think.training.heads import fit_head, head_logits, head_weights  # noqa: F401 (fit_head: the API)
@@ -41,6 +42,7 @@ from adaptive_think.probe.probe import Probe
 from adaptive_think.training.rows import resident
 from adaptive_think.training.scoring import collection_scores
 from adaptive_think.training.shards import THOUGHT_PREFIX, open_collections
+from adaptive_think.training.strata import parse_strata
 from adaptive_think.training.sweep import Masks, chunk_reserve, layer_rows, sweep_layers
 
 
@@ -136,9 +138,21 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
     at = m.prompt.nonzero().squeeze(-1)  # only the prompt records' rows are read: one per question
     with budget.hold(len(at) * states[key].shape[1] * 4 * 2, "the prompt states the guard is fitted on"):
         probe.guard = guard_from_collection(probe, states[key][at].float(), m.train[at],
-                                            torch.tensor([part[i] == CALIB for i in at.tolist()]), log=log)
+                                            torch.tensor([part[i] == CALIB for i in at.tolist()]), log=log,
+                                            strata=guard_strata(records, ready_l, skip_l, part, at, cfg.strata))
     probe.provenance["train_seconds"] = round(time.time() - t0, 1)
     probe.provenance["hidden_state_peak_bytes"] = budget.peak
     log(f"hidden states held at most {budget.peak / 2**20:.1f} MB at once (budget "
         + ("none" if budget.limit == float("inf") else f"{budget.limit / 2**20:.0f} MB") + ")")
     return probe
+
+
+def guard_strata(records: list[dict], ready, skip, part: list[str], rows: torch.Tensor, spec: str) -> list[str] | None:
+    """The calibration stratum of each of the prompt records `rows` (None without strata): the guard holds its
+    false-alarm rate in each stratum the ladder's promises are tested in. Length bins take the ladder's cut points."""
+    strata = parse_strata(spec)
+    if strata.by == "none":
+        return None
+    strata = strata.fit(questions_of(records, ready, skip, [p in (TRAIN, VAL) for p in part]))
+    return [strata.label({"level": records[i].get("level", 0), "category": records[i].get("category"),
+                          "length": int(records[i]["thought_len"])}) for i in rows.tolist()]
