@@ -1,6 +1,6 @@
-"""Probes with memory (adaptive_think/training/memory.py): the file format, the controller's running maxima against
-the offline head on a whole thought, the maxima through think blocks on both controller_step implementations, and train-probe
---memory end to end."""
+"""Probes with memory (adaptive_think/training/memory.py): the file format, the controller's running maxima (and
+counts) against the offline head on a whole thought, the memory through think blocks on both controller_step
+implementations, and train-probe --memory end to end."""
 
 import dataclasses
 
@@ -19,24 +19,38 @@ MODEL = make_model("qwen3", len(TOK))
 K = 3
 
 
-def memory_probe(seed=0) -> Probe:
-    """A random probe whose ready head remembers K features (large weights, so the maxima matter)."""
+def memory_probe(seed=0, counts=0) -> Probe:
+    """A random probe whose ready head remembers K features (large weights, so the maxima matter), the last
+    `counts` of them counting units."""
     base = Probe.random_for(MODEL, layer=1, width=8, seed=seed)
     d, g = base.hidden_size, torch.Generator().manual_seed(seed + 1)
     w = dict(base.weights)
     w["memory_w"] = torch.randn(K, d, generator=g)
     w["memory_b"] = torch.randn(K, generator=g)
     w["ready_w1"] = torch.cat([w["ready_w1"], 2.0 * torch.randn(8, K, generator=g)], 1)
+    if counts:
+        w["memory_sum"] = torch.tensor([0.0] * (K - counts) + [1.0] * counts)
+        w["ready_b1"] = w["ready_b1"] + 30.0 * w["ready_w1"][:, -counts:].sum(1)  # counts start at NO_MEMORY = -30
     return dataclasses.replace(base, weights=w)
+
+
+def running_memory(probe: Probe, feats: torch.Tensor) -> torch.Tensor:
+    """The memory after each of a thought's memory features [T, K], by hand: a maximum, or for a counting unit
+    NO_MEMORY plus the sum of the sigmoids so far."""
+    out = torch.cummax(feats, 0).values
+    for j, c in enumerate(probe.weights.get("memory_sum", torch.zeros(K)).tolist()):
+        if c:
+            out[:, j] = NO_MEMORY + torch.cumsum(torch.sigmoid(feats[:, j]), 0)
+    return out
 
 
 def by_hand(probe: Probe, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """From the probe file's weights alone, for a thought's states [T, D]: its memory features [T, K] and the ready
-    score after each state [T] (the maxima so far beside the features, one ReLU layer, a sigmoid)."""
+    score after each state [T] (the memory so far beside the features, one ReLU layer, a sigmoid)."""
     w = probe.weights
     x = (states.float() - w["mean"]) * w["inv_std"]  # [T, D]
     feats = x @ w["memory_w"].t() + w["memory_b"]  # [T, K]
-    memory = torch.cummax(feats, 0).values  # [T, K]
+    memory = running_memory(probe, feats)  # [T, K]
     hidden = torch.relu(torch.cat([x, memory], 1) @ w["ready_w1"].t() + w["ready_b1"])  # [T, H]
     return feats, torch.sigmoid(hidden @ w["ready_w2"] + w["ready_b2"])
 
@@ -54,6 +68,26 @@ def test_memory_head_is_causal_and_remembers_the_running_maximum():
     memory = head.features(x[0, :4]).max(0).values
     by_hand = head.fc2(torch.relu(head.fc1(torch.cat([x[0, 3], memory])))).squeeze(-1)
     torch.testing.assert_close(out[0, 3], by_hand)
+
+
+def test_counting_units_export_to_the_probe_the_controller_runs():
+    """A head with counting units scores a thought as the exported probe file does: the count's scale and its
+    NO_MEMORY start are folded into ready_w1 / ready_b1 exactly."""
+    torch.manual_seed(1)
+    head = MemoryHead(d=MODEL.config.hidden_size, k=2, width=6, counts=2)
+    with torch.no_grad():
+        head.features.bias[2:] += 2.0  # counts that grow by nearly 1 a token: the count matters to the head
+    states = torch.randn(12, MODEL.config.hidden_size)
+    want = torch.sigmoid(head(states[None], torch.ones(1, 12, dtype=torch.bool)))[0].detach()
+    base = Probe.random_for(MODEL, layer=1, width=6, seed=0)
+    w = dict(base.weights, mean=torch.zeros(states.shape[1]), inv_std=torch.ones(states.shape[1]), **head.export(6))
+    probe = dataclasses.replace(base, weights=w)
+    assert probe.memory_size == 4 and probe.memory_counts == 2
+    torch.testing.assert_close(probe.score_thought(states), want)
+    counts = running_memory(probe, by_hand(probe, states)[0])[:, 2:] - NO_MEMORY
+    assert bool((counts[-1] > 6).all())  # the counts ran well past what a maximum of sigmoids could reach
+    plain = MemoryHead(d=5, k=3, width=4)
+    assert "memory_sum" not in plain.export(4)
 
 
 def test_format_round_trip_and_errors(tmp_path):
@@ -75,6 +109,16 @@ def test_format_round_trip_and_errors(tmp_path):
         dataclasses.replace(probe, weights=bad)
     with pytest.raises(ValueError, match="memory_w"):
         dataclasses.replace(probe, weights={k: v for k, v in probe.weights.items() if k != "memory_b"})
+    counting = memory_probe(counts=2)
+    counting.save_pretrained(tmp_path / "c")
+    cfg = (tmp_path / "c" / "probe.json").read_text()
+    assert '"format_version": 6' in cfg and '"memory_counts": 2' in cfg  # older readers refuse it
+    loaded = Probe.from_pretrained(tmp_path / "c")
+    assert loaded.memory_counts == 2
+    torch.testing.assert_close(loaded.score_thought(states), by_hand(counting, states)[1])
+    assert not torch.allclose(probe.score_thought(states), loaded.score_thought(states))
+    with pytest.raises(ValueError, match="memory_sum"):
+        dataclasses.replace(counting, weights=dict(counting.weights, memory_sum=torch.tensor([0.0, 0.5, 1.0])))
 
 
 def _states(prompt_ids: list[int], gen: list[int], layer: int) -> torch.Tensor:
@@ -89,8 +133,9 @@ def _states(prompt_ids: list[int], gen: list[int], layer: int) -> torch.Tensor:
     return got["h"][0]
 
 
-def test_controller_scores_a_thought_as_the_offline_head_does():
-    probe = memory_probe()
+@pytest.mark.parametrize("counts", [0, 2])
+def test_controller_scores_a_thought_as_the_offline_head_does(counts):
+    probe = memory_probe(counts=counts)
     thinker = AdaptiveThinker(MODEL, TOK, probe=probe)
     m = thinker.markers
     prompts = ["the answer is", "so wait the answer is maybe"]
@@ -118,9 +163,10 @@ def test_controller_scores_a_thought_as_the_offline_head_does():
         assert not torch.allclose(head_scores(states, t, torch.full((n, K), NO_MEMORY))[0], want, atol=1e-3)
 
 
+@pytest.mark.parametrize("counts", [0, 2])
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.kernels)])
-def test_memory_restarts_with_each_block(impl):
-    probe = memory_probe()
+def test_memory_restarts_with_each_block(impl, counts):
+    probe = memory_probe(counts=counts)
     thinker = AdaptiveThinker(MODEL, TOK, probe=probe, impl=impl)
     m = thinker.markers
     never = ThinkConfig(policy="probe", threshold=1.0, skip_threshold=1.0, min_think_tokens=10_000)
@@ -139,7 +185,7 @@ def test_memory_restarts_with_each_block(impl):
         return hs
 
     def expected(hs):
-        return by_hand(probe, hs)[0].max(0).values
+        return running_memory(probe, by_hand(probe, hs)[0])[-1]
 
     feed([word])  # step 0 reads the prompt's last token: no memory
     assert torch.all(state.memory == NO_MEMORY)

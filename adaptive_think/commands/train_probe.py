@@ -36,6 +36,9 @@ def add_arguments(p):
     g.add_argument("--memory", type=int, default=0, metavar="K",
                    help="ready head with memory: it also reads a running maximum of K learned features of every "
                         "earlier thought token (needs collections made with --token-states; 0: none, the default)")
+    g.add_argument("--memory-counts", type=int, default=0, metavar="C",
+                   help="with --memory: C more units that count (a running sum of a learned feature over the thought, "
+                        "e.g. passes made) instead of keeping a maximum (default 0)")
     g.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
     c = add_calibration_arguments(p)
     c.add_argument("--epsilon", type=float, default=None, help="one rung named 'custom' instead of --efforts")
@@ -109,7 +112,8 @@ def run(args) -> int:
                       efforts=tuple(args.efforts), delta=args.delta, val_fraction=args.val_fraction,
                       calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
                       ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share,
-                      neg_weight=args.neg_weight, memory=args.memory, family_wise=args.family_wise,
+                      neg_weight=args.neg_weight, memory=args.memory, memory_counts=args.memory_counts,
+                      family_wise=args.family_wise,
                       strata=args.strata, path_cost=args.path_cost)
     probe = train_probe(args.data, cfg, calib_data=args.calib_data, budget=MemoryBudget.gigabytes(args.max_memory))
     probe.save_pretrained(args.out)

@@ -108,7 +108,9 @@ def packed_probe(probe: ProbeTensors):
     from adaptive_think.kernels.controller_step.triton_kernel import ProbeLayout
 
     has_guard = probe.guard_dirs is not None
-    names = PROBE_FIELDS + (MEMORY_FIELDS if probe.memory_w is not None else ()) + (GUARD_FIELDS if has_guard else ())
+    counts = probe.memory_sum is not None
+    names = (PROBE_FIELDS + (MEMORY_FIELDS if probe.memory_w is not None else ()) + (("memory_sum",) if counts else ())
+             + (GUARD_FIELDS if has_guard else ()))
     packed = _cached(probe, names)
     if packed is None:
         buffer, off = _rebind(probe, names, lambda t: torch.float32, _ALIGN, torch.float32)
@@ -118,7 +120,8 @@ def packed_probe(probe: ProbeTensors):
                           RB1=off["ready_b1"], RW2=off["ready_w2"], RB2=off["ready_b2"], SW1=off["skip_w1"],
                           SB1=off["skip_b1"], SW2=off["skip_w2"], SB2=off["skip_b2"], MW=off.get("memory_w", 0),
                           MB=off.get("memory_b", 0), GUARD=has_guard, R=probe.guard_rank or 0,
-                          GMEAN=off.get("guard_mean", 0), GDIRS=off.get("guard_dirs", 0), GCOEF=off.get("guard_coef", 0))
+                          GMEAN=off.get("guard_mean", 0), GDIRS=off.get("guard_dirs", 0), GCOEF=off.get("guard_coef", 0),
+                          COUNT=counts, MS=off.get("memory_sum", 0))
         packed = _Packed(buffer, lay, tuple(getattr(probe, n) for n in names))
         setattr(probe, _PACKED_ATTR, packed)
     elif packed.layout.RELU != bool(probe.relu):
@@ -233,6 +236,10 @@ def check_inputs(hidden, last_token, state: ControllerState, params: RowParams, 
     if k:
         need(p.memory_w.shape == (k, d) and p.memory_b.shape == (k,), f"probe memory shapes: memory_w [K, {d}], "
              f"memory_b [K]; got {tuple(p.memory_w.shape)}, {tuple(p.memory_b.shape)}")
+    if p.memory_sum is not None:
+        need(k > 0 and p.memory_sum.shape == (k,) and p.memory_sum.dtype == torch.float32
+             and p.memory_sum.device == device and p.memory_sum.is_contiguous(),
+             f"probe.memory_sum must be a contiguous fp32 [K] = [{k}] tensor on {device} beside memory_w")
     guard = [getattr(p, n) for n in GUARD_FIELDS]
     need(all(t is None for t in guard) or all(t is not None for t in guard),
          "a probe's guard needs all of guard_mean [D], guard_dirs [R, D] and guard_coef [R + 1]")

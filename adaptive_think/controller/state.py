@@ -84,6 +84,9 @@ class ProbeTensors:
     # head reads [x, m] (ready_w1 is [H, D + K]); None for a memoryless probe
     memory_w: torch.Tensor | None = None  # [K, D]
     memory_b: torch.Tensor | None = None  # [K]
+    # counting units: where memory_sum is 1, m = NO_MEMORY + the sum over those tokens of sigmoid(memory_w x +
+    # memory_b) instead of a maximum (how many passes, checks, ... the thought has made); None: every unit a maximum
+    memory_sum: torch.Tensor | None = None  # [K] of 0.0 / 1.0
     # an out-of-distribution guard (probe/guard.py) on the same features x: y = x - guard_mean, p = guard_dirs y,
     # score = sum_j guard_coef[j] p_j^2 + guard_coef[R] |y|^2 (a low-rank Mahalanobis distance); None: no guard
     guard_mean: torch.Tensor | None = None  # [D]
@@ -100,8 +103,13 @@ class ProbeTensors:
 
     @property
     def memory_size(self) -> int:
-        """K, the running maxima a row keeps (0: no memory)."""
+        """K, the running maxima (and counts) a row keeps (0: no memory)."""
         return 0 if self.memory_w is None else int(self.memory_w.shape[0])
+
+    @property
+    def memory_counts(self) -> int:
+        """How many of the K memory units count instead of keeping a maximum."""
+        return 0 if self.memory_sum is None else int((self.memory_sum > 0.5).sum())
 
     @property
     def guard_rank(self) -> int | None:

@@ -82,6 +82,29 @@ def memory_features(x: torch.Tensor, probe: ProbeTensors) -> torch.Tensor:
     return x @ probe.memory_w.t() + probe.memory_b
 
 
+def grow_memory(memory: torch.Tensor, feats: torch.Tensor, probe: ProbeTensors) -> torch.Tensor:
+    """One thought token's update of a memory [..., K] by its features [..., K]: a running maximum, or for the
+    counting units (probe.memory_sum) a running sum of sigmoid(features)."""
+    grown = torch.maximum(memory, feats)
+    if probe.memory_sum is None:
+        return grown
+    return torch.where(probe.memory_sum > 0.5, memory + torch.sigmoid(feats), grown)
+
+
+def thought_memory(feats: torch.Tensor, memory_sum: torch.Tensor | None, mask: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """The memory after each token of whole thoughts, as `grow_memory` leaves it token by token from NO_MEMORY:
+    feats [..., T, K] (the memory features of each thought token), mask [..., T] (False: padding, which adds
+    nothing) -> [..., T, K]."""
+    if mask is not None:
+        feats = feats.masked_fill(~mask[..., None], NO_MEMORY)
+    out = torch.cummax(feats.clamp_min(NO_MEMORY), -2).values
+    if memory_sum is None:
+        return out
+    grow = torch.sigmoid(feats) if mask is None else torch.sigmoid(feats) * mask[..., None]
+    return torch.where(memory_sum > 0.5, NO_MEMORY + torch.cumsum(grow, -2), out)
+
+
 def head_scores(hidden: torch.Tensor, probe: ProbeTensors, memory: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probe heads on hidden states [B, D] (any float dtype, any row stride) -> (ready [B], skip [B]) fp32.
@@ -245,7 +268,7 @@ def controller_step_reference(
             memory = torch.where(opened[None], NO_MEMORY, state.memory)  # [K, B]
             reads_thought = (seen == THINKING) & ~opened & ~first
             feats = memory_features(x, spec.probe).t()  # [K, B]
-            memory = torch.where(reads_thought[None], torch.maximum(memory, feats), memory)
+            memory = torch.where(reads_thought[None], grow_memory(memory.t(), feats.t(), spec.probe).t(), memory)
         ready, skip = feature_scores(x, spec.probe, None if memory is None else memory.t())
         ready, skip = torch.where(is_probe, ready, nan), torch.where(is_probe, skip, nan)
         if spec.probe.guard_dirs is not None:

@@ -7,7 +7,9 @@ see ladder.py) and `default_effort`; the top-level thresholds are the default ru
 with memory (`memory_size` K; weights `memory_w` [K, D], `memory_b` [K], and a ready head that reads D + K
 features, see memory.py); a memoryless probe is still written as format 2. Format 1 files (one calibrated
 point, no ladder) still load. Format 5 is a probe carrying an out-of-distribution guard (guard.py: tensors
-`guard_*` beside the heads' and a `guard` section); a probe without one is written as before.
+`guard_*` beside the heads' and a `guard` section); a probe without one is written as before. Format 6 is a probe
+whose memory has counting units (weight `memory_sum` [K], 1.0 where a unit sums sigmoid(feature) over the thought
+instead of keeping its maximum; `memory_counts` in probe.json); any other probe is written as before.
 
 A score file (format 4) is a probe without weights: its head `kind` is a training-free score read from the
 step's logits ("close-margin" or "entropy", controller/logit_score.py), calibrated into the same ladder
@@ -39,7 +41,8 @@ FORMAT_VERSION = 2
 MEMORY_FORMAT_VERSION = 3  # written only by probes with memory, which older readers cannot run
 SCORE_FORMAT_VERSION = 4  # written only by score files (no weights), which older readers cannot run
 GUARD_FORMAT_VERSION = 5  # written only by probes with a guard, which older readers cannot run
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+COUNT_FORMAT_VERSION = 6  # written only by probes with counting memory units, which older readers cannot run
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 WEIGHTS_NAME = "probe.safetensors"
 CONFIG_NAME = "probe.json"
 HEADS = ("ready", "skip")
@@ -66,7 +69,7 @@ class Probe:
 
     layer: int  # -1 for a score file
     kind: str  # "linear" | "mlp" | "close-margin" | "entropy"
-    weights: dict[str, torch.Tensor]  # mean, inv_std, {ready,skip}_{w1,b1,w2,b2}[, memory_w, memory_b]
+    weights: dict[str, torch.Tensor]  # mean, inv_std, {ready,skip}_{w1,b1,w2,b2}[, memory_w, memory_b[, memory_sum]]
     fingerprint: dict
     ready_threshold: float = 0.5
     skip_threshold: float = 2.0  # > 1: never skip until calibrated
@@ -113,6 +116,11 @@ class Probe:
         if k and (tuple(self.weights["memory_w"].shape) != (k, d) or tuple(self.weights["memory_b"].shape) != (k,)):
             raise ValueError(f"Probe memory weights have shapes {tuple(self.weights['memory_w'].shape)} and "
                              f"{tuple(self.weights['memory_b'].shape)}, expected ({k}, {d}) and ({k},).")
+        if "memory_sum" in self.weights:
+            flags = self.weights["memory_sum"]
+            if not k or tuple(flags.shape) != (k,) or not bool(((flags == 0) | (flags == 1)).all()):
+                raise ValueError(f"Probe weight memory_sum must be [K] = [{k}] of 0.0 (a maximum) / 1.0 (a count) "
+                                 f"beside a memory, got shape {tuple(flags.shape)}.")
         if k and self.kind != "mlp":
             raise ValueError("A probe with memory has an MLP ready head (kind='mlp').")
         for head in HEADS:
@@ -159,8 +167,13 @@ class Probe:
 
     @property
     def memory_size(self) -> int:
-        """K, the running maxima the ready head remembers over a thought (0: a memoryless probe)."""
+        """K, the running maxima (and counts) the ready head remembers over a thought (0: a memoryless probe)."""
         return int(self.weights["memory_w"].shape[0]) if "memory_w" in self.weights else 0
+
+    @property
+    def memory_counts(self) -> int:
+        """How many of the K memory units count (sum sigmoid(feature) over the thought) instead of a maximum."""
+        return int(self.weights["memory_sum"].sum()) if "memory_sum" in self.weights else 0
 
     # -- use -------------------------------------------------------------------------------------
 
@@ -196,12 +209,12 @@ class Probe:
     def score_thought(self, states: torch.Tensor) -> torch.Tensor:
         """states [T, D]: the probe layer's state after each thought token, in order -> ready probabilities [T]
         (what the controller scores at each of those steps)."""
-        from adaptive_think.controller.step import head_scores, memory_features, normalised
+        from adaptive_think.controller.step import head_scores, memory_features, normalised, thought_memory
 
         t = self.tensors(states.device)
         memory = None
         if self.memory_size:
-            memory = torch.cummax(memory_features(normalised(states, t), t), 0).values
+            memory = thought_memory(memory_features(normalised(states, t), t), t.memory_sum)
         return head_scores(states, t, memory)[0]
 
     @property
@@ -286,9 +299,11 @@ class Probe:
                 **common,
             }
         version = MEMORY_FORMAT_VERSION if self.memory_size else FORMAT_VERSION
+        version = GUARD_FORMAT_VERSION if self.guard is not None else version
         return {
-            "format_version": GUARD_FORMAT_VERSION if self.guard is not None else version,
+            "format_version": COUNT_FORMAT_VERSION if self.memory_counts else version,
             "memory_size": self.memory_size,
+            **({"memory_counts": self.memory_counts} if self.memory_counts else {}),
             "layer": self.layer,
             "kind": self.kind,
             "hidden_size": self.hidden_size,
@@ -372,9 +387,10 @@ class Probe:
             ladder=[Rung.from_dict(r, str(cfg_path)) for r in cfg.get("ladder") or []],
             default_effort=cfg.get("default_effort"), guard=guard,
         )
-        if probe.memory_size != cfg.get("memory_size", 0):
-            raise ValueError(f"{str(folder)!r}: weights hold {probe.memory_size} memory features, probe.json says "
-                             f"{cfg.get('memory_size', 0)}. Re-save the probe.")
+        if probe.memory_size != cfg.get("memory_size", 0) or probe.memory_counts != cfg.get("memory_counts", 0):
+            raise ValueError(f"{str(folder)!r}: weights hold {probe.memory_size} memory features ({probe.memory_counts} "
+                             f"counting), probe.json says {cfg.get('memory_size', 0)} ({cfg.get('memory_counts', 0)}). "
+                             "Re-save the probe.")
         if probe.hidden_size != cfg.get("hidden_size", probe.hidden_size):
             raise ValueError(f"{str(folder)!r}: weights are for hidden size {probe.hidden_size}, probe.json says {cfg['hidden_size']}.")
         return probe

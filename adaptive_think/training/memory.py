@@ -1,5 +1,12 @@
 """A ready head with memory: it reads the current state and a running maximum of K features of every earlier
-state of the thought, `sigmoid(MLP([x_t, max_{s<=t}(G x_s + g)]))`.
+state of the thought, `sigmoid(MLP([x_t, max_{s<=t}(G x_s + g)]))`, and optionally C counting units, running sums
+`sum_{s<=t} sigmoid(C x_s + c)` (`--memory-counts`).
+
+A maximum remembers that something happened (a slip several lines back) but cannot count: on a thought made
+of several checking passes it cannot tell the end of the third pass (always settled) from the first. A counting
+unit that learns to fire once per pass can. The head reads a count divided by COUNT_SCALE; the exported weights
+fold that scale, and the NO_MEMORY a count starts from, into the ready head's first layer, so the controller
+keeps NO_MEMORY + count and reads it as it reads a maximum.
 
 A memoryless head sees only the token just written; on the bundled reasoner, at the first stated answer that
 state does not say whether a step several lines back slipped, while the state of the slipping line does, and a
@@ -24,32 +31,48 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptive_think.controller.state import NO_MEMORY
+from adaptive_think.controller.step import thought_memory
 from adaptive_think.training.health import KIND_THOUGHT
 from adaptive_think.training.shards import THOUGHT_PREFIX
 
 
-class MemoryHead(nn.Module):
-    """Ready logit from the current state and a running maximum of K features of every state so far."""
+COUNT_SCALE = 8.0  # a count the head reads is divided by this: passes and checks number a few to a dozen
 
-    def __init__(self, d: int, k: int, width: int):
+
+class MemoryHead(nn.Module):
+    """Ready logit from the current state, a running maximum of K features and a running count of C more."""
+
+    def __init__(self, d: int, k: int, width: int, counts: int = 0):
         super().__init__()
-        self.features = nn.Linear(d, k)
-        self.fc1 = nn.Linear(d + k, width)
+        self.d, self.k = d, k
+        self.features = nn.Linear(d, k + counts)
+        self.memory_sum = torch.tensor([0.0] * k + [1.0] * counts) if counts else None
+        self.fc1 = nn.Linear(d + k + counts, width)
         self.fc2 = nn.Linear(width, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x [Q, T, D] normalised states of Q thoughts (padded on the right, mask [Q, T]) -> logits [Q, T]."""
-        memory = torch.cummax(self.features(x).masked_fill(~mask[..., None], NO_MEMORY), 1).values
+        memory = thought_memory(self.features(x), self.memory_sum, mask)
+        if self.memory_sum is not None:  # a count is read as count / COUNT_SCALE
+            memory = torch.where(self.memory_sum > 0.5, (memory - NO_MEMORY) / COUNT_SCALE, memory)
         return self.fc2(torch.relu(self.fc1(torch.cat([x, memory], -1)))).squeeze(-1)
 
     def export(self, width: int) -> dict[str, torch.Tensor]:
-        """The probe weights: memory_{w,b} and ready_{w1,b1,w2,b2} (ready_w1 [width, D + K], padded rows)."""
+        """The probe weights: memory_{w,b}[, memory_sum] and ready_{w1,b1,w2,b2} (ready_w1 [width, D + K + C],
+        padded rows), the count's scale and start folded into ready_w1 and ready_b1."""
         with torch.no_grad():
-            pad = width - self.fc1.weight.shape[0]
+            w1, b1 = self.fc1.weight.clone(), self.fc1.bias.clone()
+            out = {"memory_w": self.features.weight.clone(), "memory_b": self.features.bias.clone()}
+            if self.memory_sum is not None:
+                cols = self.d + self.memory_sum.nonzero().squeeze(-1)  # the count units' columns
+                w1[:, cols] /= COUNT_SCALE  # W (m - NO_MEMORY) / S = (W / S) m - (W / S) NO_MEMORY
+                b1 -= w1[:, cols].sum(-1) * NO_MEMORY
+                out["memory_sum"] = self.memory_sum.clone()
+            pad = width - w1.shape[0]
             return {
-                "memory_w": self.features.weight.clone(), "memory_b": self.features.bias.clone(),
-                "ready_w1": torch.cat([self.fc1.weight, torch.zeros(pad, self.fc1.weight.shape[1])]),
-                "ready_b1": torch.cat([self.fc1.bias, torch.zeros(pad)]),
+                **out,
+                "ready_w1": torch.cat([w1, torch.zeros(pad, w1.shape[1])]),
+                "ready_b1": torch.cat([b1, torch.zeros(pad)]),
                 "ready_w2": torch.cat([self.fc2.weight[0], torch.zeros(pad)]),
                 "ready_b2": self.fc2.bias.reshape(1).clone(),
             }
@@ -162,7 +185,8 @@ def memory_reserve(data: ThoughtSet, cfg) -> int:
     """The budget the batches of `fit_memory_head` need beside the thought states themselves."""
     d = next((s.shape[1] for s in data.states.values()), 0)
     batches = memory_batches(data, sorted(data.states), cfg.chunk_rows)
-    return max((batch_bytes(len(b), max(len(data.states[q]) for q in b), d, cfg.memory, cfg.width) for b in batches),
+    return max((batch_bytes(len(b), max(len(data.states[q]) for q in b), d, cfg.memory + cfg.memory_counts, cfg.width)
+                for b in batches),
                default=0)
 
 
@@ -184,13 +208,13 @@ def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cf
     total = {p: sum(sum({records[i]["pos"]: 1.0 if records[i]["label"] else cfg.neg_weight
                          for i in data.rows[q]}.values()) for q in groups[p]) for p in groups}
     torch.manual_seed(cfg.seed)
-    head = MemoryHead(mean.shape[0], k, cfg.width)
+    head = MemoryHead(mean.shape[0], k, cfg.width, cfg.memory_counts)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     d, kept = mean.shape[0], {}
     # the padded batches in memory across epochs when they fit the budget beside one batch's working set
     size = sum(len(qs) * max(len(data.states[q]) for q in qs) * (d + 3) * 4 for p in batches for qs in batches[p])
-    spare = max(batch_bytes(len(qs), max(len(data.states[q]) for q in qs), d, k, cfg.width)
+    spare = max(batch_bytes(len(qs), max(len(data.states[q]) for q in qs), d, k + cfg.memory_counts, cfg.width)
                 for p in batches for qs in batches[p])
     keep = budget.fits(size + spare)
 
@@ -198,7 +222,7 @@ def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cf
         out = torch.zeros(())
         for j, qs in enumerate(batches[p]):
             longest = max(len(data.states[q]) for q in qs)
-            with budget.hold(batch_bytes(len(qs), longest, d, k, cfg.width), "a batch of thoughts"):
+            with budget.hold(batch_bytes(len(qs), longest, d, k + cfg.memory_counts, cfg.width), "a batch of thoughts"):
                 b = kept.get((p, j))
                 if b is None:
                     b = data.batch(qs, records, mean, std, cfg.neg_weight)

@@ -118,14 +118,15 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
             memory, memory_loss = fit_memory_head(thoughts, records, part_of, mean, std, cfg.memory, cfg, budget)
         weights.update(memory.export(width))
         fitted = Counter(part_of[q] for q in thoughts.states)
-        log(f"ready head with memory ({cfg.memory} features) on layer {layer}: fitted on {fitted[TRAIN]} thoughts "
+        log(f"ready head with memory ({cfg.memory} maxima, {cfg.memory_counts} counts) on layer {layer}: fitted on {fitted[TRAIN]} thoughts "
             f"(validation {fitted[VAL]}), best val loss {memory_loss:.4f}")
     probe = Probe(layer=layer, kind="mlp", weights=weights, fingerprint=settings["fingerprint"],
                   provenance={"data": [str(d) for d in data],
                               "collections": settings["collections"], "train_config": asdict(cfg), "layer_sweep": sweep,
                               "chosen": {"layer": layer, "ready_kind": "memory" if memory else k, "skip_kind": skip_kind,
                                          "ready_val_auroc": score, "skip_val_auroc": skip_auc,
-                                         **({"memory_size": cfg.memory, "memory_val_loss": memory_loss} if memory else {})},
+                                         **({"memory_size": cfg.memory + cfg.memory_counts, "memory_counts": cfg.memory_counts,
+                                             "memory_val_loss": memory_loss} if memory else {})},
                               "collect_settings": {kk: v for kk, v in settings.items()
                                                    if kk not in ("fingerprint", "collections")},
                               "questions_seen": seen_questions(records)})

@@ -32,6 +32,8 @@ class TrainConfig:
     # K > 0: the ready head also reads a running maximum of K learned features of every earlier thought token
     # (memory.py; needs collections made with --token-states); 0: the memoryless head
     memory: int = 0
+    # C > 0: C more memory units count instead (a running sum of sigmoid(feature), memory.py): passes, checks
+    memory_counts: int = 0
     # every rung under every decoding mode holds at once with probability >= 1 - delta (calibrate_ladder.py)
     family_wise: bool = True
     # strata of the calibration questions in each of which every rung's test must pass (strata.py): two bins of
@@ -56,6 +58,11 @@ class TrainConfig:
         if not (isinstance(self.memory, int) and self.memory >= 0):
             raise ValueError(f"memory={self.memory!r} must be a whole number >= 0 (the features a ready head with "
                              "memory keeps; 0 for none).")
+        if not (isinstance(self.memory_counts, int) and self.memory_counts >= 0):
+            raise ValueError(f"memory_counts={self.memory_counts!r} must be a whole number >= 0 (the counting units "
+                             "of a ready head with memory; 0 for none).")
+        if self.memory_counts and not self.memory:
+            raise ValueError(f"memory_counts={self.memory_counts} needs a head with memory (memory > 0, --memory K).")
         parse_strata(self.strata)
         if self.path_cost not in PATH_COSTS:
             raise ValueError(f"path_cost={self.path_cost!r} must be one of {', '.join(PATH_COSTS)}.")

@@ -131,6 +131,8 @@ class ProbeLayout(NamedTuple):
     SCORE (with D = 0): 1 = a precomputed logit score [B] is the ready score, 2 = the skip score as well.
     GUARD: the probe has an out-of-distribution guard of rank R (guard_mean [D] at GMEAN, guard_dirs [R, D] at
     GDIRS, guard_coef [R + 1] at GCOEF).
+    COUNT: some memory units count (memory_sum [K] at MS, 1.0 where a unit sums sigmoid(feature) instead of
+    keeping its maximum).
     """
 
     D: int
@@ -156,6 +158,8 @@ class ProbeLayout(NamedTuple):
     GMEAN: int = 0
     GDIRS: int = 0
     GCOEF: int = 0
+    COUNT: bool = False
+    MS: int = 0
 
 
 NO_PROBE = ProbeLayout(*([0] * 4), False, *([0] * 12))
@@ -364,7 +368,8 @@ def _parked(zpark, head, rows, mask, units, umask, B, TILE: tl.constexpr):
 @triton.jit
 def _update_memory(zpark, probe_ptr, sf_ptr, rows, rmask, opened, reads_thought, B,
                    L: tl.constexpr, PROBE: tl.constexpr, TILE: tl.constexpr):
-    """The rows' new running maxima [R, BK] (the reference's rule), also written to state.floats[MEMORY:].
+    """The rows' new running maxima and counts [R, BK] (the reference's rule, grow_memory), also written to
+    state.floats[MEMORY:].
 
     A block opening this step starts afresh; only a thought token read this step adds its features, the
     ready tiles' units H.. plus memory_b. Lanes past K or B come back 0, so they add nothing to the head.
@@ -379,6 +384,9 @@ def _update_memory(zpark, probe_ptr, sf_ptr, rows, rmask, opened, reads_thought,
     memory = tl.where(opened[:, None], L.NO_MEMORY, memory)
     # NaN wins, like torch.maximum (Triton's default keeps the other operand on the GPU)
     grown = tl.maximum(memory, feats, propagate_nan=tl.PropagateNan.ALL)
+    if PROBE.COUNT:  # counting units add sigmoid(feature) (grow_memory)
+        counts = tl.load(probe_ptr + PROBE.MS + ks, mask=kmask, other=0.0)[None, :] > 0.5
+        grown = tl.where(counts, memory + tl.sigmoid(feats), grown)
     memory = tl.where(reads_thought[:, None], grown, memory)
     tl.store(sf_ptr + at, memory, mask=mask)
     return tl.where(mask, memory, 0.0)
