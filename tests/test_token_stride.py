@@ -173,3 +173,19 @@ def test_a_resumed_collection_keeps_its_stride(collections):
     folder = collections[4][3]["out"]
     with pytest.raises(ValueError, match=r"other settings \(\['token_stride'\]\)"):
         collect(model, tok, bundled_items(2, seed=7), folder, load_checker(None), CFG, progress=False)
+
+
+def test_counting_units_are_refused_on_a_strided_collection(collections):
+    from adaptive_think.training.scoring import collection_scores
+    from adaptive_think.training.train import train_probe
+    from adaptive_think.training.train_config import TrainConfig
+
+    strided, every = collections[4][3]["out"], collections[1][3]["out"]
+    cfg = TrainConfig(memory=2, memory_counts=1, epochs=3, efforts=("high:0.2",), calib_fraction=0.3)
+    with pytest.raises(ValueError, match="--token-stride 1"):
+        train_probe(strided, cfg, log=lambda *a: None)
+    probe = train_probe(every, cfg, log=lambda *a: None)  # every token kept: counts train and score
+    assert probe.memory_counts == 1
+    hidden, records, _, _ = collections[4]
+    with pytest.raises(ValueError, match="--token-stride 1"):
+        collection_scores(probe, hidden, records)

@@ -36,6 +36,8 @@ from adaptive_think.training.health import KIND_THOUGHT
 from adaptive_think.training.shards import THOUGHT_PREFIX
 
 
+COUNTS_NEED_EVERY_TOKEN = ("Counting memory units (--memory-counts) count over every thought token, but this collection "
+                           "keeps every S-th token's state (--token-stride S > 1): collect with --token-stride 1.")
 COUNT_SCALE = 8.0  # a count the head reads is divided by this: passes and checks number a few to a dozen
 
 
@@ -101,6 +103,8 @@ class ThoughtSet:
         length = {thought_key(r): r["thought_len"] for r in records if r["kind"] == 0}
         positions = {q: (positions or {}).get(q) or list(range(1, len(s) + 1)) for q, s in states.items()}
         self.states = {q: s for q, s in states.items() if 0 < len(s) and positions[q][-1] == length.get(q, -1)}
+        # every thought token's state (no --token-stride): what a counting unit needs to count as the controller does
+        self.every_token = all(positions[q] == list(range(1, len(s) + 1)) for q, s in self.states.items())
         self.rows = defaultdict(list)
         self.at = {}
         row_of = {q: {p: t for t, p in enumerate(positions[q])} for q in self.states}
@@ -199,6 +203,8 @@ def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cf
     from adaptive_think.training.budget import MemoryBudget
 
     budget = budget or MemoryBudget(None)
+    if cfg.memory_counts and not data.every_token:
+        raise ValueError(COUNTS_NEED_EVERY_TOKEN)
     groups = {p: sorted(q for q in data.states if part[q] == p) for p in ("train", "val")}
     if not groups["train"] or not groups["val"]:
         raise ValueError("Too few questions with thought-token states to fit a head with memory; collect more.")

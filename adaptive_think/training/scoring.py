@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from adaptive_think.training.health import KIND_PROMPT
-from adaptive_think.training.memory import ThoughtSet
+from adaptive_think.training.memory import COUNTS_NEED_EVERY_TOKEN, ThoughtSet
 from adaptive_think.training.rows import Rows, budget_of, resident, working_bytes
 from adaptive_think.training.shards import THOUGHT_PREFIX
 
@@ -66,6 +66,8 @@ def collection_scores(probe, hidden, records: list[dict], chunk_rows: int = SCOR
     if not thoughts.states:
         raise ValueError("This probe has memory, so it scores whole thoughts, but the collection holds no "
                          "thought-token states: collect it with --token-states.")
+    if probe.memory_counts and not thoughts.every_token:
+        raise ValueError(COUNTS_NEED_EVERY_TOKEN)
     ready = [float("nan")] * len(records)
     longest = max(len(s) for s in thoughts.states.values())
     with resident(hidden, f"{THOUGHT_PREFIX}{probe.layer}", working_bytes(longest, d, probe.width)):
