@@ -8,19 +8,25 @@ Two recipes share this one training loop:
       rows of the short families (about 75 minutes on two idle cores).
 Each step's rows mix full traces, truncated traces ending in a forced exit (answering the cut thought's
 last stated answer), and no-think answers. v2 adds lookup drills (--p-drill): a question's own lines
-recalled in shuffled order, round after round, trained on the recalled value only. Traces read the
-question in order, which lets a small model get by on where a line sits instead of what it says; the
-shuffled drill rewards only the content lookup (label -> operation, digit -> arrow) that a long trace needs
-to get right a hundred times in a row.
+recalled in shuffled order, round after round, trained on the recalled value only.
+
+The v2 recipe is three stages (about three hours on two idle cores):
+  1. 12,000 steps with tables listed in label order (--in-order): the model learns the families' traces;
+  2. 12,000 steps of drills (--p-drill 0.3), still in label order: the content lookup (label -> operation,
+     digit -> arrow) that a long trace needs to get right a hundred times in a row;
+  3. 3,000 steps on questions that list their tables in an order drawn with each question (the default), so
+     that a trace can no longer find a line by where it sits, only by what it says.
 
 Reproducible from --seed (weights and every batch are functions of it), resumable from the checkpoint
 it writes every --ckpt-minutes (atomic: one safetensors file, step and settings in its metadata).
 
     python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner --seed 0          # v1
-    python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2
-    python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2 --resume
-    python scripts/train_reasoner.py --recipe v2 --out runs/reasoner-v2-drill --init-from runs/reasoner-v2 \
-        --seed 2 --lr 1e-3 --warmup 50 --p-drill 0.3     # second stage: lookup drills on the trained model
+    python scripts/train_reasoner.py --recipe v2 --in-order --out runs/v2-1                  # v2, stage 1
+    python scripts/train_reasoner.py --recipe v2 --in-order --out runs/v2-1 --resume         # (resumed)
+    python scripts/train_reasoner.py --recipe v2 --in-order --out runs/v2-2 --init-from runs/v2-1 \
+        --seed 2 --lr 1e-3 --warmup 50 --p-drill 0.3                                         # stage 2
+    python scripts/train_reasoner.py --recipe v2 --out runs/v2-3 --init-from runs/v2-2 \
+        --seed 777018 --lr 1e-3 --warmup 50 --steps 3000 --p-drill 0.3                       # stage 3
 
 Writes OUT/{model.safetensors, config.json, generation_config.json, tokenizer.json, ...} at the end and
 OUT/snapshot/ (the same, loadable, for measuring progress) at every checkpoint.
