@@ -34,9 +34,10 @@ def randint(gen: torch.Generator, lo: int, hi: int) -> int:
 
 
 def random_probe(d: int, h: int, gen: torch.Generator, relu: bool = True, device="cpu",
-                 memory: int = 0) -> ProbeTensors:
+                 memory: int = 0, counts: int = 0) -> ProbeTensors:
     """A probe whose scores spread over (0, 1) for standard-normal hidden states; with `memory` K > 0 its ready
-    head also reads K running maxima (weights large enough that the maxima move the score)."""
+    head also reads K running maxima (weights large enough that the maxima move the score), the last `counts` of
+    them counting units."""
 
     def randn(*shape, scale=1.0):
         return torch.randn(*shape, generator=gen) * scale
@@ -55,6 +56,8 @@ def random_probe(d: int, h: int, gen: torch.Generator, relu: bool = True, device
         probe.memory_w = randn(memory, d, scale=d**-0.5)
         probe.memory_b = randn(memory, scale=0.5)
         probe.ready_w1 = torch.cat([rw1, randn(h, memory, scale=memory**-0.5)], 1)
+    if counts:
+        probe.memory_sum = torch.tensor([0.0] * (memory - counts) + [1.0] * counts)
     return probe.to(device)
 
 

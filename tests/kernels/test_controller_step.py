@@ -72,9 +72,9 @@ def _triton_step(hidden, tok, state, params, spec, split=False, levels=None):
         assert not ws.tickets.any()
 
 
-def _random_step_case(gen, B, D, H, dtype, step, relu, memory=0):
+def _random_step_case(gen, B, D, H, dtype, step, relu, memory=0, counts=0):
     """A random probe and mid-run state where stops and step-0 skips happen: (spec, params, state, hidden, tok)."""
-    probe = random_probe(D, H, gen, relu=relu, **({"memory": memory} if memory else {}))
+    probe = random_probe(D, H, gen, relu=relu, **({"memory": memory, "counts": counts} if memory else {}))
     spec = random_spec(gen, 50, probe)
     params = random_params(gen, B, 50, spec)
     params.floats[P_SKIP_THRESHOLD].fill_(0.5)  # some probe rows skip at their step 0
@@ -200,14 +200,16 @@ MEMORY_CASES = [  # (B, D, H, K, hidden dtype, atol, rtol, split, levels, seed);
 
 
 @pytest.mark.kernels
-@pytest.mark.parametrize("B, D, H, K, dtype, atol, rtol", [
-    pytest.param(300, 70, 40, 3, torch.float32, 1e-6, 1e-5, id="B300-D70-H40-K3-fp32"),  # 3 row blocks, 3 unit chunks
-    pytest.param(63, 257, 100, 16, torch.bfloat16, 1e-6, 1e-5, id="B63-D257-H100-K16-bf16"),
+@pytest.mark.parametrize("B, D, H, K, C, dtype, atol, rtol", [
+    pytest.param(300, 70, 40, 3, 0, torch.float32, 1e-6, 1e-5, id="B300-D70-H40-K3-fp32"),  # 3 row blocks, 3 unit chunks
+    pytest.param(63, 257, 100, 16, 0, torch.bfloat16, 1e-6, 1e-5, id="B63-D257-H100-K16-bf16"),
+    pytest.param(100, 70, 24, 8, 3, torch.float32, 1e-6, 1e-5, id="B100-D70-H24-K8-C3-fp32"),  # 3 counting units
 ])
-def test_memory_probe_one_step_matches_reference(B, D, H, K, dtype, atol, rtol):
-    """One step from random mid-run states holding random maxima (some rows none yet), NaN / inf hidden rows."""
+def test_memory_probe_one_step_matches_reference(B, D, H, K, C, dtype, atol, rtol):
+    """One step from random mid-run states holding random maxima and counts (some rows none yet), NaN / inf
+    hidden rows."""
     gen = torch.Generator().manual_seed(B + D + H + K)
-    spec, params, state, hidden, tok = _random_step_case(gen, B, D, H, dtype, None, relu=True, memory=K)
+    spec, params, state, hidden, tok = _random_step_case(gen, B, D, H, dtype, None, relu=True, memory=K, counts=C)
     before = state.memory.clone()
     want = state.clone()
     controller_step_reference(hidden, tok, want, params, spec)

@@ -76,13 +76,14 @@ def _finite_hidden(batch, d, dtype, gen, nan_row=True):
 # bf16 alone: the dtype changes only the hidden state's load, which the memoryless cases cover in all three
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES[1:2])
 @pytest.mark.parametrize("B, D, H, K", MEMORY_SHAPES, ids=[f"B{b}-D{d}-H{h}-K{k}" for b, d, h, k in MEMORY_SHAPES])
-@pytest.mark.parametrize("step", [0, None], ids=["step0", "mixed-steps"])
-def test_memory_probe_controller_step_cuda_matches_reference(step, B, D, H, K, dtype, atol, rtol):
-    """A probe with memory: compiled kernel == reference from random mid-run states holding random maxima."""
+@pytest.mark.parametrize("step, counts", [(0, 0), (None, 0), (None, 2)], ids=["step0", "mixed-steps", "mixed-steps-C2"])
+def test_memory_probe_controller_step_cuda_matches_reference(step, counts, B, D, H, K, dtype, atol, rtol):
+    """A probe with memory (the last `counts` units counting): compiled kernel == reference from random mid-run
+    states holding random maxima."""
     from adaptive_think.controller.kernel_buffers import controller_step_triton
 
     gen = torch.Generator().manual_seed(B + D + H + K + (step if step is not None else 7))
-    spec = random_spec(gen, 50, random_probe(D, H, gen, relu=H > 1, memory=K))
+    spec = random_spec(gen, 50, random_probe(D, H, gen, relu=H > 1, memory=K, counts=min(counts, K)))
     params = random_params(gen, B, 50, spec)
     params.floats[P_SKIP_THRESHOLD].fill_(0.5)
     params.ints[P_PATIENCE].fill_(1)
