@@ -242,3 +242,46 @@ def probe_scores(probe: Probe, data: ThoughtSet, records) -> list[float]:
         head.fc1.weight.copy_(w["ready_w1"]), head.fc1.bias.copy_(w["ready_b1"])
         head.fc2.weight.copy_(w["ready_w2"][None]), head.fc2.bias.copy_(w["ready_b2"])
     return checkpoint_scores(head, data, records, w["mean"], 1.0 / w["inv_std"])
+
+
+def _synthetic_thoughts(n_questions: int, d: int = 6):
+    """A ThoughtSet of random thoughts (8-15 tokens) whose every fourth token is a labelled checkpoint."""
+    from adaptive_think.training.health import KIND_THOUGHT
+
+    g = torch.Generator().manual_seed(0)
+    states, records, part = {}, [], {}
+    for j in range(n_questions):
+        n = 8 + j % 8
+        states[("greedy", f"q{j}")] = torch.randn(n, d, generator=g)
+        records.append({"qid": f"q{j}", "kind": 0, "pos": 0, "label": False, "thought_len": n})
+        records += [{"qid": f"q{j}", "kind": KIND_THOUGHT, "pos": p, "label": bool(torch.rand(1, generator=g) < 0.5)}
+                    for p in range(4, n + 1, 4)]
+        part[("greedy", f"q{j}")] = "val" if j % 5 == 0 else "train"
+    return ThoughtSet(states, records), records, part
+
+
+def test_memory_head_minibatches_take_one_step_per_batch_and_are_reproducible(monkeypatch):
+    from adaptive_think.training.memory import fit_memory_head
+    from adaptive_think.training.train_config import TrainConfig
+
+    data, records, part = _synthetic_thoughts(30)  # 24 training thoughts
+    mean, std = torch.zeros(6), torch.ones(6)
+    steps = []
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), real_step(self, *a, **k))[1])
+
+    def fit(**kw):
+        steps.clear()
+        head, loss = fit_memory_head(data, records, part, mean, std, 2, TrainConfig(memory=2, width=4, epochs=5, **kw))
+        return head, loss, len(steps)
+
+    full, _, n_full = fit()
+    mini, loss, n_mini = fit(memory_batch=5, memory_epochs=3, memory_lr=1e-2)
+    assert n_full == 5 and n_mini == 3 * 5  # ceil(24 / 5) = 5 steps an epoch
+    again, loss2, _ = fit(memory_batch=5, memory_epochs=3, memory_lr=1e-2)
+    assert loss == loss2 and torch.equal(mini.features.weight, again.features.weight)
+    assert not torch.equal(mini.features.weight, full.features.weight)
+    counting, _, _ = fit(memory_counts=1, memory_batch=8)
+    assert counting.memory_sum.tolist() == [0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="memory_batch"):
+        TrainConfig(memory=2, memory_batch=-1).rungs()

@@ -39,6 +39,12 @@ def add_arguments(p):
     g.add_argument("--memory-counts", type=int, default=0, metavar="C",
                    help="with --memory: C more units that count (a running sum of a learned feature over the thought, "
                         "e.g. passes made) instead of keeping a maximum (default 0)")
+    g.add_argument("--memory-batch", type=int, default=0, metavar="N",
+                   help="with --memory: one optimiser step per N training thoughts (default 0: full batch, one step "
+                        "an epoch)")
+    g.add_argument("--memory-epochs", type=int, default=None, metavar="E",
+                   help="with --memory: the memory head's epochs (default: --epochs)")
+    g.add_argument("--memory-lr", type=float, default=None, help="with --memory: its learning rate (default: --lr)")
     g.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
     c = add_calibration_arguments(p)
     c.add_argument("--epsilon", type=float, default=None, help="one rung named 'custom' instead of --efforts")
@@ -113,6 +119,7 @@ def run(args) -> int:
                       calib_fraction=args.calib_fraction, kinds=tuple(args.kinds),
                       ready_at_boundaries=args.ready_at_boundaries, skip_share=args.skip_share,
                       neg_weight=args.neg_weight, memory=args.memory, memory_counts=args.memory_counts,
+                      memory_batch=args.memory_batch, memory_epochs=args.memory_epochs, memory_lr=args.memory_lr,
                       family_wise=args.family_wise,
                       strata=args.strata, path_cost=args.path_cost)
     probe = train_probe(args.data, cfg, calib_data=args.calib_data, budget=MemoryBudget.gigabytes(args.max_memory))

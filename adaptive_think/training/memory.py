@@ -196,10 +196,12 @@ def memory_reserve(data: ThoughtSet, cfg) -> int:
 
 def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cfg,
                     budget=None) -> tuple[MemoryHead, float]:
-    """Full-batch AdamW on the weighted BCE of every labelled checkpoint (cfg: TrainConfig); keeps the epoch with
-    the best validation loss. part: question key -> "train" | "val" | "calib". The loss and its gradient are summed
-    over batches of thoughts (`memory_batches`), whose states are read one batch at a time within `budget`
-    (budget.MemoryBudget; None: no limit). Returns (head, val loss)."""
+    """AdamW on the weighted BCE of every labelled checkpoint (cfg: TrainConfig); keeps the epoch with the best
+    validation loss. part: question key -> "train" | "val" | "calib". Full batch (one step an epoch), or with
+    cfg.memory_batch N one step per N training thoughts, in an order drawn per epoch from cfg.seed (more steps
+    from the same thoughts: a ready head for a strict rung must be sure where it fires). The loss and its gradient
+    are summed over batches of thoughts (`memory_batches`), whose states are read one batch at a time within
+    `budget` (budget.MemoryBudget; None: no limit). Returns (head, val loss)."""
     from adaptive_think.training.budget import MemoryBudget
 
     budget = budget or MemoryBudget(None)
@@ -211,11 +213,12 @@ def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cf
     batches = {p: memory_batches(data, groups[p], cfg.chunk_rows) for p in groups}
     # the loss is a weighted mean over every checkpoint of the group: its total weight, from the records alone
     # (one weight per thought position, the last record's there, as `ThoughtSet.batch` places them)
-    total = {p: sum(sum({records[i]["pos"]: 1.0 if records[i]["label"] else cfg.neg_weight
-                         for i in data.rows[q]}.values()) for q in groups[p]) for p in groups}
+    weight = {q: sum({records[i]["pos"]: 1.0 if records[i]["label"] else cfg.neg_weight for i in data.rows[q]}.values())
+              for p in groups for q in groups[p]}
+    total = {p: sum(weight[q] for q in groups[p]) for p in groups}
     torch.manual_seed(cfg.seed)
     head = MemoryHead(mean.shape[0], k, cfg.width, cfg.memory_counts)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.memory_lr or cfg.lr, weight_decay=cfg.weight_decay)
 
     d, kept = mean.shape[0], {}
     # the padded batches in memory across epochs when they fit the budget beside one batch's working set
@@ -241,12 +244,28 @@ def fit_memory_head(data: ThoughtSet, records, part: dict, mean, std, k: int, cf
                 out += loss.detach()
         return out
 
+    def step_on(qs: list) -> None:  # one AdamW step on the thoughts qs (a minibatch), their loss a weighted mean
+        opt.zero_grad()
+        for chunk in memory_batches(data, qs, cfg.chunk_rows):
+            longest = max(len(data.states[q]) for q in chunk)
+            with budget.hold(batch_bytes(len(chunk), longest, d, k + cfg.memory_counts, cfg.width), "a batch of thoughts"):
+                x, mask, y, w = data.batch(chunk, records, mean, std, cfg.neg_weight)
+                loss = (F.binary_cross_entropy_with_logits(head(x, mask), y, reduction="none") * w).sum()
+                (loss / sum(weight[q] for q in qs)).backward()
+        opt.step()
+
     best, best_state = float("inf"), None
+    train = groups["train"]
     with budget.hold(size if keep else 0, "batches of thoughts in memory"):
-        for _ in range(cfg.epochs):
-            opt.zero_grad()
-            loss_over("train", backward=True)
-            opt.step()
+        for epoch in range(cfg.memory_epochs or cfg.epochs):
+            if cfg.memory_batch:
+                order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+                for lo in range(0, len(train), cfg.memory_batch):
+                    step_on([train[i] for i in order[lo : lo + cfg.memory_batch].tolist()])
+            else:
+                opt.zero_grad()
+                loss_over("train", backward=True)
+                opt.step()
             with torch.no_grad():
                 v = loss_over("val", backward=False).item()
             if v < best:

@@ -34,6 +34,11 @@ class TrainConfig:
     memory: int = 0
     # C > 0: C more memory units count instead (a running sum of sigmoid(feature), memory.py): passes, checks
     memory_counts: int = 0
+    # the memory head's optimisation: 0 = full batch (one step an epoch), N = one step per N training thoughts;
+    # its epochs and learning rate (None: `epochs`, `lr`)
+    memory_batch: int = 0
+    memory_epochs: int | None = None
+    memory_lr: float | None = None
     # every rung under every decoding mode holds at once with probability >= 1 - delta (calibrate_ladder.py)
     family_wise: bool = True
     # strata of the calibration questions in each of which every rung's test must pass (strata.py): two bins of
@@ -61,6 +66,13 @@ class TrainConfig:
         if not (isinstance(self.memory_counts, int) and self.memory_counts >= 0):
             raise ValueError(f"memory_counts={self.memory_counts!r} must be a whole number >= 0 (the counting units "
                              "of a ready head with memory; 0 for none).")
+        if not (isinstance(self.memory_batch, int) and self.memory_batch >= 0):
+            raise ValueError(f"memory_batch={self.memory_batch!r} must be a whole number >= 0 (training thoughts per "
+                             "step of the memory head; 0 for full batch).")
+        if self.memory_epochs is not None and not (isinstance(self.memory_epochs, int) and self.memory_epochs >= 1):
+            raise ValueError(f"memory_epochs={self.memory_epochs!r} must be a whole number >= 1 (or None: epochs).")
+        if self.memory_lr is not None and not self.memory_lr > 0:
+            raise ValueError(f"memory_lr={self.memory_lr!r} must be positive (or None: lr).")
         if self.memory_counts and not self.memory:
             raise ValueError(f"memory_counts={self.memory_counts} needs a head with memory (memory > 0, --memory K).")
         parse_strata(self.strata)
