@@ -31,14 +31,18 @@ adaptive-think collect --model "$MODEL" "${LONG[@]}" --every 0 --n 400 --seed 14
 adaptive-think collect --model "$MODEL" --families last_digit --every 0 --n 1200 --seed 13 "${TS[@]}" --out "$WORK/calib-ld-s13"
 wait "$pid"
 # The ready head is fitted at step boundaries only (--ready-at-boundaries), where a calibrated rung stops, and
-# reads a running maximum of 8 learned features of the thought so far (--memory 8). The threshold path is priced
+# reads a running maximum of 8 learned features of the thought so far (--memory 8) and 4 running counts
+# (--memory-counts 4: how many passes a long thought has made), trained in steps of 32 thoughts (--memory-batch
+# 32, 30 epochs at lr 1e-3: the strict rung needs a head that is sure where it fires). The threshold path is priced
 # per family (the default --path-cost per-stratum), as the stratified test sees it. --skip-share 0: no-think
 # answers are rarely right on long_chain, so a skip leg first on the path only spends the rung's tests before any
-# ready step is tried. The guard is fitted from the same collections' prompt-end states (alpha 0.03).
+# ready step is tried. The guard is fitted from the same collections' prompt-end states (alpha 0.03 in each
+# family, --strata category).
 adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" "$WORK/ld-s11" \
   --calib-data "$WORK/calib-long-s13" "$WORK/calib-long-s14" "$WORK/calib-ld-s13" --out "$WORK/probe" --seed 0 \
   --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 --skip-share 0 --neg-weight 4 \
-  --ready-at-boundaries --strata category --memory 8
+  --ready-at-boundaries --strata category --memory 8 --memory-counts 4 --memory-batch 32 --memory-epochs 30 \
+  --memory-lr 1e-3
 # Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
 read -r S1 S2 <<< "${SEEDS:-20261207 20261208}"
 RUNGS=(full effort:high effort:medium effort:low effort:medium+noguard oracle)
