@@ -1,46 +1,80 @@
 #!/usr/bin/env bash
-# Build the probe shipped for the bundled reasoner: collect (greedy and sampled) -> train + calibrate an
-# effort ladder under both decodings -> install -> evaluate on a fresh question seed. About two hours on two
-# idle CPU cores (run the greedy and the sampled collections side by side); re-running resumes an interrupted
-# collection.
+# Build the probe shipped for the bundled reasoner (docs/reasoner.md): trained and calibrated on `last_digit` and
+# `long_chain`, with `walk` held out (the reasoner answers it, the probe never sees it), installed into
+# adaptive_think/bundled/probe, then evaluated per family on fresh question seeds, greedy and sampled, with and
+# without the out-of-distribution guard. About 50 minutes of collection on two idle CPU cores (two collections side
+# by side), 10 of training, about an hour of evaluation. Re-running resumes an interrupted collection.
 #   bash scripts/train_bundled_probe.sh [work_dir]
+#   MODEL=DIR bash scripts/train_bundled_probe.sh [work_dir]   # a reasoner of the same recipe: nothing is installed
+# SEEDS="S1 S2" picks the two evaluation question seeds (use seeds nobody has looked at for figures you report).
 set -euo pipefail
 WORK=${1:-runs/bundled_probe}
+MODEL=${MODEL:-bundled}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # the tiny model runs fastest single-threaded
 SAMPLE=(--do-sample --temperature 0.6 --top-p 0.95 --sampling-seed 1)  # Qwen3's thinking-mode settings
-# Questions: seeds 11 and 12 (all levels) and 13 and 14 (levels 2-6 only: level 1 has just 260 distinct
-# questions, and leaving it out of the newer draws keeps about a fifth of them unseen for `eval`). Every
-# question is hashed into the probe; `eval` leaves out the ones it has seen. --token-states keeps every
-# thought token's state: the ready head has memory (--memory below), which trains on whole thoughts.
-# Greedy: every 8th thought token and every step boundary is a checkpoint (training and calibration).
-adaptive-think collect --model bundled --n 1200 --seed 11 --token-states --out "$WORK/greedy"
-adaptive-think collect --model bundled --n 1200 --seed 12 --token-states --out "$WORK/greedy"
-adaptive-think collect --model bundled --n 2400 --seed 13 --levels 2 3 4 5 6 --token-states --out "$WORK/greedy-L2-6"
-adaptive-think collect --model bundled --n 2400 --seed 14 --levels 2 3 4 5 6 --token-states --out "$WORK/greedy-L2-6"
-# Sampled: the same questions, thoughts and forced-exit answers sampled; step boundaries only (where the
-# calibrated policy stops), so every rung is tested under sampling too.
-adaptive-think collect --model bundled --n 1200 --seed 11 --every 0 "${SAMPLE[@]}" --token-states --out "$WORK/sampled"
-adaptive-think collect --model bundled --n 1200 --seed 12 --every 0 "${SAMPLE[@]}" --token-states --out "$WORK/sampled"
-adaptive-think collect --model bundled --n 2400 --seed 13 --levels 2 3 4 5 6 --every 0 "${SAMPLE[@]}" --token-states --out "$WORK/sampled-L2-6"
-adaptive-think collect --model bundled --n 2400 --seed 14 --levels 2 3 4 5 6 --every 0 "${SAMPLE[@]}" --token-states --out "$WORK/sampled-L2-6"
-# The effort ladder: each rung loses at most epsilon accuracy against full thinking with probability >= 1 - delta,
-# under greedy decoding and under sampling (Learn-then-Test on each decoding's calibration questions);
-# "high" keeps the 0.5-point promise and is the default. Each rung spends a quarter of its budget on skipping
-# first (--skip-share), so that easy questions skip thinking outright. The ready head's loss weighs a wrong
-# checkpoint four times a right one (--neg-weight): it is used at high thresholds. --memory 8: the ready head
-# also reads a running maximum of 8 learned features of every earlier thought token (a slip several lines
-# back stays visible at the first stated answer).
-# Calibration only (the heads never see them): seeds 15 and 16, levels 2-6, greedy and sampled. More
-# calibration questions tighten each rung's bound, and these are drawn exactly as new questions are.
-adaptive-think collect --model bundled --n 2400 --seed 15 --levels 2 3 4 5 6 --every 0 --token-states --out "$WORK/calib-greedy-s15"
-adaptive-think collect --model bundled --n 2400 --seed 16 --levels 2 3 4 5 6 --every 0 --token-states --out "$WORK/calib-greedy-s16"
-adaptive-think collect --model bundled --n 2400 --seed 15 --levels 2 3 4 5 6 --every 0 "${SAMPLE[@]}" --token-states --out "$WORK/calib-sampled-s15"
-adaptive-think collect --model bundled --n 2400 --seed 16 --levels 2 3 4 5 6 --every 0 "${SAMPLE[@]}" --token-states --out "$WORK/calib-sampled-s16"
-# Family-wise (the default): the 3 rungs x 2 decodings are tested at delta / 6 each, so that every rung holds
-# under both decodings at once with probability >= 0.9.
-adaptive-think train-probe --data "$WORK/greedy" "$WORK/greedy-L2-6" "$WORK/sampled" "$WORK/sampled-L2-6" \
-  --calib-data "$WORK/calib-greedy-s15" "$WORK/calib-greedy-s16" "$WORK/calib-sampled-s15" "$WORK/calib-sampled-s16" \
-  --out "$WORK/probe" --seed 0 --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 \
-  --skip-share 0.25 --neg-weight 4 --memory 8 --strata length:2 --path-cost pooled
-cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
-adaptive-think eval --model bundled --probe bundled --n 600 --seed 20261129 --json "$WORK/eval.json"
+# long_chain thinks for 500-1,000 tokens (up to ~2,000): the budget must hold a whole thought and its answer.
+LONG=(--families long_chain --max-new-tokens 2200 --batch-size 32)
+# The ready head with memory reads every thought token's state: keep them for the probe's layer only (the layer
+# sweep picks the last of the reasoner's four; TOKEN_LAYERS=auto runs a layer pass instead).
+TS=(--model "$MODEL" --token-states --token-layers "${TOKEN_LAYERS:-3}")
+mkdir -p "$WORK/eval"
+# Training (half of it calibration, --calib-fraction 0.5): seeds 11 and 12 of long_chain with a checkpoint every
+# 16 thought tokens, seed 11 of last_digit.
+adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 16 --n 320 --seed 11 --out "$WORK/long-s11" & pid=$!
+adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 16 --n 320 --seed 12 --out "$WORK/long-s12"
+adaptive-think collect "${TS[@]}" --families last_digit --n 1200 --seed 11 --out "$WORK/ld-s11"
+wait "$pid"  # fails the script if the background job failed
+# Calibration only, at step boundaries (where a calibrated rung stops). Each family is a stratum (--strata
+# category), so every rung must keep its promise on long_chain alone, which needs several hundred of its questions
+# per rung. Greedy on seeds 13 and 14, sampled on seeds 15 and 16: a sampling call takes thresholds tested under
+# sampling, and no question is calibrated twice (the guard ranks each prompt once).
+adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 13 --out "$WORK/calib-long-s13" & pid=$!
+adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 14 --out "$WORK/calib-long-s14"
+wait "$pid"
+adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 15 "${SAMPLE[@]}" --out "$WORK/calib-long-s15-sampled" & pid=$!
+adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 16 "${SAMPLE[@]}" --out "$WORK/calib-long-s16-sampled"
+wait "$pid"
+adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 13 --out "$WORK/calib-ld-s13" & pid=$!
+adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 15 "${SAMPLE[@]}" --out "$WORK/calib-ld-s15-sampled"
+wait "$pid"
+# The ready head is fitted at step boundaries only (--ready-at-boundaries), where a calibrated rung stops, and
+# reads a running maximum of 8 learned features of the thought so far (--memory 8) and 4 running counts
+# (--memory-counts 4: how many passes a long thought has made), trained in steps of 32 thoughts (--memory-batch
+# 32, 30 epochs at lr 1e-3: the strict rung needs a head that is sure where it fires). The threshold path is priced
+# per family (the default --path-cost per-stratum), as the stratified test sees it. --skip-share 0: no-think
+# answers are rarely right on long_chain, so a skip leg first on the path only spends the rung's tests before any
+# ready step is tried. --per-rung-delta: each rung keeps its own promise (lose at most epsilon with probability at
+# least 0.9) under each decoding. The guard is fitted from the same collections' prompt-end states (alpha 0.03
+# in each family, --strata category).
+adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" "$WORK/ld-s11" \
+  --calib-data "$WORK/calib-long-s13" "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" \
+  "$WORK/calib-long-s16-sampled" "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" --seed 0 \
+  --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 --per-rung-delta --skip-share 0 \
+  --neg-weight 4 --ready-at-boundaries --strata category --memory 8 --memory-counts 4 --memory-batch 32 \
+  --memory-epochs 30 --memory-lr 1e-3
+if [ "$MODEL" = bundled ]; then
+  cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
+fi
+# Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
+# Every question the probe was collected on is left out.
+read -r S1 S2 <<< "${SEEDS:-20261207 20261208}"
+RUNGS=(full effort:high effort:medium effort:low effort:medium+noguard oracle)
+HELD=(full effort:high effort:medium effort:low effort:high+noguard effort:medium+noguard effort:low+noguard oracle)
+EV=(adaptive-think eval --model "$MODEL" --probe "$WORK/probe")
+for S in $S1 $S2; do
+  "${EV[@]}" --families long_chain --n 120 --seed "$S" --max-new-tokens 2200 --policies "${RUNGS[@]}" \
+    --json "$WORK/eval/long-greedy-s$S.json" & pid=$!
+  "${EV[@]}" --families long_chain --n 120 --seed "$S" --max-new-tokens 2200 --policies "${RUNGS[@]}" "${SAMPLE[@]}" \
+    --json "$WORK/eval/long-sampled-s$S.json"
+  wait "$pid"
+done
+"${EV[@]}" --families walk --n 600 --seed "$S1" --max-new-tokens 512 --policies "${HELD[@]}" \
+  --json "$WORK/eval/walk-greedy-s$S1.json" & pid=$!
+"${EV[@]}" --families last_digit --n 600 --seed "$S1" --max-new-tokens 512 --policies "${RUNGS[@]}" \
+  --json "$WORK/eval/ld-greedy-s$S1.json"
+wait "$pid"
+"${EV[@]}" --families walk --n 600 --seed "$S1" --max-new-tokens 512 --policies "${HELD[@]}" "${SAMPLE[@]}" \
+  --json "$WORK/eval/walk-sampled-s$S1.json" & pid=$!
+"${EV[@]}" --families last_digit --n 600 --seed "$S1" --max-new-tokens 512 --policies "${RUNGS[@]}" "${SAMPLE[@]}" \
+  --json "$WORK/eval/ld-sampled-s$S1.json"
+wait "$pid"

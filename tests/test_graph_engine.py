@@ -89,6 +89,25 @@ def test_probe_policy_matches_hf_engine(think):
     assert {r["ended_by"] for r in reports} & {"probe", "budget"}  # the controller did intervene
 
 
+@pytest.mark.parametrize("counts", [0, 2], ids=["maxima", "counting"])
+def test_probe_with_memory_matches_hf_engine(counts):
+    """A ready head with memory (running maxima, or counting units) scores every step on the graph engine as on
+    the hf engine: same tokens, same reports."""
+    from adaptive_think.probe import Probe
+
+    model = model_of("qwen3")
+    probe = Probe.random_for(model, layer=1, width=16, seed=4, memory=3, memory_counts=counts)
+    think = ThinkConfig(policy="probe", threshold=0.6, min_think_tokens=2, stop_at_boundary=False)
+    ref, ref_reports, out, reports = both_engines(model, think, probe=probe, max_new_tokens=14, do_sample=False)
+    assert torch.equal(out, ref)
+    assert reports == ref_reports
+    assert {r["ended_by"] for r in reports} & {"probe", "budget"}
+    # the memory moves the decisions: the same heads without it stop elsewhere
+    plain = Probe.random_for(model, layer=1, width=16, seed=4)
+    _, plain_reports, _, _ = both_engines(model, think, probe=plain, max_new_tokens=14, do_sample=False)
+    assert plain_reports != reports
+
+
 def test_sampling_with_a_seed_reproduces_itself():
     model = model_of("qwen3")
     batch = batch_of(PROMPTS)

@@ -22,16 +22,7 @@ K = 3
 def memory_probe(seed=0, counts=0) -> Probe:
     """A random probe whose ready head remembers K features (large weights, so the maxima matter), the last
     `counts` of them counting units."""
-    base = Probe.random_for(MODEL, layer=1, width=8, seed=seed)
-    d, g = base.hidden_size, torch.Generator().manual_seed(seed + 1)
-    w = dict(base.weights)
-    w["memory_w"] = torch.randn(K, d, generator=g)
-    w["memory_b"] = torch.randn(K, generator=g)
-    w["ready_w1"] = torch.cat([w["ready_w1"], 2.0 * torch.randn(8, K, generator=g)], 1)
-    if counts:
-        w["memory_sum"] = torch.tensor([0.0] * (K - counts) + [1.0] * counts)
-        w["ready_b1"] = w["ready_b1"] + 30.0 * w["ready_w1"][:, -counts:].sum(1)  # counts start at NO_MEMORY = -30
-    return dataclasses.replace(base, weights=w)
+    return Probe.random_for(MODEL, layer=1, width=8, seed=seed, memory=K, memory_counts=counts)
 
 
 def running_memory(probe: Probe, feats: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from adaptive_think.controller.state import SCORE_KINDS, LogitScore, ProbeTensors
+from adaptive_think.controller.state import NO_MEMORY, SCORE_KINDS, LogitScore, ProbeTensors
 from adaptive_think.files import atomic_write
 from adaptive_think.probe.guard import WEIGHT_NAMES as GUARD_WEIGHTS
 from adaptive_think.probe.guard import Guard
@@ -260,8 +260,14 @@ class Probe:
     # -- build -----------------------------------------------------------------------------------
 
     @classmethod
-    def random_for(cls, model, layer: int | None = None, width: int = 256, seed: int = 0, kind: str = "mlp") -> "Probe":
-        """A probe with random weights of the right shapes for `model` (benchmarks, tests)."""
+    def random_for(cls, model, layer: int | None = None, width: int = 256, seed: int = 0, kind: str = "mlp",
+                   memory: int = 0, memory_counts: int = 0) -> "Probe":
+        """A probe with random weights of the right shapes for `model` (benchmarks, tests). `memory`: the ready
+        head also reads that many memory units, the last `memory_counts` of them counting units, with weights
+        large enough that the memory moves the score."""
+        if not 0 <= memory_counts <= memory or (memory and kind != "mlp"):
+            raise ValueError(f"random_for: memory_counts {memory_counts} must lie in [0, memory = {memory}], and a "
+                             "memory needs kind='mlp'.")
         fp = model_fingerprint(model)
         d = fp["hidden_size"]
         layer = (2 * fp["num_hidden_layers"]) // 3 if layer is None else layer
@@ -273,6 +279,14 @@ class Probe:
             w[f"{head}_b1"] = torch.randn(width, generator=g) * 0.1
             w[f"{head}_w2"] = torch.randn(width, generator=g) / width**0.5
             w[f"{head}_b2"] = torch.zeros(1)
+        if memory:
+            w["memory_w"] = torch.randn(memory, d, generator=g)
+            w["memory_b"] = torch.randn(memory, generator=g)
+            w["ready_w1"] = torch.cat([w["ready_w1"], 2.0 * torch.randn(width, memory, generator=g)], 1)
+        if memory_counts:
+            w["memory_sum"] = torch.tensor([0.0] * (memory - memory_counts) + [1.0] * memory_counts)
+            # a count starts at NO_MEMORY: fold that start out, so the head reads the count itself
+            w["ready_b1"] = w["ready_b1"] - NO_MEMORY * w["ready_w1"][:, -memory_counts:].sum(1)
         return cls(layer=layer, kind=kind, weights=w, fingerprint=fp, provenance={"random": True, "seed": seed})
 
     # -- files -----------------------------------------------------------------------------------
