@@ -2,8 +2,9 @@
 # Build the probe shipped for the bundled reasoner (docs/reasoner.md): trained and calibrated on `last_digit` and
 # `long_chain`, with `walk` held out (the reasoner answers it, the probe never sees it), installed into
 # adaptive_think/bundled/probe, then evaluated per family on fresh question seeds, greedy and sampled, with and
-# without the out-of-distribution guard. About 50 minutes of collection on two idle CPU cores (two collections side
-# by side), 10 of training, about an hour of evaluation. Re-running resumes an interrupted collection.
+# without the out-of-distribution guard, and a transfer table (a probe trained on one family, on every family).
+# About 50 minutes of collection on two idle CPU cores (two collections side by side), 20 of training, about 90 of
+# evaluation. Re-running resumes an interrupted collection.
 #   bash scripts/train_bundled_probe.sh [work_dir]
 #   MODEL=DIR bash scripts/train_bundled_probe.sh [work_dir]   # a reasoner of the same recipe: nothing is installed
 # SEEDS="S1 S2" picks the two evaluation question seeds (use seeds nobody has looked at for figures you report).
@@ -46,15 +47,22 @@ wait "$pid"
 # ready step is tried. --per-rung-delta: each rung keeps its own promise (lose at most epsilon with probability at
 # least 0.9) under each decoding. The guard is fitted from the same collections' prompt-end states (alpha 0.03
 # in each family, --strata category).
+PROBE_FLAGS=(--seed 0 --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 --per-rung-delta
+  --skip-share 0 --neg-weight 4 --ready-at-boundaries --strata category --memory 8 --memory-counts 4
+  --memory-batch 32 --memory-epochs 30 --memory-lr 1e-3)
 adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" "$WORK/ld-s11" \
   --calib-data "$WORK/calib-long-s13" "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" \
-  "$WORK/calib-long-s16-sampled" "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" --seed 0 \
-  --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 --per-rung-delta --skip-share 0 \
-  --neg-weight 4 --ready-at-boundaries --strata category --memory 8 --memory-counts 4 --memory-batch 32 \
-  --memory-epochs 30 --memory-lr 1e-3
+  "$WORK/calib-long-s16-sampled" "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" \
+  "${PROBE_FLAGS[@]}"
 if [ "$MODEL" = bundled ]; then
   cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
 fi
+# For the transfer table: the same recipe on one family's collections alone.
+adaptive-think train-probe --data "$WORK/ld-s11" --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" \
+  --out "$WORK/probe-last_digit" "${PROBE_FLAGS[@]}"
+adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" --calib-data "$WORK/calib-long-s13" \
+  "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" "$WORK/calib-long-s16-sampled" \
+  --out "$WORK/probe-long_chain" "${PROBE_FLAGS[@]}"
 # Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
 # Every question the probe was collected on is left out.
 read -r S1 S2 <<< "${SEEDS:-20261207 20261208}"
@@ -78,3 +86,16 @@ wait "$pid"
 "${EV[@]}" --families last_digit --n 600 --seed "$S1" --max-new-tokens 512 --policies "${RUNGS[@]}" "${SAMPLE[@]}" \
   --json "$WORK/eval/ld-sampled-s$S1.json"
 wait "$pid"
+# The transfer table: each probe (one family, and the shipped one) on every family, guard on and off.
+TRANSFER=(--families last_digit walk long_chain --n 360 --seed "$S2" --max-new-tokens 2200
+  --policies full effort:high effort:high+noguard oracle)
+pids=()
+for P in probe-last_digit probe-long_chain probe; do
+  adaptive-think eval --model "$MODEL" --probe "$WORK/$P" "${TRANSFER[@]}" --json "$WORK/eval/transfer-$P.json" &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+for R in effort:high effort:high+noguard; do
+  python scripts/transfer_table.py "$WORK/eval/transfer-probe-last_digit.json" "$WORK/eval/transfer-probe-long_chain.json" \
+    "$WORK/eval/transfer-probe.json" --rung "$R" --out "$WORK/eval/transfer-${R//[:+]/-}.json"
+done
