@@ -10,16 +10,17 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, 
 
 
 def resolve_model_path(model: str) -> Path:
-    """`bundled` -> the shipped reasoner; otherwise a local folder that must exist (no hub downloads)."""
-    if model == "bundled":
-        from adaptive_think.bundled import reasoner_path
+    """`bundled` / `bundled-v1` -> a shipped reasoner; otherwise a local folder that must exist (no hub downloads)."""
+    from adaptive_think.bundled import is_bundled, reasoner_path
 
-        return reasoner_path()
+    if is_bundled(model):
+        return reasoner_path(model)
     path = Path(model).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
             f"Model folder {str(path)!r} does not exist. Pass a local folder saved with save_pretrained "
-            "(config.json, weights, tokenizer files) or `bundled` for the shipped tiny reasoner."
+            "(config.json, weights, tokenizer files), or `bundled` for the shipped tiny reasoner (`bundled-v1`: the "
+            "one-family one)."
         )
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{str(path)!r} has no config.json; it is not a saved Hugging Face model folder.")

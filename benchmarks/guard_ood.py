@@ -1,4 +1,6 @@
-"""The out-of-distribution guard on the bundled reasoner and probe: false alarms in distribution, flags out of it.
+"""The out-of-distribution guard on a bundled reasoner and its probe (default: the one-family `bundled-v1`, whose
+last_digit questions and vocabulary the out-of-distribution prompts are built from): false alarms in distribution,
+flags out of it.
 
 Fits the guard as `adaptive-think fit-guard` does (bundled questions of --fit-seed, half for the fit, half for
 the conformal threshold at --alpha), then scores prompt-end states of
@@ -126,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--check-n", type=int, default=64, help="rows per set run through the controller")
     p.add_argument("--saving-n", type=int, default=600,
                    help="fresh questions answered with the guard off and on (what false alarms cost; 0: skip)")
+    p.add_argument("--model", choices=["bundled", "bundled-v1"], default="bundled-v1", help="which bundled reasoner")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -140,8 +143,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     args.rank = DEFAULT_RANK if args.rank is None else args.rank
     args.alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
-    model, tok = load_model_and_tokenizer("bundled", "cpu")
-    probe = Probe.from_pretrained(probe_path())
+    model, tok = load_model_and_tokenizer(args.model, "cpu")
+    probe = Probe.from_pretrained(probe_path(args.model))
     quiet = lambda m: None  # noqa: E731
 
     def x_of(questions):

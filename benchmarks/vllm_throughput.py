@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="bundled", help="local model folder, or `bundled`")
-    p.add_argument("--probe", default="bundled", help="probe folder, or `bundled`")
+    p.add_argument("--model", default="bundled", help="local model folder, or `bundled` (`bundled-v1`)")
+    p.add_argument("--probe", default="bundled", help="probe folder, or `bundled` (`bundled-v1`)")
     g = p.add_argument_group("load")
     g.add_argument("--requests", type=int, default=64)
     g.add_argument("--concurrency", type=int, default=32, help="vLLM max_num_seqs")
@@ -99,11 +99,9 @@ def main(argv=None) -> int:
     from bench_env import versions
 
     model = str(resolve_model_path(args.model))
-    probe = args.probe
-    if probe == "bundled":
-        from adaptive_think.bundled import probe_path
+    from adaptive_think.bundled import is_bundled, probe_path
 
-        probe = str(probe_path())
+    probe = str(probe_path(args.probe)) if is_bundled(args.probe) else args.probe
     common = dict(model=model, dtype=args.dtype, enforce_eager=True, max_num_seqs=args.concurrency, seed=0,
                   kv_cache_memory_bytes=args.kv_cache_bytes, max_model_len=512)
     plain = LLM(**common)

@@ -1,6 +1,6 @@
-"""Measures the bundled reasoner against its four targets, with plain HF `model.generate` (greedy).
+"""Measures the one-family reasoner (bundled-v1) against its four targets, with plain HF `model.generate` (greedy).
 
-    python scripts/measure_reasoner.py                         # adaptive_think/bundled/reasoner
+    python scripts/measure_reasoner.py                         # the one-family reasoner, adaptive_think/bundled/v1
     python scripts/measure_reasoner.py --model /tmp/run --per-level 20
 
 Targets: full-thinking accuracy >= 97%; no-thinking accuracy >= 95% on level 1 and <= 40% on level 6;
@@ -28,7 +28,7 @@ LEVELS = range(1, 7)
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "adaptive_think/bundled/reasoner")
+    p.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "adaptive_think/bundled/v1/reasoner")
     p.add_argument("--seed", type=int, default=777_001, help="question seed (training draws its own)")
     p.add_argument("--per-level", type=int, default=30, help="questions per level for the accuracies")
     p.add_argument("--traces-per-level", type=int, default=8, help="traces per level for overthinking")

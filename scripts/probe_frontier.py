@@ -17,7 +17,7 @@ counted).
 
     python scripts/probe_frontier.py --data runs/bundled_probe/greedy --min-level 2
     python scripts/probe_frontier.py --data runs/with-token-states --memory
-    python scripts/probe_frontier.py --data runs/greedy-s11-12 --memory-model bundled --seeds 11 12 --n 1200
+    python scripts/probe_frontier.py --data runs/greedy-s11-12 --memory-model bundled-v1 --seeds 11 12 --n 1200
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ The v2 recipe is three stages (about three hours on two idle cores):
 Reproducible from --seed (weights and every batch are functions of it), resumable from the checkpoint
 it writes every --ckpt-minutes (atomic: one safetensors file, step and settings in its metadata).
 
-    python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner --seed 0          # v1
+    python scripts/train_reasoner.py --out adaptive_think/bundled/v1/reasoner --seed 0       # v1
     python scripts/train_reasoner.py --recipe v2 --in-order --out runs/v2-1                  # v2, stage 1
     python scripts/train_reasoner.py --recipe v2 --in-order --out runs/v2-1 --resume         # (resumed)
     python scripts/train_reasoner.py --recipe v2 --in-order --out runs/v2-2 --init-from runs/v2-1 \
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # run
     p.add_argument("--recipe", choices=sorted(RECIPES), default="v1")
-    p.add_argument("--out", type=Path, default=Path("adaptive_think/bundled/reasoner"))
+    p.add_argument("--out", type=Path, required=True, help="folder for the model, its checkpoint and snapshots")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help=f"continue from OUT/{CHECKPOINT}")
     p.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint at least this often")

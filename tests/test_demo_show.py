@@ -1,5 +1,5 @@
-"""`adaptive-think demo --show N` on the bundled reasoner: the thought with the probe's stop and the settled
-point marked, and the score plot."""
+"""`adaptive-think demo --show N` on the one-family reasoner (bundled-v1): the thought with the probe's stop and the
+settled point marked, and the score plot."""
 
 import re
 
@@ -29,7 +29,7 @@ def _shown(capsys) -> tuple[str, str]:
 def test_demo_show_marks_the_probe_stop(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "show.png"
-    assert main(["demo", "--show", "1", "--n", "2", "--seed", "5", "--png", str(png)]) == 0
+    assert main(["demo", "--model", "bundled-v1", "--show", "1", "--n", "2", "--seed", "5", "--png", str(png)]) == 0
     out, thought = _shown(capsys)
     # the shipped probe stops this question's thought mid-way, and the stop is marked where the report says
     ended = re.search(r"thought ended by (\w+) after (\d+) of (\d+) tokens", out)
@@ -48,7 +48,8 @@ def test_demo_show_marks_the_probe_stop(tmp_path, capsys):
 
 def test_demo_show_reports_a_skip(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    assert main(["demo", "--show", "0", "--n", "2", "--seed", "5", "--png", str(tmp_path / "show.png")]) == 0
+    png = tmp_path / "show.png"
+    assert main(["demo", "--model", "bundled-v1", "--show", "0", "--n", "2", "--seed", "5", "--png", str(png)]) == 0
     out, thought = _shown(capsys)
     # the shipped probe skips this question's thinking: no stop to mark, the saved thought shown whole
     assert "the probe SKIPPED thinking" in out and "ended by" not in out

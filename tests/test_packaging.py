@@ -79,3 +79,9 @@ def test_wheel_lays_kernels_under_the_package(tmp_path):
     assert "adaptive_think/kernels/controller_step/triton_kernel.py" in names
     assert "adaptive_think/kernels/logit_stats/naive.py" in names
     assert not any(n.startswith("kernels/") for n in names), "a top-level kernels package would shadow HF's"
+    from adaptive_think.bundled import BUNDLED, probe_path, reasoner_path
+
+    for name in BUNDLED:  # every bundled reasoner ships whole, with its probe
+        for folder in (reasoner_path(name), probe_path(name)):
+            for f in folder.iterdir():
+                assert f.relative_to(ROOT).as_posix() in names, f"{f} is missing from the wheel"

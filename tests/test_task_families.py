@@ -193,7 +193,7 @@ def test_a_closed_vocabulary_answers_the_families_it_encodes(capsys):
     assert [q.question for q in demo_questions(v1, 3, 7)] == [q.question for q in make_questions(3, 7)]
     assert {q.category for q in demo_questions(v2, 6, 7)} == set(FAMILIES)
     assert {q.category for q in demo_questions(v2, 4, 7, ["long_chain"])} == {"long_chain"}
-    assert main(["demo", "--families", "walk"]) == 2  # the shipped v1 reasoner never saw a walk
+    assert main(["demo", "--model", "bundled-v1", "--families", "walk"]) == 2  # the one-family reasoner never saw a walk
     assert "the bundled reasoner was not trained on that family (it answers last_digit)" in capsys.readouterr().err
 
 

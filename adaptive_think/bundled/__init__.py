@@ -1,39 +1,57 @@
-"""The bundled tiny reasoner: a ~2M-parameter Qwen3ForCausalLM trained on the arithmetic task traces.
+"""The bundled tiny reasoners and their probes, loadable by name wherever a model or probe folder goes.
+
+    bundled      the embedded default: the demo's, the tests' and `--model bundled`'s (now the one-family reasoner)
+    bundled-v1   the one-family reasoner: last_digit only, thoughts of about 86 tokens (docs/results.md)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from adaptive_think.bundled import reasoner_path
     model = AutoModelForCausalLM.from_pretrained(reasoner_path())
-    tok = AutoTokenizer.from_pretrained(reasoner_path())
+    tok = AutoTokenizer.from_pretrained(reasoner_path("bundled-v1"))
 
-Rebuild it with `python scripts/train_reasoner.py --out adaptive_think/bundled/reasoner`; check it with
-`python scripts/measure_reasoner.py`.
+Rebuild them with `python scripts/train_reasoner.py` (its docstring gives both recipes) and
+`bash scripts/train_bundled_probe.sh`; check a reasoner with `python scripts/measure_families.py`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["probe_path", "reasoner_path"]
+__all__ = ["BUNDLED", "is_bundled", "probe_path", "reasoner_path"]
 
-_REASONER = Path(__file__).resolve().parent / "reasoner"
-_PROBE = Path(__file__).resolve().parent / "probe"
-
-
-def reasoner_path() -> Path:
-    """Folder holding the bundled model and tokenizer (loadable by AutoModelForCausalLM/AutoTokenizer)."""
-    if not (_REASONER / "config.json").is_file() or not (_REASONER / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"the bundled reasoner is missing from {_REASONER}; build it with "
-            f"`python scripts/train_reasoner.py --out {_REASONER}` (about half an hour on 2 CPU cores)"
-        )
-    return _REASONER
+_ROOT = Path(__file__).resolve().parent
+# name -> (folder holding reasoner/ and probe/, how to rebuild it)
+BUNDLED = {
+    "bundled": (_ROOT / "v1", "python scripts/train_reasoner.py --recipe v1 (about half an hour on 2 CPU cores)",
+                "bash scripts/train_bundled_v1_probe.sh"),
+    "bundled-v1": (_ROOT / "v1", "python scripts/train_reasoner.py --recipe v1 (about half an hour on 2 CPU cores)",
+                   "bash scripts/train_bundled_v1_probe.sh"),
+}
 
 
-def probe_path() -> Path:
-    """Folder holding the shipped probe for the bundled reasoner (probe.safetensors + probe.json)."""
-    if not (_PROBE / "probe.json").is_file() or not (_PROBE / "probe.safetensors").is_file():
-        raise FileNotFoundError(
-            f"the bundled probe is missing from {_PROBE}; build it with `bash scripts/train_bundled_probe.sh` "
-            "(collect + train-probe on the bundled reasoner, minutes on 2 CPU cores)"
-        )
-    return _PROBE
+def is_bundled(name) -> bool:
+    """Whether `name` (a CLI argument) names a bundled reasoner rather than a folder."""
+    return isinstance(name, str) and name in BUNDLED
+
+
+def _bundle(name: str):
+    if name not in BUNDLED:
+        raise ValueError(f"{name!r} is not a bundled reasoner; the bundled ones are {', '.join(BUNDLED)}.")
+    return BUNDLED[name]
+
+
+def reasoner_path(name: str = "bundled") -> Path:
+    """Folder holding a bundled model and its tokenizer (loadable by AutoModelForCausalLM/AutoTokenizer)."""
+    root, build, _ = _bundle(name)
+    folder = root / "reasoner"
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the {name} reasoner is missing from {folder}; build it with `{build}`")
+    return folder
+
+
+def probe_path(name: str = "bundled") -> Path:
+    """Folder holding the probe shipped for a bundled reasoner (probe.safetensors + probe.json)."""
+    root, _, build = _bundle(name)
+    folder = root / "probe"
+    if not (folder / "probe.json").is_file() or not (folder / "probe.safetensors").is_file():
+        raise FileNotFoundError(f"the {name} probe is missing from {folder}; build it with `{build}`")
+    return folder

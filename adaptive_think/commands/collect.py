@@ -25,7 +25,7 @@ COLLECT_DEFAULTS = {"max_new_tokens": 512, "max_answer_tokens": 16}  # CollectCo
 
 def add_arguments(p):
     src = p.add_argument_group("questions")
-    src.add_argument("--model", required=True, help="local model folder, or `bundled`")
+    src.add_argument("--model", required=True, help="local model folder, or `bundled` (`bundled-v1`)")
     src.add_argument("--questions", default=None, help='JSONL of {"question", "answer"} (default: bundled tasks)')
     src.add_argument("--checker", default=None,
                      help="for --questions: boxed | last-number | exact | choice | answer-is (default) | "

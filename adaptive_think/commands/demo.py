@@ -4,6 +4,7 @@
     adaptive-think demo --n 12 --seed 7 --engine graph
     adaptive-think demo --show 3     # question 3's thought with the probe's stop and the settled point marked, + PNG
     adaptive-think demo --families long_chain --n 4
+    adaptive-think demo --model bundled-v1   # the one-family reasoner and its probe
 
 The questions come from every task family the bundled reasoner answers (tasks/families.py), mixed evenly; with
 the one-family reasoner, from `last_digit` alone, in that family's own question sequence.
@@ -17,6 +18,9 @@ HELP = "run the bundled reasoner with full and adaptive thinking, side by side"
 
 
 def add_arguments(p):
+    from adaptive_think.bundled import BUNDLED
+
+    p.add_argument("--model", choices=list(BUNDLED), default="bundled", help="which bundled reasoner (and its probe)")
     p.add_argument("--n", type=int, default=8, help="questions to draw")
     p.add_argument("--seed", type=int, default=12345, help="question seed")
     p.add_argument("--families", nargs="+", default=None, metavar="NAME",
@@ -51,13 +55,13 @@ def run(args) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}.")
-    model, tok = load_model_and_tokenizer("bundled", args.device)
+    model, tok = load_model_and_tokenizer(args.model, args.device)
     if model.device.type == "cpu":
         import torch
 
         torch.set_num_threads(1)  # a 2M-parameter model only loses time to intra-op thread sync
     try:
-        probe = probe_path()
+        probe = probe_path(args.model)
     except FileNotFoundError:
         probe = None
     thinker = AdaptiveThinker(model, tok, probe=probe)
@@ -74,7 +78,7 @@ def run(args) -> int:
                     args.png or f"demo_show_{args.show}.png", args.engine)
     label, adaptive = adaptive_config(probe is not None, args.budget, args.effort)
     families = sorted({q.category for q in questions})
-    print(f"bundled reasoner, {args.n} questions (seed {args.seed}; {', '.join(families)}); adaptive policy: {label}\n")
+    print(f"{args.model} reasoner, {args.n} questions (seed {args.seed}; {', '.join(families)}); adaptive policy: {label}\n")
     print(f"{'#':>2} {'family':10s} {'lvl':>3}  {'question':46s} {'truth':>5} | {'full':>9} {'tok':>4} | "
           f"{'adaptive':>9} {'tok':>4} {'ended by':>9}")
     totals = {(fam, name): [0, 0, 0.0, 0] for fam in families for name in ("full", "adaptive")}

@@ -18,7 +18,7 @@ HELP = "check that the probe pipeline works on a model (markers, template, thoug
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="local model folder, or `bundled`")
+    p.add_argument("--model", required=True, help="local model folder, or `bundled` (`bundled-v1`)")
     p.add_argument("--think-tokens", nargs=2, default=None, metavar=("OPEN", "CLOSE"),
                    help="think markers for a model the registry does not know")
     p.add_argument("--questions", default=None, help='JSONL of {"question", "answer"} (default: bundled tasks)')

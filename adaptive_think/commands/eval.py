@@ -43,8 +43,8 @@ EVAL_MAX_NEW_TOKENS = 400
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="local model folder, or `bundled`")
-    p.add_argument("--probe", default=None, help="probe folder, or `bundled` for the shipped probe")
+    p.add_argument("--model", required=True, help="local model folder, or `bundled` (`bundled-v1`)")
+    p.add_argument("--probe", default=None, help="probe folder, or `bundled` (`bundled-v1`) for a shipped probe")
     p.add_argument("--score-file", nargs="+", default=[], metavar="DIR",
                    help="calibrated training-free score file(s) (calibrate-score), one per score kind: their rungs run "
                         "as score-effort:KIND:NAME")
@@ -81,10 +81,10 @@ def load_probe(spec):
         return None, None
     from adaptive_think.probe import Probe
 
-    if spec == "bundled":
-        from adaptive_think.bundled import probe_path
+    from adaptive_think.bundled import is_bundled, probe_path
 
-        spec = probe_path()
+    if is_bundled(spec):
+        spec = probe_path(spec)
     return Probe.from_pretrained(spec), str(spec)
 
 

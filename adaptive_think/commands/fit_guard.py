@@ -22,7 +22,7 @@ def add_arguments(p):
     from adaptive_think.training.guard import DEFAULT_ALPHA, DEFAULT_RANK
 
     src = p.add_argument_group("questions (in distribution: the kinds the probe was trained on)")
-    src.add_argument("--model", required=True, help="local model folder, or `bundled`")
+    src.add_argument("--model", required=True, help="local model folder, or `bundled` (`bundled-v1`)")
     src.add_argument("--probe", required=True, help="probe folder to add the guard to")
     src.add_argument("--questions", default=None, help='JSONL of {"question", "answer"} (default: bundled tasks)')
     src.add_argument("--checker", default=None, help="for --questions: as in `collect` (answers are only validated)")

@@ -15,9 +15,9 @@ HELP = "generate one answer with adaptive thinking"
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="local model folder, or `bundled`")
+    p.add_argument("--model", required=True, help="local model folder, or `bundled` (`bundled-v1`)")
     p.add_argument("--prompt", required=True, help="the user message")
-    p.add_argument("--probe", default=None, help="probe folder (default for `bundled`: the shipped probe)")
+    p.add_argument("--probe", default=None, help="probe folder, or `bundled` (`bundled-v1`) (default for a bundled --model: its shipped probe)")
     add_think_arguments(p)
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=512)
@@ -37,10 +37,12 @@ def run(args) -> int:
     think = think_config_from_args(args)
     model, tokenizer = load_model_and_tokenizer(args.model, args.device, args.dtype)
     probe = args.probe
-    if probe is None and args.model == "bundled" and think.policy == "probe":
-        from adaptive_think.bundled import probe_path
+    from adaptive_think.bundled import is_bundled, probe_path
 
-        probe = probe_path()
+    if is_bundled(probe):
+        probe = probe_path(probe)
+    elif probe is None and is_bundled(args.model) and think.policy == "probe":
+        probe = probe_path(args.model)
     thinker = AdaptiveThinker(model, tokenizer, think_tokens=tuple(args.think_tokens) if args.think_tokens else None,
                               probe=probe)
     text = args.prompt if args.no_chat_template else chat_prompt(tokenizer, args.prompt)

@@ -44,10 +44,12 @@ def server_command(args) -> tuple[list[str], dict]:
 
     model = resolve_model_path(args.model)
     probe = args.probe
-    if probe is None and args.model == "bundled":
-        from adaptive_think.bundled import probe_path
+    from adaptive_think.bundled import is_bundled, probe_path
 
-        probe = probe_path()
+    if is_bundled(probe):
+        probe = probe_path(probe)
+    elif probe is None and is_bundled(args.model):
+        probe = probe_path(args.model)
     try:
         budgets = json.loads(args.effort_budgets) if args.effort_budgets else None
     except json.JSONDecodeError as err:
