@@ -7,6 +7,7 @@
 # evaluation. Re-running resumes an interrupted collection.
 #   bash scripts/train_bundled_probe.sh [work_dir]
 #   MODEL=DIR bash scripts/train_bundled_probe.sh [work_dir]   # a reasoner of the same recipe: nothing is installed
+#   EVAL_ONLY=1 bash scripts/train_bundled_probe.sh [work_dir]  # evaluate WORK/probe{,-last_digit,-long_chain} only
 # SEEDS="S1 S2" picks the two evaluation question seeds (use seeds nobody has looked at for figures you report).
 set -euo pipefail
 WORK=${1:-runs/bundled_probe}
@@ -19,50 +20,56 @@ LONG=(--families long_chain --max-new-tokens 2200 --batch-size 32)
 # sweep picks the last of the reasoner's four; TOKEN_LAYERS=auto runs a layer pass instead).
 TS=(--model "$MODEL" --token-states --token-layers "${TOKEN_LAYERS:-3}")
 mkdir -p "$WORK/eval"
-# Training (half of it calibration, --calib-fraction 0.5): seeds 11 and 12 of long_chain with a checkpoint every
-# 16 thought tokens, seed 11 of last_digit.
-adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 16 --n 320 --seed 11 --out "$WORK/long-s11" & pid=$!
-adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 16 --n 320 --seed 12 --out "$WORK/long-s12"
-adaptive-think collect "${TS[@]}" --families last_digit --n 1200 --seed 11 --out "$WORK/ld-s11"
-wait "$pid"  # fails the script if the background job failed
-# Calibration only, at step boundaries (where a calibrated rung stops). Each family is a stratum (--strata
-# category), so every rung must keep its promise on long_chain alone, which needs several hundred of its questions
-# per rung. Greedy on seeds 13 and 14, sampled on seeds 15 and 16: a sampling call takes thresholds tested under
-# sampling, and no question is calibrated twice (the guard ranks each prompt once).
-adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 13 --out "$WORK/calib-long-s13" & pid=$!
-adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 14 --out "$WORK/calib-long-s14"
-wait "$pid"
-adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 15 "${SAMPLE[@]}" --out "$WORK/calib-long-s15-sampled" & pid=$!
-adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 16 "${SAMPLE[@]}" --out "$WORK/calib-long-s16-sampled"
-wait "$pid"
-adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 13 --out "$WORK/calib-ld-s13" & pid=$!
-adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 15 "${SAMPLE[@]}" --out "$WORK/calib-ld-s15-sampled"
-wait "$pid"
-# The ready head is fitted at step boundaries only (--ready-at-boundaries), where a calibrated rung stops, and
-# reads a running maximum of 8 learned features of the thought so far (--memory 8) and 4 running counts
-# (--memory-counts 4: how many passes a long thought has made), trained in steps of 32 thoughts (--memory-batch
-# 32, 30 epochs at lr 1e-3: the strict rung needs a head that is sure where it fires). The threshold path is priced
-# per family (the default --path-cost per-stratum), as the stratified test sees it. --skip-share 0: no-think
-# answers are rarely right on long_chain, so a skip leg first on the path only spends the rung's tests before any
-# ready step is tried. --per-rung-delta: each rung keeps its own promise (lose at most epsilon with probability at
-# least 0.9) under each decoding. The guard is fitted from the same collections' prompt-end states (alpha 0.03
-# in each family, --strata category).
-PROBE_FLAGS=(--seed 0 --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 --per-rung-delta
-  --skip-share 0 --neg-weight 4 --ready-at-boundaries --strata category --memory 8 --memory-counts 4
-  --memory-batch 32 --memory-epochs 30 --memory-lr 1e-3)
-adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" "$WORK/ld-s11" \
-  --calib-data "$WORK/calib-long-s13" "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" \
-  "$WORK/calib-long-s16-sampled" "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" \
-  "${PROBE_FLAGS[@]}"
-if [ "$MODEL" = bundled ]; then
-  cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
+if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in WORK, build nothing
+  # Training (half of it calibration, --calib-fraction 0.5): seeds 11 and 12 of long_chain with a checkpoint every
+  # 16 thought tokens, seed 11 of last_digit.
+  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 16 --n 320 --seed 11 --out "$WORK/long-s11" & pid=$!
+  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 16 --n 320 --seed 12 --out "$WORK/long-s12"
+  adaptive-think collect "${TS[@]}" --families last_digit --n 1200 --seed 11 --out "$WORK/ld-s11"
+  wait "$pid"  # fails the script if the background job failed
+  # Calibration only, at step boundaries (where a calibrated rung stops). Each family is a stratum (--strata
+  # category), so every rung must keep its promise on long_chain alone, which needs several hundred of its questions
+  # per rung. Greedy on seeds 13 and 14, sampled on seeds 15 and 16: a sampling call takes thresholds tested under
+  # sampling, and no question is calibrated twice (the guard ranks each prompt once).
+  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 13 --out "$WORK/calib-long-s13" & pid=$!
+  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 14 --out "$WORK/calib-long-s14"
+  wait "$pid"
+  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 15 "${SAMPLE[@]}" \
+    --out "$WORK/calib-long-s15-sampled" & pid=$!
+  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 16 "${SAMPLE[@]}" \
+    --out "$WORK/calib-long-s16-sampled"
+  wait "$pid"
+  adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 13 \
+    --out "$WORK/calib-ld-s13" & pid=$!
+  adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 15 "${SAMPLE[@]}" \
+    --out "$WORK/calib-ld-s15-sampled"
+  wait "$pid"
+  # The ready head is fitted at step boundaries only (--ready-at-boundaries), where a calibrated rung stops, and
+  # reads a running maximum of 8 learned features of the thought so far (--memory 8) and 4 running counts
+  # (--memory-counts 4: how many passes a long thought has made), trained in steps of 32 thoughts (--memory-batch
+  # 32, 30 epochs at lr 1e-3: the strict rung needs a head that is sure where it fires). The threshold path is priced
+  # per family (the default --path-cost per-stratum), as the stratified test sees it. --skip-share 0: no-think
+  # answers are rarely right on long_chain, so a skip leg first on the path only spends the rung's tests before any
+  # ready step is tried. --per-rung-delta: each rung keeps its own promise (lose at most epsilon with probability at
+  # least 0.9) under each decoding. The guard is fitted from the same collections' prompt-end states (alpha 0.03
+  # in each family, --strata category).
+  PROBE_FLAGS=(--seed 0 --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 --per-rung-delta
+    --skip-share 0 --neg-weight 4 --ready-at-boundaries --strata category --memory 8 --memory-counts 4
+    --memory-batch 32 --memory-epochs 30 --memory-lr 1e-3)
+  adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" "$WORK/ld-s11" \
+    --calib-data "$WORK/calib-long-s13" "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" \
+    "$WORK/calib-long-s16-sampled" "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" \
+    "${PROBE_FLAGS[@]}"
+  if [ "$MODEL" = bundled ]; then
+    cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
+  fi
+  # For the transfer table: the same recipe on one family's collections alone.
+  adaptive-think train-probe --data "$WORK/ld-s11" --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" \
+    --out "$WORK/probe-last_digit" "${PROBE_FLAGS[@]}"
+  adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" --calib-data "$WORK/calib-long-s13" \
+    "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" "$WORK/calib-long-s16-sampled" \
+    --out "$WORK/probe-long_chain" "${PROBE_FLAGS[@]}"
 fi
-# For the transfer table: the same recipe on one family's collections alone.
-adaptive-think train-probe --data "$WORK/ld-s11" --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" \
-  --out "$WORK/probe-last_digit" "${PROBE_FLAGS[@]}"
-adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" --calib-data "$WORK/calib-long-s13" \
-  "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" "$WORK/calib-long-s16-sampled" \
-  --out "$WORK/probe-long_chain" "${PROBE_FLAGS[@]}"
 # Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
 # Every question the probe was collected on is left out.
 read -r S1 S2 <<< "${SEEDS:-20261207 20261208}"
@@ -96,6 +103,6 @@ for P in probe-last_digit probe-long_chain probe; do
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 for R in effort:high effort:high+noguard; do
-  python scripts/transfer_table.py "$WORK/eval/transfer-probe-last_digit.json" "$WORK/eval/transfer-probe-long_chain.json" \
-    "$WORK/eval/transfer-probe.json" --rung "$R" --out "$WORK/eval/transfer-${R//[:+]/-}.json"
+  python scripts/transfer_table.py "$WORK/eval/transfer-probe-last_digit.json" \
+    "$WORK/eval/transfer-probe-long_chain.json" "$WORK/eval/transfer-probe.json" --rung "$R" --out "$WORK/eval/transfer-${R//[:+]/-}.json"
 done
