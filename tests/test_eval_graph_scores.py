@@ -1,4 +1,4 @@
-"""Training-free score policies on the graph engine, on the bundled reasoner (greedy, fp32): a batch mixing score
+"""Training-free score policies on the graph engine, on the one-family reasoner (bundled-v1; greedy, fp32): a batch mixing score
 rows with every other policy gives the hf engine's tokens and reports, and `eval --engine graph` gives the hf
 engine's report for score rows (uncalibrated and a calibrated rung) beside the other policies."""
 
@@ -13,7 +13,7 @@ from adaptive_think.probe import Probe
 from adaptive_think.probe.ladder import Rung
 from adaptive_think.training.items import bundled_items, load_checker
 
-# thresholds inside each score's range at the bundled reasoner's step boundaries (close-margin 0-2e-5 until the
+# thresholds inside each score's range at that reasoner's step boundaries (close-margin 0-2e-5 until the
 # model is about to close, the entropy score 0.73-0.99995), so that which boundary a row stops at depends on the
 # exact score
 THRESHOLDS = {"close-margin": (0.00001, 0.000015, 0.0001), "entropy": (0.999, 0.9999, 0.99993)}
@@ -23,7 +23,7 @@ THRESHOLDS = {"close-margin": (0.00001, 0.000015, 0.0001), "entropy": (0.999, 0.
 def bundled():
     from adaptive_think.loading import load_model_and_tokenizer
 
-    return load_model_and_tokenizer("bundled", "cpu", "float32")
+    return load_model_and_tokenizer("bundled-v1", "cpu", "float32")
 
 
 @pytest.mark.slow
