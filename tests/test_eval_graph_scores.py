@@ -1,6 +1,6 @@
-"""Training-free score policies on the graph engine, on the one-family reasoner (bundled-v1; greedy, fp32): a batch mixing score
-rows with every other policy gives the hf engine's tokens and reports, and `eval --engine graph` gives the hf
-engine's report for score rows (uncalibrated and a calibrated rung) beside the other policies."""
+"""Training-free score policies on the graph engine, on the one-family reasoner (bundled-v1; greedy, fp32): a batch
+mixing score rows with every other policy gives the hf engine's tokens and reports, and `eval --engine graph` gives
+the hf engine's report for score rows (uncalibrated and a calibrated rung) beside the other policies."""
 
 import pytest
 import torch
