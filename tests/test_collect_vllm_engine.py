@@ -88,7 +88,9 @@ def test_the_teacher_forced_pass_runs_only_the_steps_asked_for(tiny):
     seq = list(range(3, 23))
     states, scores = collect_vllm.teacher_forced(model, [seq, seq], [4, 9], [6, 1], [0, 2], close_id=5, chunk=4)
     assert [s.shape for s in states] == [(6, 2, 32), (1, 2, 32)] and [s.shape for s in scores] == [(6, 2), (1, 2)]
-    assert torch.allclose(states[0][5].float(), states[1][0].float())  # position 9 either way
+    # position 9 either way; the two replays cut it into forwards of other shapes, so the fp32 sums may round
+    # differently before the fp16 store: equal to fp16's precision
+    torch.testing.assert_close(states[0][5].float(), states[1][0].float(), rtol=1e-3, atol=1e-5)
     bare, bare_scores = collect_vllm.teacher_forced(model, [seq], [4], [6], [0, 2], close_id=5, states=False, chunk=4)
     assert bare[0].shape == (6, 2, 0) and torch.equal(bare_scores[0], scores[0])
 

@@ -6,6 +6,7 @@ Rows are driven like an engine drives them: the token a row writes is the forced
 its own scripted stream; a random linear probe scores random hidden states.
 """
 
+import dataclasses
 import random
 
 import pytest
@@ -95,10 +96,12 @@ def column(ctl, i):
 
 
 def same(a, b):
-    """Columns equal, NaN scores equal."""
+    """Columns equal: integers exactly, floats to fp32 rounding (a row's probe matmul may round differently at
+    another place in the batch on some CPUs), NaN scores equal."""
     ia, fa, xa, pa = a
     ib, fb, xb, pb = b
-    return ia == ib and xa == xb and pa == pb and torch.equal(torch.tensor(fa).nan_to_num(-9), torch.tensor(fb).nan_to_num(-9))
+    return ia == ib and xa == xb and pa == pb and torch.allclose(
+        torch.tensor(fa).nan_to_num(-9), torch.tensor(fb).nan_to_num(-9), rtol=1e-6, atol=1e-7)
 
 
 def test_init_rows_restarts_rows_like_a_fresh_batch_and_leaves_the_others():
@@ -156,7 +159,10 @@ def test_move_rows_permutes_state_params_and_trace():
         assert seen == [ref_seen[p] for p in perm]
         assert all(same(column(ctl, i), column(ref, p)) for i, p in enumerate(perm)), t
     ref_reports = ref.reports()
-    assert ctl.reports() == [ref_reports[p] for p in perm]  # scores (trace) included
+    for got, want in zip(ctl.reports(), [ref_reports[p] for p in perm]):  # scores (trace) included
+        assert dataclasses.replace(got, scores=None) == dataclasses.replace(want, scores=None)
+        trace = lambda r: [float("nan") if x is None else x for x in r.scores or []]  # noqa: E731
+        assert same(([], trace(got), 0, []), ([], trace(want), 0, []))
 
 
 def test_move_rows_copies_one_row_over_another():
