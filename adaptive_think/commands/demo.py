@@ -73,7 +73,9 @@ def run(args) -> int:
         if not 0 <= args.show < args.n:
             raise ValueError(f"--show {args.show}: pick a question number from 0 to {args.n - 1} (--n {args.n}).")
         if probe is None:
-            raise ValueError("--show needs the shipped probe; build it with `bash scripts/train_bundled_probe.sh`.")
+            from adaptive_think.bundled import BUNDLED
+
+            raise ValueError(f"--show needs the shipped probe; build it with `{BUNDLED[args.model][2]}`.")
         return show(model, tok, probe, questions[args.show], args.show, args.effort,
                     args.png or f"demo_show_{args.show}.png", args.engine)
     label, adaptive = adaptive_config(probe is not None, args.budget, args.effort)
