@@ -33,25 +33,21 @@ def is_bundled(name) -> bool:
     return isinstance(name, str) and name in BUNDLED
 
 
-def _bundle(name: str):
+def _folder(name: str, sub: str, files: tuple[str, ...], how: int) -> Path:
+    """A bundle's `sub` folder, checked to hold `files`; a missing one names the command that builds it."""
     if name not in BUNDLED:
         raise ValueError(f"{name!r} is not a bundled reasoner; the bundled ones are {', '.join(BUNDLED)}.")
-    return BUNDLED[name]
+    folder = BUNDLED[name][0] / sub
+    if not all((folder / f).is_file() for f in files):
+        raise FileNotFoundError(f"the {name} {sub} is missing from {folder}; build it with `{BUNDLED[name][how]}`")
+    return folder
 
 
 def reasoner_path(name: str = "bundled") -> Path:
     """Folder holding a bundled model and its tokenizer (loadable by AutoModelForCausalLM/AutoTokenizer)."""
-    root, build, _ = _bundle(name)
-    folder = root / "reasoner"
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the {name} reasoner is missing from {folder}; build it with `{build}`")
-    return folder
+    return _folder(name, "reasoner", ("config.json", "model.safetensors"), 1)
 
 
 def probe_path(name: str = "bundled") -> Path:
     """Folder holding the probe shipped for a bundled reasoner (probe.safetensors + probe.json)."""
-    root, _, build = _bundle(name)
-    folder = root / "probe"
-    if not (folder / "probe.json").is_file() or not (folder / "probe.safetensors").is_file():
-        raise FileNotFoundError(f"the {name} probe is missing from {folder}; build it with `{build}`")
-    return folder
+    return _folder(name, "probe", ("probe.json", "probe.safetensors"), 2)
