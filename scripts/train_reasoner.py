@@ -1,11 +1,11 @@
 """Trains the bundled tiny reasoner (a Qwen3ForCausalLM of a few M parameters) on the task families' traces.
 
 Two recipes share this one training loop:
-  v1  the arithmetic-only reasoner now bundled: 4 layers, hidden 192, 512 positions, 32 rows a step
+  v1  the arithmetic-only reasoner (`bundled-v1`): 4 layers, hidden 192, 512 positions, 32 rows a step
       (about half an hour on 2 cores);
-  v2  the multi-family reasoner (docs/reasoner.md): families last_digit, walk and long_chain, 4 layers,
-      hidden 192, 2,560 positions, 12,000 steps of ~2,300 padded tokens that are either long_chain rows or
-      rows of the short families (about 75 minutes on two idle cores).
+  v2  the multi-family reasoner bundled as the default (docs/reasoner.md): families last_digit, walk and
+      long_chain, 4 layers, hidden 192, 2,560 positions, 12,000 steps a stage of ~2,300 padded tokens that are
+      either long_chain rows or rows of the short families (about 50-75 minutes a stage on two idle cores).
 Each step's rows mix full traces, truncated traces ending in a forced exit (answering the cut thought's
 last stated answer), and no-think answers. v2 adds lookup drills (--p-drill): a question's own lines
 recalled in shuffled order, round after round, trained on the recalled value only.
@@ -14,19 +14,25 @@ The v2 recipe is three stages (about three hours on two idle cores):
   1. 12,000 steps with tables listed in label order (--in-order): the model learns the families' traces;
   2. 12,000 steps of drills (--p-drill 0.3), still in label order: the content lookup (label -> operation,
      digit -> arrow) that a long trace needs to get right a hundred times in a row;
-  3. 3,000 steps on questions that list their tables in an order drawn with each question (the default), so
-     that a trace can no longer find a line by where it sits, only by what it says.
+  3. 3,000-10,500 steps on questions that list their tables in an order drawn with each question (the default),
+     so that a trace can no longer find a line by where it sits, only by what it says. It is the fragile stage:
+     run it in parts of a few thousand steps, each from the last one's weights with a new seed, and check
+     long_chain after each (scripts/measure_families.py) until its traces stop copying the wrong line.
 
 Reproducible from --seed (weights and every batch are functions of it), resumable from the checkpoint
 it writes every --ckpt-minutes (atomic: one safetensors file, step and settings in its metadata).
 
-    python scripts/train_reasoner.py --out adaptive_think/bundled/v1/reasoner --seed 0       # v1
+    python scripts/train_reasoner.py --out adaptive_think/bundled/v1/reasoner --seed 0       # v1 (bundled-v1)
     python scripts/train_reasoner.py --recipe v2 --in-order --out runs/v2-1                  # v2, stage 1
     python scripts/train_reasoner.py --recipe v2 --in-order --out runs/v2-1 --resume         # (resumed)
     python scripts/train_reasoner.py --recipe v2 --in-order --out runs/v2-2 --init-from runs/v2-1 \
         --seed 2 --lr 1e-3 --warmup 50 --p-drill 0.3                                         # stage 2
     python scripts/train_reasoner.py --recipe v2 --out runs/v2-3 --init-from runs/v2-2 \
         --seed 777018 --lr 1e-3 --warmup 50 --steps 3000 --p-drill 0.3                       # stage 3
+    python scripts/train_reasoner.py --recipe v2 --out runs/v2-3b --init-from runs/v2-3 \
+        --seed 777021 --lr 1e-3 --warmup 50 --steps 3000 --p-drill 0.3                       # stage 3, part 2
+    python scripts/train_reasoner.py --recipe v2 --out adaptive_think/bundled/reasoner --init-from runs/v2-3b \
+        --seed 777022 --lr 1e-3 --warmup 50 --steps 4500 --p-drill 0.3                       # stage 3, part 3
 
 Writes OUT/{model.safetensors, config.json, generation_config.json, tokenizer.json, ...} at the end and
 OUT/snapshot/ (the same, loadable, for measuring progress) at every checkpoint.

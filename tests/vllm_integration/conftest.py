@@ -1,7 +1,9 @@
 """Shared pieces of the vLLM tests: the bundled reasoner's prompts and the hf-engine reference.
 
 These tests run in the vLLM venv that .ci/run creates (`python -m pytest -m vllm tests/vllm_integration`); elsewhere
-each module skips itself with a reason (`pytest.importorskip("vllm")`).
+each module skips itself with a reason (`pytest.importorskip("vllm")`). They run on the one-family reasoner
+(`bundled-v1`) and its probe: thoughts of ~86 tokens keep a CPU engine's runs to seconds, and what they check (the
+same tokens and reports as the hf engine) does not depend on which reasoner answers.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from adaptive_think.tasks import make_questions
 def hf_thinker():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(reasoner_path()).eval()
-    tok = AutoTokenizer.from_pretrained(reasoner_path())
-    return AdaptiveThinker(model, tok, probe=probe_path())
+    model = AutoModelForCausalLM.from_pretrained(reasoner_path("bundled-v1")).eval()
+    tok = AutoTokenizer.from_pretrained(reasoner_path("bundled-v1"))
+    return AdaptiveThinker(model, tok, probe=probe_path("bundled-v1"))
 
 
 def chat_prompts(tokenizer, n: int, seed: int = 5) -> list[str]:

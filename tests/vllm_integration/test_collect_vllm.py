@@ -35,8 +35,8 @@ CFG = CollectConfig(every=4, batch_size=5, max_new_tokens=200, shard_questions=4
 
 @pytest.fixture(scope="module")
 def engines():
-    model, tok = load_model_and_tokenizer("bundled", "cpu", "float32")
-    llm = collect_vllm.vllm_engine(reasoner_path(), model, enforce_eager=True, max_model_len=512,
+    model, tok = load_model_and_tokenizer("bundled-v1", "cpu", "float32")
+    llm = collect_vllm.vllm_engine(reasoner_path("bundled-v1"), model, enforce_eager=True, max_model_len=512,
                                    kv_cache_memory_bytes=2**25)
     yield llm, model, tok
     del llm
@@ -93,7 +93,7 @@ def test_data_parallel_ranks_each_run_their_own_engine(tmp_path):
     """torchrun, two CPU processes, --engine vllm: each rank starts its own engine alone on its own core, and the
     whole collection equals one hf-engine process's."""
     root = Path(__file__).resolve().parents[2]
-    flags = ["--model", "bundled", "--n", "8", "--seed", "31", "--device", "cpu", "--batch-size", "4", "--every", "4",
+    flags = ["--model", "bundled-v1", "--n", "8", "--seed", "31", "--device", "cpu", "--batch-size", "4", "--every", "4",
              "--max-new-tokens", "200", "--token-states"]
     engine = ["--engine", "vllm", "--vllm-kwargs",
               json.dumps({"kv_cache_memory_bytes": 2**25, "enforce_eager": True, "max_model_len": 512})]

@@ -39,9 +39,9 @@ MIXED = [
 def llm():
     # LLM.apply_model ships a test function to the worker (pickled), which vLLM allows only when asked
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-    engine = vllm.LLM(model=str(reasoner_path()), dtype="float32", enforce_eager=True, max_model_len=256,
+    engine = vllm.LLM(model=str(reasoner_path("bundled-v1")), dtype="float32", enforce_eager=True, max_model_len=256,
                       max_num_seqs=4, max_num_batched_tokens=16, kv_cache_memory_bytes=4_200_000,
-                      disable_log_stats=False, seed=0, **llm_kwargs(probe=probe_path()))
+                      disable_log_stats=False, seed=0, **llm_kwargs(probe=probe_path("bundled-v1")))
     yield engine
     del engine
 

@@ -36,9 +36,9 @@ def guarded(tmp_path_factory):
     from adaptive_think.training.guard import features, fit_guard, prompt_states, split_for_guard
     from adaptive_think.training.items import bundled_items
 
-    model = AutoModelForCausalLM.from_pretrained(reasoner_path()).eval()
-    tok = AutoTokenizer.from_pretrained(reasoner_path())
-    probe = Probe.from_pretrained(probe_path())
+    model = AutoModelForCausalLM.from_pretrained(reasoner_path("bundled-v1")).eval()
+    tok = AutoTokenizer.from_pretrained(reasoner_path("bundled-v1"))
+    probe = Probe.from_pretrained(probe_path("bundled-v1"))
     x = features(probe, prompt_states(model, tok, [it.question for it in bundled_items(200, 31)], probe.layer,
                                       log=lambda m: None))
     fit, cal = split_for_guard(200, 0.5, 31)
@@ -49,7 +49,7 @@ def guarded(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llm(guarded):
-    engine = vllm.LLM(model=str(reasoner_path()), dtype="float32", enforce_eager=True, max_model_len=256,
+    engine = vllm.LLM(model=str(reasoner_path("bundled-v1")), dtype="float32", enforce_eager=True, max_model_len=256,
                       max_num_seqs=4, max_num_batched_tokens=16, kv_cache_memory_bytes=4_200_000, seed=0,
                       **llm_kwargs(probe=guarded[0]))
     yield engine

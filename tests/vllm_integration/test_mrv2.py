@@ -98,9 +98,9 @@ class MRV2Host:
 def processor(monkeypatch):
     from transformers import AutoConfig
 
-    monkeypatch.setenv(ENV_VAR, ServingSettings(probe=str(probe_path())).to_json())
-    model_config = SimpleNamespace(tokenizer=str(reasoner_path()), model=str(reasoner_path()), trust_remote_code=False,
-                                   hf_config=AutoConfig.from_pretrained(reasoner_path()))
+    monkeypatch.setenv(ENV_VAR, ServingSettings(probe=str(probe_path("bundled-v1"))).to_json())
+    model_config = SimpleNamespace(tokenizer=str(reasoner_path("bundled-v1")), model=str(reasoner_path("bundled-v1")), trust_remote_code=False,
+                                   hf_config=AutoConfig.from_pretrained(reasoner_path("bundled-v1")))
     states = FakeRequestStates()
     proc = ThinkLogitsProcessorV2(SimpleNamespace(model_config=model_config), states.view())
     return proc, states
@@ -142,7 +142,7 @@ def test_real_model_runner_v2_matches_the_hf_engine(hf_thinker, monkeypatch):
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
     configs = [{"policy": "full"}, {"policy": "none"}, {"policy": "budget", "max_think_tokens": 5, "exit_text": "\n\n"},
                {"policy": "probe"}, {"policy": "probe", "max_think_tokens": 10}, None]
-    llm = vllm.LLM(model=str(reasoner_path()), dtype="float32", max_model_len=256, max_num_seqs=4,
-                   max_num_batched_tokens=16, gpu_memory_utilization=0.2, seed=0, **llm_kwargs(probe=probe_path()))
+    llm = vllm.LLM(model=str(reasoner_path("bundled-v1")), dtype="float32", max_model_len=256, max_num_seqs=4,
+                   max_num_batched_tokens=16, gpu_memory_utilization=0.2, seed=0, **llm_kwargs(probe=probe_path("bundled-v1")))
     assert llm.llm_engine.vllm_config.use_v2_model_runner, "expected Model Runner V2 on this GPU"
     assert_engine_matches_hf_on_cuda(llm, hf_thinker, configs)

@@ -29,7 +29,7 @@ from adaptive_think.integrations.vllm.requests import ENV_VAR, ServingSettings  
 
 pytestmark = pytest.mark.vllm
 
-MODEL = str(reasoner_path())
+MODEL = str(reasoner_path("bundled-v1"))
 SPECULATIVE = "speculative decoding.* is not supported with adaptive_think yet: it steers n-gram, EAGLE-3 and MTP"
 V1_RUNNER = "is not supported with adaptive_think on vLLM's V1 model runner.*Use Model Runner V2"
 AUX_LAYERS = "also takes over the hidden-state layers the probe reads"
@@ -37,7 +37,7 @@ AUX_LAYERS = "also takes over the hidden-state layers the probe reads"
 
 def _eagle3_draft(folder) -> str:
     """A one-layer EAGLE-3 draft head for the bundled reasoner (its config only: no weights are loaded)."""
-    config = json.loads((reasoner_path() / "config.json").read_text())
+    config = json.loads((reasoner_path("bundled-v1") / "config.json").read_text())
     config = {k: v for k, v in config.items() if k != "layer_types"}
     config.update(architectures=["LlamaForCausalLMEagle3"], model_type="llama", num_hidden_layers=1)
     folder.mkdir(exist_ok=True)
@@ -74,7 +74,7 @@ def engine_config(tmp_path_factory):
 
 @pytest.fixture()
 def with_probe(monkeypatch):
-    monkeypatch.setenv(ENV_VAR, ServingSettings(probe=str(probe_path())).to_json())
+    monkeypatch.setenv(ENV_VAR, ServingSettings(probe=str(probe_path("bundled-v1"))).to_json())
 
 
 @pytest.fixture()
@@ -166,7 +166,7 @@ def test_an_engine_adaptive_think_steers_is_not_refused(engine_config, with_prob
 def _serve(*extra):
     from adaptive_think.commands.serve import server_command
 
-    args = argparse.Namespace(model="bundled", probe=None, port=8000, host="127.0.0.1", think_tokens=None,
+    args = argparse.Namespace(model="bundled-v1", probe=None, port=8000, host="127.0.0.1", think_tokens=None,
                               effort_budgets=None, dry_run=True, extra=list(extra))
     return server_command(args)
 
@@ -177,7 +177,7 @@ def _serve(*extra):
     (["--speculative_config", json.dumps({"model": MODEL, "num_speculative_tokens": 2})], SPECULATIVE),
     (["--speculative-config.method", "extract_hidden_states"], AUX_LAYERS),
     (["--spec-method", "medusa", "--spec-model", "/heads"], SPECULATIVE),
-    (["--pipeline-parallel-size=2"], "pipeline parallelism"),  # `bundled` serves the shipped probe
+    (["--pipeline-parallel-size=2"], "pipeline parallelism"),  # `bundled-v1` serves its shipped probe
     (["-tp", "2", "--enable-batch-sharded-sampling"], "batch-sharded sampling"),
 ])
 def test_serve_refuses_before_the_server_starts(extra, message):

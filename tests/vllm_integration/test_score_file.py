@@ -33,7 +33,7 @@ MIXED = [
 def score_dir(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(reasoner_path())
+    model = AutoModelForCausalLM.from_pretrained(reasoner_path("bundled-v1"))
     folder = tmp_path_factory.mktemp("close-margin")
     Probe.training_free("close-margin", model).save_pretrained(folder)
     return folder
@@ -43,12 +43,12 @@ def score_dir(tmp_path_factory):
 def thinker(score_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(reasoner_path()).eval()
-    return AdaptiveThinker(model, AutoTokenizer.from_pretrained(reasoner_path()), probe=score_dir)
+    model = AutoModelForCausalLM.from_pretrained(reasoner_path("bundled-v1")).eval()
+    return AdaptiveThinker(model, AutoTokenizer.from_pretrained(reasoner_path("bundled-v1")), probe=score_dir)
 
 
 def test_score_rows_mixed_with_every_policy_match_the_hf_engine(score_dir, thinker):
-    llm = vllm.LLM(model=str(reasoner_path()), dtype="float32", enforce_eager=True, max_model_len=256,
+    llm = vllm.LLM(model=str(reasoner_path("bundled-v1")), dtype="float32", enforce_eager=True, max_model_len=256,
                    max_num_seqs=4, max_num_batched_tokens=16, kv_cache_memory_bytes=8_000_000, seed=0,
                    **llm_kwargs(probe=score_dir))
     try:

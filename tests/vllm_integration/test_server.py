@@ -42,7 +42,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [sys.executable, "-m", "adaptive_think.cli", "serve", "--model", "bundled", "--port", str(port),
+    cmd = [sys.executable, "-m", "adaptive_think.cli", "serve", "--model", "bundled-v1", "--port", str(port),
            "--effort-budgets", json.dumps({"low": 8, "minimal": 3}), "--dtype", "float32", "--enforce-eager",
            "--max-model-len", "256", "--max-num-seqs", "4", "--kv-cache-memory-bytes", str(2**26), "--seed", "0"]
     with open(log, "w") as out:
@@ -150,7 +150,7 @@ def test_both_budgets_and_beam_search_are_refused(server):
 
 
 def test_reasoning_effort_maps_as_documented(server, hf_thinker):
-    efforts = Probe.from_pretrained(probe_path()).efforts  # the bundled probe's ladder: high, medium, low
+    efforts = Probe.from_pretrained(probe_path("bundled-v1")).efforts  # the bundled probe's ladder: high, medium, low
     # the probe's rung when it has one of that name, else --effort-budgets (low: 8, minimal: 3)
     low = {"policy": "probe", "effort": "low"} if "low" in efforts else {"policy": "budget", "max_think_tokens": 8}
     cases = [("low", low), ("none", {"policy": "none"}), ("max", {"policy": "full"})]

@@ -63,8 +63,8 @@ class RequestStates:
 def engine_config(drafts: int, method: str = "ngram"):
     from transformers import AutoConfig
 
-    model_config = SimpleNamespace(tokenizer=str(reasoner_path()), model=str(reasoner_path()), trust_remote_code=False,
-                                   hf_config=AutoConfig.from_pretrained(reasoner_path()))
+    model_config = SimpleNamespace(tokenizer=str(reasoner_path("bundled-v1")), model=str(reasoner_path("bundled-v1")), trust_remote_code=False,
+                                   hf_config=AutoConfig.from_pretrained(reasoner_path("bundled-v1")))
     spec = (SimpleNamespace(method=method, num_speculative_tokens=drafts, rejection_sample_method="standard")
             if drafts else None)
     return SimpleNamespace(model_config=model_config, speculative_config=spec,
@@ -131,7 +131,7 @@ def served_probe():
     import os
 
     old = os.environ.get(ENV_VAR)
-    os.environ[ENV_VAR] = ServingSettings(probe=str(probe_path())).to_json()
+    os.environ[ENV_VAR] = ServingSettings(probe=str(probe_path("bundled-v1"))).to_json()
     yield
     _HOSTS.clear()
     if old is None:
@@ -255,10 +255,10 @@ def test_real_model_runner_v2_under_speculation_matches_the_hf_engine(hf_thinker
     configs = [{"policy": "full"}, {"policy": "none"}, {"policy": "budget", "max_think_tokens": 5, "exit_text": "\n\n"},
                {"policy": "budget", "max_think_tokens": 9, "stop_text": " So"}, {"policy": "probe"},
                {"policy": "probe", "max_think_tokens": 10}, None]
-    llm = vllm.LLM(model=str(reasoner_path()), dtype="float32", max_model_len=256, max_num_seqs=4,
+    llm = vllm.LLM(model=str(reasoner_path("bundled-v1")), dtype="float32", max_model_len=256, max_num_seqs=4,
                    max_num_batched_tokens=64, gpu_memory_utilization=0.2, seed=0,
                    speculative_config={"method": method, "num_speculative_tokens": 3, "prompt_lookup_max": 3,
                                        "prompt_lookup_min": 1},
-                   **llm_kwargs(probe=probe_path()))
+                   **llm_kwargs(probe=probe_path("bundled-v1")))
     assert llm.llm_engine.vllm_config.use_v2_model_runner, "expected Model Runner V2 on this GPU"
     assert_engine_matches_hf_on_cuda(llm, hf_thinker, configs)
