@@ -223,6 +223,25 @@ def test_train_probe_with_memory_end_to_end(tmp_path):
         assert abs(per_token[records[i]["pos"] - 1].item() - at_checkpoints[i]) < 1e-5
 
 
+@pytest.mark.parametrize("layer", [1, 3])
+def test_a_head_with_memory_sweeps_only_the_layers_whose_token_states_were_kept(tmp_path, layer):
+    from adaptive_think.loading import load_model_and_tokenizer
+    from adaptive_think.training.collect import CollectConfig, collect
+    from adaptive_think.training.items import bundled_items, load_checker
+    from adaptive_think.training.train_config import TrainConfig
+    from adaptive_think.training.train import train_probe
+
+    model, tok = load_model_and_tokenizer("bundled", device="cpu")
+    collect(model, tok, bundled_items(32, seed=4), tmp_path / "c", load_checker(None),
+            CollectConfig(every=4, batch_size=16, token_states=True, token_layers=[layer]), progress=False)
+    said = []
+    probe = train_probe(tmp_path / "c", TrainConfig(memory=2, epochs=5, efforts=("high:0.2",), calib_fraction=0.3),
+                        log=said.append)
+    # the checkpoint states of every layer are there, but only `layer` has the thought-token states memory needs
+    assert probe.layer == layer and {s["layer"] for s in probe.provenance["layer_sweep"]} == {layer}
+    assert any(f"layers [{layer}] only" in line for line in said)
+
+
 def probe_scores(probe: Probe, data: ThoughtSet, records) -> list[float]:
     """checkpoint_scores through a MemoryHead rebuilt from the probe's weights (what train-probe calibrated on)."""
     w = probe.weights

@@ -86,7 +86,13 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
         raise ValueError(f"{where} holds too few thought checkpoints to train on "
                          f"({int((m.thought & m.train).sum())} in the training split): {_why_too_few(records, settings)}.")
 
-    sweep, best = sweep_layers(states, m, settings["layers"], cfg, log)
+    layers = settings["layers"]
+    kept = sorted(int(key[len(THOUGHT_PREFIX):]) for key in states if key.startswith(THOUGHT_PREFIX))
+    if cfg.memory and kept and set(kept) != set(layers):
+        # a head with memory trains on thought-token states: only the layers the collection kept them for qualify
+        layers = [layer for layer in layers if layer in kept]
+        log(f"layer sweep: layers {layers} only, the ones whose thought-token states were collected (--token-layers)")
+    sweep, best = sweep_layers(states, m, layers, cfg, log)
     score, layer, k, ready, mean, std = best.score, best.layer, best.kind, best.head, best.mean, best.std
     # the skip head is used at a high threshold, so rank kinds by how many no-think successes they
     # separate from every validation failure that full thinking would have avoided; AUROC breaks ties
