@@ -60,15 +60,24 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
     --calib-data "$WORK/calib-long-s13" "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" \
     "$WORK/calib-long-s16-sampled" "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" \
     "${PROBE_FLAGS[@]}"
-  if [ "$MODEL" = bundled ]; then
-    cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
-  fi
   # For the transfer table: the same recipe on one family's collections alone.
   adaptive-think train-probe --data "$WORK/ld-s11" --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" \
     --out "$WORK/probe-last_digit" "${PROBE_FLAGS[@]}"
   adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" --calib-data "$WORK/calib-long-s13" \
     "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" "$WORK/calib-long-s16-sampled" \
     --out "$WORK/probe-long_chain" "${PROBE_FLAGS[@]}"
+  # The guard train-probe fits reads only the training split's prompts (a few hundred), too few for the spread of
+  # long_chain's prompts: at rank 32 it flagged under 1% of walk prompts. Refit it on 2,000 prompts of each family
+  # (one prefill each), rank 64, threshold per family (alpha 0.03): it flags ~96% of walk prompts.
+  GUARD=(--model "$MODEL" --seed 21 --rank 64 --strata category --alpha 0.03)
+  adaptive-think fit-guard "${GUARD[@]}" --families last_digit long_chain --n 4000 --probe "$WORK/probe" --out "$WORK/probe"
+  adaptive-think fit-guard "${GUARD[@]}" --families last_digit --n 2000 --probe "$WORK/probe-last_digit" \
+    --out "$WORK/probe-last_digit"
+  adaptive-think fit-guard "${GUARD[@]}" --families long_chain --n 2000 --probe "$WORK/probe-long_chain" \
+    --out "$WORK/probe-long_chain"
+  if [ "$MODEL" = bundled ]; then
+    cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
+  fi
 fi
 # Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
 # Every question the probe was collected on is left out.

@@ -92,6 +92,18 @@ def test_fit_guard_from_the_cli(tmp_path, capsys):
     assert main([*common, "--alpha", "0.04", "--out", str(tmp_path / "bad")]) == 2
     assert "20 calibration questions are too few for alpha=0.04" in capsys.readouterr().err
 
+    # --strata category: each category's calibration prompts get their own conformal threshold, the guard the largest
+    kinds = ["near" if i % 2 else "far" for i in range(40)]
+    questions.write_text("".join(json.dumps({"question": q, "answer": "1", "category": k}) + "\n"
+                                 for q, k in zip(texts, kinds)))
+    assert main([*common, "--alpha", "0.1", "--strata", "category", "--out", str(tmp_path / "strata")]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    guard = Probe.from_pretrained(tmp_path / "strata").guard
+    scores = guard.score(x)
+    own = {k: conformal_threshold(scores[[kinds[i] == k for i in cal.tolist()]], 0.1) for k in ("near", "far")}
+    assert printed["strata"] == {f"category {k}": t for k, t in own.items()}
+    assert guard.threshold == max(own.values()) and guard.provenance["strata"] == "category"
+
 
 def test_eval_runs_probe_policies_with_and_without_the_guard_and_reports_per_category():
     """eval: a flagged row falls back (counted in guard_fallback_rate, per category too); POLICY+noguard runs the

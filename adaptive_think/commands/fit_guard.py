@@ -2,6 +2,8 @@
 
     adaptive-think fit-guard --model bundled --probe P --n 600 --seed 5 --alpha 0.05 --out P2
     adaptive-think fit-guard --model DIR --probe P --questions q.jsonl --checker boxed --alpha 0.05 --out P2
+    adaptive-think fit-guard --model bundled --probe P --families last_digit long_chain --n 4000 --rank 64 \
+        --strata category --out P                        # at most alpha of EACH family's rows fall back
 
 One prefill per question (no thoughts, no forced exits). The questions are split into fit and calibration
 parts (--calib-fraction); the threshold is the conformal quantile of the calibration scores, so that at most
@@ -36,6 +38,9 @@ def add_arguments(p):
                    help=f"false-alarm rate: at most this share of in-distribution rows falls back (default {DEFAULT_ALPHA})")
     g.add_argument("--rank", type=int, default=DEFAULT_RANK,
                    help=f"principal directions of the Mahalanobis distance (default {DEFAULT_RANK})")
+    g.add_argument("--strata", choices=("none", "category", "level"), default="none",
+                   help="hold alpha in each stratum of the calibration questions, not only in their mix: `category` "
+                        "(a question file's \"category\", a bundled question's family) or `level` (default none)")
     g.add_argument("--calib-fraction", type=float, default=0.5,
                    help="share of the questions held out to calibrate the threshold (default 0.5)")
     g.add_argument("--batch-size", type=int, default=32)
@@ -66,12 +71,17 @@ def run(args) -> int:
     x = features(probe, hidden)
     source = args.questions or (f"bundled n={args.n} seed={args.seed} levels={args.levels or 'all'}"
                                 f"{' families=' + ','.join(args.families) if args.families else ''}")
-    probe.guard = fit_guard(x[fit_rows], x[cal_rows], rank=args.rank, alpha=args.alpha,
+    cal_strata = None
+    if args.strata != "none":
+        cal_strata = [f"{args.strata} {getattr(items[i], args.strata)}" for i in cal_rows.tolist()]
+    probe.guard = fit_guard(x[fit_rows], x[cal_rows], rank=args.rank, alpha=args.alpha, cal_strata=cal_strata,
                             provenance={"fitted_by": "fit-guard", "questions": source, "split_seed": args.seed,
-                                        "calib_fraction": args.calib_fraction})
+                                        "calib_fraction": args.calib_fraction, "strata": args.strata})
     probe.save_pretrained(args.out)
     g = probe.guard
     print(json.dumps({"out": str(args.out), "layer": probe.layer, "rank": g.rank, "alpha": g.alpha,
                       "threshold": g.threshold, "n_fit": g.n_fit, "n_calibration": g.n_calibration,
-                      "conformal_rank": g.provenance["conformal_rank"]}))
+                      **({"conformal_rank": g.provenance["conformal_rank"]} if "conformal_rank" in g.provenance else
+                         {"strata": {k: v["threshold"] for k, v in g.provenance["stratified"]["strata"].items()},
+                          "not_covered": g.provenance["stratified"]["not_covered"]})}))
     return 0
