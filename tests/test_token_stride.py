@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from adaptive_think.controller.state import NO_MEMORY
 from adaptive_think.cli import main
 from adaptive_think.training.collect import CollectConfig, collect
 from adaptive_think.training.health import KIND_PROMPT, KIND_THOUGHT
@@ -126,11 +127,11 @@ def test_memory_head_on_a_strided_collection_takes_its_maximum_over_the_kept_sta
                 p = records[i]["pos"]
                 seen = [t for t in range(1, p + 1) if t % s == 0 or t in
                         {records[j]["pos"] for j in data.rows[q]}]  # kept tokens and checkpoints so far
-                memory = feats[[t - 1 for t in seen]].max(0).values
+                memory = feats[[t - 1 for t in seen]].max(0).values.clamp_min(NO_MEMORY)  # memory starts at the floor
                 expected = torch.sigmoid(head.fc2(torch.relu(head.fc1(torch.cat([x[p - 1], memory])))))
                 assert abs(scores[i] - expected.item()) < 1e-5
                 # the every-token maximum (the controller's) differs where a dropped token held a maximum
-                full_memory = feats[:p].max(0).values
+                full_memory = feats[:p].max(0).values.clamp_min(NO_MEMORY)
                 differs += not torch.equal(full_memory, memory)
                 checked += 1
     assert checked > 100 and differs > 0
