@@ -84,6 +84,7 @@ def run(args) -> int:
     print(f"{'#':>2} {'family':10s} {'lvl':>3}  {'question':46s} {'truth':>5} | {'full':>9} {'tok':>4} | "
           f"{'adaptive':>9} {'tok':>4} {'ended by':>9}")
     totals = {(fam, name): [0, 0, 0.0, 0] for fam in families for name in ("full", "adaptive")}
+    fell_back = {fam: 0 for fam in families}
     for i, q in enumerate(questions):
         batch = tok([chat_prompt(tok, q.question)], return_tensors="pt", add_special_tokens=False).to(model.device)
         row = []
@@ -102,15 +103,22 @@ def run(args) -> int:
             tot[2] += dt
             tot[3] += 1
         (fa, fok, frep), (aa, aok, arep) = row
+        guarded = arep.guard == "fallback"  # the probe's guard found the prompt unlike its training questions
+        fell_back[q.category] += guarded
         text = " ".join(q.question.split())
         print(f"{i:2d} {q.category:10s} {q.level:3d}  {text[:46]:46s} {q.answer:>5} | {fa:>6} {_mark(fok):>2} "
-              f"{frep.think_tokens:4d} | {aa:>6} {_mark(aok):>2} {arep.think_tokens:4d} {arep.ended_by:>9}")
+              f"{frep.think_tokens:4d} | {aa:>6} {_mark(aok):>2} {arep.think_tokens:4d} {arep.ended_by:>9}"
+              + (" (guard)" if guarded else ""))
     print()
     for fam in families:
         f, a = totals[(fam, "full")], totals[(fam, "adaptive")]
         saved = 1 - a[1] / f[1] if f[1] else 0.0
+        guard = f", guard fell back on {fell_back[fam]}" if fell_back[fam] else ""
         print(f"{fam + ':':11s} full {f[0]}/{f[3]} correct, {f[1]} thinking tokens, {f[2]:.2f} s | "
-              f"adaptive {a[0]}/{a[3]} correct, {a[1]} thinking tokens ({saved:.0%} fewer), {a[2]:.2f} s")
+              f"adaptive {a[0]}/{a[3]} correct, {a[1]} thinking tokens ({saved:.0%} fewer), {a[2]:.2f} s{guard}")
+    if any(fell_back.values()):
+        print("\n(guard): the probe's out-of-distribution guard found the prompt unlike the questions it was trained "
+              "on, so the row thought in full (ThinkConfig(guard_fallback=...) picks another fallback).")
     return 0
 
 
