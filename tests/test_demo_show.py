@@ -59,3 +59,19 @@ def test_demo_show_reports_a_skip(tmp_path, capsys):
 def test_demo_show_refuses_a_question_out_of_range(capsys):
     assert main(["demo", "--show", "2", "--n", "2"]) == 2
     assert "pick a question number from 0 to 1" in capsys.readouterr().err
+
+
+def test_demo_marks_the_rows_the_guard_sends_to_full_thinking(capsys):
+    """The shipped probe never saw `walk`: the demo marks each row its guard flagged and counts them per family;
+    a flagged row thinks as long as full thinking does."""
+    from adaptive_think.cli import main
+
+    assert main(["demo", "--families", "walk", "last_digit", "--n", "4", "--seed", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line[:2].strip().isdigit()]
+    flagged = [line for line in rows if line.endswith("(guard)")]
+    assert len(rows) == 4 and flagged and all(" walk " in line for line in flagged)
+    for line in flagged:  # full and adaptive thought lengths agree on a flagged row
+        full, adaptive = line.split("|")[1].split()[-1], line.split("|")[2].split()[2]
+        assert full == adaptive
+    assert f"guard fell back on {len(flagged)}" in out and "(guard): the probe's out-of-distribution guard" in out
