@@ -3,8 +3,8 @@
 # `long_chain`, with `walk` held out (the reasoner answers it, the probe never sees it), installed into
 # adaptive_think/bundled/probe, then evaluated per family on fresh question seeds, greedy and sampled, with and
 # without the out-of-distribution guard, and a transfer table (a probe trained on one family, on every family).
-# About 50 minutes of collection on two idle CPU cores (two collections side by side), 20 of training, about 90 of
-# evaluation. Re-running resumes an interrupted collection.
+# About 40 minutes of collection on two CPU cores (two collections side by side), 3 of training and refitting the
+# guards, about 75 of evaluation. Re-running resumes an interrupted collection.
 #   bash scripts/train_bundled_probe.sh [work_dir]
 #   MODEL=DIR bash scripts/train_bundled_probe.sh [work_dir]   # a reasoner of the same recipe: nothing is installed
 #   EVAL_ONLY=1 bash scripts/train_bundled_probe.sh [work_dir]  # evaluate WORK/probe{,-last_digit,-long_chain} only
@@ -81,7 +81,7 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
 fi
 # Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
 # Every question the probe was collected on is left out.
-read -r S1 S2 <<< "${SEEDS:-20261207 20261208}"
+read -r S1 S2 <<< "${SEEDS:-20261214 20261215}"
 RUNGS=(full effort:high effort:medium effort:low effort:medium+noguard oracle)
 HELD=(full effort:high effort:medium effort:low effort:high+noguard effort:medium+noguard effort:low+noguard oracle)
 EV=(adaptive-think eval --model "$MODEL" --probe "$WORK/probe")
@@ -103,7 +103,7 @@ wait "$pid"
   --json "$WORK/eval/ld-sampled-s$S1.json"
 wait "$pid"
 # The transfer table: each probe (one family, and the shipped one) on every family, guard on and off.
-TRANSFER=(--families last_digit walk long_chain --n 360 --seed "$S2" --max-new-tokens 2200
+TRANSFER=(--families last_digit walk long_chain --n 180 --seed "$S2" --max-new-tokens 2200
   --policies full effort:high effort:high+noguard oracle)
 pids=()
 for P in probe-last_digit probe-long_chain probe; do
