@@ -56,6 +56,18 @@ def test_demo_show_reports_a_skip(tmp_path, capsys):
     assert STOP_MARK.strip() not in thought and thought.count(SETTLED_MARK.strip()) == 1
 
 
+@pytest.mark.parametrize("family, flagged", [("walk", True), ("long_chain", False)])
+def test_demo_show_says_when_the_guard_flagged_the_prompt(tmp_path, capsys, family, flagged):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "show.png"
+    assert main(["demo", "--families", family, "--show", "0", "--n", "1", "--seed", "3", "--png", str(png)]) == 0
+    out, _ = _shown(capsys)
+    # the shipped probe never saw `walk`: its guard sends the row to full thinking, which never stops early
+    assert ("guard flagged this prompt" in out) == flagged
+    ended = re.search(r"thought ended by (\w+) after (\d+) of (\d+) tokens", out)
+    assert ended.group(1) == ("natural" if flagged else "probe"), out
+
+
 def test_demo_show_refuses_a_question_out_of_range(capsys):
     assert main(["demo", "--show", "2", "--n", "2"]) == 2
     assert "pick a question number from 0 to 1" in capsys.readouterr().err

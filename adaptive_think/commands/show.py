@@ -67,7 +67,8 @@ def show(model, tok, probe_path, question, index: int, effort: str | None, png: 
     ready_t, skip_t = probe.thresholds(effort)
     batch = tok([chat_prompt(tok, question.question)], return_tensors="pt", add_special_tokens=False).to(model.device)
     plen = batch["input_ids"].shape[1]
-    kw = dict(max_new_tokens=400, do_sample=False, engine=engine)
+    # room for the longest thought the model can hold (a long_chain thought runs to ~2,000 tokens)
+    kw = dict(max_new_tokens=model.config.max_position_embeddings - plen, do_sample=False, engine=engine)
     # the full thought, scored at every step: the probe reads it but a minimum beyond any thought keeps it quiet
     full_out = thinker.generate(**batch, think=ThinkConfig(policy="probe", min_think_tokens=10**6, allow_skip=False,
                                                            trace=True), **kw)
@@ -92,6 +93,9 @@ def show(model, tok, probe_path, question, index: int, effort: str | None, png: 
     print(f"question {index} (level {question.level}): {question.question}   truth {question.answer}")
     print(f"probe rung {rung}: ready >= {ready_t:.3f}, skip >= {skip_t:.3f}; skip score at the prompt's end "
           f"{scores[0]:.3f}" if scores else "")
+    if rep.guard == "fallback":  # the probe's decisions were never used on this row
+        print(f"the probe's guard flagged this prompt as unlike its training questions (score {rep.guard_score:.1f}), "
+              "so the row thought in full")
     marks = {settled: SETTLED_MARK}
     stop = None
     if rep.ended_by == "skipped":
