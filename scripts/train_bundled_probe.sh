@@ -67,8 +67,8 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
     "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" "$WORK/calib-long-s16-sampled" \
     --out "$WORK/probe-long_chain" "${PROBE_FLAGS[@]}"
   # The guard train-probe fits reads only the training split's prompts (a few hundred), too few for the spread of
-  # long_chain's prompts: at rank 32 it flagged under 1% of walk prompts. Refit it on 2,000 prompts of each family
-  # (one prefill each), rank 64, threshold per family (alpha 0.03): it flags ~96% of walk prompts.
+  # long_chain's prompts: it lets most walk prompts through (benchmarks/guard_fit_sweep.py). Refit it on 2,000
+  # prompts of each family (one prefill each), rank 64, threshold per family (alpha 0.03): it flags ~96% of them.
   GUARD=(--model "$MODEL" --seed 21 --rank 64 --strata category --alpha 0.03)
   adaptive-think fit-guard "${GUARD[@]}" --families last_digit long_chain --n 4000 --probe "$WORK/probe" --out "$WORK/probe"
   adaptive-think fit-guard "${GUARD[@]}" --families last_digit --n 2000 --probe "$WORK/probe-last_digit" \

@@ -118,7 +118,7 @@ def run(args) -> int:
               f"adaptive {a[0]}/{a[3]} correct, {a[1]} thinking tokens ({saved:.0%} fewer), {a[2]:.2f} s{guard}")
     if any(fell_back.values()):
         print("\n(guard): the probe's out-of-distribution guard found the prompt unlike the questions it was trained "
-              "on, so the row thought in full (ThinkConfig(guard_fallback=...) picks another fallback).")
+              "on,\nso the row thought in full (ThinkConfig(guard_fallback=...) picks another fallback).")
     return 0
 
 
