@@ -3,12 +3,14 @@
 # `long_chain`, with `walk` held out (the reasoner answers it, the probe never sees it), installed into
 # adaptive_think/bundled/probe, then evaluated per family on fresh question seeds, greedy and sampled, with and
 # without the out-of-distribution guard, and a transfer table (a probe trained on one family, on every family).
-# About 40 minutes of collection on two CPU cores (two collections side by side), 3 of training and refitting the
-# guards, about 75 of evaluation. Re-running resumes an interrupted collection.
+# About 95 minutes of collection on two CPU cores (two collections side by side, 17 minutes a pair of 400 long_chain
+# questions), 10 minutes of training and refitting the guards, about 80 of evaluation. Re-running resumes an
+# interrupted collection.
 #   bash scripts/train_bundled_probe.sh [work_dir]
 #   MODEL=DIR bash scripts/train_bundled_probe.sh [work_dir]   # a reasoner of the same recipe: nothing is installed
 #   EVAL_ONLY=1 bash scripts/train_bundled_probe.sh [work_dir]  # evaluate WORK/probe{,-last_digit,-long_chain} only
-# SEEDS="S1 S2" picks the two evaluation question seeds (use seeds nobody has looked at for figures you report).
+# SEEDS="S1 S2" picks the two evaluation question seeds (use seeds nobody has looked at for figures you report);
+# TRANSFER_SEED (default 20261215) the transfer table's.
 set -euo pipefail
 WORK=${1:-runs/bundled_probe}
 MODEL=${MODEL:-bundled}
@@ -21,29 +23,28 @@ LONG=(--families long_chain --max-new-tokens 2200 --batch-size 32)
 TS=(--model "$MODEL" --token-states --token-layers "${TOKEN_LAYERS:-3}")
 mkdir -p "$WORK/eval"
 if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in WORK, build nothing
-  # Training (half of it calibration, --calib-fraction 0.5): seeds 11 and 12 of long_chain with a checkpoint every
-  # 16 thought tokens, seed 11 of last_digit.
+  # long_chain, greedy and sampled, split by question (--calib-fraction 0.5): half of each collection trains the
+  # ready head, the other half calibrates it. Seeds 11 and 12 keep a checkpoint every 16 thought tokens; the rest
+  # keep step boundaries only (--every 0: where a calibrated rung stops, and the only labels the head is fitted on),
+  # with every thought token's state. Each family is a stratum (--strata category), so every rung must keep its
+  # promise on long_chain alone: the strict rung needs a thousand or more of its questions per decoding, and the
+  # head with memory keeps improving with more thoughts. A sampling call takes thresholds tested under sampling.
   adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 16 --n 320 --seed 11 --out "$WORK/long-s11" & pid=$!
   adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 16 --n 320 --seed 12 --out "$WORK/long-s12"
-  adaptive-think collect "${TS[@]}" --families last_digit --n 1200 --seed 11 --out "$WORK/ld-s11"
   wait "$pid"  # fails the script if the background job failed
-  # Calibration only, at step boundaries (where a calibrated rung stops). Each family is a stratum (--strata
-  # category), so every rung must keep its promise on long_chain alone, which needs several hundred of its questions
-  # per rung. Greedy on seeds 13 and 14, sampled on seeds 15 and 16: a sampling call takes thresholds tested under
-  # sampling, and no question is calibrated twice (the guard ranks each prompt once).
-  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 13 --out "$WORK/calib-long-s13" & pid=$!
-  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 14 --out "$WORK/calib-long-s14"
+  for pair in "13 15" "14 16" "17 18" "19 20" "21 22"; do
+    read -r G S <<< "$pair"
+    adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed "$G" --out "$WORK/long-s$G" & pid=$!
+    adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed "$S" "${SAMPLE[@]}" \
+      --out "$WORK/long-s$S-sampled"
+    wait "$pid"
+  done
+  # last_digit: seed 11 split as above, and calibration-only collections greedy (seed 13) and sampled (seed 15).
+  adaptive-think collect "${TS[@]}" --families last_digit --n 1200 --seed 11 --out "$WORK/ld-s11" & pid=$!
+  adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 13 --out "$WORK/calib-ld-s13"
   wait "$pid"
-  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 15 "${SAMPLE[@]}" \
-    --out "$WORK/calib-long-s15-sampled" & pid=$!
-  adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 400 --seed 16 "${SAMPLE[@]}" \
-    --out "$WORK/calib-long-s16-sampled"
-  wait "$pid"
-  adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 13 \
-    --out "$WORK/calib-ld-s13" & pid=$!
   adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 15 "${SAMPLE[@]}" \
     --out "$WORK/calib-ld-s15-sampled"
-  wait "$pid"
   # The ready head is fitted at step boundaries only (--ready-at-boundaries), where a calibrated rung stops, and
   # reads a running maximum of 8 learned features of the thought so far (--memory 8) and 4 running counts
   # (--memory-counts 4: how many passes a long thought has made), trained in steps of 32 thoughts (--memory-batch
@@ -56,16 +57,15 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
   PROBE_FLAGS=(--seed 0 --calib-fraction 0.5 --efforts high:0.005:0.1 medium:0.02:0.1 low:0.05:0.1 --per-rung-delta
     --skip-share 0 --neg-weight 4 --ready-at-boundaries --strata category --memory 8 --memory-counts 4
     --memory-batch 32 --memory-epochs 30 --memory-lr 1e-3)
-  adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" "$WORK/ld-s11" \
-    --calib-data "$WORK/calib-long-s13" "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" \
-    "$WORK/calib-long-s16-sampled" "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" \
-    "${PROBE_FLAGS[@]}"
-  # For the transfer table: the same recipe on one family's collections alone.
+  LONG_DATA=("$WORK"/long-s{11,12,13,14,17,19,21} "$WORK"/long-s{15,16,18,20,22}-sampled)
+  adaptive-think train-probe --data "${LONG_DATA[@]}" "$WORK/ld-s11" \
+    --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" --max-memory 6 "${PROBE_FLAGS[@]}"
+  # For the transfer table: the same recipe on one family's first collections alone (long_chain: training on seeds
+  # 11 and 12, calibration on 13-16).
   adaptive-think train-probe --data "$WORK/ld-s11" --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" \
     --out "$WORK/probe-last_digit" "${PROBE_FLAGS[@]}"
-  adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" --calib-data "$WORK/calib-long-s13" \
-    "$WORK/calib-long-s14" "$WORK/calib-long-s15-sampled" "$WORK/calib-long-s16-sampled" \
-    --out "$WORK/probe-long_chain" "${PROBE_FLAGS[@]}"
+  adaptive-think train-probe --data "$WORK/long-s11" "$WORK/long-s12" --calib-data "$WORK"/long-s{13,14} \
+    "$WORK"/long-s{15,16}-sampled --out "$WORK/probe-long_chain" "${PROBE_FLAGS[@]}"
   # The guard train-probe fits reads only the training split's prompts (a few hundred), too few for the spread of
   # long_chain's prompts: it lets most walk prompts through (benchmarks/guard_fit_sweep.py). Refit it on 2,000
   # prompts of each family (one prefill each), rank 64, threshold per family (alpha 0.03): it flags ~96% of them.
@@ -81,7 +81,7 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
 fi
 # Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
 # Every question the probe was collected on is left out.
-read -r S1 S2 <<< "${SEEDS:-20261214 20261215}"
+read -r S1 S2 <<< "${SEEDS:-20261216 20261217}"
 RUNGS=(full effort:high effort:medium effort:low effort:medium+noguard oracle)
 HELD=(full effort:high effort:medium effort:low effort:high+noguard effort:medium+noguard effort:low+noguard oracle)
 EV=(adaptive-think eval --model "$MODEL" --probe "$WORK/probe")
@@ -103,7 +103,7 @@ wait "$pid"
   --json "$WORK/eval/ld-sampled-s$S1.json"
 wait "$pid"
 # The transfer table: each probe (one family, and the shipped one) on every family, guard on and off.
-TRANSFER=(--families last_digit walk long_chain --n 180 --seed "$S2" --max-new-tokens 2200
+TRANSFER=(--families last_digit walk long_chain --n 180 --seed "${TRANSFER_SEED:-20261215}" --max-new-tokens 2200
   --policies full effort:high effort:high+noguard oracle)
 pids=()
 for P in probe-last_digit probe-long_chain probe; do
