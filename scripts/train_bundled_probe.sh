@@ -68,9 +68,12 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
     "$WORK"/long-s{15,16}-sampled --out "$WORK/probe-long_chain" "${PROBE_FLAGS[@]}"
   # The guard train-probe fits reads only the training split's prompts (a few hundred), too few for the spread of
   # long_chain's prompts: it lets most walk prompts through (benchmarks/guard_fit_sweep.py). Refit it on 2,000
-  # prompts of each family (one prefill each), rank 64, threshold per family (alpha 0.03): it flags ~96% of them.
+  # prompts of each family (one prefill each), threshold per family (alpha 0.03). The shipped probe's guard is rank
+  # 128: on `walk` its probe without a guard loses half the questions, so the guard must catch nearly every prompt
+  # (rank 64 flags 96%, rank 128 all of 400; benchmarks/guard_fit_sweep.py). The one-family probes' are rank 64.
   GUARD=(--model "$MODEL" --seed 21 --rank 64 --strata category --alpha 0.03)
-  adaptive-think fit-guard "${GUARD[@]}" --families last_digit long_chain --n 4000 --probe "$WORK/probe" --out "$WORK/probe"
+  adaptive-think fit-guard "${GUARD[@]}" --rank 128 --families last_digit long_chain --n 4000 --probe "$WORK/probe" \
+    --out "$WORK/probe"
   adaptive-think fit-guard "${GUARD[@]}" --families last_digit --n 2000 --probe "$WORK/probe-last_digit" \
     --out "$WORK/probe-last_digit"
   adaptive-think fit-guard "${GUARD[@]}" --families long_chain --n 2000 --probe "$WORK/probe-long_chain" \

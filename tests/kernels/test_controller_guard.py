@@ -57,7 +57,8 @@ GUARD_CASES = [  # (B, D, H, R, K, hidden dtype, split, levels, seed); D > 64 sp
     pytest.param(5, 130, 8, 5, 0, torch.float32, True, 2, 3, id="B5-D130-H8-R5-two-launches"),
     pytest.param(12, 40, 16, 0, 3, torch.bfloat16, False, None, 4, id="B12-D40-H16-R0-K3-bf16"),
     pytest.param(63, 257, 40, 8, 0, torch.bfloat16, False, None, 5, id="B63-D257-H40-R8-bf16"),
-    pytest.param(4, 192, 16, 64, 0, torch.float32, False, None, 6, id="B4-D192-H16-R64"),  # the bundled probe's guard
+    pytest.param(4, 192, 16, 64, 0, torch.float32, False, None, 6, id="B4-D192-H16-R64"),
+    pytest.param(6, 192, 16, 128, 0, torch.float32, False, None, 8, id="B6-D192-H16-R128"),  # the bundled probe's guard
 ]
 
 
