@@ -71,12 +71,12 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
   # prompts of each family (one prefill each), threshold per family (alpha 0.03). The shipped probe's guard is rank
   # 128: on `walk` its probe without a guard loses half the questions, so the guard must catch nearly every prompt
   # (rank 64 flags 96%, rank 128 all of 400; benchmarks/guard_fit_sweep.py). The one-family probes' are rank 64.
-  GUARD=(--model "$MODEL" --seed 21 --rank 64 --strata category --alpha 0.03)
+  GUARD=(--model "$MODEL" --seed 21 --strata category --alpha 0.03)
   adaptive-think fit-guard "${GUARD[@]}" --rank 128 --families last_digit long_chain --n 4000 --probe "$WORK/probe" \
     --out "$WORK/probe"
-  adaptive-think fit-guard "${GUARD[@]}" --families last_digit --n 2000 --probe "$WORK/probe-last_digit" \
+  adaptive-think fit-guard "${GUARD[@]}" --rank 64 --families last_digit --n 2000 --probe "$WORK/probe-last_digit" \
     --out "$WORK/probe-last_digit"
-  adaptive-think fit-guard "${GUARD[@]}" --families long_chain --n 2000 --probe "$WORK/probe-long_chain" \
+  adaptive-think fit-guard "${GUARD[@]}" --rank 64 --families long_chain --n 2000 --probe "$WORK/probe-long_chain" \
     --out "$WORK/probe-long_chain"
   if [ "$MODEL" = bundled ]; then
     cp "$WORK/probe/probe.json" "$WORK/probe/probe.safetensors" adaptive_think/bundled/probe/
