@@ -81,7 +81,7 @@ def test_cli_generate_on_a_local_folder(tmp_path, capsys):
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     report = json.loads(lines[-1])
-    assert set(report) == {"think_tokens", "ended_by", "decision_step", "blocks", "guard", "guard_score"}
+    assert set(report) == {"think_tokens", "ended_by", "decision_step", "blocks", "guard", "guard_score", "group"}
     assert report["guard"] == "off"
 
 

@@ -139,3 +139,15 @@ def test_with_strata_a_step_is_costed_by_the_stratum_whose_loss_rate_rises_most(
     assert build_path(a + b, grid=grid)[1] == (0.9, NEVER)
     # per stratum: the ready step raises a's loss rate by 10 points, the skip step b's by 1.1
     assert build_path(a + b, grid=grid, labels=["a"] * 10 + ["b"] * 90)[1] == (NEVER, 0.9)
+
+
+def test_steps_that_save_nothing_come_after_every_step_that_saves():
+    # every early stop costs something (one confident wrong stop), and no skip score is high: lowering the skip
+    # threshold from 1.0 to 0.06 saves nothing here, so those steps only risk losses on unseen questions
+    qs = [{"full": True, "nothink": False, "length": 100, "level": 1, "skip": 0.05,
+           "cps": [(50, 0.95 if i == 0 else 0.9, i != 0)]} for i in range(10)]
+    path = build_path(qs)
+    first_skip = next(i for i, (_, s) in enumerate(path) if s != NEVER)
+    ready_at_first_skip = path[first_skip][0]
+    assert path[1][1] == NEVER and path[1][0] != NEVER  # the ready threshold moves first
+    assert ready_at_first_skip <= 0.9  # and reaches every saving stop before the skip threshold moves at all

@@ -3,11 +3,13 @@
     adaptive-think calibrate --probe runs/probe --data runs/collect --calib-data runs/more --out runs/probe2
     adaptive-think calibrate --probe bundled --data DIRS... --efforts high:0.005 low:0.05 --out runs/probe2
     adaptive-think calibrate --probe runs/probe --data runs/collect --strata length:4 --out runs/probe-strata
+    adaptive-think calibrate --probe runs/probe --data runs/collect --route category --out runs/probe-routed
 
 --data must be exactly the collections the probe was trained on (its probe.json lists them under
 provenance.data): their train / validation / calibration split is reproduced, the threshold path is ordered on
 the training and validation questions and the rungs are tested on the calibration split plus every question of
---calib-data. Flags not given (--efforts, --delta, --skip-share, --strata, --path-cost) keep the probe's own, so the same
+--calib-data. Flags not given (--efforts, --delta, --skip-share, --strata, --path-cost, --route) keep the probe's own
+(--route: a probe with a route keeps it; --route category fits a new one on the training split's prompts), so the same
 collections reproduce its ladder. The heads and their weights are unchanged; the ladder, and the questions the probe records as
 seen (so `eval` leaves them out), are replaced.
 """
@@ -44,7 +46,7 @@ def run(args) -> int:
                          "and compare before replacing it.")
     recalibrate(probe, args.data, args.calib_data, rungs=args.efforts, delta=args.delta, skip_share=args.skip_share,
                 family_wise=args.family_wise, strata=args.strata, budget=MemoryBudget.gigabytes(args.max_memory),
-                path_cost=args.path_cost)
+                path_cost=args.path_cost, route=args.route)
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))
     return 0

@@ -90,6 +90,11 @@ def add_calibration_arguments(p, defaults: bool = True):
                    help="how the threshold path prices a step under --strata: the largest rise of one stratum's loss "
                         "rate (per-stratum, where the stratified test will stop) or questions lost over all (pooled) "
                         f"(default: {default('per-stratum')})")
+    c.add_argument("--route", choices=("none", "category", "level"), default="none" if defaults else None,
+                   help="give each category (or level) of question thresholds of its own: a route fitted on the "
+                        "training prompts places each row in its group at the prompt's end, and every rung is "
+                        "calibrated per group, so the hardest kind no longer sets the thresholds of all "
+                        f"(default: {default('none')})")
     c.add_argument("--per-rung-delta", dest="family_wise", action="store_false",
                    help="test each rung under each decoding at its own DELTA (default: family-wise, each of the "
                         "rungs x decodings tests at DELTA / their number, so that all hold at once with "
@@ -121,7 +126,7 @@ def run(args) -> int:
                       neg_weight=args.neg_weight, memory=args.memory, memory_counts=args.memory_counts,
                       memory_batch=args.memory_batch, memory_epochs=args.memory_epochs, memory_lr=args.memory_lr,
                       family_wise=args.family_wise,
-                      strata=args.strata, path_cost=args.path_cost)
+                      strata=args.strata, path_cost=args.path_cost, route=args.route)
     probe = train_probe(args.data, cfg, calib_data=args.calib_data, budget=MemoryBudget.gigabytes(args.max_memory))
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))
@@ -134,5 +139,7 @@ def ladder_summary(probe, out) -> dict:
             "ladder": {r.name: {"epsilon": r.epsilon, "delta": r.delta, "ready_threshold": r.ready_threshold,
                                 "skip_threshold": r.skip_threshold, "achieved": r.calibration["achieved"],
                                 "family": r.calibration.get("family"), "strata": r.calibration.get("strata"),
-                                "by_decoding": r.calibration.get("by_decoding")}
+                                "by_decoding": r.calibration.get("by_decoding"),
+                                **({"by_group": {g: {m: list(p) for m, p in pairs.items()}
+                                                 for g, pairs in r.by_group.items()}} if r.by_group else {})}
                        for r in probe.ladder}}

@@ -32,6 +32,7 @@ from adaptive_think.config import ThinkConfig
 from adaptive_think.controller.params import (
     MIN_FORCE_CAPACITY,
     P_GUARD_THRESHOLD,
+    P_POLICY,
     P_TRACE,
     RowParams,
     needed_capacity,
@@ -44,6 +45,7 @@ from adaptive_think.controller.state import (
     ENDED_NONE,
     ENDED_SKIPPED,
     INT_FIELDS,
+    POLICY_PROBE,
     THINKING,
     ControllerSpec,
     ControllerState,
@@ -72,10 +74,11 @@ class ThinkReport:
     # or "fallback" (it was not: the row ran its ThinkConfig.guard_fallback instead of the probe's decisions)
     guard: str = "off"
     guard_score: float | None = None  # the guard's score of the row's prompt-end state (None: not scored)
+    group: int | None = None  # the route's calibration group of the row (None: not a probe row, or no route)
 
     def to_dict(self) -> dict:
         return {"think_tokens": self.think_tokens, "ended_by": self.ended_by, "decision_step": self.decision_step,
-                "blocks": self.blocks, "guard": self.guard, "guard_score": self.guard_score}
+                "blocks": self.blocks, "guard": self.guard, "guard_score": self.guard_score, "group": self.group}
 
 
 def boundary_mask(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -180,7 +183,12 @@ class ThinkController:
         settings = [self._resolve(c) for c in configs]
         self.traces = self.traces or any(s.trace for s in settings)
         return RowParams.pack(settings, self.markers.open_ids, self.empty_ids, self.markers.close_ids,
-                              self.force_capacity, self.device)
+                              self.force_capacity, self.device, groups=self.groups)
+
+    @property
+    def groups(self) -> int:
+        """G, the probe route's calibration groups (1: no route, or no probe)."""
+        return self.spec.probe.groups if self.spec.probe is not None else 1
 
     @property
     def memory_size(self) -> int:
@@ -301,8 +309,9 @@ class ThinkController:
         if self.state is None:
             return []
         ints = self.state.ints.tolist()
-        count, ended, dstep, blocks, steps, guard = (ints[INT_FIELDS.index(n)] for n in (
-            "think_count", "ended_by", "decision_step", "blocks", "step", "guard"))
+        count, ended, dstep, blocks, steps, guard, group = (ints[INT_FIELDS.index(n)] for n in (
+            "think_count", "ended_by", "decision_step", "blocks", "step", "guard", "group"))
+        routed = [p == POLICY_PROBE and self.groups > 1 for p in self.params.ints[P_POLICY].tolist()]
         traced = self.params.ints[P_TRACE].tolist()
         guarded = torch.isfinite(self.params.floats[P_GUARD_THRESHOLD]).tolist()
         guard_score = self.state.guard_score.tolist()
@@ -320,5 +329,6 @@ class ThinkController:
                 scores = trace[i][len(trace[i]) - steps[i]:] if trace is not None and steps[i] > 0 else []
             verdict = "fallback" if guard[i] else "pass" if guarded[i] else "off"
             g = guard_score[i] if guard_score[i] == guard_score[i] else None  # NaN: not scored
-            out.append(ThinkReport(count[i], why, dstep[i], blocks[i], scores, verdict, g))
+            routed_at = group[i] if routed[i] and steps[i] > 0 else None  # None: not routed (yet)
+            out.append(ThinkReport(count[i], why, dstep[i], blocks[i], scores, verdict, g, routed_at))
         return out

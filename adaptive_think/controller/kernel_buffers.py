@@ -25,6 +25,7 @@ from adaptive_think.controller import params as P
 from adaptive_think.controller import state as S
 from adaptive_think.controller.params import RowParams
 from adaptive_think.controller.state import ControllerSpec, ControllerState, ProbeTensors
+from adaptive_think.controller.step import route_rows
 
 PROBE_FIELDS = ("mean", "inv_std", "ready_w1", "ready_b1", "ready_w2", "ready_b2", "skip_w1", "skip_b1", "skip_w2",
                 "skip_b2")
@@ -47,14 +48,14 @@ def layout():
     return Layout(
         PHASE=S.S_PHASE, THINK_COUNT=S.S_THINK_COUNT, STREAK=S.S_STREAK, CURSOR=S.S_CURSOR,
         OPEN_MATCH=S.S_OPEN_MATCH, CLOSE_MATCH=S.S_CLOSE_MATCH, ENDED_BY=S.S_ENDED_BY,
-        DECISION_STEP=S.S_DECISION_STEP, STEP=S.S_STEP, BLOCKS=S.S_BLOCKS, GUARD=S.S_GUARD,
+        DECISION_STEP=S.S_DECISION_STEP, STEP=S.S_STEP, BLOCKS=S.S_BLOCKS, GUARD=S.S_GUARD, GROUP=S.S_GROUP,
         EMA=S.S_EMA, SCORE=S.S_SCORE, GUARD_SCORE=S.S_GUARD_SCORE, MEMORY=S.NS_FLOAT,
         POLICY=P.P_POLICY, MIN_THINK=P.P_MIN_THINK, MAX_THINK=P.P_MAX_THINK, PATIENCE=P.P_PATIENCE,
         BOUNDARY_ONLY=P.P_BOUNDARY_ONLY, SKIP_CLOSE=P.P_SKIP_CLOSE, SKIP_END=P.P_SKIP_END,
         STOP_CLOSE=P.P_STOP_CLOSE, STOP_END=P.P_STOP_END,
         THRESHOLD=P.P_THRESHOLD, SKIP_THRESHOLD=P.P_SKIP_THRESHOLD, ALPHA=P.P_ALPHA,
         GUARD_THRESHOLD=P.P_GUARD_THRESHOLD, FALLBACK_THRESHOLD=P.P_FALLBACK_THRESHOLD,
-        FALLBACK_SKIP_THRESHOLD=P.P_FALLBACK_SKIP_THRESHOLD,
+        FALLBACK_SKIP_THRESHOLD=P.P_FALLBACK_SKIP_THRESHOLD, GROUPS=P.P_GROUPS,
         PROMPT=S.PROMPT, THINKING=S.THINKING, CLOSING=S.CLOSING, ANSWERING=S.ANSWERING, DONE=S.DONE,
         ENDED_NONE=S.ENDED_NONE, ENDED_NATURAL=S.ENDED_NATURAL, ENDED_BUDGET=S.ENDED_BUDGET,
         ENDED_PROBE=S.ENDED_PROBE, ENDED_SKIPPED=S.ENDED_SKIPPED,
@@ -196,7 +197,12 @@ def check_inputs(hidden, last_token, state: ControllerState, params: RowParams, 
     buffer("state.floats", state.floats, torch.float32, (n_floats, batch))
     buffer("state.forced", state.forced, torch.int64, (batch,))
     buffer("params.ints", params.ints, torch.int32, (P.NP_INT, batch))
-    buffer("params.floats", params.floats, torch.float32, (P.NP_FLOAT, batch))
+    # rows P_GROUPS.. hold the route groups' (ready, skip) pairs: NP_FLOAT + 2 (G - 1) rows in all
+    n_pf = params.floats.shape[0] if params.floats.dim() == 2 else P.NP_FLOAT
+    need(n_pf >= P.NP_FLOAT and (n_pf - P.NP_FLOAT) % 2 == 0,
+         f"params.floats must be [NP_FLOAT + 2 (G - 1), B] = [{P.NP_FLOAT} + 2k, {batch}] (k: route groups beyond "
+         f"group 0), got {tuple(params.floats.shape)}; pack it with RowParams.pack(..., groups=G)")
+    buffer("params.floats", params.floats, torch.float32, (n_pf, batch))
     need(params.force.dim() == 2 and params.force.shape[1] >= 1, "params.force must be [B, F] with F >= 1")
     buffer("params.force", params.force, torch.int64, (batch, params.force.shape[1]))
     need(last_token.dim() == 1 and last_token.shape[0] == batch and last_token.dtype in (torch.int32, torch.int64)
@@ -269,6 +275,7 @@ def controller_step_triton(hidden: torch.Tensor | None, last_token: torch.Tensor
 
     use_probe = spec.probe is not None and hidden is not None
     check_inputs(hidden, last_token, state, params, spec, use_probe)
+    route_rows(hidden, state, params, spec)  # the route runs in torch before the launch: the reference's own code
     if use_probe:
         if hidden.stride(1) != 1:
             hidden = hidden.contiguous()  # the kernel reads each row's features at unit stride

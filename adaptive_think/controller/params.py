@@ -6,8 +6,10 @@ kernel both read:
 
 - `ints`   [NP_INT, B] int32: policy code, min / max thinking tokens, patience, boundary-only flag, trace flag
            and where each segment of the row's forced-token buffer starts and ends (rows P_*);
-- `floats` [NP_FLOAT, B] fp32: ready threshold, skip threshold (2.0 = never skip), EMA weight, the guard's
-           threshold (inf = no guard) and the fallback's ready / skip thresholds a flagged row runs instead;
+- `floats` [NP_FLOAT + 2 (G - 1), B] fp32: ready threshold, skip threshold (2.0 = never skip), EMA weight, the
+           guard's threshold (inf = no guard) and the fallback's ready / skip thresholds a flagged row runs instead;
+           then the group table of a probe with a route of G groups: group g >= 1's ready threshold at row
+           P_GROUPS + 2 (g - 1) and its skip threshold at the row after (group 0's are the first two rows);
 - `force`  [B, F] int64: the row's forced sequences, padded with -1 to the capacity F:
 
       [open, empty-block text, close, exit] [stop text, close, exit]
@@ -22,6 +24,11 @@ The budget counts the stop text: a row's budget stop starts when `think_tokens >
 and stop-text tokens are counted as thinking tokens as they are written, so a row never holds more than
 max_think_tokens thinking tokens, stop text included. A stop text longer than max_think_tokens is refused
 when the row is resolved; a later think block opened once the budget is spent is closed without it.
+
+Routed thresholds: a probe with a route puts each probe row in one of G calibration groups at its step 0
+(`step.route_rows`), and the row runs its group's (ready, skip) pair from then on; a guard-flagged row still
+runs its fallback pair. A row that carries fewer groups than the batch (a non-probe row, or a config that set
+its thresholds) repeats its own pair for the rest, so every row of a batch has the same G.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ P_GUARD_THRESHOLD = 3  # a probe row whose guard score at its step 0 exceeds thi
 P_FALLBACK_THRESHOLD = 4  # the ready threshold of a row the guard flagged (NEVER: full thinking)
 P_FALLBACK_SKIP_THRESHOLD = 5  # its skip threshold (NEVER: no skip)
 NP_FLOAT = 6
+P_GROUPS = NP_FLOAT  # first row of the group table: group g >= 1's ready at P_GROUPS + 2 (g - 1), its skip after it
 
 NEVER = 2.0  # a threshold no probability reaches
 NO_GUARD = float("inf")  # a guard threshold no score passes (a NaN score never passes either)
@@ -78,6 +86,7 @@ class RowSettings:
     guard_threshold: float = NO_GUARD
     fallback_threshold: float = NEVER
     fallback_skip_threshold: float = NEVER
+    group_thresholds: tuple[tuple[float, float], ...] = ()  # (ready, skip) of route groups 1..G-1 (0's: above)
 
 
 def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequence[int]] | None = None,
@@ -125,16 +134,33 @@ def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequ
             raise ValueError("ThinkConfig.threshold / skip_threshold of None take the probe's calibrated values, but "
                              "the probe given carries none (bare ProbeTensors): set both in the ThinkConfig.")
         guard_t, fallback = guard_settings(config, probe, config.decoding or decoding)
+        groups = group_settings(config, probe, config.decoding or decoding)
+        if groups:
+            threshold, skip = groups[0]
+            groups = groups[1:]
     else:
         threshold, skip = NEVER, NEVER
         guard_t, fallback = NO_GUARD, (NEVER, NEVER)
+        groups = []
     return RowSettings(
         policy=POLICY_CODES[config.policy], min_think=config.min_think_tokens, max_think=max_think,
         threshold=float(threshold), skip_threshold=float(skip) if config.allow_skip else NEVER,
         alpha=float(config.smoothing), patience=config.patience, boundary_only=bool(boundary) and is_probe,
         trace=bool(config.trace), exit_ids=exit_ids, stop_ids=stop_ids, guard_threshold=float(guard_t),
         fallback_threshold=float(fallback[0]), fallback_skip_threshold=float(fallback[1]) if config.allow_skip else NEVER,
+        group_thresholds=tuple((float(r), float(k) if config.allow_skip else NEVER) for r, k in groups),
     )
+
+
+def group_settings(config: ThinkConfig, probe, decoding: str) -> list[tuple[float, float]]:
+    """A probe row's (ready, skip) per route group, group 0 first ([] without a route); a threshold the config
+    sets applies to every group."""
+    pairs_of = getattr(probe, "group_thresholds", None)
+    pairs = pairs_of(config.effort, decoding) if callable(pairs_of) else None
+    if not pairs:
+        return []
+    return [(config.threshold if config.threshold is not None else ready,
+             config.skip_threshold if config.skip_threshold is not None else skip) for ready, skip in pairs]
 
 
 def guard_settings(config: ThinkConfig, probe, decoding: str) -> tuple[float, tuple[float, float]]:
@@ -165,16 +191,28 @@ def force_row(row: RowSettings, open_ids, empty_ids, close_ids) -> tuple[list[in
 
 
 class RowParams(PackedBuffers):
-    """ints [NP_INT, B] int32, floats [NP_FLOAT, B] fp32, force [B, F] int64 (see the module docstring)."""
+    """ints [NP_INT, B] int32, floats [NP_FLOAT + 2 (G - 1), B] fp32, force [B, F] int64 (see the module docstring)."""
 
     def __init__(self, ints: torch.Tensor, floats: torch.Tensor, force: torch.Tensor):
         self.ints, self.floats, self.force = ints, floats, force
 
     @classmethod
-    def pack(cls, rows: Sequence[RowSettings], open_ids, empty_ids, close_ids, capacity: int, device) -> "RowParams":
-        """Pack resolved rows (host) into device tensors with a forced-token buffer of `capacity` columns."""
+    def pack(cls, rows: Sequence[RowSettings], open_ids, empty_ids, close_ids, capacity: int, device,
+             groups: int = 1) -> "RowParams":
+        """Pack resolved rows (host) into device tensors with a forced-token buffer of `capacity` columns and a
+        group table of `groups` - 1 (ready, skip) pairs per row (the route's G; 1: no route)."""
+        if groups < 1:
+            raise ValueError(f"RowParams.pack: groups must be >= 1 (the route's G; 1 without a route), got {groups}.")
         ints, floats, force = [], [], []
         for r in rows:
+            if len(r.group_thresholds) > groups - 1:
+                raise ValueError(
+                    f"a row carries {len(r.group_thresholds)} route-group threshold pairs but the batch has {groups} "
+                    f"groups (room for {groups - 1} beyond group 0); pack with groups={len(r.group_thresholds) + 1} "
+                    "(the probe's route) or resolve the row against the same probe."
+                )
+            # a short table repeats the row's own pair (a non-probe row, or a config that set its thresholds)
+            table = [*r.group_thresholds] + [(r.threshold, r.skip_threshold)] * (groups - 1 - len(r.group_thresholds))
             seq, (skip_close, skip_end, stop_close, stop_end) = force_row(r, open_ids, empty_ids, close_ids)
             if len(seq) > capacity:
                 raise ValueError(
@@ -184,10 +222,11 @@ class RowParams(PackedBuffers):
             ints.append([r.policy, r.min_think, r.max_think, r.patience, int(r.boundary_only), int(r.trace),
                          skip_close, skip_end, stop_close, stop_end])
             floats.append([r.threshold, r.skip_threshold, r.alpha, r.guard_threshold, r.fallback_threshold,
-                           r.fallback_skip_threshold])
+                           r.fallback_skip_threshold] + [t for pair in table for t in pair])
             force.append(seq + [-1] * (capacity - len(seq)))
         return cls(torch.tensor(ints, dtype=torch.int32).t().contiguous().to(device),
-                   torch.tensor(floats, dtype=torch.float32).t().contiguous().to(device),
+                   torch.tensor(floats, dtype=torch.float32).reshape(len(rows), NP_FLOAT + 2 * (groups - 1))
+                   .t().contiguous().to(device),
                    torch.tensor(force, dtype=torch.int64).reshape(len(rows), capacity).to(device))
 
     @property

@@ -45,7 +45,8 @@ S_DECISION_STEP = 7  # the row's step at which its latest block ended (-1: not y
 S_STEP = 8  # the row's own decode step (0 = its prompt's last position)
 S_BLOCKS = 9  # think blocks opened so far (by the prompt, the model, or a forced skip)
 S_GUARD = 10  # 1: the out-of-distribution guard flagged the row at its step 0, so it runs its fallback thresholds
-NS_INT = 11
+S_GROUP = 11  # the calibration group the route put the row in at its step 0; 0 without a route
+NS_INT = 12
 # Rows of `ControllerState.floats` [NS_FLOAT, B] fp32.
 S_EMA = 0  # smoothed ready score
 S_SCORE = 1  # this step's raw score (skip head at the row's step 0, ready head after; NaN without a probe)
@@ -53,7 +54,7 @@ S_GUARD_SCORE = 2  # the guard's score of the row's prompt-end state (set at ste
 NS_FLOAT = 3
 
 INT_FIELDS = ("phase", "think_count", "streak", "cursor", "open_match", "close_match", "ended_by", "decision_step",
-              "step", "blocks", "guard")
+              "step", "blocks", "guard", "group")
 FLOAT_FIELDS = ("ema", "score", "guard_score")
 # Rows NS_FLOAT.. of `ControllerState.floats` hold a probe's memory (K running maxima, see ProbeTensors); a fresh
 # row or a new think block starts them here, below any feature a trained probe produces
@@ -92,6 +93,10 @@ class ProbeTensors:
     guard_mean: torch.Tensor | None = None  # [D]
     guard_dirs: torch.Tensor | None = None  # [R, D] orthonormal rows
     guard_coef: torch.Tensor | None = None  # [R + 1]
+    # a route on the same features x: a probe row's calibration group = argmax(route_w x + route_b), read at its
+    # step 0 (each group has its own thresholds, RowParams' group table); None: no route, one group
+    route_w: torch.Tensor | None = None  # [G, D]
+    route_b: torch.Tensor | None = None  # [G]
 
     def to(self, device) -> "ProbeTensors":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -115,6 +120,11 @@ class ProbeTensors:
     def guard_rank(self) -> int | None:
         """R, the guard's principal directions (None: no guard; 0: a guard of the residual term alone)."""
         return None if self.guard_dirs is None else int(self.guard_dirs.shape[0])
+
+    @property
+    def groups(self) -> int:
+        """G, the route's calibration groups (1: no route)."""
+        return 1 if self.route_w is None else int(self.route_w.shape[0])
 
 
 # Training-free ready scores read from the step's logits (a score file's head kind, see probe/probe.py).

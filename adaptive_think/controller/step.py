@@ -12,12 +12,14 @@ policy parameters (`RowParams`) and its own step counter (docs/design.md, "The c
    - THINKING: count the token as thinking unless it is eos, match the close marker (the model's own
      close: `natural`); markers are matched with KMP failure links, so self-overlapping markers are found;
    - eos ends the row (DONE).
-2. score: ready head every step, skip head and the out-of-distribution guard at the row's step 0 (probe rows
-   only; NaN elsewhere); with a
+2. route, then score: at a probe row's step 0 the probe's route (if any) puts the row in its calibration
+   group (`route_rows`; the row keeps it for the whole request); then the ready head every step, skip head and
+   the out-of-distribution guard at the row's step 0 (probe rows only; NaN elsewhere); with a
    training-free logit score (`spec.score`) both come from the step's precomputed score [B] instead
    (controller/logit_score.py), the skip one only when the score file keeps it;
 3. decide: the guard first (a probe row whose guard score at its step 0 exceeds its guard threshold is flagged
-   and runs its fallback thresholds from then on, this step's skip decision included), then skip (a row's
+   and runs its fallback thresholds from then on, this step's skip decision included; any other row runs its
+   group's thresholds, `group_threshold`), then skip (a row's
    step 0 for probe / none; policy none also skips every later block at once),
    budget (the row's count reaches max_think minus its stop text), or probe stop (min tokens, EMA
    smoothing, patience, optionally only after a boundary token);
@@ -38,6 +40,7 @@ from adaptive_think.controller.params import (
     P_BOUNDARY_ONLY,
     P_FALLBACK_SKIP_THRESHOLD,
     P_FALLBACK_THRESHOLD,
+    P_GROUPS,
     P_GUARD_THRESHOLD,
     P_MAX_THINK,
     P_MIN_THINK,
@@ -147,6 +150,36 @@ def guard_scores(x: torch.Tensor, probe: ProbeTensors) -> torch.Tensor:
     return (p * p) @ coef[:-1] + (y * y).sum(-1) * coef[-1]
 
 
+def route_rows(hidden: torch.Tensor | None, state: ControllerState, params: RowParams, spec: ControllerSpec) -> None:
+    """Put each probe row at its step 0 in its route group, argmax(route_w x + route_b) (ties: the first), in
+    `state.group`; other rows keep theirs. Nothing without a route or hidden. No host sync (graph-capturable)."""
+    probe = spec.probe
+    if probe is None or probe.route_w is None or hidden is None:
+        return
+    g, d = probe.route_w.shape[0], probe.hidden_size
+    if probe.route_w.shape != (g, d) or probe.route_b is None or probe.route_b.shape != (g,):
+        raise ValueError(f"the probe's route must be route_w [G, {d}] and route_b [G], got "
+                         f"{tuple(probe.route_w.shape)} and {getattr(probe.route_b, 'shape', None)}.")
+    if params.floats.shape[0] < P_GROUPS + 2 * (g - 1):
+        raise ValueError(f"the probe's route has {g} groups but params.floats holds a group table for "
+                         f"{(params.floats.shape[0] - P_GROUPS) // 2 + 1}; pack the rows with RowParams.pack(..., "
+                         f"groups={g}) (ThinkController does).")
+    group = (normalised(hidden, probe) @ probe.route_w.t() + probe.route_b).argmax(-1)  # [B]
+    routed = (state.step == 0) & (params.ints[P_POLICY] == POLICY_PROBE)
+    state.group.copy_(torch.where(routed, group.to(state.group.dtype), state.group))
+
+
+def group_threshold(pf: tuple[torch.Tensor, ...], group: torch.Tensor, which: int) -> torch.Tensor:
+    """Each row's threshold of its group [B]: which = 0 the ready one, 1 the skip one (group 0: P_THRESHOLD /
+    P_SKIP_THRESHOLD; group g >= 1: the group table's pair g; a group past the table: group 0's)."""
+    own = pf[(P_THRESHOLD, P_SKIP_THRESHOLD)[which]]
+    if len(pf) == P_GROUPS:  # no group table: every row is in group 0
+        return own
+    table = torch.stack(pf[P_GROUPS + which::2])  # [G - 1, B]
+    at = (group.long() - 1).clamp(0, table.shape[0] - 1)[None]  # [1, B]
+    return torch.where((group > 0) & (group <= table.shape[0]), table.gather(0, at)[0], own)
+
+
 def kmp_advance(match: torch.Tensor, token: torch.Tensor, marker: torch.Tensor, fail: torch.Tensor) -> torch.Tensor:
     """[B] marker tokens matched after `token` [B], from `match` [B] (KMP: fall back along `fail`, then advance)."""
     n = marker.numel()
@@ -206,7 +239,7 @@ def observe(tok: torch.Tensor, obs: torch.Tensor, state: ControllerState, spec: 
     phase_new = torch.where(is_eos, DONE, phase_new)
     return dict(phase=phase_new, think_count=think_count, streak=streak, cursor=cursor, open_match=open_match,
                 close_match=close_match, ended_by=ended_by, decision_step=decision_step, step=step, blocks=blocks,
-                ema=ema, guard=s["guard"], guard_score=s["guard_score"]), opened
+                ema=ema, guard=s["guard"], group=s["group"], guard_score=s["guard_score"]), opened
 
 
 def _write(state: ControllerState, o: dict[str, torch.Tensor], score: torch.Tensor | None = None,
@@ -247,6 +280,7 @@ def controller_step_reference(
     Example:
         >>> controller_step_reference(None, tokens[:, -1], state, params, spec); forced = state.forced
     """
+    route_rows(hidden, state, params, spec)
     tok = last_token.to(torch.int64)
     p, pf = params.ints.unbind(0), params.floats.unbind(0)
     step = state.step  # [B]
@@ -285,8 +319,8 @@ def controller_step_reference(
     # the guard reads the prompt's end only; a flagged row keeps its fallback thresholds for the whole request
     flagged = first & open_row & is_probe & (guard > pf[P_GUARD_THRESHOLD])  # NaN never flags
     guarded = (o["guard"] != 0) | flagged
-    threshold = torch.where(guarded, pf[P_FALLBACK_THRESHOLD], pf[P_THRESHOLD])
-    skip_threshold = torch.where(guarded, pf[P_FALLBACK_SKIP_THRESHOLD], pf[P_SKIP_THRESHOLD])
+    threshold = torch.where(guarded, pf[P_FALLBACK_THRESHOLD], group_threshold(pf, o["group"], 0))
+    skip_threshold = torch.where(guarded, pf[P_FALLBACK_SKIP_THRESHOLD], group_threshold(pf, o["group"], 1))
     wants_skip = (is_probe & (skip >= skip_threshold)) | (p[P_POLICY] == POLICY_NONE)  # NaN never skips
     do_skip = (first & open_row & wants_skip) | (opened & (p[P_POLICY] == POLICY_NONE))
 

@@ -34,6 +34,9 @@ class Rung:
     calibration: dict = field(default_factory=dict, compare=False)
     # (ready, skip) calibrated under each decoding mode ("greedy", "sampled"); {}: the one pair above, greedy
     by_decoding: dict = field(default_factory=dict, compare=False)
+    # a probe with a route (route.py): {group: {decoding: (ready, skip)}}, each group's own pairs; the pairs above
+    # are then the most conservative of the groups' (what a row runs where no group is known)
+    by_group: dict = field(default_factory=dict, compare=False)
 
     @property
     def meets_promise(self) -> bool:
@@ -53,28 +56,50 @@ class Rung:
                           stacklevel=4)
         return self.ready_threshold, self.skip_threshold
 
+    def group_pairs(self, groups: list[str], decoding: str = "greedy") -> list[tuple[float, float]]:
+        """[(ready, skip)] calibrated for `decoding` in each of `groups` (a route's, in its order)."""
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding={decoding!r} is not one of {DECODINGS}.")
+        missing = [g for g in groups if g not in self.by_group]
+        if missing:
+            raise ValueError(f"effort {self.name!r} has no thresholds for route group(s) {missing}; re-calibrate "
+                             "the probe (`adaptive-think calibrate --route ...`).")
+        out = []
+        for g in groups:
+            pairs = self.by_group[g]
+            if decoding not in pairs:
+                return [self.pair(decoding)] * len(groups)  # not calibrated per group under this decoding
+            out.append(pairs[decoding])
+        return out
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "epsilon": self.epsilon, "delta": self.delta,
                "thresholds": {"ready": self.ready_threshold, "skip": self.skip_threshold},
                "calibration": self.calibration}
         if self.by_decoding:
             out["thresholds_by_decoding"] = {m: {"ready": r, "skip": s} for m, (r, s) in self.by_decoding.items()}
+        if self.by_group:
+            out["thresholds_by_group"] = {g: {m: {"ready": r, "skip": s} for m, (r, s) in pairs.items()}
+                                          for g, pairs in self.by_group.items()}
         return out
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "probe.json") -> "Rung":
         try:
             by = {str(m): (float(t["ready"]), float(t["skip"])) for m, t in (d.get("thresholds_by_decoding") or {}).items()}
-            unknown = sorted(set(by) - set(DECODINGS))
+            groups = {str(g): {str(m): (float(t["ready"]), float(t["skip"])) for m, t in pairs.items()}
+                      for g, pairs in (d.get("thresholds_by_group") or {}).items()}
+            unknown = sorted((set(by) | {m for pairs in groups.values() for m in pairs}) - set(DECODINGS))
             if unknown:
                 raise ValueError(f"unknown decoding mode(s) {unknown}")
             return cls(name=str(d["name"]), epsilon=float(d["epsilon"]), delta=float(d["delta"]),
                        ready_threshold=float(d["thresholds"]["ready"]), skip_threshold=float(d["thresholds"]["skip"]),
-                       calibration=d.get("calibration", {}), by_decoding=by)
+                       calibration=d.get("calibration", {}), by_decoding=by, by_group=groups)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{where}: a ladder rung is malformed ({err!r}); each needs name, epsilon, delta and "
                              "thresholds {ready, skip} (and optionally thresholds_by_decoding {greedy|sampled: "
-                             "{ready, skip}}). Re-save the probe.") from None
+                             "{ready, skip}} and thresholds_by_group {group: {greedy|sampled: {ready, skip}}}). "
+                             "Re-save the probe.") from None
 
 
 def parse_rungs(specs, default_delta: float) -> list[tuple[str, float, float]]:

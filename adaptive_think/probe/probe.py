@@ -9,7 +9,9 @@ features, see memory.py); a memoryless probe is still written as format 2. Forma
 point, no ladder) still load. Format 5 is a probe carrying an out-of-distribution guard (guard.py: tensors
 `guard_*` beside the heads' and a `guard` section); a probe without one is written as before. Format 6 is a probe
 whose memory has counting units (weight `memory_sum` [K], 1.0 where a unit sums sigmoid(feature) over the thought
-instead of keeping its maximum; `memory_counts` in probe.json); any other probe is written as before.
+instead of keeping its maximum; `memory_counts` in probe.json); any other probe is written as before. Format 7 is a
+probe with a route (route.py: tensors `route_w`, `route_b` and a `route` section; each ladder rung then keeps
+`thresholds_by_group`, one calibrated pair per group, and its top-level pair is the most conservative of them).
 
 A score file (format 4) is a probe without weights: its head `kind` is a training-free score read from the
 step's logits ("close-margin" or "entropy", controller/logit_score.py), calibrated into the same ladder
@@ -36,13 +38,16 @@ from adaptive_think.files import atomic_write
 from adaptive_think.probe.guard import WEIGHT_NAMES as GUARD_WEIGHTS
 from adaptive_think.probe.guard import Guard
 from adaptive_think.probe.ladder import Rung, select_rung
+from adaptive_think.probe.route import WEIGHT_NAMES as ROUTE_WEIGHTS
+from adaptive_think.probe.route import Route
 
 FORMAT_VERSION = 2
 MEMORY_FORMAT_VERSION = 3  # written only by probes with memory, which older readers cannot run
 SCORE_FORMAT_VERSION = 4  # written only by score files (no weights), which older readers cannot run
 GUARD_FORMAT_VERSION = 5  # written only by probes with a guard, which older readers cannot run
 COUNT_FORMAT_VERSION = 6  # written only by probes with counting memory units, which older readers cannot run
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+ROUTE_FORMAT_VERSION = 7  # written only by probes with a route, whose older readers would ignore the groups' pairs
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 WEIGHTS_NAME = "probe.safetensors"
 CONFIG_NAME = "probe.json"
 HEADS = ("ready", "skip")
@@ -82,6 +87,7 @@ class Probe:
     # a score file: the same score at the prompt's end is the skip score ("close-margin"), or None: never skips
     skip_kind: str | None = None
     guard: Guard | None = None  # out-of-distribution guard of the prompt-end state (guard.py); None: none
+    route: Route | None = None  # calibration groups of the prompt-end state (route.py); None: one group
 
     def __post_init__(self):
         if self.ladder and self.default_effort not in {r.name for r in self.ladder}:
@@ -110,6 +116,9 @@ class Probe:
                 raise ValueError(f"Probe weight {name} has shape {tuple(self.weights[name].shape)}, expected ({d},).")
         if self.guard is not None and self.guard.mean.shape[0] != d:
             raise ValueError(f"The probe's guard is for hidden size {self.guard.mean.shape[0]}, its heads for {d}.")
+        if self.route is not None and self.route.hidden_size != d:
+            raise ValueError(f"The probe's route is for hidden size {self.route.hidden_size}, its heads for {d}.")
+        self._check_groups()
         if ("memory_w" in self.weights) != ("memory_b" in self.weights):
             raise ValueError("Probe weights hold one of memory_w / memory_b without the other.")
         k = self.memory_size
@@ -185,6 +194,8 @@ class Probe:
         w = dict(self.weights)
         if self.guard is not None:
             w.update(self.guard.tensors())
+        if self.route is not None:
+            w.update(self.route.tensors())
         w = {k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in w.items()}
         return ProbeTensors(relu=self.kind == "mlp", **w)
 
@@ -230,12 +241,29 @@ class Probe:
             return self.ready_threshold, self.skip_threshold
         return rung.pair(decoding)
 
+    def group_thresholds(self, effort: str | None = None, decoding: str = "greedy") -> list[tuple[float, float]] | None:
+        """[(ready, skip)] of rung `effort` for each of the route's groups, in its order (None: no route, or a rung
+        calibrated without groups: every row runs `thresholds`)."""
+        rung = select_rung(self.ladder, effort, self.default_effort)
+        if self.route is None or rung is None or not rung.by_group:
+            return None
+        return rung.group_pairs(self.route.groups, decoding)
+
     def set_ladder(self, rungs: list[Rung], default: str) -> None:
         """Install calibrated rungs; the top-level thresholds and calibration become the default rung's."""
         self.ladder, self.default_effort = list(rungs), default
+        self._check_groups()
         rung = select_rung(self.ladder, None, default)
         self.ready_threshold, self.skip_threshold = rung.ready_threshold, rung.skip_threshold
         self.calibration = rung.calibration
+
+    def _check_groups(self) -> None:
+        """Every rung calibrated per group holds exactly the route's groups."""
+        for rung in self.ladder:
+            if rung.by_group and (self.route is None or set(rung.by_group) != set(self.route.groups)):
+                raise ValueError(f"Effort {rung.name!r} holds thresholds for groups {sorted(rung.by_group)}, but the "
+                                 f"probe's route has {None if self.route is None else self.route.groups}: re-calibrate "
+                                 "it (`adaptive-think calibrate --route ...`).")
 
     def check_model(self, model) -> None:
         """Raise a ValueError naming every field where `model` differs from the probe's training model."""
@@ -314,8 +342,10 @@ class Probe:
             }
         version = MEMORY_FORMAT_VERSION if self.memory_size else FORMAT_VERSION
         version = GUARD_FORMAT_VERSION if self.guard is not None else version
+        version = COUNT_FORMAT_VERSION if self.memory_counts else version
+        version = ROUTE_FORMAT_VERSION if self.route is not None else version
         return {
-            "format_version": COUNT_FORMAT_VERSION if self.memory_counts else version,
+            "format_version": version,
             "memory_size": self.memory_size,
             **({"memory_counts": self.memory_counts} if self.memory_counts else {}),
             "layer": self.layer,
@@ -327,6 +357,7 @@ class Probe:
             "normalisation": "x = (h - mean) * inv_std",
             **common,
             **({"guard": self.guard.config()} if self.guard is not None else {}),
+            **({"route": self.route.config()} if self.route is not None else {}),
         }
 
     def save_pretrained(self, folder) -> Path:
@@ -337,7 +368,8 @@ class Probe:
             if (folder / WEIGHTS_NAME).exists():
                 (folder / WEIGHTS_NAME).unlink()
         else:
-            w = {**self.weights, **(self.guard.weights() if self.guard is not None else {})}
+            w = {**self.weights, **(self.guard.weights() if self.guard is not None else {}),
+                 **(self.route.weights() if self.route is not None else {})}
             tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in w.items()}
             atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         text = json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n"
@@ -393,13 +425,17 @@ class Probe:
         if cfg.get("guard") is not None or any(n in weights for n in GUARD_WEIGHTS):
             guard = Guard.from_file(weights, cfg.get("guard"), str(folder))
             weights = {k: v for k, v in weights.items() if k not in GUARD_WEIGHTS}
+        route = None
+        if cfg.get("route") is not None or any(n in weights for n in ROUTE_WEIGHTS):
+            route = Route.from_file(weights, cfg.get("route"), str(folder))
+            weights = {k: v for k, v in weights.items() if k not in ROUTE_WEIGHTS}
         probe = cls(
             layer=int(cfg["layer"]), kind=cfg["kind"], weights=weights, fingerprint=cfg["model_fingerprint"],
             ready_threshold=float(cfg["thresholds"]["ready"]), skip_threshold=float(cfg["thresholds"]["skip"]),
             calibration=cfg.get("calibration", {}), provenance=cfg.get("provenance", {}),
             policy_defaults=cfg.get("policy_defaults", {"exit_text": "\n\n", "stop_at_boundary": True}),
             ladder=[Rung.from_dict(r, str(cfg_path)) for r in cfg.get("ladder") or []],
-            default_effort=cfg.get("default_effort"), guard=guard,
+            default_effort=cfg.get("default_effort"), guard=guard, route=route,
         )
         if probe.memory_size != cfg.get("memory_size", 0) or probe.memory_counts != cfg.get("memory_counts", 0):
             raise ValueError(f"{str(folder)!r}: weights hold {probe.memory_size} memory features ({probe.memory_counts} "

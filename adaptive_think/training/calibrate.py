@@ -159,8 +159,9 @@ def build_path(qs, grid=PATH_GRID, skip_losses: float = 0.0, labels: list[str] |
                 # the worst stratum's rise in loss rate, against the share of all tokens saved (one stratum:
                 # questions lost per token saved, up to a constant)
                 dl, ds = float(((l2 - lost) / sizes).max()), (tokens - t2) / len(qs)
-                cost = dl / ds if ds > 0 else (0.0 if dl <= 0 else float("inf"))
-                key = (cost, -ds)
+                # a way that saves nothing here only risks losses on unseen questions: it comes after every
+                # way that saves, however dear (else a free skip leg can end the walk before a cheap ready step)
+                key = (0, dl / ds, -ds) if ds > 0 else (1, dl, 0.0)
                 if best is None or key < best[0]:
                     best = (key, head)
         at[best[1]] += 1  # one step only, so the calibration's walk can stop anywhere on the way
@@ -226,8 +227,13 @@ def stratum_groups(qs: list[dict], strata: Strata, epsilon: float, delta: float)
 
 def _achieved(qs, ready_t: float, skip_t: float) -> dict:
     """Accuracy, loss, thinking and skips of the whole policy on `qs`."""
+    return achieved_by_pairs(qs, [(ready_t, skip_t)] * len(qs))
+
+
+def achieved_by_pairs(qs, pairs: list[tuple[float, float]]) -> dict:
+    """`_achieved` where each question runs its own (ready, skip) pair (a routed probe: its group's)."""
     n = len(qs)
-    runs = [simulate(q, ready_t, skip_t) for q in qs]
+    runs = [simulate(q, r, s) for q, (r, s) in zip(qs, pairs)]
     full_tokens = sum(q["length"] for q in qs) / n
     tokens = sum(r[1] for r in runs) / n
     return {

@@ -14,6 +14,13 @@ Strata (`--strata level | category | length:K`, strata.py): within each of those
 it passes in every stratum, each stratum at the same per-test delta (an intersection-union test needs no
 further split); length bins are placed once, on the training and validation questions.
 
+Route (`--route category`, training/route.py): each question is placed in a group by the probe's route from its
+prompt-end state, and each rung is calibrated once per group, on the group's own path (ordered on its training
+and validation questions) and calibration questions, with the strata tests inside it. Each group keeps its own
+pair, so one kind of question no longer sets the thresholds of all: every group's promise holds for the rows the
+route sends there (its own claim, like a rung's or a decoding's, each with probability at least 1 - delta; with
+--family-wise the split counts the groups too). The rung's top-level pair is the most conservative of the groups'.
+
 `recalibrate` re-runs this for a trained probe without touching its heads, e.g. after collecting more
 calibration questions (`adaptive-think calibrate`).
 """
@@ -22,21 +29,25 @@ from __future__ import annotations
 
 import time
 
-from adaptive_think.training.calibrate import build_path, calibrate, path_labels, questions_of
+from adaptive_think.training.calibrate import achieved_by_pairs, build_path, calibrate, path_labels, questions_of
 from adaptive_think.probe.ladder import Rung, default_rung
 from adaptive_think.training.splits import CALIB, TRAIN, VAL, assign_parts, calibration_only_summary, question_identity
 from adaptive_think.training.strata import parse_strata
 
 def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float, family_wise: bool = True,
-                     log=print, strata="none", path_cost: str = "per-stratum") -> Rung:
+                     log=print, strata="none", path_cost: str = "per-stratum", groups: list[int] | None = None) -> Rung:
     """Calibrate `rungs` [(name, epsilon, delta)] on `part`'s calibration records; install them on `probe` and
     return the default rung. strata: "none" | "level" | "category" | "length:K" (strata.py); path_cost:
-    "per-stratum" | "pooled", how the threshold path prices a step under strata (calibrate.build_path)."""
-    strata = parse_strata(strata)
+    "per-stratum" | "pooled", how the threshold path prices a step under strata (calibrate.build_path);
+    groups: each record's route group (training/route.py; `probe.route` must be set), None: one group."""
     is_cal = [p == CALIB for p in part]
     if not any(is_cal):
         raise ValueError("No calibration questions: collect more questions, raise --calib-fraction or add "
                          "--calib-data collections.")
+    if groups is not None:
+        return _calibrate_routed(probe, records, ready, skip, part, rungs, skip_share, family_wise, log, strata,
+                                 path_cost, groups)
+    strata = parse_strata(strata)
     # the order in which threshold pairs are tested comes from the training and validation questions; each
     # rung's path first spends skip_share of its budget there on skipping (easy questions skip thinking)
     path_qs = questions_of(records, ready, skip, [p in (TRAIN, VAL) for p in part])
@@ -58,20 +69,86 @@ def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float
         pairs = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in result["by_decoding"].items()}
         ladder.append(Rung(name, eps, dlt, result["ready_threshold"], result["skip_threshold"], result,
                            by_decoding=pairs if len(pairs) > 1 or "greedy" not in pairs else {}))
-        for mode, got in result["by_decoding"].items():
-            a = got["achieved"]
-            log(f"effort {name} ({mode}; epsilon {eps}, delta {dlt}"
-                + (f", {dlt / tests:.4g} per test of {tests}" if tests > 1 else "") + f"): ready >= "
-                f"{got['ready_threshold']:.3f}, skip >= {got['skip_threshold']:.3f}; on {got['n_questions']} calibration "
-                f"questions: accuracy lost {a['accuracy_lost']:.4f}, thinking tokens saved {a['think_tokens_saved']:.1%}, "
-                f"skipped {a['skip_rate']:.1%}")
-            if "strata" in got:
-                _log_strata(got["strata"], log)
+        _log_result(result, name, eps, dlt, tests, log)
     default = default_rung(ladder)
     probe.set_ladder(ladder, default.name)
     log(f"default effort: {default.name} (epsilon {default.epsilon}, delta {default.delta}"
         + ("" if default.meets_promise else "; NO rung meets the 0.5-point promise") + ")")
     return default
+
+
+def _calibrate_routed(probe, records, ready, skip, part, rungs, skip_share, family_wise, log, strata, path_cost,
+                      groups: list[int]) -> Rung:
+    """calibrate_ladder with one calibration per route group (module docstring): each rung's pairs per group."""
+    names = probe.route.groups
+    strata = parse_strata(strata)
+    in_group = [[g == k for g in groups] for k in range(len(names))]
+    is_cal = [p == CALIB for p in part]
+    empty = [n for n, sel in zip(names, in_group) if not any(c and s for c, s in zip(is_cal, sel))]
+    if empty:
+        raise ValueError(f"The route sends no calibration question to group(s) {empty}: collect calibration "
+                         "questions of every group (or leave --route out).")
+    strata = strata.fit(questions_of(records, ready, skip, [p in (TRAIN, VAL) for p in part]))
+    modes = sorted({r.get("decoding", "greedy") for r, c in zip(records, is_cal) if c})
+    tests = len(rungs) * len(modes) * len(names) if family_wise else 1
+    paths = []
+    for sel in in_group:
+        path_qs = questions_of(records, ready, skip, [p in (TRAIN, VAL) and s for p, s in zip(part, sel)])
+        paths.append((path_qs, path_labels(path_qs, strata, path_cost)))
+    ladder = []
+    for name, eps, dlt in rungs:
+        by_group, results = {}, {}
+        for gname, sel, (path_qs, labels) in zip(names, in_group, paths):
+            path = build_path(path_qs, skip_losses=skip_share * eps * len(path_qs), labels=labels)
+            res = calibrate(records, ready, skip, [c and s for c, s in zip(is_cal, sel)], eps, dlt / tests,
+                            path=path, strata=strata)
+            results[gname] = res
+            by_group[gname] = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in res["by_decoding"].items()}
+        # per decoding: the most conservative pair of the groups, and what the routed policy achieves on all of them
+        by_decoding = {}
+        for mode in modes:
+            pairs = [by_group[g][mode] for g in names if mode in by_group[g]]
+            qs, qpairs = [], []
+            for gname, sel in zip(names, in_group):
+                if mode in by_group[gname]:
+                    gq = questions_of(records, ready, skip, [c and s and r.get("decoding", "greedy") == mode
+                                                             for c, s, r in zip(is_cal, sel, records)])
+                    qs += gq
+                    qpairs += [by_group[gname][mode]] * len(gq)
+            by_decoding[mode] = {"n_questions": len(qs), "ready_threshold": max(p[0] for p in pairs),
+                                 "skip_threshold": max(p[1] for p in pairs), "achieved": achieved_by_pairs(qs, qpairs)}
+        main = by_decoding["greedy" if "greedy" in by_decoding else modes[0]]
+        result = {"method": "learn-then-test per route group (each group's own fixed-sequence path and test, "
+                            "strata inside it); the top-level pairs are the most conservative of the groups'",
+                  "epsilon": eps, "delta": dlt, "n_questions": main["n_questions"],
+                  "ready_threshold": main["ready_threshold"], "skip_threshold": main["skip_threshold"],
+                  "achieved": main["achieved"], "decodings": modes, "by_decoding": by_decoding,
+                  "route": {"by": probe.route.by, "groups": list(names)}, "by_group": results,
+                  "skip_share": skip_share, "strata": strata.to_dict(),
+                  "family": {"family_wise": family_wise, "tests": tests, "delta": dlt, "delta_per_test": dlt / tests}}
+        pairs = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in by_decoding.items()}
+        ladder.append(Rung(name, eps, dlt, main["ready_threshold"], main["skip_threshold"], result,
+                           by_decoding=pairs if len(pairs) > 1 or "greedy" not in pairs else {}, by_group=by_group))
+        for gname, res in results.items():
+            _log_result(res, name, eps, dlt, tests, log, f", group {gname}")
+    default = default_rung(ladder)
+    probe.set_ladder(ladder, default.name)
+    log(f"default effort: {default.name} (epsilon {default.epsilon}, delta {default.delta}"
+        + ("" if default.meets_promise else "; NO rung meets the 0.5-point promise") + ")")
+    return default
+
+
+def _log_result(result: dict, name: str, eps: float, dlt: float, tests: int, log, where: str = "") -> None:
+    """One line per decoding of a rung's calibration result (`where`: which group), and its strata."""
+    for mode, got in result["by_decoding"].items():
+        a = got["achieved"]
+        log(f"effort {name} ({mode}; epsilon {eps}, delta {dlt}"
+            + (f", {dlt / tests:.4g} per test of {tests}" if tests > 1 else "") + f"){where}: ready >= "
+            f"{got['ready_threshold']:.3f}, skip >= {got['skip_threshold']:.3f}; on {got['n_questions']} calibration "
+            f"questions: accuracy lost {a['accuracy_lost']:.4f}, thinking tokens saved {a['think_tokens_saved']:.1%}, "
+            f"skipped {a['skip_rate']:.1%}")
+        if "strata" in got:
+            _log_strata(got["strata"], log)
 
 
 def _log_strata(report: dict, log) -> None:
@@ -91,7 +168,7 @@ def _log_strata(report: dict, log) -> None:
 
 def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = None, skip_share: float | None = None,
                 family_wise: bool = True, log=print, strata: str | None = None, budget=None,
-                path_cost: str | None = None):
+                path_cost: str | None = None, route: str | None = None):
     """Re-run the ladder's calibration of a trained `probe` (heads unchanged) and return it.
 
     data: the collection folders the probe was trained on (exactly those: the train / validation / calibration
@@ -99,8 +176,10 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     delta / skip_share / strata ("none" | "level" | "category" | "length:K"): None keeps the probe's own (a probe
     that records no strata was calibrated without: "none") / path_cost ("per-stratum" | "pooled"; a probe that
     records none was calibrated "pooled"). budget: budget.MemoryBudget of the hidden states read
-    to score the checkpoints (None: no limit).
+    to score the checkpoints (None: no limit). route: None keeps the probe's route (none without one), "none" drops
+    it, "category" / "level" fits a new one (training/route.py).
     """
+    from adaptive_think.training.route import fit_route, route_groups
     from adaptive_think.training.scoring import collection_scores
     from adaptive_think.training.shards import open_collections
     from adaptive_think.training.splits import seen_questions, split_questions
@@ -139,18 +218,31 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     if strata is not None:
         cfg.strata = parse_strata(strata).spec
     cfg.family_wise = family_wise
+    if route is not None:
+        cfg.route = route
+    elif probe.route is not None:
+        cfg.route = probe.route.by
+    else:
+        cfg.route = "none"
     ladder_spec = cfg.rungs()
     split = split_questions([question_identity(r) for r in records if r["source"] < len(data)], cfg.seed,
                             cfg.val_fraction, cfg.calib_fraction)
     part = assign_parts(records, len(data), split)
     ready, skip = collection_scores(probe, hidden, records, cfg.chunk_rows)
+    groups = None
+    if cfg.route == "none":
+        probe.route = None
+    else:
+        if route is not None or probe.route is None:  # asked for, or the probe had none: fit it now
+            probe.route = fit_route(probe, hidden, records, part, cfg.route, log)
+        groups = route_groups(probe, probe.route, hidden, records)
     del hidden
     calibrate_ladder(probe, records, ready, skip, part, ladder_spec, cfg.skip_share, family_wise, log, cfg.strata,
-                     cfg.path_cost)
+                     cfg.path_cost, groups)
     prov = dict(prov)
     tc = dict(tc)
     tc.update(efforts=list(cfg.efforts), epsilon=cfg.epsilon, delta=cfg.delta, skip_share=cfg.skip_share,
-              family_wise=family_wise, strata=cfg.strata, path_cost=cfg.path_cost)
+              family_wise=family_wise, strata=cfg.strata, path_cost=cfg.path_cost, route=cfg.route)
     prov["train_config"] = tc
     if calib_data:
         prov["calibration_only"] = calibration_only_summary(records, part, len(data), calib_data)

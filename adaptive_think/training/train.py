@@ -30,6 +30,7 @@ import torch
 from adaptive_think.training.budget import MemoryBudget
 from adaptive_think.training.calibrate import questions_of
 from adaptive_think.training.calibrate_ladder import calibrate_ladder
+from adaptive_think.training.route import fit_route, route_groups
 from adaptive_think.training.guard import guard_from_collection
 from adaptive_think.training.heads import fit_head, head_logits, head_weights  # noqa: F401 (fit_head: the API)
 from adaptive_think.training.splits import (CALIB, TRAIN, VAL, assign_parts, calibration_only_summary, question_identity,
@@ -139,8 +140,12 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
     if calib_data:
         probe.provenance["calibration_only"] = extra
     ready_l, skip_l = collection_scores(probe, states, records, cfg.chunk_rows)  # as the controller scores online
+    groups = None
+    if cfg.route != "none":  # each group's own thresholds, placed by the prompt-end state (training/route.py)
+        probe.route = fit_route(probe, states, records, part, cfg.route, log)
+        groups = route_groups(probe, probe.route, states, records)
     calibrate_ladder(probe, records, ready_l, skip_l, part, rungs, cfg.skip_share, cfg.family_wise, log, cfg.strata,
-                     cfg.path_cost)
+                     cfg.path_cost, groups)
     # the out-of-distribution guard, from the prompt-end states of the chosen layer (training/guard.py)
     at = m.prompt.nonzero().squeeze(-1)  # only the prompt records' rows are read: one per question
     with budget.hold(len(at) * states[key].shape[1] * 4 * 2, "the prompt states the guard is fitted on"):

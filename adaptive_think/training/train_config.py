@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adaptive_think.probe.ladder import DEFAULT_RUNGS, parse_rungs
+from adaptive_think.training.route import ROUTE_BY
 from adaptive_think.training.strata import parse_strata
 
 PATH_COSTS = ("per-stratum", "pooled")
@@ -48,6 +49,9 @@ class TrainConfig:
     # how the threshold path prices a step under strata: "per-stratum" (the largest rise of a stratum's loss rate,
     # what the stratified test will see) or "pooled" (questions lost over all strata); calibrate.build_path
     path_cost: str = "per-stratum"
+    # "none", or the question field ("category", "level") whose values are the route's groups: each group gets
+    # thresholds of its own, placed online by the probe's route from the prompt-end state (training/route.py)
+    route: str = "none"
     # rows (checkpoints; padded thought tokens for a head with memory) per chunk of a full-batch gradient: sums
     # run chunk by chunk in this fixed cut, so the heads do not depend on --max-memory (budget.py)
     chunk_rows: int = 8192
@@ -78,6 +82,8 @@ class TrainConfig:
         parse_strata(self.strata)
         if self.path_cost not in PATH_COSTS:
             raise ValueError(f"path_cost={self.path_cost!r} must be one of {', '.join(PATH_COSTS)}.")
+        if self.route not in ("none",) + ROUTE_BY:
+            raise ValueError(f"route={self.route!r} must be 'none' or one of {', '.join(ROUTE_BY)}.")
         if not (isinstance(self.chunk_rows, int) and self.chunk_rows >= 1):
             raise ValueError(f"chunk_rows={self.chunk_rows!r} must be a whole number >= 1 (rows per gradient chunk).")
         specs = (f"custom:{self.epsilon}",) if self.epsilon is not None else self.efforts

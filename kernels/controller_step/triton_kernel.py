@@ -11,7 +11,8 @@ with its layout as a constexpr:
 - spec: one byte buffer holding markers, failure links, eos ids and the boundary mask (`SpecLayout`);
 - workspace: one fp32 buffer (tickets, per-tile partial logits, parked pre-activations; `workspace_size`);
 and the state (`ControllerState`: ints, floats, forced) and params (`RowParams`: ints, floats, force) with
-their row indices in `Layout`. Pointers to persistent buffers only, so a launch can be captured in a CUDA graph.
+their row indices in `Layout` (NG: the route groups in params.floats' group table, G - 1, from its shape).
+Pointers to persistent buffers only, so a launch can be captured in a CUDA graph.
 
 Design:
 - grid = (H tiles of BLOCK_H, D chunks x B tiles, 2 heads). Program (t, c, b, head) computes
@@ -32,6 +33,8 @@ Design:
   units 0..R-1 project y on the guard's directions, unit R accumulates |y|^2 over the chunks; a finished tile
   writes sum_j coef_j p_j^2 + coef_R |y|^2 (`_guard_reduce`). Like the skip head it runs at a row's step 0 only;
   the machine compares the sum with the row's guard threshold and, over it, runs the fallback thresholds.
+- A probe with a route: the host routes the rows before the launch (the reference's `route_rows`, one
+  implementation); the machine reads each row's group and gathers its thresholds from the params' group table.
 - A probe with memory (K > 0): the memory features `memory_w x + memory_b` and the ready head's x-part are both
   linear in x, so the ready tiles compute the H + K units together (units H.. read memory_w's rows). They park
   the pre-activation rather than finish it: the head reads [x, m], m the row's new running maxima, known only
@@ -71,6 +74,7 @@ class Layout(NamedTuple):
     STEP: int
     BLOCKS: int
     GUARD: int
+    GROUP: int
     # ControllerState.floats rows (MEMORY: the first of a probe's K running maxima)
     EMA: int
     SCORE: int
@@ -93,6 +97,7 @@ class Layout(NamedTuple):
     GUARD_THRESHOLD: int
     FALLBACK_THRESHOLD: int
     FALLBACK_SKIP_THRESHOLD: int
+    GROUPS: int  # the group table's first row: route group g >= 1's (ready, skip) at GROUPS + 2 (g - 1) and the next
     # phases, reasons, policies, the maxima of an empty memory
     PROMPT: int
     THINKING: int
@@ -467,7 +472,7 @@ def _kmp_advance(match, tok, marker_ptr, fail_ptr, N: tl.constexpr, rmask):
 
 @triton.jit
 def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr, force_ptr,
-                   work_ptr, B, F, L: tl.constexpr, SPEC: tl.constexpr, PROBE: tl.constexpr, TILE: tl.constexpr):
+                   work_ptr, B, F, NG, L: tl.constexpr, SPEC: tl.constexpr, PROBE: tl.constexpr, TILE: tl.constexpr):
     """Steps 1 to 4 of the reference for every row, BLOCK_R rows at a time (step 2 from the heads' partials, or
     from the logit score [B] at hidden_ptr)."""
     _, shares, zpark = _regions(work_ptr, B, TILE)
@@ -491,6 +496,7 @@ def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, s
         step = tl.load(st_ptr + L.STEP * B + rows, mask=rmask, other=0)
         blocks = tl.load(st_ptr + L.BLOCKS * B + rows, mask=rmask, other=0)
         guard = tl.load(st_ptr + L.GUARD * B + rows, mask=rmask, other=0)
+        group = tl.load(st_ptr + L.GROUP * B + rows, mask=rmask, other=0)
         ema = tl.load(sf_ptr + L.EMA * B + rows, mask=rmask, other=0.0)
         guard_score = tl.load(sf_ptr + L.GUARD_SCORE * B + rows, mask=rmask, other=0.0)
         policy = tl.load(pi_ptr + L.POLICY * B + rows, mask=rmask, other=0)
@@ -508,6 +514,11 @@ def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, s
         guard_threshold = tl.load(pf_ptr + L.GUARD_THRESHOLD * B + rows, mask=rmask, other=float("inf"))
         fallback_threshold = tl.load(pf_ptr + L.FALLBACK_THRESHOLD * B + rows, mask=rmask, other=2.0)
         fallback_skip_threshold = tl.load(pf_ptr + L.FALLBACK_SKIP_THRESHOLD * B + rows, mask=rmask, other=2.0)
+        # a row of route group g >= 1 (NG of them in the table) runs the table's pair; without a route all are 0
+        in_table = rmask & (group > 0) & (group <= NG)
+        at = (L.GROUPS + 2 * (group - 1)).to(tl.int64) * B + rows
+        threshold = tl.where(in_table, tl.load(pf_ptr + at, mask=in_table, other=2.0), threshold)
+        skip_threshold = tl.where(in_table, tl.load(pf_ptr + at + B, mask=in_table, other=2.0), skip_threshold)
         first = step == 0
         obs = step != 0
 
@@ -648,13 +659,13 @@ def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, s
 
 @triton.jit
 def _controller_step_kernel(hidden_ptr, stride_h, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr,
-                            pi_ptr, pf_ptr, force_ptr, work_ptr, B, F, L: tl.constexpr, SPEC: tl.constexpr,
+                            pi_ptr, pf_ptr, force_ptr, work_ptr, B, F, NG, L: tl.constexpr, SPEC: tl.constexpr,
                             PROBE: tl.constexpr, TILE: tl.constexpr, STAGE: tl.constexpr):
     """STAGE 0: heads and state machine in one launch (the last program to arrive runs the machine);
     1: the heads only (partials to the workspace); 2: the state machine alone (also: no probe)."""
     if STAGE == 2 or PROBE.D == 0:
         _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
-                       force_ptr, work_ptr, B, F, L, SPEC, PROBE, TILE)
+                       force_ptr, work_ptr, B, F, NG, L, SPEC, PROBE, TILE)
     else:
         tickets, shares, zpark = _regions(work_ptr, B, TILE)
         n_b_tiles = tl.num_programs(1) // TILE.N_SPLITS
@@ -680,7 +691,7 @@ def _controller_step_kernel(hidden_ptr, stride_h, tok_ptr, stride_t, probe_ptr, 
             ticket = tl.atomic_add(tickets, 1, mask=arrives, sem="acq_rel")
             if arrives & (ticket == n_arrivals - 1):
                 _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, sf_ptr, forced_ptr, pi_ptr, pf_ptr,
-                               force_ptr, work_ptr, B, F, L, SPEC, PROBE, TILE)
+                               force_ptr, work_ptr, B, F, NG, L, SPEC, PROBE, TILE)
                 tl.atomic_xchg(tickets, 0)  # ready for the next launch / graph replay
 
 
@@ -703,8 +714,9 @@ def launch(hidden: torch.Tensor | None, last_token: torch.Tensor, probe: torch.T
     else:
         grid = (1, 1, 1)
         hargs = (state[1], 0)  # never read
+    n_groups = (params[1].shape[0] - layout.GROUPS) // 2  # route groups in the table (G - 1; 0: none)
     args = (*hargs, last_token, last_token.stride(0), probe, spec, *state, *params, workspace, batch,
-            params[2].shape[1])
+            params[2].shape[1], n_groups)
     stages = ((1, grid), (2, (1, 1, 1))) if (split and use_probe) else ((0, grid),)
     for stage, stage_grid in stages:
         _controller_step_kernel[stage_grid](*args, L=layout, SPEC=spec_layout, PROBE=probe_layout, TILE=t,

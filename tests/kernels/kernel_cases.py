@@ -71,6 +71,14 @@ def with_random_guard(probe: ProbeTensors, r: int, gen: torch.Generator) -> Prob
     return probe
 
 
+def with_random_route(probe: ProbeTensors, g: int, gen: torch.Generator) -> ProbeTensors:
+    """`probe` (CPU) plus a route of G groups whose argmax spreads standard-normal hidden states over the groups."""
+    d = probe.hidden_size
+    probe.route_w = torch.randn(g, d, generator=gen) * d**-0.5
+    probe.route_b = torch.randn(g, generator=gen) * 0.1
+    return probe
+
+
 def random_marker(gen: torch.Generator, pool: list[int], length: int) -> list[int]:
     """A marker of `length` tokens from a pool of 2; about half repeat a token (self-overlapping markers)."""
     a, b = pool
@@ -218,7 +226,7 @@ def assert_states_equal(got: ControllerState, want: ControllerState, atol: float
 
 __all__ = [
     "TokenStreams", "assert_states_equal", "garble", "random_hidden", "random_params", "random_probe", "random_row",
-    "random_spec", "random_state", "with_random_guard", "with_random_memory",
+    "random_spec", "random_state", "with_random_guard", "with_random_memory", "with_random_route",
 ]
 
 
