@@ -58,8 +58,11 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
     --skip-share 0 --neg-weight 4 --ready-at-boundaries --strata category --memory 8 --memory-counts 4
     --memory-batch 32 --memory-epochs 30 --memory-lr 1e-3)
   LONG_DATA=("$WORK"/long-s{11,12,13,14,17,19,21} "$WORK"/long-s{15,16,18,20,22}-sampled)
+  # --route category: each family gets thresholds of its own, so last_digit's early stops no longer set
+  # long_chain's (docs/training.md, "Thresholds per group"); a route places each row by its prompt-end state.
   adaptive-think train-probe --data "${LONG_DATA[@]}" "$WORK/ld-s11" \
-    --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" --max-memory 6 "${PROBE_FLAGS[@]}"
+    --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" --max-memory 6 "${PROBE_FLAGS[@]}" \
+    --route category
   # For the transfer table: the same recipe on one family's first collections alone (long_chain: training on seeds
   # 11 and 12, calibration on 13-16).
   adaptive-think train-probe --data "$WORK/ld-s11" --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" \
@@ -84,7 +87,7 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
 fi
 # Fresh seeds: in distribution (long_chain on two seeds, last_digit) and held out (walk), greedy and sampled.
 # Every question the probe was collected on is left out.
-read -r S1 S2 <<< "${SEEDS:-20261216 20261217}"
+read -r S1 S2 <<< "${SEEDS:-20261218 20261219}"
 RUNGS=(full effort:high effort:medium effort:low effort:medium+noguard oracle)
 HELD=(full effort:high effort:medium effort:low effort:high+noguard effort:medium+noguard effort:low+noguard oracle)
 EV=(adaptive-think eval --model "$MODEL" --probe "$WORK/probe")
