@@ -83,6 +83,10 @@ def show(model, tok, probe_path, question, index: int, effort: str | None, png: 
     full_text = tok.decode(gen, skip_special_tokens=False)
     adaptive_out = thinker.generate(**batch, think=ThinkConfig(policy="probe", effort=effort), **kw)
     rep = thinker.last_reports[0]
+    group = ""
+    if rep.group is not None:  # a probe with a route: the row ran its group's pair, not the rung's top-level one
+        ready_t, skip_t = probe.group_thresholds(effort)[rep.group]
+        group = f" (route group {probe.route.groups[rep.group]})"
     adaptive_text = tok.decode(adaptive_out[0, plen:], skip_special_tokens=False)
     item = Item(f"show-{index}", question.question, question.answer, question.level)
     ev = Evaluator(model, tok, [item], is_correct, progress=False)
@@ -91,7 +95,7 @@ def show(model, tok, probe_path, question, index: int, effort: str | None, png: 
 
     rung = effort or probe.default_effort or "calibrated"
     print(f"question {index} (level {question.level}): {question.question}   truth {question.answer}")
-    print(f"probe rung {rung}: ready >= {ready_t:.3f}, skip >= {skip_t:.3f}; skip score at the prompt's end "
+    print(f"probe rung {rung}{group}: ready >= {ready_t:.3f}, skip >= {skip_t:.3f}; skip score at the prompt's end "
           f"{scores[0]:.3f}" if scores else "")
     if rep.guard == "fallback":  # the probe's decisions were never used on this row
         print(f"the probe's guard flagged this prompt as unlike its training questions (score {rep.guard_score:.1f}), "
