@@ -41,9 +41,11 @@ SHAPES = ((192, 64, 8), (4096, 256, 8))
 # ---------------------------------------------------------------------------------------------- cases
 
 
-def make_probe_case(batch: int, d: int, h: int, device, dtype=torch.bfloat16, seed: int = 0, memory: int = 0):
+def make_probe_case(batch: int, d: int, h: int, device, dtype=torch.bfloat16, seed: int = 0, memory: int = 0,
+                    groups: int = 1):
     """(hidden [B, D], last_token [B], state, params, spec) for a probe-policy step with every row thinking;
-    memory: K running maxima of a probe with memory (0: a memoryless probe)."""
+    memory: K running maxima of a probe with memory (0: a memoryless probe); groups: G > 1 adds a route of G
+    groups (the row's thresholds then come from its group's pair)."""
     gen = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -57,12 +59,15 @@ def make_probe_case(batch: int, d: int, h: int, device, dtype=torch.bfloat16, se
     if memory:  # the ready head reads [x, m]: ready_w1 is [H, D + K]
         probe.memory_w, probe.memory_b = randn(memory, d, scale=d**-0.5), randn(memory)
         probe.ready_w1 = torch.cat([probe.ready_w1, randn(h, memory, scale=memory**-0.5)], 1)
+    if groups > 1:
+        probe.route_w, probe.route_b = randn(groups, d, scale=d**-0.5), randn(groups)
     vocab = 151936
     spec = ControllerSpec.build((151667,), (151668,), (151645, 151643), vocab_size=vocab, probe=probe, device=device)
     row = RowSettings(policy=POLICY_PROBE, min_think=10**6, max_think=NO_LIMIT, threshold=0.99, skip_threshold=2.0,
-                      alpha=0.3, patience=3, boundary_only=False, trace=False, exit_ids=(271,), stop_ids=())
+                      alpha=0.3, patience=3, boundary_only=False, trace=False, exit_ids=(271,), stop_ids=(),
+                      group_thresholds=((0.98, 2.0),) * (groups - 1))
     # min_think keeps every row thinking: each step does the same work
-    params = RowParams.pack([row] * batch, (151667,), (), (151668,), MIN_FORCE_CAPACITY, device)
+    params = RowParams.pack([row] * batch, (151667,), (), (151668,), MIN_FORCE_CAPACITY, device, groups=groups)
     state = ControllerState.allocate(batch, device, memory_size=memory)
     state.phase.fill_(THINKING)
     state.step.fill_(1)  # past the prompt: the ready head only, as in every later decode step
@@ -137,15 +142,21 @@ def controller_step_impls(d: int):
 
 
 def bench_controller_step(b: int, d: int, h: int, k: int, steps: int, rounds: int, replays: int) -> dict:
+    from adaptive_think.controller.kernel_buffers import controller_step_triton
+
     graphs = {}
     for name, fn in controller_step_impls(d).items():
         hidden, tok, state, params, spec = make_probe_case(b, d, h, "cuda", memory=k)  # each its own state
         graphs[name] = graph_of(lambda i, fn=fn, a=(hidden, tok, state, params, spec): fn(*a), steps)
+    # a probe with a route of two groups: the route runs in torch before the launch (controller/step.py route_rows)
+    routed = make_probe_case(b, d, h, "cuda", memory=k, groups=2)
+    graphs["fused_routed"] = graph_of(lambda i, a=routed: controller_step_triton(*a), steps)
     samples = time_interleaved(graphs, steps, rounds, replays)
     case = f"controller_step_B{b}_D{d}_H{h}_K{k}"
     results = {name: quantiles(xs) for name, xs in samples.items()}
     fused = results["fused"]["median_us"]
     summary = {"two_launches_over_fused": round(results["two_launches"]["median_us"] / fused, 3),
+               "routed_over_fused": round(results["fused_routed"]["median_us"] / fused, 3),
                "reference_over_fused": round(results["reference"]["median_us"] / fused, 2)}
     if d == 4096:
         summary["meets_target"] = fused <= TARGETS["controller_step_us_max_d4096"]
