@@ -1,6 +1,6 @@
 """A probe's route inside an offline vLLM engine (the one-family reasoner, greedy, CPU, V1 runner): each request runs
 its route group's thresholds, placed by its prompt-end state, and gets exactly the hf engine's tokens with the same
-probe and config. Run in the vLLM venv: `python -m pytest -m vllm tests/vllm_integration/test_route.py`.
+probe and config. Run in the vLLM venv: `python -m pytest -m vllm tests/vllm_integration/test_routed_requests.py`.
 """
 
 from __future__ import annotations
