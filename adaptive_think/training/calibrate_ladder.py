@@ -88,20 +88,20 @@ def _calibrate_routed(probe, records, ready, skip, part, rungs, skip_share, fami
     if empty:
         raise ValueError(f"The route sends no calibration question to group(s) {empty}: collect calibration "
                          "questions of every group (or leave --route out).")
-    strata = strata.fit(questions_of(records, ready, skip, [p in (TRAIN, VAL) for p in part]))
     modes = sorted({r.get("decoding", "greedy") for r, c in zip(records, is_cal) if c})
     tests = len(rungs) * len(modes) * len(names) if family_wise else 1
     paths = []
     for sel in in_group:
         path_qs = questions_of(records, ready, skip, [p in (TRAIN, VAL) and s for p, s in zip(part, sel)])
-        paths.append((path_qs, path_labels(path_qs, strata, path_cost)))
+        fitted = strata.fit(path_qs)  # length bins within the group: its own hard and easy questions
+        paths.append((path_qs, fitted, path_labels(path_qs, fitted, path_cost)))
     ladder = []
     for name, eps, dlt in rungs:
         by_group, results = {}, {}
-        for gname, sel, (path_qs, labels) in zip(names, in_group, paths):
+        for gname, sel, (path_qs, fitted, labels) in zip(names, in_group, paths):
             path = build_path(path_qs, skip_losses=skip_share * eps * len(path_qs), labels=labels)
             res = calibrate(records, ready, skip, [c and s for c, s in zip(is_cal, sel)], eps, dlt / tests,
-                            path=path, strata=strata)
+                            path=path, strata=fitted)
             results[gname] = res
             by_group[gname] = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in res["by_decoding"].items()}
         # per decoding: the most conservative pair of the groups, and what the routed policy achieves on all of them
@@ -124,7 +124,10 @@ def _calibrate_routed(probe, records, ready, skip, part, rungs, skip_share, fami
                   "ready_threshold": main["ready_threshold"], "skip_threshold": main["skip_threshold"],
                   "achieved": main["achieved"], "decodings": modes, "by_decoding": by_decoding,
                   "route": {"by": probe.route.by, "groups": list(names)}, "by_group": results,
-                  "skip_share": skip_share, "strata": strata.to_dict(),
+                  "skip_share": skip_share,
+                  # length bins are placed per group; a reader without the row's group cannot use them (strata.py)
+                  "strata": {"by": strata.by, "spec": strata.spec,
+                             "by_group": {g: f.to_dict() for g, (_, f, _) in zip(names, paths)}},
                   "family": {"family_wise": family_wise, "tests": tests, "delta": dlt, "delta_per_test": dlt / tests}}
         pairs = {m: (got["ready_threshold"], got["skip_threshold"]) for m, got in by_decoding.items()}
         ladder.append(Rung(name, eps, dlt, main["ready_threshold"], main["skip_threshold"], result,

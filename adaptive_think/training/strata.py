@@ -132,4 +132,6 @@ def strata_from_record(d: dict | None) -> Strata:
     if not d:
         return Strata()
     s = parse_strata(d.get("spec", d.get("by", "none")))
+    if s.by == "length" and "cuts" not in d:  # a routed probe's bins, placed per group (its `by_group`)
+        return Strata()
     return Strata(s.by, s.bins, tuple(int(c) for c in d.get("cuts", ())) if s.by == "length" else None)
