@@ -23,6 +23,15 @@ def test_summaries_split_by_category_and_count_guard_fallbacks():
                                                "guard_fallback_rate": 0.0}
 
 
+def test_summaries_count_each_route_group_per_category():
+    rows = [dict(r, route_group=g) for r, g in zip(_rows([10, 30], "walk"), ["last_digit", "long_chain"])]
+    rows += [dict(r, route_group="long_chain") for r in _rows([40, 20, 30], "long_chain")]
+    s = summarise(rows, 0.0)
+    assert s["route_groups"] == {"last_digit": 0.2, "long_chain": 0.8}
+    assert s["per_category"]["walk"]["route_groups"] == {"last_digit": 0.5, "long_chain": 0.5}
+    assert "route_groups" not in summarise(_rows([10], "walk"), 0.0)  # no route, no field
+
+
 def test_oracle_share_per_family_and_the_table():
     results = {
         "full": summarise(_rows([100, 100], "walk") + _rows([400, 400], "long_chain"), 0.0),

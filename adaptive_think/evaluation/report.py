@@ -16,7 +16,8 @@ PROBE_FAMILY = ("probe", "effort", "stops")
 
 def summarise(rows: list[dict], wall: float) -> dict:
     """accuracy, think_tokens_mean, forward_tokens_mean, skip_rate (overall, per level and, when the questions
-    mix categories such as task families, per category), wall_s; guard_fallback_rate where a guard scored rows."""
+    mix categories such as task families, per category), wall_s; guard_fallback_rate where a guard scored rows;
+    route_groups (each group's share of the rows) where the probe's route placed them."""
     def agg(rs):
         n = len(rs)
         out = {"n": n, "accuracy": sum(r["correct"] for r in rs) / n, "think_tokens_mean": sum(r["think"] for r in rs) / n,
@@ -24,6 +25,9 @@ def summarise(rows: list[dict], wall: float) -> dict:
         guarded = [r["guard_fallback"] for r in rs if "guard_fallback" in r]
         if guarded:
             out["guard_fallback_rate"] = sum(guarded) / len(guarded)
+        routed = [r["route_group"] for r in rs if "route_group" in r]
+        if routed:
+            out["route_groups"] = {g: routed.count(g) / len(routed) for g in sorted(set(routed))}
         return out
 
     out = agg(rows)

@@ -182,6 +182,8 @@ class Evaluator:
                            think=think, forward=n + trial[r], skipped=skipped)
                 if reports is not None and reports[r].guard != "off":
                     row["guard_fallback"] = reports[r].guard == "fallback"  # the row ran its guard_fallback
+                if reports is not None and reports[r].group is not None:  # the probe's route placed the row
+                    row["route_group"] = thinker.probe.route.groups[reports[r].group]
                 if spec.kind == "full":
                     mask = batch["attention_mask"][r].bool()
                     row.update(prompt=batch["input_ids"][r][mask].tolist(), gen=gen)
