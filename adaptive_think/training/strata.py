@@ -23,7 +23,7 @@ valid and why every stratum tests at the same delta (no union bound over strata)
   draws from that stratum's distribution, so each stratum's binomial test is exact given its count. Which strata
   are large enough to be tested (below) depends on those counts only, never on the outcomes.
 - Loss at most epsilon in every stratum means loss at most epsilon for ANY mix of them: a mix's loss is the
-  weighted mean of the strata's. Thresholds stay global; nothing changes at inference time.
+  weighted mean of the strata's. Thresholds stay global (per route group with --route); nothing changes at inference time.
 
 A stratum too small to be tested alone at a rung's epsilon (fewer questions than a loss-free pair needs, see
 calibrate.min_questions) is reported and tested together with the other too-small ones as one group: the
