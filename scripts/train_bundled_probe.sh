@@ -3,7 +3,7 @@
 # `long_chain`, with `walk` held out (the reasoner answers it, the probe never sees it), installed into
 # adaptive_think/bundled/probe, then evaluated per family on fresh question seeds, greedy and sampled, with and
 # without the out-of-distribution guard, and a transfer table (a probe trained on one family, on every family).
-# About 95 minutes of collection on two CPU cores (two collections side by side, 17 minutes a pair of 400 long_chain
+# About 135 minutes of collection on two CPU cores (two collections side by side, 17 minutes a pair of 400 long_chain
 # questions), 10 minutes of training and refitting the guards, about 80 of evaluation. Re-running resumes an
 # interrupted collection.
 #   bash scripts/train_bundled_probe.sh [work_dir]
@@ -45,6 +45,16 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
   wait "$pid"
   adaptive-think collect "${TS[@]}" --families last_digit --every 0 --n 1200 --seed 15 "${SAMPLE[@]}" \
     --out "$WORK/calib-ld-s15-sampled"
+  # long_chain, sampled, calibration only (seeds 23-26, 500 each): a strict rung's test needs thousands of
+  # questions to accept a loss rate near its epsilon, and sampled decoding has fewer than greedy in the split above.
+  for pair in "23 24" "25 26"; do
+    read -r A B <<< "$pair"
+    adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 500 --seed "$A" "${SAMPLE[@]}" \
+      --out "$WORK/calib-long-s$A-sampled" & pid=$!
+    adaptive-think collect "${TS[@]}" "${LONG[@]}" --every 0 --n 500 --seed "$B" "${SAMPLE[@]}" \
+      --out "$WORK/calib-long-s$B-sampled"
+    wait "$pid"
+  done
   # The ready head is fitted at step boundaries only (--ready-at-boundaries), where a calibrated rung stops, and
   # reads a running maximum of 8 learned features of the thought so far (--memory 8) and 4 running counts
   # (--memory-counts 4: how many passes a long thought has made), trained in steps of 32 thoughts (--memory-batch
@@ -61,8 +71,8 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
   # --route category: each family gets thresholds of its own, so last_digit's early stops no longer set
   # long_chain's (docs/training.md, "Thresholds per group"); a route places each row by its prompt-end state.
   adaptive-think train-probe --data "${LONG_DATA[@]}" "$WORK/ld-s11" \
-    --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" --out "$WORK/probe" --max-memory 6 "${PROBE_FLAGS[@]}" \
-    --route category
+    --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" "$WORK"/calib-long-s{23,24,25,26}-sampled \
+    --out "$WORK/probe" --max-memory 6 "${PROBE_FLAGS[@]}" --route category
   # For the transfer table: the same recipe on one family's first collections alone (long_chain: training on seeds
   # 11 and 12, calibration on 13-16).
   adaptive-think train-probe --data "$WORK/ld-s11" --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" \
