@@ -140,3 +140,27 @@ def test_calibrate_command(collections, tmp_path, capsys):
     assert math.isclose(saved.ladder[0].delta, 0.1)  # --delta's default: the probe's own
     for k, w in probe.weights.items():
         assert saved.weights[k].equal(w)
+
+
+def test_train_probe_with_a_route_and_recalibrate_without_it(pipeline_setup, tmp_path):
+    """train-probe --route category on two categories: a route of both, each rung's pairs per category, kept by the
+    probe file; calibrate --route none drops both; a collection without categories is refused with the reason."""
+    tok, model, _ = pipeline_setup
+    items = [Item(f"r{i}", (f"the answer is {i % 20}" if i % 2 else f"x y x y {i % 20} ."), str(i % 7),
+                  category="ab"[i % 2]) for i in range(60)]
+    collect(model, tok, items, tmp_path / "g", checker, CFG, progress=False)
+    cfg = TrainConfig(seed=1, epochs=20, width=4, efforts=("high:0.3:0.3",), calib_fraction=0.4, strata="category",
+                      route="category")
+    probe = train_probe(tmp_path / "g", cfg, **QUIET)
+    assert probe.route.groups == ["a", "b"] and set(probe.ladder[0].by_group) == {"a", "b"}
+    assert probe.ladder[0].calibration["route"]["groups"] == ["a", "b"]
+    probe.save_pretrained(tmp_path / "p")
+    back = Probe.from_pretrained(tmp_path / "p")
+    assert back.group_thresholds("high") == probe.group_thresholds("high")
+    plain = recalibrate(back, [tmp_path / "g"], route="none", **QUIET)
+    assert plain.route is None and not plain.ladder[0].by_group and plain.group_thresholds("high") is None
+    untagged = [Item(f"u{i}", f"the answer is {i}", str(i % 7)) for i in range(24)]  # no category
+    collect(model, tok, untagged, tmp_path / "u", checker, CFG, progress=False)
+    with pytest.raises(ValueError, match="carries no 'category'"):
+        train_probe(tmp_path / "u", TrainConfig(seed=1, epochs=20, width=4, efforts=("high:0.3:0.3",),
+                                                route="category"), **QUIET)

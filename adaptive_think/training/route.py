@@ -37,7 +37,7 @@ def prompt_features(probe, hidden, records: list[dict]) -> tuple[list[int], torc
 
 def group_of(record: dict, by: str) -> str:
     value = record.get(by)
-    if value is None:
+    if value is None or value == "":
         raise ValueError(f"--route {by}: a collected question carries no {by!r} (its collection predates it, or its "
                          f"question file has no {by!r} field); route by a field every question has.")
     return str(value)
