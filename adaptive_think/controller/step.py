@@ -150,6 +150,12 @@ def guard_scores(x: torch.Tensor, probe: ProbeTensors) -> torch.Tensor:
     return (p * p) @ coef[:-1] + (y * y).sum(-1) * coef[-1]
 
 
+def route_groups(x: torch.Tensor, probe: ProbeTensors) -> torch.Tensor:
+    """The route's group of features x [B, D] fp32 (normalised as the heads read them) -> [B] int64:
+    argmax(route_w x + route_b), ties to the first group (probe/route.py fits it)."""
+    return (x @ probe.route_w.t() + probe.route_b).argmax(-1)
+
+
 def route_rows(hidden: torch.Tensor | None, state: ControllerState, params: RowParams, spec: ControllerSpec) -> None:
     """Put each probe row at its step 0 in its route group, argmax(route_w x + route_b) (ties: the first), in
     `state.group`; other rows keep theirs. Nothing without a route or hidden. No host sync (graph-capturable)."""
@@ -164,7 +170,7 @@ def route_rows(hidden: torch.Tensor | None, state: ControllerState, params: RowP
         raise ValueError(f"the probe's route has {g} groups but params.floats holds a group table for "
                          f"{(params.floats.shape[0] - P_GROUPS) // 2 + 1}; pack the rows with RowParams.pack(..., "
                          f"groups={g}) (ThinkController does).")
-    group = (normalised(hidden, probe) @ probe.route_w.t() + probe.route_b).argmax(-1)  # [B]
+    group = route_groups(normalised(hidden, probe), probe)  # [B]
     routed = (state.step == 0) & (params.ints[P_POLICY] == POLICY_PROBE)
     state.group.copy_(torch.where(routed, group.to(state.group.dtype), state.group))
 

@@ -21,6 +21,7 @@ section in probe.json (the groups' names in order, what they are by, and the fit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 
@@ -55,7 +56,10 @@ class Route:
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, D] normalised features -> [B] int64 group indices (the controller's rule)."""
-        return (x.float() @ self.w.float().t().to(x.device) + self.b.float().to(x.device)).argmax(-1)
+        from adaptive_think.controller.step import route_groups
+
+        t = SimpleNamespace(**{k: v.to(x.device) for k, v in self.tensors().items()})
+        return route_groups(x.float(), t)
 
     def index(self, group: str) -> int:
         if group not in self.groups:

@@ -95,6 +95,10 @@ def _calibrate_routed(probe, records, ready, skip, part, rungs, skip_share, fami
         path_qs = questions_of(records, ready, skip, [p in (TRAIN, VAL) and s for p, s in zip(part, sel)])
         fitted = strata.fit(path_qs)  # length bins within the group: its own hard and easy questions
         paths.append((path_qs, fitted, path_labels(path_qs, fitted, path_cost)))
+    # each group's calibration questions under each decoding: what the routed policy's totals are taken over
+    cal_qs = {(g, m): questions_of(records, ready, skip, [c and s and r.get("decoding", "greedy") == m
+                                                          for c, s, r in zip(is_cal, sel, records)])
+              for g, sel in zip(names, in_group) for m in modes}
     ladder = []
     for name, eps, dlt in rungs:
         by_group, results = {}, {}
@@ -109,12 +113,10 @@ def _calibrate_routed(probe, records, ready, skip, part, rungs, skip_share, fami
         for mode in modes:
             pairs = [by_group[g][mode] for g in names if mode in by_group[g]]
             qs, qpairs = [], []
-            for gname, sel in zip(names, in_group):
+            for gname in names:
                 if mode in by_group[gname]:
-                    gq = questions_of(records, ready, skip, [c and s and r.get("decoding", "greedy") == mode
-                                                             for c, s, r in zip(is_cal, sel, records)])
-                    qs += gq
-                    qpairs += [by_group[gname][mode]] * len(gq)
+                    qs += cal_qs[(gname, mode)]
+                    qpairs += [by_group[gname][mode]] * len(cal_qs[(gname, mode)])
             by_decoding[mode] = {"n_questions": len(qs), "ready_threshold": max(p[0] for p in pairs),
                                  "skip_threshold": max(p[1] for p in pairs), "achieved": achieved_by_pairs(qs, qpairs)}
         main = by_decoding["greedy" if "greedy" in by_decoding else modes[0]]
