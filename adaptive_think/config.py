@@ -39,7 +39,10 @@ class ThinkConfig:
         thresholds stop later); None: the generate() call's own decoding (do_sample), or the request's
         temperature under vLLM.
     smoothing: EMA weight of the newest ready score (1.0 = no smoothing).
-    patience: consecutive steps the smoothed score must pass the threshold before stopping (hysteresis).
+    patience: consecutive steps the smoothed score must pass the threshold before stopping (hysteresis); a
+        row that stops only at boundaries counts boundaries (reasoning steps), not tokens. None: the probe's
+        calibrated patience for the row's decoding for policy "probe" (its thresholds were calibrated with it),
+        1 otherwise.
     stop_at_boundary: stop only right after a token that ends a sentence or paragraph; None: the
         probe's calibrated setting for policy "probe" (its thresholds were calibrated that way).
     allow_skip: let the probe skip thinking at the end of the prompt.
@@ -62,7 +65,7 @@ class ThinkConfig:
     effort: str | None = None
     decoding: str | None = None
     smoothing: float = 1.0
-    patience: int = 1
+    patience: int | None = None
     stop_at_boundary: bool | None = None
     allow_skip: bool = True
     trace: bool = False
@@ -109,8 +112,9 @@ class ThinkConfig:
                 raise ValueError(f"ThinkConfig.{name}={v} must lie in [0, 1] (it is compared with a probability).")
         if not (0.0 < float(self.smoothing) <= 1.0):
             raise ValueError(f"ThinkConfig.smoothing={self.smoothing} must lie in (0, 1]; 1.0 means no smoothing.")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"ThinkConfig.patience must be an int >= 1, got {self.patience!r}.")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"ThinkConfig.patience must be an int >= 1 (or None: the probe's), got {self.patience!r}.")
         for name in ("exit_text", "stop_text"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):

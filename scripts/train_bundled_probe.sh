@@ -70,9 +70,11 @@ if [ -z "${EVAL_ONLY:-}" ]; then  # EVAL_ONLY=1: evaluate the probes already in 
   LONG_DATA=("$WORK"/long-s{11,12,13,14,17,19,21} "$WORK"/long-s{15,16,18,20,22}-sampled)
   # --route category: each family gets thresholds of its own, so last_digit's early stops no longer set
   # long_chain's (docs/training.md, "Thresholds per group"); a route places each row by its prompt-end state.
+  # --patience greedy=1,sampled=2: a sampled stop waits for a second boundary over the threshold, since the head
+  # fires a step early there (docs/training.md, "Waiting one step").
   adaptive-think train-probe --data "${LONG_DATA[@]}" "$WORK/ld-s11" \
     --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" "$WORK"/calib-long-s{23,24,25,26}-sampled \
-    --out "$WORK/probe" --max-memory 6 "${PROBE_FLAGS[@]}" --route category
+    --out "$WORK/probe" --max-memory 6 "${PROBE_FLAGS[@]}" --route category --patience greedy=1,sampled=2
   # For the transfer table: the same recipe on one family's first collections alone (long_chain: training on seeds
   # 11 and 12, calibration on 13-16).
   adaptive-think train-probe --data "$WORK/ld-s11" --calib-data "$WORK/calib-ld-s13" "$WORK/calib-ld-s15-sampled" \

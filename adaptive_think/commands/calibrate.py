@@ -8,7 +8,7 @@
 --data must be exactly the collections the probe was trained on (its probe.json lists them under
 provenance.data): their train / validation / calibration split is reproduced, the threshold path is ordered on
 the training and validation questions and the rungs are tested on the calibration split plus every question of
---calib-data. Flags not given (--efforts, --delta, --skip-share, --strata, --path-cost, --route) keep the probe's own
+--calib-data. Flags not given (--efforts, --delta, --skip-share, --strata, --path-cost, --route, --patience) keep the probe's own
 (--route: a probe with a route keeps it; --route category fits a new one on the training split's prompts), so the same
 collections reproduce its ladder. The heads and their weights are unchanged; the ladder, and the questions the probe records as
 seen (so `eval` leaves them out), are replaced.
@@ -46,7 +46,7 @@ def run(args) -> int:
                          "and compare before replacing it.")
     recalibrate(probe, args.data, args.calib_data, rungs=args.efforts, delta=args.delta, skip_share=args.skip_share,
                 family_wise=args.family_wise, strata=args.strata, budget=MemoryBudget.gigabytes(args.max_memory),
-                path_cost=args.path_cost, route=args.route)
+                path_cost=args.path_cost, route=args.route, patience=args.patience)
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))
     return 0

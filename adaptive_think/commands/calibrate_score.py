@@ -47,6 +47,10 @@ def add_arguments(p):
 def run(args) -> int:
     from adaptive_think.training.calibrate_score import calibrate_score
 
+    if args.route != "none":  # a route reads prompt-end hidden states, which a score file's collection does not keep
+        raise ValueError(f"--route {args.route}: a training-free score file has no hidden states to route by; "
+                         "leave --route out (or train a probe with `adaptive-think train-probe --route`).")
+
     out = Path(args.out)
     data = args.data
     if data is None:
@@ -64,7 +68,7 @@ def run(args) -> int:
         data = [str(out / "collection")]
     probe = calibrate_score(data, args.score, efforts=args.efforts, delta=args.delta, path_fraction=args.path_fraction,
                             seed=args.split_seed, skip_share=args.skip_share, family_wise=args.family_wise,
-                            skip=args.skip)
+                            skip=args.skip, strata=args.strata, path_cost=args.path_cost, patience=args.patience)
     probe.save_pretrained(out)
     print(json.dumps(ladder_summary(probe, out)))
     return 0

@@ -20,7 +20,9 @@ def add_think_arguments(p: argparse.ArgumentParser, default_policy: str = "full"
     g.add_argument("--effort", default=None,
                    help="probe effort rung: high | medium | low (the probe's names; default: its default rung)")
     g.add_argument("--smoothing", type=float, default=1.0, help="EMA weight of the newest probe score")
-    g.add_argument("--patience", type=int, default=1, help="steps over threshold before stopping")
+    g.add_argument("--patience", type=int, default=None,
+                   help="steps (boundaries, when stopping at boundaries) over threshold before stopping "
+                        "(default: the probe's calibrated patience, else 1)")
     g.add_argument("--stop-at-boundary", action=argparse.BooleanOptionalAction, default=None,
                    help="stop only at the end of a sentence (default: the probe's calibrated setting)")
     g.add_argument("--no-skip", dest="allow_skip", action="store_false", help="never skip thinking")

@@ -95,6 +95,10 @@ def add_calibration_arguments(p, defaults: bool = True):
                         "training prompts places each row in its group at the prompt's end, and every rung is "
                         "calibrated per group, so the hardest kind no longer sets the thresholds of all "
                         f"(default: {default('none')})")
+    c.add_argument("--patience", type=_patience_spec, default="1" if defaults else None, metavar="K",
+                   help="boundaries in a row over the threshold before a stop, K or per decoding "
+                        "(greedy=1,sampled=2): a head that fires a step early loses less when the stop waits one "
+                        f"more step, so the thresholds can go lower (default: {default('1')})")
     c.add_argument("--per-rung-delta", dest="family_wise", action="store_false",
                    help="test each rung under each decoding at its own DELTA (default: family-wise, each of the "
                         "rungs x decodings tests at DELTA / their number, so that all hold at once with "
@@ -114,6 +118,18 @@ def _strata_spec(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _patience_spec(text: str) -> str:
+    """argparse type of --patience: the spec, checked."""
+    import argparse
+
+    from adaptive_think.training.patience import parse_patience, patience_spec
+
+    try:
+        return patience_spec(parse_patience(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def run(args) -> int:
     from adaptive_think.training.budget import MemoryBudget
     from adaptive_think.training.train_config import TrainConfig
@@ -126,7 +142,7 @@ def run(args) -> int:
                       neg_weight=args.neg_weight, memory=args.memory, memory_counts=args.memory_counts,
                       memory_batch=args.memory_batch, memory_epochs=args.memory_epochs, memory_lr=args.memory_lr,
                       family_wise=args.family_wise,
-                      strata=args.strata, path_cost=args.path_cost, route=args.route)
+                      strata=args.strata, path_cost=args.path_cost, route=args.route, patience=args.patience)
     probe = train_probe(args.data, cfg, calib_data=args.calib_data, budget=MemoryBudget.gigabytes(args.max_memory))
     probe.save_pretrained(args.out)
     print(json.dumps(ladder_summary(probe, args.out)))

@@ -45,7 +45,7 @@ from adaptive_think.controller.state import NO_LIMIT, POLICY_CODES, PackedBuffer
 P_POLICY = 0  # POLICY_* code
 P_MIN_THINK = 1  # the probe may not stop a thought before this many thinking tokens
 P_MAX_THINK = 2  # hard cap on thinking tokens (NO_LIMIT when uncapped); all blocks share it
-P_PATIENCE = 3  # consecutive steps over the threshold before a probe stop
+P_PATIENCE = 3  # consecutive steps (boundaries, for a boundary-only row) over the threshold before a probe stop
 P_BOUNDARY_ONLY = 4  # 1: a probe stop only right after a boundary token
 P_TRACE = 5  # 1: keep the row's per-step score in its report
 P_SKIP_CLOSE = 6  # index in `force` where the skip's close marker starts
@@ -145,11 +145,20 @@ def resolve_config(config: ThinkConfig, probe=None, encode: Callable[[str], Sequ
     return RowSettings(
         policy=POLICY_CODES[config.policy], min_think=config.min_think_tokens, max_think=max_think,
         threshold=float(threshold), skip_threshold=float(skip) if config.allow_skip else NEVER,
-        alpha=float(config.smoothing), patience=config.patience, boundary_only=bool(boundary) and is_probe,
+        alpha=float(config.smoothing), patience=row_patience(config, defaults, config.decoding or decoding),
+        boundary_only=bool(boundary) and is_probe,
         trace=bool(config.trace), exit_ids=exit_ids, stop_ids=stop_ids, guard_threshold=float(guard_t),
         fallback_threshold=float(fallback[0]), fallback_skip_threshold=float(fallback[1]) if config.allow_skip else NEVER,
         group_thresholds=tuple((float(r), float(k) if config.allow_skip else NEVER) for r, k in groups),
     )
+
+
+def row_patience(config: ThinkConfig, defaults: dict, decoding: str) -> int:
+    """The config's patience, else the probe's calibrated patience for the row's decoding (a probe row's
+    `defaults` are the probe's policy_defaults), else 1."""
+    if config.patience is not None:
+        return config.patience
+    return int((defaults.get("patience") or {}).get(decoding, 1))
 
 
 def group_settings(config: ThinkConfig, probe, decoding: str) -> list[tuple[float, float]]:

@@ -36,7 +36,7 @@ NO_LIMIT = 2**31 - 1
 # Rows of `ControllerState.ints` [NS_INT, B] int32.
 S_PHASE = 0  # PROMPT .. DONE
 S_THINK_COUNT = 1  # thinking tokens written, all blocks together (markers and eos excluded; stop text included)
-S_STREAK = 2  # consecutive steps with smoothed score >= threshold
+S_STREAK = 2  # consecutive steps (boundaries, for a boundary-only row) with smoothed score >= threshold
 S_CURSOR = 3  # next index into the row's forced-token buffer while CLOSING
 S_OPEN_MATCH = 4  # open-marker tokens matched so far (KMP state)
 S_CLOSE_MATCH = 5  # close-marker tokens matched so far (KMP state)

@@ -335,11 +335,13 @@ def controller_step_reference(
     alpha = pf[P_ALPHA]
     ema = torch.where(in_thought & valid, alpha * ready + (1.0 - alpha) * o["ema"], o["ema"])
     over = in_thought & (think_count >= p[P_MIN_THINK]) & valid & (ema >= threshold)  # NaN compares False
-    streak = torch.where(over, o["streak"] + 1, torch.where(in_thought, 0, o["streak"]))
+    at_boundary = spec.is_boundary[tok.clamp(0, spec.is_boundary.numel() - 1)] & ~first
+    # a row that stops only at boundaries counts its patience in reasoning steps: tokens between them don't count
+    counted = in_thought & ((p[P_BOUNDARY_ONLY] == 0) | at_boundary)
+    streak = torch.where(counted & over, o["streak"] + 1, torch.where(counted, 0, o["streak"]))
 
     stop_len = p[P_STOP_CLOSE] - p[P_SKIP_END]
     over_budget = in_thought & (think_count >= p[P_MAX_THINK] - stop_len)  # room is kept for the stop text
-    at_boundary = spec.is_boundary[tok.clamp(0, spec.is_boundary.numel() - 1)] & ~first
     # `over` keeps a stop from bypassing min_think / threshold when patience < 1 (same result for patience >= 1)
     probe_stop = is_probe & in_thought & ~over_budget & over & (streak >= p[P_PATIENCE])
     probe_stop = probe_stop & ((p[P_BOUNDARY_ONLY] == 0) | at_boundary)

@@ -12,6 +12,8 @@ whose memory has counting units (weight `memory_sum` [K], 1.0 where a unit sums 
 instead of keeping its maximum; `memory_counts` in probe.json); any other probe is written as before. Format 7 is a
 probe with a route (route.py: tensors `route_w`, `route_b` and a `route` section; each ladder rung then keeps
 `thresholds_by_group`, one calibrated pair per group, and its top-level pair is the most conservative of them).
+Format 8 is a probe (or score file) calibrated with a patience above 1 (`policy_defaults.patience`, boundaries in a
+row per decoding, training/patience.py), whose thresholds an older reader would run at patience 1: too early.
 
 A score file (format 4) is a probe without weights: its head `kind` is a training-free score read from the
 step's logits ("close-margin" or "entropy", controller/logit_score.py), calibrated into the same ladder
@@ -47,7 +49,8 @@ SCORE_FORMAT_VERSION = 4  # written only by score files (no weights), which olde
 GUARD_FORMAT_VERSION = 5  # written only by probes with a guard, which older readers cannot run
 COUNT_FORMAT_VERSION = 6  # written only by probes with counting memory units, which older readers cannot run
 ROUTE_FORMAT_VERSION = 7  # written only by probes with a route, whose older readers would ignore the groups' pairs
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+PATIENCE_FORMAT_VERSION = 8  # written only by probes calibrated with a patience above 1, which older readers ignore
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 WEIGHTS_NAME = "probe.safetensors"
 CONFIG_NAME = "probe.json"
 HEADS = ("ready", "skip")
@@ -330,9 +333,10 @@ class Probe:
             "ladder": [r.to_dict() for r in self.ladder],
             "default_effort": self.default_effort,
         }
+        waits = any(int(k) > 1 for k in (self.policy_defaults.get("patience") or {}).values())
         if self.reads_logits:
             return {
-                "format_version": SCORE_FORMAT_VERSION,
+                "format_version": PATIENCE_FORMAT_VERSION if waits else SCORE_FORMAT_VERSION,
                 "kind": self.kind,
                 "layer": -1,
                 "skip_kind": self.skip_kind,
@@ -344,6 +348,7 @@ class Probe:
         version = GUARD_FORMAT_VERSION if self.guard is not None else version
         version = COUNT_FORMAT_VERSION if self.memory_counts else version
         version = ROUTE_FORMAT_VERSION if self.route is not None else version
+        version = PATIENCE_FORMAT_VERSION if waits else version
         return {
             "format_version": version,
             "memory_size": self.memory_size,
@@ -408,6 +413,12 @@ class Probe:
         for key in ("layer", "kind", "model_fingerprint", "thresholds"):
             if key not in cfg:
                 raise ValueError(f"{str(cfg_path)!r} lacks the field {key!r}; the file is incomplete. Re-save the probe.")
+        patience = (cfg.get("policy_defaults") or {}).get("patience")
+        if patience is not None and not (isinstance(patience, dict) and all(
+                d in ("greedy", "sampled") and isinstance(k, int) and not isinstance(k, bool) and k >= 1
+                for d, k in patience.items())):
+            raise ValueError(f"{str(cfg_path)!r}: policy_defaults.patience must map greedy / sampled to an int >= 1, "
+                             f"got {patience!r}. Re-calibrate the probe (`adaptive-think calibrate`).")
         if cfg["kind"] in SCORE_KINDS:
             return cls(
                 layer=-1, kind=cfg["kind"], weights={}, fingerprint=cfg["model_fingerprint"],

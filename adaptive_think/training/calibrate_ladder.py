@@ -21,6 +21,10 @@ pair, so one kind of question no longer sets the thresholds of all: every group'
 route sends there (its own claim, like a rung's or a decoding's, each with probability at least 1 - delta; with
 --family-wise the split counts the groups too). The rung's top-level pair is the most conservative of the groups'.
 
+Patience (`--patience 2` or `greedy=1,sampled=2`, training/patience.py): the probe stops at the k-th boundary in a
+row over its threshold; each boundary's score is replaced by the minimum of the last k before anything else runs,
+and the probe's policy_defaults carry the patience so that a row without its own runs as it was calibrated.
+
 `recalibrate` re-runs this for a trained probe without touching its heads, e.g. after collecting more
 calibration questions (`adaptive-think calibrate`).
 """
@@ -31,19 +35,28 @@ import time
 
 from adaptive_think.training.calibrate import achieved_by_pairs, build_path, calibrate, path_labels, questions_of
 from adaptive_think.probe.ladder import Rung, default_rung
+from adaptive_think.training.patience import parse_patience, patience_spec, with_patience
 from adaptive_think.training.splits import CALIB, TRAIN, VAL, assign_parts, calibration_only_summary, question_identity
 from adaptive_think.training.strata import parse_strata
 
 def calibrate_ladder(probe, records, ready, skip, part, rungs, skip_share: float, family_wise: bool = True,
-                     log=print, strata="none", path_cost: str = "per-stratum", groups: list[int] | None = None) -> Rung:
+                     log=print, strata="none", path_cost: str = "per-stratum", groups: list[int] | None = None,
+                     patience="1") -> Rung:
     """Calibrate `rungs` [(name, epsilon, delta)] on `part`'s calibration records; install them on `probe` and
     return the default rung. strata: "none" | "level" | "category" | "length:K" (strata.py); path_cost:
     "per-stratum" | "pooled", how the threshold path prices a step under strata (calibrate.build_path);
-    groups: each record's route group (training/route.py; `probe.route` must be set), None: one group."""
+    groups: each record's route group (training/route.py; `probe.route` must be set), None: one group;
+    patience: the boundaries in a row a stop waits for, "K" or "greedy=K1,sampled=K2" (training/patience.py)."""
     is_cal = [p == CALIB for p in part]
     if not any(is_cal):
         raise ValueError("No calibration questions: collect more questions, raise --calib-fraction or add "
                          "--calib-data collections.")
+    per_decoding = parse_patience(patience)
+    ready = with_patience(records, ready, per_decoding)
+    probe.policy_defaults = {**(getattr(probe, "policy_defaults", None) or {}), "patience": per_decoding}
+    if any(k > 1 for k in per_decoding.values()):
+        log("patience: " + ", ".join(f"{d} {k}" for d, k in per_decoding.items())
+            + " boundaries in a row over the threshold before a stop")
     if groups is not None:
         return _calibrate_routed(probe, records, ready, skip, part, rungs, skip_share, family_wise, log, strata,
                                  path_cost, groups)
@@ -173,7 +186,7 @@ def _log_strata(report: dict, log) -> None:
 
 def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = None, skip_share: float | None = None,
                 family_wise: bool = True, log=print, strata: str | None = None, budget=None,
-                path_cost: str | None = None, route: str | None = None):
+                path_cost: str | None = None, route: str | None = None, patience: str | None = None):
     """Re-run the ladder's calibration of a trained `probe` (heads unchanged) and return it.
 
     data: the collection folders the probe was trained on (exactly those: the train / validation / calibration
@@ -182,7 +195,8 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     that records no strata was calibrated without: "none") / path_cost ("per-stratum" | "pooled"; a probe that
     records none was calibrated "pooled"). budget: budget.MemoryBudget of the hidden states read
     to score the checkpoints (None: no limit). route: None keeps the probe's route (none without one), "none" drops
-    it, "category" / "level" fits a new one (training/route.py).
+    it, "category" / "level" fits a new one (training/route.py). patience ("K" | "greedy=K1,sampled=K2"): None
+    keeps the probe's (1 for a probe that records none).
     """
     from adaptive_think.training.route import fit_route, route_groups
     from adaptive_think.training.scoring import collection_scores
@@ -223,6 +237,8 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
     if strata is not None:
         cfg.strata = parse_strata(strata).spec
     cfg.family_wise = family_wise
+    if patience is not None:
+        cfg.patience = patience_spec(parse_patience(patience))
     if route is not None:
         cfg.route = route
     elif probe.route is not None:
@@ -243,11 +259,12 @@ def recalibrate(probe, data, calib_data=(), rungs=None, delta: float | None = No
         groups = route_groups(probe, probe.route, hidden, records)
     del hidden
     calibrate_ladder(probe, records, ready, skip, part, ladder_spec, cfg.skip_share, family_wise, log, cfg.strata,
-                     cfg.path_cost, groups)
+                     cfg.path_cost, groups, cfg.patience)
     prov = dict(prov)
     tc = dict(tc)
     tc.update(efforts=list(cfg.efforts), epsilon=cfg.epsilon, delta=cfg.delta, skip_share=cfg.skip_share,
-              family_wise=family_wise, strata=cfg.strata, path_cost=cfg.path_cost, route=cfg.route)
+              family_wise=family_wise, strata=cfg.strata, path_cost=cfg.path_cost, route=cfg.route,
+              patience=cfg.patience)
     prov["train_config"] = tc
     if calib_data:
         prov["calibration_only"] = calibration_only_summary(records, part, len(data), calib_data)

@@ -64,10 +64,11 @@ def score_aurocs(records: list[dict], mask=None) -> dict:
 
 def calibrate_score(data, kind: str, efforts=DEFAULT_RUNGS, delta: float = 0.1, path_fraction: float = 0.3,
                     seed: int = 0, skip_share: float = 0.25, family_wise: bool = True, skip: str = "auto",
-                    log=print) -> Probe:
+                    log=print, strata: str = "none", path_cost: str = "per-stratum", patience: str = "1") -> Probe:
     """A score file of `kind` calibrated on collection folder(s) `data` (not yet saved).
 
-    skip: "auto" (keep the skip score when it separates on the path questions), "yes" or "no".
+    skip: "auto" (keep the skip score when it separates on the path questions), "yes" or "no"; strata, path_cost,
+    patience: as for a trained probe's ladder (calibrate_ladder).
     """
     if skip not in ("auto", "yes", "no"):
         raise ValueError(f"skip={skip!r} must be 'auto', 'yes' or 'no'.")
@@ -88,7 +89,8 @@ def calibrate_score(data, kind: str, efforts=DEFAULT_RUNGS, delta: float = 0.1, 
     probe = Probe.training_free(kind, settings["fingerprint"], skip=keep_skip, provenance={
         "calibrated": True, "data": [str(f) for f in folders], "collections": settings["collections"],
         "score_config": {"kind": kind, "efforts": list(efforts), "delta": delta, "path_fraction": path_fraction,
-                         "seed": seed, "skip_share": skip_share, "family_wise": family_wise, "skip": skip},
+                         "seed": seed, "skip_share": skip_share, "family_wise": family_wise, "skip": skip,
+                         "strata": strata, "path_cost": path_cost, "patience": patience},
         "path_aurocs": aurocs,
         "skip_decision": (f"kept: skip AUROC {mine['skip_auroc']:.3f} >= {SKIP_AUROC_MIN}" if keep_skip and skip == "auto"
                           else "kept (asked)" if keep_skip else
@@ -98,6 +100,7 @@ def calibrate_score(data, kind: str, efforts=DEFAULT_RUNGS, delta: float = 0.1, 
         "questions_seen": seen_questions(records)})
     probe.policy_defaults = {"exit_text": settings.get("exit_text", "\n\n"), "stop_at_boundary": True}
     ready, skips = record_scores(kind, records, keep_skip)
-    calibrate_ladder(probe, records, ready, skips, part, rungs, skip_share, family_wise, log)
+    calibrate_ladder(probe, records, ready, skips, part, rungs, skip_share, family_wise, log, strata, path_cost,
+                     patience=patience)
     probe.provenance["calibrate_seconds"] = round(time.time() - t0, 1)
     return probe

@@ -145,7 +145,7 @@ def train_probe(data_dir, cfg: TrainConfig | None = None, log=print, calib_data=
         probe.route = fit_route(probe, states, records, part, cfg.route, log)
         groups = route_groups(probe, probe.route, states, records)
     calibrate_ladder(probe, records, ready_l, skip_l, part, rungs, cfg.skip_share, cfg.family_wise, log, cfg.strata,
-                     cfg.path_cost, groups)
+                     cfg.path_cost, groups, cfg.patience)
     # the out-of-distribution guard, from the prompt-end states of the chosen layer (training/guard.py)
     at = m.prompt.nonzero().squeeze(-1)  # only the prompt records' rows are read: one per question
     with budget.hold(len(at) * states[key].shape[1] * 4 * 2, "the prompt states the guard is fitted on"):

@@ -52,6 +52,9 @@ class TrainConfig:
     # "none", or the question field ("category", "level") whose values are the route's groups: each group gets
     # thresholds of its own, placed online by the probe's route from the prompt-end state (training/route.py)
     route: str = "none"
+    # boundaries in a row over the threshold before a probe stop, "K" or "greedy=K1,sampled=K2" (training/patience.py):
+    # waiting one more step removes the losses of a head that fires a step early, at the cost of that step
+    patience: str = "1"
     # rows (checkpoints; padded thought tokens for a head with memory) per chunk of a full-batch gradient: sums
     # run chunk by chunk in this fixed cut, so the heads do not depend on --max-memory (budget.py)
     chunk_rows: int = 8192

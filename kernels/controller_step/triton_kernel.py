@@ -609,12 +609,14 @@ def _state_machine(hidden_ptr, tok_ptr, stride_t, probe_ptr, spec_ptr, st_ptr, s
         valid = ready == ready
         ema = tl.where(in_thought & valid, alpha * ready + (1.0 - alpha) * ema, ema)
         over = in_thought & (think_count >= min_think) & valid & (ema >= threshold)  # NaN compares False
-        streak = tl.where(over, streak + 1, tl.where(in_thought, 0, streak))
+        bidx = tl.minimum(tl.maximum(tok, 0), SPEC.V - 1)
+        at_boundary = (tl.load(spec_ptr + SPEC.BOUNDARY + bidx, mask=rmask, other=0) != 0) & obs
+        # a row that stops only at boundaries counts its patience in reasoning steps: tokens between them don't count
+        counted = in_thought & ((boundary_only == 0) | at_boundary)
+        streak = tl.where(counted & over, streak + 1, tl.where(counted, 0, streak))
 
         stop_len = stop_close - skip_end
         over_budget = in_thought & (think_count >= max_think - stop_len)  # room is kept for the stop text
-        bidx = tl.minimum(tl.maximum(tok, 0), SPEC.V - 1)
-        at_boundary = (tl.load(spec_ptr + SPEC.BOUNDARY + bidx, mask=rmask, other=0) != 0) & obs
         # `over` keeps a stop from bypassing min_think / threshold when patience < 1
         probe_stop = is_probe & in_thought & (over_budget == 0) & over & (streak >= patience)
         probe_stop = probe_stop & ((boundary_only == 0) | at_boundary)

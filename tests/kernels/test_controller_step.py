@@ -348,8 +348,9 @@ def _run(impl, case, tokens, phase=THINKING, hidden=None):
     state.phase.fill_(phase)
     state.blocks.fill_(int(phase == THINKING))  # as init_rows starts a row whose prompt opened the block
     forced = []
-    for t in tokens:
+    for i, t in enumerate(tokens):
         h = hidden if hidden is not None else (torch.zeros(1, 8) if spec.probe is not None else None)
+        h = h[i] if isinstance(h, list) else h  # a list: one hidden state per step
         controller_step(h, torch.tensor([t]), state, params, spec, impl=impl)
         forced.append(int(state.forced))
     return state, forced
@@ -480,10 +481,27 @@ def test_nan_score_never_stops(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_probe_stop_waits_for_min_patience_and_boundary(impl):
     case = _case(POLICY_PROBE, probe=_constant_probe(5.0, -5.0), min_think=2, patience=2, boundary_only=True)
-    # thinking tokens 1, 2 (min reached at step 2), streak 1 at step 2, 2 at step 3, boundary token 7 at step 4
-    state, forced = _run(impl, case, [0, 1, 2, 3, 7, CLOSE_A, EXIT1, EXIT2])
-    assert forced == [-1, -1, -1, -1, CLOSE_A, EXIT1, EXIT2, -1]
-    assert int(state.ended_by) == ENDED_PROBE and int(state.decision_step) == 4 and int(state.think_count) == 4
+    # a boundary-only row counts patience in boundaries (token 7): the one at step 1 comes before min_think, the
+    # one at step 3 starts the streak, tokens between boundaries neither count nor reset it, step 5's stops
+    state, forced = _run(impl, case, [0, 7, 1, 7, 2, 7, CLOSE_A, EXIT1, EXIT2])
+    assert forced == [-1, -1, -1, -1, -1, CLOSE_A, EXIT1, EXIT2, -1]
+    assert int(state.ended_by) == ENDED_PROBE and int(state.decision_step) == 5 and int(state.think_count) == 5
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_boundary_patience_resets_on_a_boundary_under_the_threshold(impl):
+    # ready = sigmoid(10 h[0]): over the threshold at the boundaries of steps 1, 5 and 7, under at step 3's;
+    # non-boundary steps are under (step 4) or over (step 6) and change nothing
+    z = torch.zeros(8)
+    probe = ProbeTensors(mean=z, inv_std=torch.ones(8), ready_w1=torch.eye(8)[:1] * 10, ready_b1=torch.zeros(1),
+                         ready_w2=torch.ones(1), ready_b2=torch.zeros(1), skip_w1=torch.zeros(1, 8),
+                         skip_b1=torch.zeros(1), skip_w2=torch.ones(1), skip_b2=torch.tensor([-5.0]), relu=False)
+    over, under = torch.eye(8)[:1], -torch.eye(8)[:1]
+    case = _case(POLICY_PROBE, probe=probe, patience=2, boundary_only=True)
+    hidden = [under, over, under, under, under, over, over, over, under]
+    state, forced = _run(impl, case, [0, 7, 1, 7, 2, 7, 3, 7, CLOSE_A], hidden=hidden)
+    assert forced == [-1, -1, -1, -1, -1, -1, -1, CLOSE_A, EXIT1]
+    assert int(state.decision_step) == 7
 
 
 @pytest.mark.parametrize("impl", IMPLS)
