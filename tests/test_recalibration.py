@@ -140,6 +140,19 @@ def test_calibrate_command(collections, tmp_path, capsys):
     assert math.isclose(saved.ladder[0].delta, 0.1)  # --delta's default: the probe's own
     for k, w in probe.weights.items():
         assert saved.weights[k].equal(w)
+    assert saved.policy_defaults["patience"] == {"greedy": 1, "sampled": 1}
+    # a patience travels with the probe, and a later calibrate without --patience keeps it
+    assert main(args + ["--out", str(tmp_path / "w"), "--patience", "greedy=2"]) == 0
+    waits = Probe.from_pretrained(tmp_path / "w")
+    assert waits.policy_defaults["patience"] == {"greedy": 2, "sampled": 1}
+    assert waits.provenance["train_config"]["patience"] == "greedy=2,sampled=1"
+    assert json.loads((tmp_path / "w" / "probe.json").read_text())["format_version"] == 8
+    assert main(["calibrate", "--probe", str(tmp_path / "w"), "--data", str(root / "g"), "--out", str(tmp_path / "k")]) == 0
+    assert Probe.from_pretrained(tmp_path / "k").policy_defaults["patience"] == {"greedy": 2, "sampled": 1}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(args + ["--out", str(tmp_path / "bad"), "--patience", "beam=2"])
+    assert "unknown decoding 'beam'" in capsys.readouterr().err
 
 
 def test_train_probe_with_a_route_and_recalibrate_without_it(pipeline_setup, tmp_path):
