@@ -105,7 +105,7 @@ def test_score_file_round_trip_and_fingerprint_refusal(tmp_path):
 
 
 @pytest.mark.slow
-def test_calibrate_score_end_to_end_on_the_bundled_reasoner(tmp_path):
+def test_calibrate_score_end_to_end_on_the_bundled_reasoner(tmp_path, capsys):
     from adaptive_think.cli import main
     from adaptive_think.loading import load_model_and_tokenizer
 
@@ -120,6 +120,19 @@ def test_calibrate_score_end_to_end_on_the_bundled_reasoner(tmp_path):
         p.stat().st_size < 1024 for p in (out / "collection").glob("*.safetensors"))  # no hidden states stored
     records = json.loads(next((out / "collection").glob("shard-*.json")).read_text())
     assert all(0 <= r["close_margin"] <= 1 and 0 < r["entropy_score"] <= 1 for r in records)
+    assert probe.provenance["score_config"]["strata"] == "none"
+    # the calibration flags are honoured on existing collections too (--route is refused: nothing to route by)
+    again = tmp_path / "again"
+    assert main(["calibrate-score", "--model", "bundled", "--data", str(out / "collection"), "--out", str(again),
+                 "--efforts", "low:0.3", "--strata", "level", "--patience", "sampled=2"]) == 0
+    redone = Probe.from_pretrained(again)
+    assert redone.provenance["score_config"]["strata"] == "level"
+    assert redone.ladder[0].calibration["strata"]["by"] == "level"
+    assert redone.policy_defaults["patience"] == {"greedy": 1, "sampled": 2}
+    capsys.readouterr()
+    assert main(["calibrate-score", "--model", "bundled", "--data", str(out / "collection"), "--out",
+                 str(tmp_path / "r"), "--route", "level"]) == 2
+    assert "no hidden states to route by" in capsys.readouterr().err
     model, tok = load_model_and_tokenizer("bundled", device="cpu")
     thinker = AdaptiveThinker(model, tok, probe=out)
     ids = tok(["<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"], return_tensors="pt")

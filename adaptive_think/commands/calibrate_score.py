@@ -42,6 +42,10 @@ def add_arguments(p):
                    help="share of questions that order the threshold path (the rest test it)")
     s.add_argument("--split-seed", type=int, default=0, help="seed of the path / calibration split")
     add_calibration_arguments(p)
+    for action in p._actions:  # a score file is calibrated without strata unless asked
+        if action.dest == "strata":
+            action.default = "none"
+            action.help = action.help.replace("(default: length:2)", "(default: none)")
 
 
 def run(args) -> int:

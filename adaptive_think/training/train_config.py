@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from adaptive_think.probe.ladder import DEFAULT_RUNGS, parse_rungs
 from adaptive_think.training.route import ROUTE_BY
+from adaptive_think.training.patience import parse_patience
 from adaptive_think.training.strata import parse_strata
 
 PATH_COSTS = ("per-stratum", "pooled")
@@ -83,6 +84,7 @@ class TrainConfig:
         if self.memory_counts and not self.memory:
             raise ValueError(f"memory_counts={self.memory_counts} needs a head with memory (memory > 0, --memory K).")
         parse_strata(self.strata)
+        parse_patience(self.patience)  # a bad spec fails here, not after the heads are trained
         if self.path_cost not in PATH_COSTS:
             raise ValueError(f"path_cost={self.path_cost!r} must be one of {', '.join(PATH_COSTS)}.")
         if self.route not in ("none",) + ROUTE_BY:
